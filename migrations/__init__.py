@@ -1,0 +1,1 @@
+"""Alembic migrations; `molecule-registry migrate` runs them (see registry/migrate.py)."""

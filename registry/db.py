@@ -1,0 +1,60 @@
+"""Engine and Redis client, one of each per process and URL."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from sqlalchemy import Engine, create_engine
+
+from registry.config import get_settings
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,  # a restarted PostgreSQL must not fail the next task
+                pool_size=5,
+                max_overflow=5,
+                # executemany of UPDATEs (heartbeat batches) goes out as one round trip.
+                executemany_mode="values_plus_batch",
+                connect_args={"connect_timeout": 5},
+            )
+            _engines[url] = engine
+        return engine
+
+
+def get_redis(url: str | None = None) -> redis.Redis:
+    url = url or get_settings().redis_url
+    with _lock:
+        client = _redis_clients.get(url)
+        if client is None:
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+            )
+            _redis_clients[url] = client
+        return client
+
+
+def reset_connections() -> None:
+    """Drop pooled connections (after fork, and in tests that change URLs)."""
+    with _lock:
+        for engine in _engines.values():
+            # close=False: the parent's sockets belong to the parent; just forget them.
+            engine.dispose(close=False)
+        _engines.clear()
+        for client in _redis_clients.values():
+            client.connection_pool.disconnect()
+        _redis_clients.clear()

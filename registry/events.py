@@ -1,0 +1,161 @@
+"""Events (SPEC §7): recorded with the change they describe, published after commit.
+
+`record_event_on_commit` writes the event to `structure_events` and to the outbox in
+the caller's transaction; the unit of work publishes it once that transaction has
+committed and then drops it from the outbox. If the process dies in between, the
+event stays in the outbox and `relay_unpublished_events` publishes it later:
+publication is at least once, never before the change is durable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from sqlalchemy import Connection, text
+
+from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
+
+if TYPE_CHECKING:
+    import redis
+
+    from registry.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+BROADCAST_CHANNEL = "events:broadcast"
+EVENT_STREAM = "events:stream"
+
+
+def rfc3339(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Event:
+    type: EventType
+    workspace_id: UUID | None
+    payload: dict[str, Any]
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # structure_events.id for recorded events; lets subscribers de-duplicate and
+    # resume from the database (None for broadcast-only events).
+    event_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event": str(self.type),
+            "workspace_id": str(self.workspace_id) if self.workspace_id else None,
+            "timestamp": rfc3339(self.timestamp),
+            "payload": self.payload,
+        }
+        if self.event_id is not None:
+            body["event_id"] = self.event_id
+        return body
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+
+
+_INSERT_EVENT = text(
+    """
+    WITH ev AS (
+        INSERT INTO structure_events (event_type, workspace_id, payload)
+        VALUES (:event_type, :workspace_id, CAST(:payload AS jsonb))
+        RETURNING id, created_at
+    ), ob AS (
+        INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
+    )
+    SELECT id, created_at FROM ev
+    """
+)
+
+
+def insert_recorded_event(
+    conn: Connection, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
+) -> Event:
+    """Insert into structure_events and the outbox; returns the event with its id and time."""
+    if event_type in BROADCAST_ONLY_EVENTS:
+        raise ValueError(f"{event_type} is broadcast-only and is never recorded")
+    row = conn.execute(
+        _INSERT_EVENT,
+        {
+            "event_type": str(event_type),
+            "workspace_id": workspace_id,
+            "payload": json.dumps(payload, default=str),
+        },
+    ).one()
+    return Event(event_type, workspace_id, payload, timestamp=row.created_at, event_id=row.id)
+
+
+def record_event_on_commit(
+    uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
+) -> Event:
+    """Record the event in this transaction; it is published after the commit."""
+    event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
+    uow.recorded_events.append(event)
+    return event
+
+
+def broadcast_event_on_commit(
+    uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
+) -> None:
+    """Publish (never record) the event after the commit; lost if the process dies."""
+    if event_type not in BROADCAST_ONLY_EVENTS:
+        raise ValueError(f"{event_type} must be recorded; use record_event_on_commit")
+    uow.broadcast_events.append(Event(event_type, workspace_id, payload))
+
+
+def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
+    """Add PUBLISH + XADD for each event to a pipeline (one round trip for all)."""
+    for event in events:
+        body = event.to_json()
+        pipe.publish(BROADCAST_CHANNEL, body)
+        # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
+        pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)
+
+
+_CLAIM_UNPUBLISHED = text(
+    """
+    SELECT e.id, e.event_type, e.workspace_id, e.payload, e.created_at
+    FROM event_outbox o JOIN structure_events e ON e.id = o.event_id
+    WHERE o.created_at < now() - make_interval(secs => :grace)
+    ORDER BY o.event_id
+    LIMIT :limit
+    -- Two relays (two beats, or a slow one overlapping the next) never take the same
+    -- event: each claims rows the other has not locked.
+    FOR UPDATE OF o SKIP LOCKED
+    """
+)
+
+
+def relay_unpublished_events(
+    conn: Connection,
+    client: redis.Redis,
+    *,
+    grace_seconds: int,
+    stream_maxlen: int,
+    limit: int = 500,
+) -> int:
+    """Publish outbox events older than the grace period; returns how many.
+
+    The caller owns the transaction: rows stay locked until it commits, and they are
+    deleted only after Redis accepted the publication.
+    """
+    rows = conn.execute(_CLAIM_UNPUBLISHED, {"grace": grace_seconds, "limit": limit}).all()
+    if not rows:
+        return 0
+    events = [
+        Event(EventType(r.event_type), r.workspace_id, r.payload, r.created_at, r.id) for r in rows
+    ]
+    pipe = client.pipeline(transaction=False)
+    queue_publication(pipe, events, stream_maxlen)
+    pipe.execute()
+    conn.execute(
+        text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": [e.event_id for e in events]}
+    )
+    log.warning("relayed %d event(s) whose publication had not been confirmed", len(events))
+    return len(events)

@@ -1,0 +1,56 @@
+"""Redis keys of SPEC §8 and the pipeline operations on them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+if TYPE_CHECKING:
+    import redis
+
+URL_CACHE_TTL_SECONDS = 300
+LIVENESS_PREFIX = "ws:"
+
+
+def liveness_key(workspace_id: UUID | str) -> str:
+    return f"ws:{workspace_id}"
+
+
+def url_key(workspace_id: UUID | str) -> str:
+    return f"ws:{workspace_id}:url"
+
+
+def internal_url_key(workspace_id: UUID | str) -> str:
+    return f"ws:{workspace_id}:internal_url"
+
+
+def workspace_id_from_liveness_key(key: str) -> UUID | None:
+    """The id when `key` is exactly `ws:<uuid>`; None for every other key."""
+    if not key.startswith(LIVENESS_PREFIX):
+        return None
+    rest = key[len(LIVENESS_PREFIX) :]
+    if len(rest) != 36:  # ws:<id>:url and friends are longer; cheap early exit
+        return None
+    try:
+        parsed = UUID(rest)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == rest.lower() else None
+
+
+def set_liveness(pipe: redis.client.Pipeline, workspace_id: UUID, ttl_seconds: int) -> None:
+    # SET with EX (re)creates the key: a key lost to a Redis restart comes back.
+    pipe.set(liveness_key(workspace_id), "online", ex=ttl_seconds)
+
+
+def cache_urls(
+    pipe: redis.client.Pipeline, workspace_id: UUID, effective_url: str | None, agent_url: str | None
+) -> None:
+    if effective_url:
+        pipe.set(url_key(workspace_id), effective_url, ex=URL_CACHE_TTL_SECONDS)
+    if agent_url:
+        pipe.set(internal_url_key(workspace_id), agent_url, ex=URL_CACHE_TTL_SECONDS)
+
+
+def clear_workspace_keys(pipe: redis.client.Pipeline, workspace_id: UUID) -> None:
+    pipe.delete(liveness_key(workspace_id), url_key(workspace_id), internal_url_key(workspace_id))

@@ -1,0 +1,63 @@
+"""Apply the Alembic migrations (what `molecule-registry migrate` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from registry.config import get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
+    # Alembic's ini interpolation treats % specially.
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def ensure_database(database_url: str) -> bool:
+    """Create the target database if it does not exist; True if it was created."""
+    from sqlalchemy import create_engine
+
+    url = make_url(database_url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": url.database}
+            ).scalar()
+            if exists:
+                return False
+            # Identifier quoting: the name comes from the operator's own DATABASE_URL.
+            conn.execute(text(f'CREATE DATABASE "{url.database}"'))
+            return True
+    finally:
+        admin.dispose()
+
+
+def upgrade(database_url: str | None = None, *, create_database: bool = True) -> None:
+    """Bring the schema to the newest revision; harmless when it already is."""
+    url = database_url or get_settings().database_url
+    if create_database:
+        ensure_database(url)
+    command.upgrade(alembic_config(url), "head")
+
+
+def current_revision(database_url: str | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url or get_settings().database_url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,71 @@
+"""Unit of work: one transaction per message (or batch), side effects after commit.
+
+Domain functions receive a `UnitOfWork`, write through `uow.conn`, and queue what
+must happen only once the change is durable: events to publish and Redis key
+operations. They never commit. `unit_of_work()` commits, then runs everything queued
+in one Redis pipeline, then clears the published events from the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import Connection, Engine, text
+
+from registry.config import get_settings
+from registry.db import get_engine, get_redis
+from registry.events import Event, queue_publication
+
+log = logging.getLogger(__name__)
+
+RedisOp = Callable[["redis.client.Pipeline"], object]
+
+
+@dataclass
+class UnitOfWork:
+    conn: Connection
+    recorded_events: list[Event] = field(default_factory=list)
+    broadcast_events: list[Event] = field(default_factory=list)
+    redis_ops: list[RedisOp] = field(default_factory=list)
+
+    def on_commit(self, op: RedisOp) -> None:
+        """Queue a Redis operation to run after the commit (key writes, deletes)."""
+        self.redis_ops.append(op)
+
+
+@contextmanager
+def unit_of_work(
+    engine: Engine | None = None, client: redis.Redis | None = None
+) -> Iterator[UnitOfWork]:
+    engine = engine or get_engine()
+    with engine.begin() as conn:
+        uow = UnitOfWork(conn)
+        yield uow
+    # Committed. Nothing below may undo the change; a failure here leaves recorded
+    # events in the outbox for the relay, and the caller may retry the message
+    # (every message is idempotent).
+    run_after_commit(uow, engine, client or get_redis())
+
+
+def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> None:
+    events = uow.recorded_events + uow.broadcast_events
+    if not events and not uow.redis_ops:
+        return
+    pipe = client.pipeline(transaction=False)
+    for op in uow.redis_ops:
+        op(pipe)
+    queue_publication(pipe, events, get_settings().events_stream_maxlen)
+    pipe.execute()
+    published = [e.event_id for e in uow.recorded_events if e.event_id is not None]
+    if published:
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": published}
+                )
+        except Exception:  # the relay would only publish them once more
+            log.warning("could not clear %d published event(s) from the outbox", len(published))
