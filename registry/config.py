@@ -66,9 +66,17 @@ class Settings:
         "DATABASE_URL", text, DEFAULT_DATABASE_URL, "SQLAlchemy URL of the registry database"
     )
     redis_url: str = _opt("REDIS_URL", text, DEFAULT_REDIS_URL, "liveness keys, caches, events")
-    broker_url: str = _opt("CELERY_BROKER_URL", text, "", "broker (Redis or AMQP); default REDIS_URL")
+    broker_url: str = _opt(
+        "CELERY_BROKER_URL", text, "", "broker (Redis or AMQP); default REDIS_URL"
+    )
     result_backend: str = _opt(
         "CELERY_RESULT_BACKEND", text, "", "task results (short expiry); default REDIS_URL"
+    )
+    celery_visibility_timeout: int = _opt(
+        "CELERY_VISIBILITY_TIMEOUT",
+        positive_int,
+        300,
+        "Redis broker: seconds before a message a dead worker held is redelivered",
     )
     liveness_ttl_seconds: int = _opt(
         "LIVENESS_TTL_SECONDS", positive_int, 180, "TTL of the liveness key ws:<id>"
@@ -89,10 +97,16 @@ class Settings:
         "MOLECULE_DEPLOY_MODE", text, "", "`saas` relaxes the private-range URL check"
     )
     org_id: str = _opt(
-        "MOLECULE_ORG_ID", text, "", "legacy SaaS signal, used only when MOLECULE_DEPLOY_MODE is unset"
+        "MOLECULE_ORG_ID",
+        text,
+        "",
+        "legacy SaaS signal, used only when MOLECULE_DEPLOY_MODE is unset",
     )
     backstop_sweep_interval: int = _opt(
-        "BACKSTOP_SWEEP_INTERVAL", positive_int, 30, "seconds between stale-heartbeat backstop sweeps"
+        "BACKSTOP_SWEEP_INTERVAL",
+        positive_int,
+        30,
+        "seconds between stale-heartbeat backstop sweeps",
     )
     health_sweep_interval: int = _opt(
         "HEALTH_SWEEP_INTERVAL", positive_int, 15, "seconds between health sweeps"

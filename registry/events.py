@@ -9,7 +9,6 @@ publication is at least once, never before the change is durable.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, text
 
+from registry.jsontext import dumps
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Event:
         return body
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), separators=(",", ":"), default=str)
+        return dumps(self.as_dict())
 
 
 _INSERT_EVENT = text(
@@ -85,7 +85,7 @@ def insert_recorded_event(
         {
             "event_type": str(event_type),
             "workspace_id": workspace_id,
-            "payload": json.dumps(payload, default=str),
+            "payload": dumps(payload),
         },
     ).one()
     return Event(event_type, workspace_id, payload, timestamp=row.created_at, event_id=row.id)
@@ -155,7 +155,8 @@ def relay_unpublished_events(
     queue_publication(pipe, events, stream_maxlen)
     pipe.execute()
     conn.execute(
-        text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": [e.event_id for e in events]}
+        text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"),
+        {"ids": [e.event_id for e in events]},
     )
     log.warning("relayed %d event(s) whose publication had not been confirmed", len(events))
     return len(events)

@@ -44,7 +44,10 @@ def set_liveness(pipe: redis.client.Pipeline, workspace_id: UUID, ttl_seconds: i
 
 
 def cache_urls(
-    pipe: redis.client.Pipeline, workspace_id: UUID, effective_url: str | None, agent_url: str | None
+    pipe: redis.client.Pipeline,
+    workspace_id: UUID,
+    effective_url: str | None,
+    agent_url: str | None,
 ) -> None:
     if effective_url:
         pipe.set(url_key(workspace_id), effective_url, ex=URL_CACHE_TTL_SECONDS)

@@ -69,8 +69,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from registry.config import reload_settings
 
     reload_settings()
+    _state["created"] = True  # from here on the database is dropped at exit, even on failure
     migrate.upgrade(_state["env"]["DATABASE_URL"])
-    _state["created"] = True
     import redis
 
     for key in ("REDIS_URL", "CELERY_BROKER_URL"):

@@ -1,0 +1,211 @@
+"""Validation of message payloads (SPEC §4) with pydantic.
+
+Types are strict on purpose: a producer that sends `"3"` for a count or `true` for a
+number has a bug we want to see as a rejection naming the field, not a silent
+coercion. Unknown fields are ignored so producers can be upgraded first.
+
+Strings have two limits: free-text fields the agent reports (`sample_error`,
+`current_task`) are *capped* — truncated to `TEXT_CAP` as SPEC §4.2 step 3 says —
+while any string longer than `MAX_STRING` is rejected outright as oversized.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+MAX_STRING = 65_536  # any string longer than this is rejected
+TEXT_CAP = 4_096  # sample_error / current_task are truncated to this
+MAX_URL = 2_048
+MAX_TOKEN = 256
+MAX_NAME = 256
+AGENT_CARD_MAX_BYTES = 256 * 1024
+MAX_SPEND_CENTS = 10**12
+MAX_INT32 = 2**31 - 1
+# A producer clock far ahead would block every later heartbeat by the ordering guard.
+MAX_SENT_AT_SKEW_SECONDS = 300
+
+
+class PayloadError(ValueError):
+    """A payload that can never be applied; the message names the field."""
+
+
+def _uuid_text(value: Any) -> Any:
+    # Ids travel as JSON strings; a UUID object from a Python producer is fine too.
+    if isinstance(value, UUID):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a UUID string")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+
+
+WorkspaceId = Annotated[UUID, BeforeValidator(_uuid_text)]
+BoundedStr = Annotated[str, Strict(), StringConstraints(max_length=MAX_STRING)]
+Url = Annotated[str, Strict(), StringConstraints(max_length=MAX_URL, strip_whitespace=True)]
+Token = Annotated[str, Strict(), StringConstraints(max_length=MAX_TOKEN)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+DeliveryMode = Literal["push", "poll", ""]
+RuntimeName = Annotated[str, Strict(), StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+def _cap(value: str | None) -> str | None:
+    return value[:TEXT_CAP] if value is not None else None
+
+
+def _check_agent_card(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    if size > AGENT_CARD_MAX_BYTES:
+        raise ValueError(f"is {size} bytes; at most {AGENT_CARD_MAX_BYTES} are accepted")
+    return value
+
+
+AgentCard = Annotated[dict[str, Any], BeforeValidator(_check_agent_card)]
+
+
+def _parse_sent_at(value: Any) -> Any:
+    """RFC 3339 text or Unix epoch seconds -> aware UTC datetime."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("must be a finite, non-negative Unix timestamp")
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("is out of range") from None
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds")
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RuntimeMetadata(_Payload):
+    capabilities: dict[str, StrictBool] = Field(default_factory=dict)
+    idle_timeout_seconds: Count | None = None
+
+    @property
+    def native_status_mgmt(self) -> bool:
+        return self.capabilities.get("status_mgmt") is True
+
+
+class RegisterPayload(_Payload):
+    id: WorkspaceId
+    url: Url = ""
+    agent_card: AgentCard
+    delivery_mode: DeliveryMode = ""
+    auth_token: Token | None = None
+
+
+class HeartbeatPayload(_Payload):
+    workspace_id: WorkspaceId
+    auth_token: Token | None = None
+    error_rate: Fraction = 0.0
+    sample_error: BoundedStr | None = None
+    active_tasks: Count = 0
+    uptime_seconds: Count = 0
+    current_task: BoundedStr | None = None
+    # Any integer is accepted and then clamped to [0, 10^12] (SPEC §4.2 step 3).
+    monthly_spend: StrictInt = 0
+    runtime_state: Annotated[str, Strict(), StringConstraints(max_length=64)] = ""
+    runtime_metadata: RuntimeMetadata | None = None
+    sent_at: Annotated[datetime | None, BeforeValidator(_parse_sent_at)] = None
+
+    @field_validator("sample_error", "current_task")
+    @classmethod
+    def _cap_text(cls, value: str | None) -> str | None:
+        return _cap(value)
+
+    @field_validator("monthly_spend")
+    @classmethod
+    def _clamp_spend(cls, value: int) -> int:
+        return max(0, min(value, MAX_SPEND_CENTS))
+
+    @field_validator("sent_at")
+    @classmethod
+    def _not_in_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            ahead = (value - datetime.now(UTC)).total_seconds()
+            if ahead > MAX_SENT_AT_SKEW_SECONDS:
+                raise ValueError(
+                    f"is {ahead:.0f} s in the future (more than {MAX_SENT_AT_SKEW_SECONDS} s)"
+                )
+        return value
+
+
+class UpdateCardPayload(_Payload):
+    workspace_id: WorkspaceId
+    agent_card: AgentCard
+    auth_token: Token | None = None
+
+
+class CreateWorkspacePayload(_Payload):
+    name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_NAME)]
+    id: WorkspaceId | None = None
+    runtime: RuntimeName = "langgraph"
+    parent_id: WorkspaceId | None = None
+    tier: Annotated[StrictInt, Field(ge=0, le=1000)] = 1
+    hibernation_idle_minutes: Annotated[StrictInt, Field(ge=0, le=525_600)] | None = None
+    max_concurrent_tasks: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
+
+
+class RemoveWorkspacePayload(_Payload):
+    workspace_id: WorkspaceId
+
+
+class CanCommunicatePayload(_Payload):
+    caller_id: WorkspaceId
+    target_id: WorkspaceId
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "payload"
+    message = error["msg"]
+    # pydantic prefixes custom messages with "Value error, "; the field name is clearer.
+    message = message.removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "is required"
+    return f"{field}: {message}"
+
+
+def parse_payload(model: type[P], raw: Any) -> P:
+    """Validate `raw` into `model`, or raise PayloadError naming every bad field."""
+    if not isinstance(raw, dict):
+        raise PayloadError(f"payload: must be a JSON object, not {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise PayloadError("; ".join(_describe(e) for e in exc.errors())) from None

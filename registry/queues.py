@@ -1,0 +1,34 @@
+"""Queue names and routing (SPEC §4): the names producers use, with no Celery import."""
+
+from __future__ import annotations
+
+DEFAULT_QUEUE = "registry"
+HEARTBEAT_QUEUE = "registry.heartbeats"
+SWEEP_QUEUE = "registry.sweeps"
+QUEUE_NAMES: tuple[str, ...] = (DEFAULT_QUEUE, HEARTBEAT_QUEUE, SWEEP_QUEUE)
+
+HEARTBEAT_TASK = "registry.heartbeat"
+REGISTER_TASK = "registry.register"
+UPDATE_CARD_TASK = "registry.update_card"
+CREATE_WORKSPACE_TASK = "registry.create_workspace"
+REMOVE_WORKSPACE_TASK = "registry.remove_workspace"
+CAN_COMMUNICATE_TASK = "registry.can_communicate"
+
+# Periodic tasks (SPEC §5); each can also be sent by name at any time.
+SWEEP_TASKS: tuple[str, ...] = (
+    "registry.sweep_backstop",
+    "registry.sweep_health",
+    "registry.sweep_provisioning",
+    "registry.sweep_hibernation",
+    "registry.sweep_orphans",
+    "registry.relay_events",
+)
+
+
+def queue_for(task_name: str) -> str:
+    """The queue a task is routed to (a heartbeat flood never starves the others)."""
+    if task_name == HEARTBEAT_TASK:
+        return HEARTBEAT_QUEUE
+    if task_name in SWEEP_TASKS or task_name.startswith("registry.sweep_"):
+        return SWEEP_QUEUE
+    return DEFAULT_QUEUE

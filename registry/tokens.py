@@ -1,0 +1,149 @@
+"""Workspace auth tokens (SPEC §10) and the re-registration hijack guard.
+
+Plaintext tokens are 32 bytes, URL-safe base64 without padding; only their SHA-256
+and an 8-character prefix are stored. A token issued while handling a message is
+derived from that message's task id with a per-installation secret (HMAC-SHA256),
+so a registration redelivered after its commit can answer with the same token
+without the plaintext ever being stored (SPEC §4.1 step 7). Without a task id the
+token is plain random bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from functools import lru_cache
+from uuid import UUID
+
+from sqlalchemy import Connection, text
+
+from registry.config import get_settings
+
+TOKEN_BYTES = 32
+PREFIX_LENGTH = 8
+# last_used_at is bookkeeping for operators; writing it on every heartbeat would
+# double the heartbeat's writes, so it is refreshed at most once a minute.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_key_for(task_id: str) -> str:
+    return hashlib.sha256(f"task:{task_id}".encode()).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _secret_for(database_url: str, configured: str) -> bytes:
+    if configured:
+        return configured.encode()
+    from registry.db import get_engine
+
+    with get_engine(database_url).connect() as conn:
+        value = conn.execute(
+            text("SELECT value FROM registry_secrets WHERE name = 'token_secret'")
+        ).scalar_one()
+    return bytes(value)
+
+
+def token_secret() -> bytes:
+    settings = get_settings()
+    return _secret_for(settings.database_url, settings.token_secret)
+
+
+def derive_token(workspace_id: UUID, task_id: str) -> str:
+    digest = hmac.new(token_secret(), f"{workspace_id}:{task_id}".encode(), hashlib.sha256)
+    return _b64(digest.digest())
+
+
+def new_token(workspace_id: UUID, task_id: str | None) -> str:
+    return (
+        derive_token(workspace_id, task_id) if task_id else _b64(secrets.token_bytes(TOKEN_BYTES))
+    )
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """What the hijack guard needs to know about a workspace's live tokens."""
+
+    has_live: bool
+    matched_id: UUID | None  # the live token the presented plaintext matches
+    issued_by_this_message: bool  # a live token was issued by this same task id
+
+
+def token_state(
+    conn: Connection, workspace_id: UUID, presented: str | None, task_id: str | None
+) -> TokenState:
+    rows = conn.execute(
+        text(
+            "SELECT id, token_hash, issue_key FROM workspace_auth_tokens "
+            "WHERE workspace_id = :ws AND revoked_at IS NULL"
+        ),
+        {"ws": workspace_id},
+    ).all()
+    wanted = hash_token(presented) if presented else None
+    key = issue_key_for(task_id) if task_id else None
+    matched = next(
+        (r.id for r in rows if wanted and hmac.compare_digest(r.token_hash, wanted)), None
+    )
+    return TokenState(
+        has_live=bool(rows),
+        matched_id=matched,
+        issued_by_this_message=key is not None and any(r.issue_key == key for r in rows),
+    )
+
+
+def is_authorized(has_live: bool, matched_id: UUID | None) -> bool:
+    """The hijack guard: a workspace with a live token needs one of its own tokens.
+
+    A workspace with no live token may proceed without one (first registration
+    bootstraps). The caller has already refused removed workspaces.
+    """
+    return not has_live or matched_id is not None
+
+
+def issue_token(conn: Connection, workspace_id: UUID, task_id: str | None) -> str:
+    token = new_token(workspace_id, task_id)
+    conn.execute(
+        text(
+            "INSERT INTO workspace_auth_tokens (workspace_id, token_hash, prefix, issue_key) "
+            "VALUES (:ws, :hash, :prefix, :key)"
+        ),
+        {
+            "ws": workspace_id,
+            "hash": hash_token(token),
+            "prefix": token[:PREFIX_LENGTH],
+            "key": issue_key_for(task_id) if task_id else None,
+        },
+    )
+    return token
+
+
+def touch_tokens(conn: Connection, token_ids: list[UUID]) -> None:
+    if token_ids:
+        conn.execute(
+            text(
+                "UPDATE workspace_auth_tokens SET last_used_at = now() WHERE id = ANY(:ids) "
+                "AND (last_used_at IS NULL OR "
+                "last_used_at < now() - make_interval(secs => :res))"
+            ),
+            {"ids": token_ids, "res": LAST_USED_RESOLUTION_SECONDS},
+        )
+
+
+def revoke_tokens(conn: Connection, workspace_id: UUID) -> int:
+    return conn.execute(
+        text(
+            "UPDATE workspace_auth_tokens SET revoked_at = now() "
+            "WHERE workspace_id = :ws AND revoked_at IS NULL"
+        ),
+        {"ws": workspace_id},
+    ).rowcount

@@ -1,0 +1,182 @@
+"""Status transitions: the heartbeat table (SPEC §4.2 step 7) and "mark unreachable".
+
+These are the only two places that decide a workspace's liveness status. Every path
+that marks a workspace unreachable (liveness expiry, the backstop, the health sweep)
+calls `mark_unreachable`; the heartbeat path asks `heartbeat_transition`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+
+from registry.events import record_event_on_commit
+from registry.keys import clear_workspace_keys
+from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
+from registry.uow import UnitOfWork
+
+DEGRADE_ERROR_RATE = 0.5
+RECOVER_ERROR_RATE = 0.1
+WEDGED = "wedged"
+
+
+@dataclass(frozen=True)
+class HeartbeatFacts:
+    """What a heartbeat says that the transition rules look at."""
+
+    runtime_state: str
+    error_rate: float
+    sample_error: str | None
+    native_status_mgmt: bool  # runtime_metadata.capabilities.status_mgmt is true
+    registered_before: bool
+
+
+@dataclass(frozen=True)
+class HeartbeatRule:
+    from_status: Status
+    to_status: Status
+    event: EventType
+    applies: Callable[[HeartbeatFacts], bool]
+    payload: Callable[[HeartbeatFacts], dict[str, Any]]
+
+
+def _recovered(status: Status) -> Callable[[HeartbeatFacts], dict[str, Any]]:
+    return lambda _facts: {"recovered_from": str(status)}
+
+
+# First matching rule wins; at most one transition per heartbeat.
+HEARTBEAT_RULES: tuple[HeartbeatRule, ...] = (
+    HeartbeatRule(
+        Status.ONLINE,
+        Status.DEGRADED,
+        EventType.WORKSPACE_DEGRADED,
+        lambda f: f.runtime_state == WEDGED,
+        lambda f: {"runtime_state": f.runtime_state, "sample_error": f.sample_error},
+    ),
+    HeartbeatRule(
+        Status.ONLINE,
+        Status.DEGRADED,
+        EventType.WORKSPACE_DEGRADED,
+        lambda f: f.error_rate >= DEGRADE_ERROR_RATE and not f.native_status_mgmt,
+        lambda f: {"error_rate": f.error_rate, "sample_error": f.sample_error},
+    ),
+    HeartbeatRule(
+        Status.DEGRADED,
+        Status.ONLINE,
+        EventType.WORKSPACE_ONLINE,
+        lambda f: (
+            f.error_rate < RECOVER_ERROR_RATE and f.runtime_state == "" and not f.native_status_mgmt
+        ),
+        _recovered(Status.DEGRADED),
+    ),
+    HeartbeatRule(
+        Status.OFFLINE,
+        Status.ONLINE,
+        EventType.WORKSPACE_ONLINE,
+        lambda _f: True,
+        _recovered(Status.OFFLINE),
+    ),
+    HeartbeatRule(
+        Status.PROVISIONING,
+        Status.ONLINE,
+        EventType.WORKSPACE_ONLINE,
+        lambda _f: True,
+        _recovered(Status.PROVISIONING),
+    ),
+    HeartbeatRule(
+        Status.AWAITING_AGENT,
+        Status.ONLINE,
+        EventType.WORKSPACE_ONLINE,
+        lambda f: f.registered_before,
+        _recovered(Status.AWAITING_AGENT),
+    ),
+)
+
+
+def heartbeat_transition(current: str, facts: HeartbeatFacts) -> HeartbeatRule | None:
+    for rule in HEARTBEAT_RULES:
+        if rule.from_status == current and rule.applies(facts):
+            return rule
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Mark unreachable
+
+# Statuses the liveness paths never touch (SPEC §5, liveness expiry).
+LIVENESS_EXCLUDED: frozenset[Status] = frozenset(
+    {Status.REMOVED, Status.PAUSED, Status.HIBERNATING, Status.HIBERNATED}
+)
+
+# The status an unreachable workspace lands in: external agents re-register from the
+# operator's machine (awaiting_agent); container-backed ones need a restart (offline).
+BY_RUNTIME = (
+    f"CASE WHEN w.runtime = '{EXTERNAL_RUNTIME}' THEN '{Status.AWAITING_AGENT}' "
+    f"ELSE '{Status.OFFLINE}' END"
+)
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    workspace_id: UUID
+    previous_status: str
+    new_status: str
+
+
+def mark_unreachable(
+    uow: UnitOfWork,
+    *,
+    reason: str,
+    candidates_sql: str,
+    params: dict[str, Any] | None = None,
+    excluded: Collection[Status] = LIVENESS_EXCLUDED,
+    target: Status | None = None,
+    clear_keys: bool = True,
+    limit: int = 1000,
+) -> list[Unreachable]:
+    """Move the matching workspaces to their unreachable status; one event per change.
+
+    `candidates_sql` is a boolean SQL condition over `w` (the workspaces row) chosen by
+    the caller (e.g. "w.id = :id", or a stale-heartbeat test); it is re-checked inside
+    the UPDATE's row lock, so a heartbeat that landed meanwhile wins. `target` forces
+    a status (container gone → offline); by default it follows the runtime. Rows
+    already in their target, or in an excluded status, are left alone.
+    """
+    target_sql = f"'{target}'" if target else BY_RUNTIME
+    sql = text(
+        f"""
+        WITH cand AS (
+            SELECT w.id, w.status AS previous_status
+            FROM workspaces w
+            WHERE ({candidates_sql})
+              AND w.status <> ALL(:excluded)
+              AND w.status <> {target_sql}
+            ORDER BY w.id
+            LIMIT :limit
+            -- A row locked by a heartbeat in flight is alive: skip it rather than wait.
+            FOR UPDATE OF w SKIP LOCKED
+        )
+        UPDATE workspaces w
+        SET status = {target_sql}, updated_at = now()
+        FROM cand
+        WHERE w.id = cand.id
+        RETURNING w.id, cand.previous_status, w.status
+        """
+    )
+    bound = {**(params or {}), "excluded": [str(s) for s in excluded], "limit": limit}
+    rows = uow.conn.execute(sql, bound).all()
+    changed = [Unreachable(r.id, r.previous_status, r.status) for r in rows]
+    for change in changed:
+        record_event_on_commit(
+            uow,
+            UNREACHABLE_EVENT[Status(change.new_status)],
+            change.workspace_id,
+            {"reason": reason, "previous_status": change.previous_status},
+        )
+        if clear_keys:
+            uow.on_commit(lambda pipe, ws=change.workspace_id: clear_workspace_keys(pipe, ws))
+    return changed

@@ -1,0 +1,1 @@
+"""Celery task entry points: parse the payload, call the domain, return its result."""

@@ -1,0 +1,1 @@
+"""registry.can_communicate (SPEC §9)."""

@@ -1,0 +1,1 @@
+"""registry.sweep_provisioning, registry.sweep_hibernation, registry.sweep_orphans."""

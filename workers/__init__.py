@@ -1,0 +1,1 @@
+"""Long-running processes: the Celery application and the liveness listener."""

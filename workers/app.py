@@ -1,0 +1,22 @@
+"""The Celery application, importable as `workers.app:app` (SPEC §1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from registry.db import reset_connections
+from registry.queues import QUEUE_NAMES
+
+__all__ = ["QUEUE_NAMES", "app"]
+
+app = Celery("molecule_registry")
+app.config_from_object("celeryconfig")
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # A forked pool process must not share the parent's database or Redis sockets.
+    reset_connections()
