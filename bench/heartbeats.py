@@ -238,10 +238,9 @@ def main() -> None:
         f"{hb100['per_second']:.0f} | {hb100['hot_share']:.0%} |",
         "",
         f"- Ratio index-dropped / shipped: batch 1 "
-        f"{hb1['per_second'] / ib1['per_second']:.2f}×, batch 100 "
-        f"{hb100['per_second'] / ib100['per_second']:.2f}×.",
-        f"- Batch 100 / batch 1 (shipped schema): "
-        f"{ib100['per_second'] / ib1['per_second']:.1f}×.",
+        f"{hb1['per_second'] / ib1['per_second']:.2f}x, batch 100 "
+        f"{hb100['per_second'] / ib100['per_second']:.2f}x.",
+        f"- Batch 100 / batch 1 (shipped schema): {ib100['per_second'] / ib1['per_second']:.1f}x.",
         f"- Backstop candidate query over the fleet: {results['backstop_indexed_ms']:.2f} ms "
         f"with the index, {results['backstop_unindexed_ms']:.2f} ms without.",
         f"- End to end (messages on Redis, one prefork worker, 2 processes): "

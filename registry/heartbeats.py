@@ -23,7 +23,12 @@ from registry.events import broadcast_event_on_commit, record_event_on_commit
 from registry.keys import set_liveness
 from registry.payloads import HeartbeatPayload
 from registry.statuses import EventType, Status
-from registry.tokens import hash_token, is_authorized, touch_tokens
+from registry.tokens import (
+    LAST_USED_RESOLUTION_SECONDS,
+    hash_token,
+    is_authorized,
+    touch_tokens,
+)
 from registry.transitions import HeartbeatFacts, heartbeat_transition
 from registry.uow import UnitOfWork
 
@@ -32,12 +37,17 @@ _LOCK_AND_READ = text(
     SELECT hb.ord, w.id, w.status, w.current_task,
            w.last_heartbeat_sent_at AS last_sent_at,
            w.registered_at IS NOT NULL AS registered_before,
-           t.has_live, t.matched_id
+           t.has_live, t.matched_id, t.touch_due
     FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) WITH ORDINALITY AS hb(id, hash, ord)
     JOIN workspaces w ON w.id = hb.id
     LEFT JOIN LATERAL (
         SELECT count(*) > 0 AS has_live,
-               (array_agg(tk.id) FILTER (WHERE tk.token_hash = hb.hash))[1] AS matched_id
+               (array_agg(tk.id) FILTER (WHERE tk.token_hash = hb.hash))[1] AS matched_id,
+               -- last_used_at is refreshed at most once per resolution: most heartbeats
+               -- then cost no write to the tokens table at all.
+               coalesce(bool_or(tk.token_hash = hb.hash AND (tk.last_used_at IS NULL
+                   OR tk.last_used_at < now() - make_interval(secs => :touch_after))), false)
+                   AS touch_due
         FROM workspace_auth_tokens tk
         WHERE tk.workspace_id = w.id AND tk.revoked_at IS NULL
     ) t ON true
@@ -84,6 +94,7 @@ class _Locked:
     registered_before: bool
     has_live_token: bool
     matched_token: dict[int, UUID | None]  # by position in the batch
+    touch_due: set[UUID]  # matched tokens whose last_used_at is due a refresh
 
 
 def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[UUID, _Locked]:
@@ -92,6 +103,7 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
         {
             "ids": [hb.workspace_id for hb in heartbeats],
             "hashes": [hash_token(hb.auth_token) if hb.auth_token else "" for hb in heartbeats],
+            "touch_after": LAST_USED_RESOLUTION_SECONDS,
         },
     ).all()
     locked: dict[UUID, _Locked] = {}
@@ -105,9 +117,12 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
                 row.registered_before,
                 row.has_live,
                 {},
+                set(),
             ),
         )
         state.matched_token[row.ord - 1] = row.matched_id
+        if row.touch_due:
+            state.touch_due.add(row.matched_id)
     return locked
 
 
@@ -142,25 +157,11 @@ def apply_heartbeats(
 
     for position, hb in enumerate(heartbeats):
         state = locked.get(hb.workspace_id)
-        if state is None:
-            results.append(_refused("rejected", "error", "workspace_id: unknown workspace"))
+        refusal = _refusal(hb, state, position)
+        if refusal is not None:
+            results.append(refusal)
             continue
-        matched = state.matched_token.get(position)
-        if not is_authorized(state.has_live_token, matched):
-            results.append(
-                _refused(
-                    "unauthorized", "error", "auth_token: missing or not valid for this workspace"
-                )
-            )
-            continue
-        if state.status == Status.REMOVED:
-            results.append(_refused("ignored", "reason", "workspace was removed"))
-            continue
-        if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
-            results.append(
-                _refused("ignored", "reason", "older than the last heartbeat applied (sent_at)")
-            )
-            continue
+        assert state is not None  # _refusal answers for unknown workspaces
 
         facts = HeartbeatFacts(
             runtime_state=hb.runtime_state,
@@ -195,7 +196,8 @@ def apply_heartbeats(
         state.current_task = hb.current_task
         if hb.sent_at and (state.last_sent_at is None or hb.sent_at > state.last_sent_at):
             state.last_sent_at = hb.sent_at
-        if matched is not None:
+        matched = state.matched_token.get(position)
+        if matched in state.touch_due:
             used_tokens.append(matched)
         uow.on_commit(lambda pipe, ws=hb.workspace_id: set_liveness(pipe, ws, ttl))
         results.append({"status": "ok", "workspace_status": state.status})
@@ -210,5 +212,17 @@ def apply_heartbeats(
     return results
 
 
-def _refused(status: str, key: str, message: str) -> dict[str, Any]:
-    return {"status": status, key: message}
+def _refusal(hb: HeartbeatPayload, state: _Locked | None, position: int) -> dict[str, Any] | None:
+    """The result for a heartbeat that must not apply (SPEC §4.2 steps 1, 2 and 4), or None."""
+    if state is None:
+        return {"status": "rejected", "error": "workspace_id: unknown workspace"}
+    if not is_authorized(state.has_live_token, state.matched_token.get(position)):
+        return {
+            "status": "unauthorized",
+            "error": "auth_token: missing or not valid for this workspace",
+        }
+    if state.status == Status.REMOVED:
+        return {"status": "ignored", "reason": "workspace was removed"}
+    if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
+        return {"status": "ignored", "reason": "older than the last heartbeat applied (sent_at)"}
+    return None

@@ -124,7 +124,10 @@ def remove_workspace(uow: UnitOfWork, payload: RemoveWorkspacePayload) -> dict[s
         ).first()
         if exists is None:
             raise Rejected("workspace_id: unknown workspace")
-        return {"status": "removed", "workspace_id": str(ws)}  # already removed
+        # Already removed. Clear the keys again: a removal retried because Redis failed
+        # after its commit must still leave none behind (no second event, though).
+        uow.on_commit(lambda pipe: clear_workspace_keys(pipe, ws))
+        return {"status": "removed", "workspace_id": str(ws)}
     revoke_tokens(uow.conn, ws)
     uow.on_commit(lambda pipe: clear_workspace_keys(pipe, ws))
     record_event_on_commit(

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -58,13 +60,30 @@ def _uuid_text(value: Any) -> Any:
         raise ValueError("must be a UUID") from None
 
 
+def _storable_text(value: str) -> str:
+    # PostgreSQL text and JSONB cannot hold NUL, and a lone surrogate (which JSON can
+    # carry as "\ud800") has no UTF-8 encoding: either would fail the write later as a
+    # task error instead of a rejection naming the field.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+Storable = AfterValidator(_storable_text)
 WorkspaceId = Annotated[UUID, BeforeValidator(_uuid_text)]
-BoundedStr = Annotated[str, Strict(), StringConstraints(max_length=MAX_STRING)]
-Url = Annotated[str, Strict(), StringConstraints(max_length=MAX_URL, strip_whitespace=True)]
-Token = Annotated[str, Strict(), StringConstraints(max_length=MAX_TOKEN)]
+BoundedStr = Annotated[str, Strict(), StringConstraints(max_length=MAX_STRING), Storable]
+Url = Annotated[
+    str, Strict(), StringConstraints(max_length=MAX_URL, strip_whitespace=True), Storable
+]
+Token = Annotated[str, Strict(), StringConstraints(max_length=MAX_TOKEN), Storable]
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 DeliveryMode = Literal["push", "poll", ""]
+CapabilityName = Annotated[str, Strict(), StringConstraints(max_length=MAX_NAME), Storable]
 RuntimeName = Annotated[str, Strict(), StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
@@ -72,10 +91,33 @@ def _cap(value: str | None) -> str | None:
     return value[:TEXT_CAP] if value is not None else None
 
 
+def _json_strings(value: Any) -> Iterator[str]:
+    """Every key and string value in a decoded JSON document (iterative: no stack limit)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _check_agent_card(value: Any) -> Any:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")
-    size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    for item in _json_strings(value):
+        _storable_text(item)
+    try:
+        # allow_nan=False: Celery's JSON carries NaN/Infinity, which JSONB refuses.
+        text = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        raise ValueError("must not contain NaN or Infinity") from None
+    except RecursionError:
+        raise ValueError("is nested too deeply") from None
+    size = len(text.encode())
     if size > AGENT_CARD_MAX_BYTES:
         raise ValueError(f"is {size} bytes; at most {AGENT_CARD_MAX_BYTES} are accepted")
     return value
@@ -86,8 +128,12 @@ AgentCard = Annotated[dict[str, Any], BeforeValidator(_check_agent_card)]
 
 def _parse_sent_at(value: Any) -> Any:
     """RFC 3339 text or Unix epoch seconds -> aware UTC datetime."""
-    if value is None or isinstance(value, datetime):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        # Celery's JSON decodes a Python producer's datetime; a naive one is taken as UTC
+        # (comparing naive with aware datetimes would fail the task instead).
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, bool):
         raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds")
     if isinstance(value, int | float):
@@ -102,7 +148,7 @@ def _parse_sent_at(value: Any) -> Any:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds")
 
 
@@ -111,7 +157,7 @@ class _Payload(BaseModel):
 
 
 class RuntimeMetadata(_Payload):
-    capabilities: dict[str, StrictBool] = Field(default_factory=dict)
+    capabilities: dict[CapabilityName, StrictBool] = Field(default_factory=dict)
     idle_timeout_seconds: Count | None = None
 
     @property
@@ -137,7 +183,7 @@ class HeartbeatPayload(_Payload):
     current_task: BoundedStr | None = None
     # Any integer is accepted and then clamped to [0, 10^12] (SPEC §4.2 step 3).
     monthly_spend: StrictInt = 0
-    runtime_state: Annotated[str, Strict(), StringConstraints(max_length=64)] = ""
+    runtime_state: Annotated[str, Strict(), StringConstraints(max_length=64), Storable] = ""
     runtime_metadata: RuntimeMetadata | None = None
     sent_at: Annotated[datetime | None, BeforeValidator(_parse_sent_at)] = None
 
@@ -170,7 +216,7 @@ class UpdateCardPayload(_Payload):
 
 
 class CreateWorkspacePayload(_Payload):
-    name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_NAME)]
+    name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_NAME), Storable]
     id: WorkspaceId | None = None
     runtime: RuntimeName = "langgraph"
     parent_id: WorkspaceId | None = None

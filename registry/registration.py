@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from sqlalchemy import Row, text
@@ -10,7 +11,7 @@ from sqlalchemy import Row, text
 from registry.config import get_settings
 from registry.events import record_event_on_commit
 from registry.jsontext import dumps
-from registry.keys import cache_urls, set_liveness
+from registry.keys import cache_urls, internal_url_key, set_liveness, url_key
 from registry.outcomes import Rejected, Unauthorized
 from registry.payloads import RegisterPayload, UpdateCardPayload
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
@@ -23,7 +24,7 @@ from registry.tokens import (
     touch_tokens,
 )
 from registry.uow import UnitOfWork
-from registry.urlguard import Resolver, UnsafeURL, check_agent_url, saas_mode
+from registry.urlguard import ALLOWED_SCHEMES, Resolver, UnsafeURL, check_agent_url, saas_mode
 
 # The provisioner writes the container's loopback URL; agents report an address the
 # platform could not reach from inside its network, so the provisioner's one wins.
@@ -48,6 +49,10 @@ def resolve_delivery_mode(requested: str, stored: str | None, runtime: str | Non
 def check_url_for_mode(url: str, mode: str, resolver: Resolver | None) -> None:
     """In push mode the platform dials the agent, so the URL must be safe to dial."""
     if mode != "push":
+        # Never dialled, so never resolved; but other services show and link the
+        # stored URL, so a non-empty one must still be http(s).
+        if url and _scheme(url) not in ALLOWED_SCHEMES:
+            raise Rejected(f"url: scheme {_scheme(url)!r} is not allowed (http, https only)")
         return
     if not url:
         raise Rejected("url: is required in push delivery mode")
@@ -58,6 +63,13 @@ def check_url_for_mode(url: str, mode: str, resolver: Resolver | None) -> None:
         )
     except UnsafeURL as exc:
         raise Rejected(str(exc) if str(exc).startswith("url") else f"url: {exc}") from None
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # e.g. an unclosed "[" IPv6 bracket
+        return ""
 
 
 def authorize(
@@ -143,6 +155,11 @@ def register(
     ttl = get_settings().liveness_ttl_seconds
     uow.on_commit(lambda pipe: set_liveness(pipe, ws, ttl))
     uow.on_commit(lambda pipe: cache_urls(pipe, ws, effective_url, agent_url))
+    # A URL dropped by this registration (e.g. push -> poll) must not linger in the cache.
+    cached = ((url_key(ws), effective_url), (internal_url_key(ws), agent_url))
+    dropped = [key for key, url in cached if not url]
+    if dropped:
+        uow.on_commit(lambda pipe: pipe.delete(*dropped))
     record_event_on_commit(
         uow,
         EventType.WORKSPACE_ONLINE,

@@ -6,7 +6,7 @@
 - Redis: two logical databases per run (data, broker), reserved with a lock file so
   parallel runs on one machine never share them; the data one is flushed per test.
 - Celery: `worker` is a real in-process worker consuming real messages from the
-  broker; tests that must kill a worker start a subprocess (see tests/helpers.py).
+  broker; tests that must kill a worker start a subprocess (see tests/workerproc.py).
 
 The environment is set in `pytest_configure`, before any project module reads it.
 """
@@ -121,8 +121,16 @@ def db(engine, redis_client):
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE workspaces, workspace_auth_tokens, structure_events, event_outbox "
-                "RESTART IDENTITY CASCADE"
+                "TRUNCATE workspaces, workspace_auth_tokens, structure_events, event_outbox, "
+                "heartbeat_probes RESTART IDENTITY CASCADE"
+            )
+        )
+        # Self-preservation state is one row; a test that left it active must not
+        # pause the next test's sweeps.
+        conn.execute(
+            text(
+                "UPDATE registry_self_preservation "
+                "SET active = false, reason = NULL, figures = NULL, since = NULL"
             )
         )
     return engine
@@ -132,6 +140,7 @@ def db(engine, redis_client):
 def celery_app():
     from workers.app import app
 
+    app.loader.import_default_modules()  # every task registered, as in a worker
     return app
 
 
