@@ -100,3 +100,25 @@ def can_communicate_ids(engine: Engine, caller_id: UUID, target_id: UUID) -> boo
             target_id,
         )
         return False
+
+
+def denial_reason(conn: Connection, caller_id: UUID, target_id: UUID) -> str:
+    """Why `can_communicate` said no, for humans and result objects (one PK lookup).
+
+    Names the field of an unknown or removed endpoint; otherwise the two are unrelated.
+    """
+    try:
+        rows = conn.execute(
+            text("SELECT id, status FROM workspaces WHERE id IN (:caller, :target)"),
+            {"caller": caller_id, "target": target_id},
+        ).all()
+    except SQLAlchemyError:  # e.g. the transaction was aborted by a failed check
+        return "lookup failed; refused (fail secure)"
+    statuses = {row.id: row.status for row in rows}
+    for field, ws in (("caller_id", caller_id), ("target_id", target_id)):
+        status = statuses.get(ws)
+        if status is None:
+            return f"{field}: unknown workspace {ws}"
+        if status == "removed":
+            return f"{field}: workspace {ws} was removed"
+    return "not related: neither the same workspace, siblings, nor ancestor and descendant"

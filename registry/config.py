@@ -34,6 +34,13 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def non_negative_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value < 0:
+        raise ValueError("must be zero or a positive integer")
+    return value
+
+
 def positive_float(raw: str) -> float:
     value = float(raw.strip())
     if not value > 0:  # also rejects NaN
@@ -161,7 +168,16 @@ class Settings:
         "once per database by the migrations",
     )
     metrics_port: int = _opt(
-        "METRICS_PORT", positive_int, 9808, "port of the worker's Prometheus endpoint"
+        "METRICS_PORT",
+        non_negative_int,
+        9808,
+        "port of the worker's Prometheus endpoint; 0 disables it",
+    )
+    metrics_addr: str = _opt(
+        "METRICS_ADDR",
+        text,
+        "0.0.0.0",  # noqa: S104 - Prometheus scrapes the worker from another host
+        "address the worker's Prometheus endpoint listens on",
     )
 
     @property

@@ -26,7 +26,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -256,3 +257,14 @@ def container_backend(
             ", ".join(_KNOWN_BACKENDS),
         )
     return None
+
+
+@contextmanager
+def open_container_backend(settings: Settings) -> Iterator[DockerContainers | None]:
+    """`container_backend` for the length of one sweep, closed afterwards."""
+    backend = container_backend(settings)
+    try:
+        yield backend
+    finally:
+        if backend is not None:
+            backend.close()

@@ -1,8 +1,31 @@
-"""Prometheus series of the registry (served by the worker; see docs/OPERATIONS.md)."""
+"""Prometheus series of the registry (served by the worker: workers/metrics.py).
+
+Series (see docs/OPERATIONS.md):
+
+- `registry_heartbeats_total{outcome}`            heartbeats handled: ok, ignored, rejected, …
+- `registry_heartbeats_rejected_total{reason}`    refused before they applied: invalid, unauthorized, …
+- `registry_transitions_total{from,to}`           status transitions applied
+- `registry_sweep_runs_total{sweep,outcome}`      sweep runs: ok or error
+- `registry_sweep_duration_seconds{sweep}`        histogram of sweep run time
+- `registry_sweep_rows_changed_total{sweep}`      rows a sweep changed
+- `registry_self_preservation_active`             1 while automatic unreachable-marking is paused
+                                                  (as last evaluated: `set_self_preservation`)
+- `registry_queue_length{queue}`                  messages waiting per queue, read from the broker
+                                                  at scrape time (workers/metrics.py)
+
+Every recording helper works in one process or, with PROMETHEUS_MULTIPROC_DIR set,
+across the worker's prefork pool processes.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import functools
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
 
 HEARTBEATS = Counter("registry_heartbeats_total", "Heartbeats handled, by outcome", ["outcome"])
 HEARTBEATS_REJECTED = Counter(
@@ -13,3 +36,92 @@ HEARTBEATS_REJECTED = Counter(
 TRANSITIONS = Counter(
     "registry_transitions_total", "Status transitions applied, by from and to", ["from", "to"]
 )
+SWEEP_RUNS = Counter(
+    "registry_sweep_runs_total",
+    "Sweep runs, by sweep and outcome (ok, error)",
+    ["sweep", "outcome"],
+)
+SWEEP_DURATION = Histogram(
+    "registry_sweep_duration_seconds",
+    "Time one sweep run took, by sweep",
+    ["sweep"],
+    # Sweeps cost in proportion to their candidates: milliseconds normally, and the
+    # orphan sweep's 30 s deadline is the ceiling.
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+SWEEP_ROWS_CHANGED = Counter(
+    "registry_sweep_rows_changed_total", "Rows a sweep changed, by sweep", ["sweep"]
+)
+SELF_PRESERVATION = Gauge(
+    "registry_self_preservation_active",
+    "1 while automatic unreachable-marking is paused (self-preservation), else 0",
+    # Across pool processes: the value most recently set by a live process wins.
+    multiprocess_mode="livemostrecent",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def set_self_preservation(active: bool) -> None:
+    """Record the self-preservation state this process last evaluated."""
+    SELF_PRESERVATION.set(1 if active else 0)
+
+
+def record_transition(from_status: str, to_status: str, count: int = 1) -> None:
+    """Count `count` workspaces moved from one status to another."""
+    if count > 0:
+        TRANSITIONS.labels(str(from_status), str(to_status)).inc(count)
+
+
+class observe_sweep:  # lower case: used like a function, `with observe_sweep("x") as run:`
+    """Time a sweep run and count the rows it changed; a context manager or a decorator.
+
+    As a context manager, set `run.changed` to the number of rows changed:
+
+        with observe_sweep("health") as run:
+            run.changed = mark_stale(...)
+
+    As a decorator, the function's result supplies it when it is a dict with an
+    integer `changed` (what every sweep task returns):
+
+        @observe_sweep("provisioning")
+        def sweep_provisioning() -> dict: ... return {"status": "ok", "changed": n}
+
+    An exception counts the run as `error` (and still records its duration); it is
+    never swallowed.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.changed = 0
+        self._started = 0.0
+
+    def __enter__(self) -> observe_sweep:
+        self.changed = 0
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        SWEEP_DURATION.labels(self.name).observe(time.perf_counter() - self._started)
+        SWEEP_RUNS.labels(self.name, "ok" if exc_type is None else "error").inc()
+        if self.changed > 0:
+            SWEEP_ROWS_CHANGED.labels(self.name).inc(self.changed)
+
+    def __call__(self, func: F) -> F:
+        name = self.name
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # A fresh observation per call: the decorated sweep may run in parallel threads.
+            with observe_sweep(name) as run:
+                result = func(*args, **kwargs)
+                if isinstance(result, dict) and isinstance(result.get("changed"), int):
+                    run.changed = result["changed"]
+                return result
+
+        return wrapper  # type: ignore[return-value]

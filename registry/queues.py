@@ -8,6 +8,9 @@ SWEEP_QUEUE = "registry.sweeps"
 QUEUE_NAMES: tuple[str, ...] = (DEFAULT_QUEUE, HEARTBEAT_QUEUE, SWEEP_QUEUE)
 
 HEARTBEAT_TASK = "registry.heartbeat"
+# Measures the heartbeat queue's lag (registry.selfpreservation): it must travel the
+# same queue as the heartbeats.
+HEARTBEAT_PROBE_TASK = "registry.heartbeat_probe"
 REGISTER_TASK = "registry.register"
 UPDATE_CARD_TASK = "registry.update_card"
 CREATE_WORKSPACE_TASK = "registry.create_workspace"
@@ -27,7 +30,7 @@ SWEEP_TASKS: tuple[str, ...] = (
 
 def queue_for(task_name: str) -> str:
     """The queue a task is routed to (a heartbeat flood never starves the others)."""
-    if task_name == HEARTBEAT_TASK:
+    if task_name in (HEARTBEAT_TASK, HEARTBEAT_PROBE_TASK):
         return HEARTBEAT_QUEUE
     if task_name in SWEEP_TASKS or task_name.startswith("registry.sweep_"):
         return SWEEP_QUEUE

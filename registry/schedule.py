@@ -2,6 +2,10 @@
 
 An `expires` just below the interval means a backlog of sweeps is dropped instead of
 piling up behind a stalled worker: the next tick does the same work anyway.
+
+Several beats may run at once (SPEC §1): each sweep changes a row with a conditional
+UPDATE over `FOR UPDATE SKIP LOCKED` candidates, so a doubled tick changes nothing
+twice and records no event twice.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ from registry.config import Settings
 from registry.queues import SWEEP_QUEUE
 
 
+def expires_for(interval: int) -> float:
+    """Seconds after which a sweep message is dropped: always below its interval."""
+    return interval * 0.9
+
+
 def _entry(task: str, interval: int) -> dict[str, Any]:
     return {
         "task": task,
         "schedule": float(interval),
         "args": (),
-        "options": {"queue": SWEEP_QUEUE, "expires": max(1.0, interval * 0.9)},
+        "options": {"queue": SWEEP_QUEUE, "expires": expires_for(interval)},
     }
 
 

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from sqlalchemy import text
 
+from registry import metrics
 from registry.events import record_event_on_commit
 from registry.keys import clear_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
@@ -171,6 +172,7 @@ def mark_unreachable(
     rows = uow.conn.execute(sql, bound).all()
     changed = [Unreachable(r.id, r.previous_status, r.status) for r in rows]
     for change in changed:
+        metrics.TRANSITIONS.labels(change.previous_status, change.new_status).inc()
         record_event_on_commit(
             uow,
             UNREACHABLE_EVENT[Status(change.new_status)],

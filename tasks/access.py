@@ -1,1 +1,32 @@
-"""registry.can_communicate (SPEC §9)."""
+"""registry.can_communicate (SPEC §9): `{caller_id, target_id}` → `{"status": "ok", "allowed"}`.
+
+A denial also carries `reason` (an unknown or removed endpoint is named by its field).
+Bad ids are `rejected`, naming the field. A failing lookup answers `allowed: false`
+(fail secure); only a database that cannot be reached at all is retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.access import can_communicate, denial_reason
+from registry.payloads import CanCommunicatePayload
+from registry.queues import CAN_COMMUNICATE_TASK
+from registry.uow import UnitOfWork
+from tasks.base import RegistryTask, run_message
+from workers.app import app
+
+
+def _decide(uow: UnitOfWork, message: CanCommunicatePayload) -> dict[str, Any]:
+    if can_communicate(uow.conn, message.caller_id, message.target_id):
+        return {"status": "ok", "allowed": True}
+    return {
+        "status": "ok",
+        "allowed": False,
+        "reason": denial_reason(uow.conn, message.caller_id, message.target_id),
+    }
+
+
+@app.task(name=CAN_COMMUNICATE_TASK, base=RegistryTask)
+def can_communicate_task(payload: Any) -> dict[str, Any]:
+    return run_message(CanCommunicatePayload, payload, _decide)

@@ -1,1 +1,77 @@
-"""registry.sweep_provisioning, registry.sweep_hibernation, registry.sweep_orphans."""
+"""registry.sweep_provisioning, registry.sweep_hibernation, registry.sweep_orphans (SPEC §5).
+
+Each task builds what its sweep needs from the settings (the container backend from
+CONTAINER_BACKEND) and calls it. No retries: the next tick does the same work, so a
+sweep failing on a dependency is logged and skipped.
+
+The orphan sweep also runs once when beat starts (`beat_init`, which fires for a
+standalone `celery beat` and for `worker --beat` alike): a container orphaned while
+the platform was down is reaped at once instead of one interval later. Beat rather
+than `worker_ready`, because every worker process would send one; more than one beat
+is harmless (the sweep holds a cluster-wide lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import beat_init
+
+from registry import metrics
+from registry.config import get_settings
+from registry.containers import open_container_backend
+from registry.queues import SWEEP_QUEUE
+from registry.schedule import expires_for
+from registry.sweeps.hibernation import sweep_hibernation
+from registry.sweeps.orphans import sweep_orphans
+from registry.sweeps.provisioning import sweep_provisioning
+from registry.uow import unit_of_work
+from tasks.base import RegistryTask
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+SWEEP_PROVISIONING_TASK = "registry.sweep_provisioning"
+SWEEP_HIBERNATION_TASK = "registry.sweep_hibernation"
+SWEEP_ORPHANS_TASK = "registry.sweep_orphans"
+
+
+@app.task(name=SWEEP_PROVISIONING_TASK, base=RegistryTask, max_retries=0)
+@metrics.observe_sweep("provisioning")
+def sweep_provisioning_task() -> dict[str, Any]:
+    settings = get_settings()
+    with unit_of_work() as uow:
+        result = sweep_provisioning(uow, timeout_override=settings.provision_timeout_seconds)
+    if result["more"]:
+        # A full batch: drain the rest now rather than one interval later.
+        sweep_provisioning_task.apply_async(expires=expires_for(settings.provision_sweep_interval))
+    return result
+
+
+@app.task(name=SWEEP_HIBERNATION_TASK, base=RegistryTask, max_retries=0)
+@metrics.observe_sweep("hibernation")
+def sweep_hibernation_task() -> dict[str, Any]:
+    with open_container_backend(get_settings()) as backend:
+        return sweep_hibernation(backend)
+
+
+@app.task(name=SWEEP_ORPHANS_TASK, base=RegistryTask, max_retries=0)
+@metrics.observe_sweep("orphans")
+def sweep_orphans_task() -> dict[str, Any]:
+    with open_container_backend(get_settings()) as backend:
+        return sweep_orphans(backend)
+
+
+@beat_init.connect
+def sweep_orphans_at_start(sender: Any = None, **_: Any) -> None:
+    try:
+        app.send_task(
+            SWEEP_ORPHANS_TASK,
+            queue=SWEEP_QUEUE,
+            expires=expires_for(get_settings().orphan_sweep_interval),
+        )
+    except Exception:  # the broker may still be starting; the schedule catches up
+        log.exception("could not send the start-up orphan sweep")
+    else:
+        log.info("start-up orphan sweep sent")

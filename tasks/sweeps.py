@@ -1,14 +1,32 @@
-"""Periodic tasks on the registry.sweeps queue (SPEC §5, §7)."""
+"""Periodic tasks on the registry.sweeps queue (SPEC §5, §7), and the heartbeat probe.
+
+No retries on the sweeps: the next tick does the same work, so a run failing on a
+dependency is logged and skipped.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from registry import metrics
 from registry.config import get_settings
+from registry.containers import open_container_backend
 from registry.db import get_engine, get_redis
 from registry.events import relay_unpublished_events
+from registry.payloads import PayloadError, parse_payload
+from registry.queues import HEARTBEAT_PROBE_TASK, HEARTBEAT_QUEUE
+from registry.schedule import expires_for
+from registry.selfpreservation import HeartbeatProbePayload, record_probe, send_probe_if_due
+from registry.sweeps.backstop import sweep_backstop
+from registry.sweeps.health import sweep_health
 from tasks.base import RegistryTask
 from workers.app import app
+
+log = logging.getLogger(__name__)
+
+SWEEP_BACKSTOP_TASK = "registry.sweep_backstop"
+SWEEP_HEALTH_TASK = "registry.sweep_health"
 
 
 @app.task(name="registry.relay_events", base=RegistryTask, max_retries=0)
@@ -22,3 +40,46 @@ def relay_events_task() -> dict[str, Any]:
             stream_maxlen=settings.events_stream_maxlen,
         )
     return {"status": "ok", "changed": relayed}
+
+
+def _send_probe(payload: dict[str, Any]) -> None:
+    # Sent by the backstop and health ticks alike: the probe cadence is the faster of
+    # the two intervals, and "only when none is waiting" keeps it to one in flight.
+    app.send_task(HEARTBEAT_PROBE_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
+
+
+@app.task(name=SWEEP_BACKSTOP_TASK, base=RegistryTask, max_retries=0)
+@metrics.observe_sweep("backstop")
+def sweep_backstop_task() -> dict[str, Any]:
+    settings = get_settings()
+    send_probe_if_due(settings, _send_probe)
+    result = sweep_backstop(settings)
+    if result["more"]:
+        # A full batch: drain the rest now rather than one interval later.
+        sweep_backstop_task.apply_async(expires=expires_for(settings.backstop_sweep_interval))
+    return result
+
+
+@app.task(name=SWEEP_HEALTH_TASK, base=RegistryTask, max_retries=0)
+@metrics.observe_sweep("health")
+def sweep_health_task() -> dict[str, Any]:
+    settings = get_settings()
+    send_probe_if_due(settings, _send_probe)
+    with open_container_backend(settings) as checker:
+        return sweep_health(settings, checker)
+
+
+# Consumed by the heartbeat workers (it travels registry.heartbeats); lives here with
+# the sweep that sends it. Fire-and-forget like a heartbeat.
+@app.task(name=HEARTBEAT_PROBE_TASK, base=RegistryTask, ignore_result=True)
+def heartbeat_probe_task(payload: Any) -> dict[str, Any]:
+    try:
+        probe = parse_payload(HeartbeatProbePayload, payload)
+    except PayloadError as exc:
+        return {"status": "rejected", "error": str(exc)}
+    with get_engine().begin() as conn:
+        lag = record_probe(conn, probe)
+    threshold = get_settings().heartbeat_backlog_seconds
+    if lag is not None and lag > threshold:
+        log.warning("heartbeat queue lag %.1f s (above %d s)", lag, threshold)
+    return {"status": "ok", "lag_seconds": lag}

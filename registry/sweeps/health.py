@@ -1,0 +1,217 @@
+"""Health sweep (SPEC §5): containers that are gone, and remote agents that went quiet.
+
+Two passes; an error in one never stops the other.
+
+- **Containers** (only when a ContainerChecker is configured): every `online`/`degraded`
+  non-external workspace is asked "is its container running?". Not running → `offline`,
+  reason `container_gone`, keys cleared, unless `removed` or `provisioning`. A checker
+  error skips that workspace: no answer is never read as "gone". This is an explicit
+  signal: self-preservation does not pause it. The UPDATE re-checks that the row is
+  still live and in the same status spell (`status_changed_at`) as when it was asked,
+  so a workspace hibernated or restarted meanwhile is left alone.
+- **Remote agents**: `external` workspaces in `online`/`degraded` whose
+  `COALESCE(last_heartbeat_at, updated_at)` is older than REMOTE_LIVENESS_STALE_AFTER
+  (plus the heartbeat queue's measured lag) → `awaiting_agent`, reason
+  `heartbeat_stale`, keys cleared, unless `removed`, `provisioning` or `paused`. An
+  automatic path: it pauses while self-preservation is active.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+
+from registry.config import Settings
+from registry.containers import ContainerChecker, ContainerError
+from registry.db import get_engine
+from registry.selfpreservation import HEARTBEAT_STALE, evaluate_now
+from registry.statuses import EXTERNAL_RUNTIME, Status
+from registry.transitions import Unreachable, mark_unreachable
+from registry.uow import UnitOfWork, unit_of_work
+
+log = logging.getLogger(__name__)
+
+CONTAINER_GONE = "container_gone"
+CONTAINER_EXCLUDED = frozenset({Status.REMOVED, Status.PROVISIONING})
+REMOTE_EXCLUDED = frozenset({Status.REMOVED, Status.PROVISIONING, Status.PAUSED})
+
+BATCH_SIZE = 200
+# Engine calls are I/O-bound (one inspect each); a few threads keep a 15 s interval
+# for fleets of thousands without hammering the engine.
+CHECK_THREADS = 8
+
+_announced_disabled = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    workspace_id: UUID
+    status_changed_at: datetime
+
+
+@dataclass
+class ContainerPass:
+    checked: int = 0
+    gone: int = 0
+    errors: int = 0
+    changed: list[Unreachable] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "checked": self.checked,
+            "gone": self.gone,
+            "errors": self.errors,
+            "changed": len(self.changed),
+        }
+
+
+_CONTAINER_CANDIDATES = text(
+    f"""
+    SELECT id, status_changed_at FROM workspaces
+    WHERE status IN ('online', 'degraded') AND runtime <> '{EXTERNAL_RUNTIME}'
+      AND id > :after
+    ORDER BY id
+    LIMIT :limit
+    """
+)
+
+# Still live, and still in the status spell the checker was asked about.
+_GONE_SQL = (
+    "w.status IN ('online', 'degraded') AND (w.id, w.status_changed_at) IN ("
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seen AS timestamptz[])))"
+)
+
+
+def _candidate_batches(batch_size: int) -> Iterator[list[Candidate]]:
+    """Keyset pages by id; each read in its own short transaction (the checker is slow)."""
+    after = UUID(int=0)
+    while True:
+        with get_engine().connect() as conn:
+            rows = conn.execute(_CONTAINER_CANDIDATES, {"after": after, "limit": batch_size}).all()
+        if not rows:
+            return
+        yield [Candidate(r.id, r.status_changed_at) for r in rows]
+        if len(rows) < batch_size:
+            return
+        after = rows[-1].id
+
+
+def _is_running(checker: ContainerChecker, candidate: Candidate) -> bool | None:
+    """True/False from the checker; None when it could not tell (skip, never guess)."""
+    try:
+        return checker.is_running(candidate.workspace_id)
+    except ContainerError as exc:
+        log.warning("health: cannot check workspace %s: %s", candidate.workspace_id, exc)
+    except Exception:
+        log.exception("health: checker failed on workspace %s", candidate.workspace_id)
+    return None
+
+
+def sweep_containers(checker: ContainerChecker, *, batch_size: int = BATCH_SIZE) -> ContainerPass:
+    """Ask the checker about every live container-backed workspace; mark the gone ones."""
+    result = ContainerPass()
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        for batch in _candidate_batches(batch_size):
+            answers = list(pool.map(lambda c: _is_running(checker, c), batch))
+            gone = [c for c, running in zip(batch, answers, strict=True) if running is False]
+            result.checked += len(batch)
+            result.errors += sum(1 for running in answers if running is None)
+            result.gone += len(gone)
+            if gone:
+                with unit_of_work() as uow:
+                    result.changed += mark_gone(uow, gone)
+    for change in result.changed:
+        log.warning(
+            "health: workspace %s %s -> offline (container not running)",
+            change.workspace_id,
+            change.previous_status,
+        )
+    return result
+
+
+def mark_gone(uow: UnitOfWork, gone: list[Candidate]) -> list[Unreachable]:
+    return mark_unreachable(
+        uow,
+        reason=CONTAINER_GONE,
+        candidates_sql=_GONE_SQL,
+        params={
+            "ids": [c.workspace_id for c in gone],
+            "seen": [c.status_changed_at for c in gone],
+        },
+        excluded=CONTAINER_EXCLUDED,
+        target=Status.OFFLINE,
+        limit=len(gone),
+    )
+
+
+# Both branches are ranges on ix_workspaces_live_heartbeat (it indexes NULLs too), so
+# the pass costs in proportion to the stale rows; the runtime test filters them.
+REMOTE_STALE_SQL = (
+    f"w.runtime = '{EXTERNAL_RUNTIME}' AND w.status IN ('online', 'degraded') AND ("
+    "w.last_heartbeat_at < now() - make_interval(secs => :stale_after) "
+    "OR (w.last_heartbeat_at IS NULL "
+    "AND w.updated_at < now() - make_interval(secs => :stale_after)))"
+)
+
+
+def mark_remote_stale(
+    uow: UnitOfWork, *, stale_after: float, limit: int = BATCH_SIZE
+) -> list[Unreachable]:
+    return mark_unreachable(
+        uow,
+        reason=HEARTBEAT_STALE,
+        candidates_sql=REMOTE_STALE_SQL,
+        params={"stale_after": stale_after},
+        excluded=REMOTE_EXCLUDED,
+        target=Status.AWAITING_AGENT,
+        limit=limit,
+    )
+
+
+def sweep_remote_agents(settings: Settings, *, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
+    assessment = evaluate_now(settings)
+    if assessment.paused:
+        log.warning("health: remote-agent pass paused by self-preservation (%s)", assessment.reason)
+        return {"changed": 0, "paused": "self_preservation", "reason": assessment.reason}
+    stale_after = settings.remote_liveness_stale_after + assessment.backlog_seconds
+    with unit_of_work() as uow:
+        changed = mark_remote_stale(uow, stale_after=stale_after, limit=batch_size)
+    for change in changed:
+        log.warning(
+            "health: external workspace %s %s -> awaiting_agent (no heartbeat for %.0f s)",
+            change.workspace_id,
+            change.previous_status,
+            stale_after,
+        )
+    return {"changed": len(changed), "more": len(changed) == batch_size}
+
+
+def sweep_health(settings: Settings, checker: ContainerChecker | None) -> dict[str, Any]:
+    """Both passes; `checker` None (CONTAINER_BACKEND=none) skips the container pass."""
+    global _announced_disabled  # noqa: PLW0603 - a once-per-process log flag
+    containers: dict[str, Any] | str
+    if checker is None:
+        containers = "disabled"
+        if not _announced_disabled:
+            _announced_disabled = True
+            log.info("health: no container backend (CONTAINER_BACKEND=none); container pass off")
+    else:
+        try:
+            containers = sweep_containers(checker).as_dict()
+        except Exception:
+            log.exception("health: container pass failed; the remote-agent pass still runs")
+            containers = "error"
+    try:
+        remote = sweep_remote_agents(settings)
+    except Exception:
+        log.exception("health: remote-agent pass failed")
+        remote = {"changed": 0, "error": True}
+    changed = (containers["changed"] if isinstance(containers, dict) else 0) + remote["changed"]
+    return {"status": "ok", "changed": changed, "containers": containers, "remote": remote}

@@ -1,0 +1,239 @@
+"""Orphan containers (SPEC §5): stop containers no live workspace owns, free their volumes.
+
+Two independent passes over the managed containers (`ws-<12 chars of id>` carrying the
+`molecule.managed=true` label, see registry.containers); each lists the containers
+itself and runs under its own guard, so an error in one never stops the other:
+
+1. `removed`: the prefix matches workspace rows and every one of them is `removed`
+   (a workspace deleted while its container kept running) → stop the container and,
+   only if the stop succeeded, remove its volume. A volume error is only logged.
+2. `unknown`: the prefix matches no row at all (the database was wiped or restored
+   from an old backup) → stop and remove the volume, same rule.
+
+A prefix matching both a removed and a live row (two ids sharing 12 characters) is
+left alone: a live workspace's container is never touched on a guess.
+
+Only prefixes shaped like the start of a UUID (8 hex digits, `-`, 3 hex digits) are
+ever put in a query or acted on: `_` and `%` would be LIKE wildcards, and a container
+whose name is not such a prefix is not one of ours whatever its label says. All the
+prefixes of a pass go out in ONE query, which uses `ix_workspaces_id_text`.
+
+One sweep stops working at its deadline (30 s by default) and reports it; the next
+sweep carries on. Only one orphan sweep runs at a time in the whole cluster (a
+PostgreSQL advisory lock): a second one started meanwhile reports `skipped`.
+Without a container backend (`CONTAINER_BACKEND=none`) the sweep is disabled and
+says so once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from registry.containers import ContainerError, ContainerReaper, ManagedContainer
+from registry.db import get_engine
+from registry.statuses import Status
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEADLINE_SECONDS = 30.0
+# pg_try_advisory_lock key for "an orphan sweep is running" (ASCII "molorphn").
+ADVISORY_LOCK_KEY = 0x6D6F6C6F7270686E
+
+_disabled_logged: list[bool] = []  # the "disabled" line is logged once per process
+
+_WORKSPACE_PREFIX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{3}$")
+
+# The LIKE alone cannot use the index when its pattern comes from a join, so the
+# range on the same index (text_pattern_ops) finds the rows and the LIKE states the
+# rule. Every string starting with a lowercase UUID prefix sorts below prefix || 'g'
+# (UUID text is [0-9a-f-], all below 'g').
+_STATUSES_BY_PREFIX = text(
+    """
+    SELECT p.prefix, w.status
+    FROM unnest(CAST(:prefixes AS text[])) AS p(prefix)
+    JOIN workspaces w
+      ON w.id::text ~>=~ p.prefix
+     AND w.id::text ~<~ (p.prefix || 'g')
+     AND w.id::text LIKE p.prefix || '%'
+    """
+)
+
+
+def workspace_prefix(container: ManagedContainer) -> str | None:
+    """The container's workspace prefix, lowercased; None when it is not shaped like one."""
+    prefix = container.workspace_prefix.lower()
+    return prefix if _WORKSPACE_PREFIX.match(prefix) else None
+
+
+def statuses_by_prefix(conn: Connection, prefixes: list[str]) -> dict[str, list[str]]:
+    """Statuses of the rows each prefix matches; a prefix matching no row is absent."""
+    for prefix in prefixes:  # the last guard before a query: never a wildcard
+        if not _WORKSPACE_PREFIX.match(prefix):
+            raise ValueError(f"refusing to query unsafe prefix {prefix!r}")
+    found: dict[str, list[str]] = {}
+    if prefixes:
+        for row in conn.execute(_STATUSES_BY_PREFIX, {"prefixes": sorted(set(prefixes))}):
+            found.setdefault(row.prefix, []).append(row.status)
+    return found
+
+
+def _owned_by_removed_rows(statuses: list[str] | None) -> bool:
+    return statuses is not None and all(s == Status.REMOVED for s in statuses)
+
+
+def _owned_by_no_row(statuses: list[str] | None) -> bool:
+    return statuses is None
+
+
+@dataclass
+class PassReport:
+    stopped: int = 0
+    volumes_removed: int = 0
+    stop_errors: int = 0
+    volume_errors: int = 0
+    error: str | None = None
+
+
+@dataclass
+class OrphanReport:
+    removed: PassReport = field(default_factory=PassReport)
+    unknown: PassReport = field(default_factory=PassReport)
+    ignored: int = 0
+    deadline_exceeded: bool = False
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "changed": self.removed.stopped + self.unknown.stopped,
+            "removed": asdict(self.removed),
+            "unknown": asdict(self.unknown),
+            "ignored": self.ignored,
+            "deadline_exceeded": self.deadline_exceeded,
+        }
+
+
+class _Deadline:
+    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.started = clock()
+
+    def passed(self) -> bool:
+        return self.clock() - self.started >= self.seconds
+
+
+def _reap(reaper: ContainerReaper, container: ManagedContainer, report: PassReport) -> None:
+    """Stop, then (only if stopped) remove the volume; failures counted and logged."""
+    try:
+        reaper.stop_container(container.name)
+    except ContainerError as exc:
+        report.stop_errors += 1
+        log.warning("orphan sweep: could not stop %s (%s); volume kept", container.name, exc)
+        return
+    report.stopped += 1
+    try:
+        reaper.remove_volume(container.workspace_prefix)
+    except ContainerError as exc:
+        report.volume_errors += 1
+        log.warning("orphan sweep: stopped %s but its volume stays: %s", container.name, exc)
+        return
+    report.volumes_removed += 1
+
+
+@dataclass(frozen=True)
+class _Pass:
+    name: str  # the OrphanReport field that tallies it
+    owned: Callable[[list[str] | None], bool]  # statuses matched by the prefix → orphan?
+    why: str
+
+
+REMOVED_PASS = _Pass("removed", _owned_by_removed_rows, "its workspace was removed")
+UNKNOWN_PASS = _Pass("unknown", _owned_by_no_row, "no workspace row matches it: database wiped?")
+
+
+def _run_pass(
+    spec: _Pass,
+    reaper: ContainerReaper,
+    conn: Connection,
+    report: OrphanReport,
+    deadline: _Deadline,
+) -> None:
+    tally: PassReport = getattr(report, spec.name)
+    try:
+        if deadline.passed():
+            report.deadline_exceeded = True
+            return
+        ours: list[tuple[str, ManagedContainer]] = []
+        ignored = 0
+        for container in reaper.list_managed():
+            prefix = workspace_prefix(container)
+            if prefix is None:
+                ignored += 1
+                log.debug("orphan sweep: %s is not named after a workspace; ignored", container)
+            else:
+                ours.append((prefix, container))
+        report.ignored = max(report.ignored, ignored)  # both passes see the same list
+        statuses = statuses_by_prefix(conn, [prefix for prefix, _ in ours])
+        for prefix, container in ours:
+            if not spec.owned(statuses.get(prefix)):
+                continue
+            if deadline.passed():
+                report.deadline_exceeded = True
+                return
+            log.warning("orphan sweep: stopping %s (%s)", container.name, spec.why)
+            _reap(reaper, container, tally)
+    except Exception as exc:  # one pass failing must never stop the other
+        tally.error = f"{type(exc).__name__}: {exc}"
+        log.exception("orphan sweep: the %r pass failed", spec.name)
+
+
+def sweep_orphans(
+    reaper: ContainerReaper | None,
+    *,
+    engine: Engine | None = None,
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Both passes, one sweep at a time cluster-wide, within the deadline."""
+    if reaper is None:
+        if not _disabled_logged:
+            _disabled_logged.append(True)
+            log.warning(
+                "orphan-container sweep disabled: no container backend (CONTAINER_BACKEND=none)"
+            )
+        return {"status": "ok", "changed": 0, "disabled": "no container backend"}
+
+    deadline = _Deadline(deadline_seconds, clock)
+    report = OrphanReport()
+    # Autocommit: no transaction stays open across the Docker calls; the session-level
+    # advisory lock lives as long as this connection, and dies with it.
+    with (engine or get_engine()).connect() as raw:
+        conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+        if not conn.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+        ).scalar_one():
+            log.info("orphan sweep skipped: another one is running")
+            return {"status": "ok", "changed": 0, "skipped": "another orphan sweep is running"}
+        try:
+            for spec in (REMOVED_PASS, UNKNOWN_PASS):
+                _run_pass(spec, reaper, conn, report, deadline)
+        finally:
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+            except Exception:
+                # Closing the session is what releases the lock then; never pool it.
+                raw.invalidate()
+                log.warning("orphan sweep: could not release its advisory lock; connection dropped")
+    if report.deadline_exceeded:
+        log.warning(
+            "orphan sweep stopped at its %.0f s deadline; the next one continues",
+            deadline_seconds,
+        )
+    return report.result()

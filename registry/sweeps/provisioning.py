@@ -1,0 +1,122 @@
+"""Provisioning timeout (SPEC §5): a container that never registered → `failed`.
+
+A workspace sits in `provisioning` from the moment its row is created until its agent
+registers (or sends a first heartbeat). If that takes longer than its runtime's
+timeout, the container is assumed stuck: the row goes to `failed`, `last_sample_error`
+says why, and `WORKSPACE_PROVISION_FAILED` is recorded.
+
+Time in `provisioning` is `now() - status_changed_at` (a trigger keeps that column
+true whoever writes the status), measured on the database's clock. Candidates come
+from the partial index `ix_workspaces_provisioning`, so a sweep costs in proportion
+to the rows in `provisioning`, not to the fleet.
+
+This is an explicit signal, not a liveness guess: self-preservation never pauses it.
+`awaiting_agent` (an external workspace whose agent has not connected) is never
+swept here: its agent runs on the operator's machine and may connect at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import text
+
+from registry import metrics
+from registry.events import record_event_on_commit
+from registry.statuses import EventType, Status
+from registry.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 10 * 60
+# Runtimes that boot slower than the default allows.
+RUNTIME_TIMEOUT_SECONDS: Mapping[str, int] = {"hermes": 30 * 60}
+SOURCE = "provision_timeout_sweep"
+
+_FAIL_TIMED_OUT = text(
+    """
+    WITH cand AS (
+        SELECT w.id, w.runtime,
+               COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_secs)
+                   AS timeout_secs
+        FROM workspaces w
+        WHERE w.status = 'provisioning'
+          -- Index range on ix_workspaces_provisioning; the exact per-runtime test follows.
+          AND w.status_changed_at < now() - make_interval(secs => :shortest_secs)
+          AND w.status_changed_at < now() - make_interval(
+                secs => COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_secs))
+        ORDER BY w.status_changed_at
+        LIMIT :limit
+        -- A row locked by a registration in flight is being brought online: skip it
+        -- rather than wait; two sweeps never claim the same row. The lock re-reads a
+        -- row committed meanwhile and re-tests this WHERE, so a workspace that
+        -- registered since the statement began is left alone.
+        FOR UPDATE OF w SKIP LOCKED
+    )
+    UPDATE workspaces w
+    SET status = 'failed',
+        updated_at = now(),
+        last_sample_error = format(:message, cand.timeout_secs, cand.runtime)
+    FROM cand
+    WHERE w.id = cand.id AND w.status = 'provisioning'
+    RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error
+    """
+)
+
+_MESSAGE = "provisioning timed out: the container never registered within %s s (runtime %s)"
+
+
+def timeouts(override: int | None) -> tuple[int, dict[str, int]]:
+    """(default timeout, per-runtime timeouts) in seconds; an override replaces all."""
+    if override is not None and override > 0:
+        return override, {}
+    return DEFAULT_TIMEOUT_SECONDS, dict(RUNTIME_TIMEOUT_SECONDS)
+
+
+def timeout_for(runtime: str, override: int | None) -> int:
+    default, per_runtime = timeouts(override)
+    return per_runtime.get(runtime, default)
+
+
+def sweep_provisioning(
+    uow: UnitOfWork, *, timeout_override: int | None = None, limit: int = 500
+) -> dict[str, Any]:
+    """Fail every workspace provisioning for longer than its timeout; one event each.
+
+    `timeout_override` is PROVISION_TIMEOUT_SECONDS (None: the per-runtime defaults).
+    At most `limit` rows per call; `more` says the next tick has work left.
+    """
+    default, per_runtime = timeouts(timeout_override)
+    rows = uow.conn.execute(
+        _FAIL_TIMED_OUT,
+        {
+            "per_runtime": json.dumps(per_runtime),
+            "default_secs": default,
+            "shortest_secs": min([default, *per_runtime.values()]),
+            "message": _MESSAGE,
+            "limit": limit,
+        },
+    ).all()
+    for row in rows:
+        record_event_on_commit(
+            uow,
+            EventType.WORKSPACE_PROVISION_FAILED,
+            row.id,
+            {
+                "error": row.last_sample_error,
+                "timeout_secs": row.timeout_secs,
+                "runtime": row.runtime,
+                "source": SOURCE,
+            },
+        )
+        metrics.record_transition(Status.PROVISIONING, Status.FAILED)
+        log.warning(
+            "workspace %s (runtime %s) failed: no registration within %d s of provisioning",
+            row.id,
+            row.runtime,
+            row.timeout_secs,
+        )
+    return {"status": "ok", "changed": len(rows), "more": len(rows) == limit}

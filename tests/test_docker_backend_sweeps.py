@@ -1,0 +1,198 @@
+"""The hibernation and orphan sweeps end to end on DockerContainers.
+
+The real docker SDK talks HTTP to tests/fake_docker_engine.py; then the same through
+the tasks, with the backend chosen by CONTAINER_BACKEND=docker and DOCKER_HOST.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from celery.signals import beat_init
+from fake_docker_engine import FakeDockerEngine
+from maintenance_helpers import add_workspace, environment, events, status_of
+from sqlalchemy import Engine
+
+from registry.containers import MANAGED_LABEL, DockerContainers, container_name, volume_name
+from registry.containers import id_prefix as prefix_of
+from registry.sweeps.hibernation import sweep_hibernation
+from registry.sweeps.orphans import sweep_orphans
+
+pytestmark = pytest.mark.integration
+
+MANAGED = {MANAGED_LABEL: "true"}
+
+
+@pytest.fixture
+def engine_api() -> Iterator[FakeDockerEngine]:
+    with FakeDockerEngine() as fake:
+        yield fake
+
+
+@pytest.fixture
+def docker(engine_api: FakeDockerEngine) -> Iterator[DockerContainers]:
+    with DockerContainers(engine_api.base_url, timeout=5) as containers:
+        yield containers
+
+
+def managed(engine_api: FakeDockerEngine, ws: uuid.UUID, *, volume: bool = True) -> str:
+    name = container_name(ws)
+    engine_api.add_container(name, running=True, labels=MANAGED)
+    if volume:
+        engine_api.volumes.add(volume_name(prefix_of(ws)))
+    return name
+
+
+def test_hibernation_stops_the_container(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    ws = add_workspace(db, hibernation_idle_minutes=5, idle_for="6 minutes")
+    name = managed(engine_api, ws)
+
+    assert sweep_hibernation(docker)["changed"] == 1
+
+    assert engine_api.containers[name].running is False
+    assert len(engine_api.requests_to("POST", f"/containers/{name}/stop")) == 1
+    assert status_of(db, ws) == "hibernated"
+    assert volume_name(prefix_of(ws)) in engine_api.volumes  # hibernation keeps the data
+
+
+def test_hibernation_engine_error_restores_status_then_retries(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    ws = add_workspace(db, status="degraded", hibernation_idle_minutes=5, idle_for="6 minutes")
+    name = managed(engine_api, ws)
+    engine_api.fail[name] = 500
+
+    result = sweep_hibernation(docker)
+
+    assert (result["changed"], result["stop_failed"]) == (0, 1)
+    assert status_of(db, ws) == "degraded"
+    assert engine_api.containers[name].running is True
+
+    del engine_api.fail[name]
+    assert sweep_hibernation(docker)["changed"] == 1
+    assert status_of(db, ws) == "hibernated"
+    assert engine_api.containers[name].running is False
+
+
+def test_hibernation_of_a_container_already_gone(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    ws = add_workspace(db, hibernation_idle_minutes=5, idle_for="6 minutes")
+    assert sweep_hibernation(docker)["changed"] == 1  # 404: stopped already
+    assert status_of(db, ws) == "hibernated"
+
+
+def test_orphans_both_passes(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    removed = add_workspace(db, status="removed")
+    live = add_workspace(db, status="online")
+    wiped = uuid.uuid4()
+    removed_name, live_name, wiped_name = (managed(engine_api, ws) for ws in (removed, live, wiped))
+    # Foreign containers: no label, or a label but not a workspace name.
+    engine_api.add_container("postgres", running=True)
+    engine_api.add_container(container_name(uuid.uuid4()), running=True)  # unlabelled ws-*
+    engine_api.add_container("ws-0f3c2a9b_1d2", running=True, labels=MANAGED)
+
+    result = sweep_orphans(docker)
+
+    assert result["changed"] == 2
+    assert engine_api.containers[removed_name].running is False
+    assert engine_api.containers[wiped_name].running is False
+    assert engine_api.containers[live_name].running is True
+    assert all(engine_api.containers[n].running for n in ("postgres", "ws-0f3c2a9b_1d2"))
+    assert engine_api.volumes == {volume_name(prefix_of(live))}
+    assert engine_api.requests_to("POST", "/containers/ws-0f3c2a9b_1d2/stop") == []
+
+    # The engine lists stopped containers too: the next sweep's repeat is harmless.
+    again = sweep_orphans(docker)
+    assert again["removed"]["stop_errors"] == again["unknown"]["stop_errors"] == 0
+    assert again["removed"]["volume_errors"] == 0
+
+
+def test_orphans_stop_failure_keeps_the_volume_volume_failure_is_logged(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    stuck, busy_volume = add_workspace(db, status="removed"), add_workspace(db, status="removed")
+    stuck_name = managed(engine_api, stuck)
+    managed(engine_api, busy_volume)
+    engine_api.fail[stuck_name] = 500
+    engine_api.fail[volume_name(prefix_of(busy_volume))] = 409  # volume in use
+
+    result = sweep_orphans(docker)
+
+    assert result["removed"] == {
+        "stopped": 1,
+        "volumes_removed": 0,
+        "stop_errors": 1,
+        "volume_errors": 1,
+        "error": None,
+    }
+    assert volume_name(prefix_of(stuck)) in engine_api.volumes
+    assert engine_api.requests_to("DELETE", f"/volumes/{volume_name(prefix_of(stuck))}") == []
+
+
+def test_orphans_engine_down_fails_both_passes_without_crashing(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    engine_api.fail_list = 500
+    result = sweep_orphans(docker)
+    assert result["status"] == "ok"
+    assert result["removed"]["error"].startswith("ContainerError")
+    assert result["unknown"]["error"].startswith("ContainerError")
+
+
+# --- through the tasks, backend from the configuration -------------------------------
+
+
+@pytest.fixture
+def docker_configured(engine_api: FakeDockerEngine) -> Iterator[None]:
+    with environment(CONTAINER_BACKEND="docker", DOCKER_HOST=engine_api.base_url):
+        yield
+
+
+def test_hibernation_task(
+    db: Engine, engine_api: FakeDockerEngine, docker_configured: None, worker, celery_app
+) -> None:
+    ws = add_workspace(db, hibernation_idle_minutes=5, idle_for="6 minutes", tier=2)
+    name = managed(engine_api, ws)
+
+    result = celery_app.send_task("registry.sweep_hibernation", queue="registry.sweeps").get(
+        timeout=20
+    )
+
+    assert result["status"] == "ok"
+    assert result["changed"] == 1
+    assert engine_api.containers[name].running is False
+    (event,) = events(db, "WORKSPACE_HIBERNATED")
+    assert event.payload["tier"] == 2
+
+
+def test_orphan_task(
+    db: Engine, engine_api: FakeDockerEngine, docker_configured: None, worker, celery_app
+) -> None:
+    name = managed(engine_api, add_workspace(db, status="removed"))
+
+    result = celery_app.send_task("registry.sweep_orphans", queue="registry.sweeps").get(timeout=20)
+
+    assert result["status"] == "ok"
+    assert result["changed"] == 1
+    assert engine_api.containers[name].running is False
+
+
+def test_orphan_sweep_runs_once_when_beat_starts(
+    db: Engine, engine_api: FakeDockerEngine, docker_configured: None, worker
+) -> None:
+    wiped_name = managed(engine_api, uuid.uuid4())
+
+    beat_init.send(sender=None)  # what `celery beat` (or `worker --beat`) sends at start
+
+    deadline = time.monotonic() + 20
+    while engine_api.containers[wiped_name].running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine_api.containers[wiped_name].running is False

@@ -1,0 +1,227 @@
+"""The liveness listener process (SPEC §1, §5): `python -m workers.liveness`.
+
+Also started as `molecule-registry liveness`. It subscribes to the expired key-events
+of REDIS_URL's database (`__keyevent@<db>__:expired`, enabled at start, see
+registry.liveness) and applies the liveness-expiry transition to every `ws:<id>` key
+that expires, in batches of whatever has arrived. It:
+
+- pauses marking while self-preservation is active (evaluated at most every 5 s);
+- survives PostgreSQL or Redis going away: it reconnects with exponential backoff and
+  jitter (0.25 s doubling up to 30 s), re-enables the notifications on reconnect (a
+  restarted Redis forgets them), and the backstop sweep catches any expiry missed
+  meanwhile;
+- stops at start, with what to configure, if Redis will not publish expired events;
+- runs safely next to other listeners: each change is conditional (registry.transitions),
+  so two listeners receiving the same notification change the row and record its event
+  once;
+- stops cleanly on SIGTERM or SIGINT (within about a second).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import redis
+import redis.client
+import redis.exceptions
+import sqlalchemy.exc
+from redis.backoff import EqualJitterBackoff
+from sqlalchemy import text
+
+from registry.cli.base import safe_url
+from registry.config import Settings, get_settings
+from registry.db import get_engine
+from registry.keys import workspace_id_from_liveness_key
+from registry.liveness import (
+    NotificationsUnavailable,
+    ensure_expired_notifications,
+    expired_channel,
+    mark_expired,
+)
+from registry.selfpreservation import SelfPreservationGate
+from registry.uow import unit_of_work
+
+log = logging.getLogger("workers.liveness")
+
+READY_MESSAGE = "liveness listener ready"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Dependency failures worth a reconnect (BusyLoadingError is a ConnectionError).
+_RECONNECT_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    OSError,
+)
+
+
+class LivenessListener:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        batch_size: int = 500,
+        poll_seconds: float = 1.0,
+        backoff: EqualJitterBackoff | None = None,
+        gate: SelfPreservationGate | None = None,
+    ) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.backoff = backoff or EqualJitterBackoff(cap=30.0, base=0.5)
+        self.gate = gate or SelfPreservationGate(settings)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Listen until `stop()`; raises NotificationsUnavailable if Redis cannot notify."""
+        failures = 0
+        ready_before = False
+        while not self._stop.is_set():
+            client = redis.Redis.from_url(
+                self.settings.redis_url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                socket_keepalive=True,
+                # A silently dead connection (no RST) is noticed by a PING.
+                health_check_interval=10,
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                self._connect(client, pubsub, reconnect=ready_before)
+                ready_before = True
+                failures = 0
+                self._listen(pubsub)
+            except _RECONNECT_ERRORS as exc:
+                failures += 1
+                delay = self.backoff.compute(failures)
+                log.warning(
+                    "lost %s (%s); reconnecting in %.1f s (attempt %d)",
+                    _describe_dependency(exc, self.settings),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay,
+                    failures,
+                )
+                self._stop.wait(delay)
+            finally:
+                _close_quietly(pubsub, client)
+
+    def _connect(
+        self, client: redis.Redis, pubsub: redis.client.PubSub, *, reconnect: bool
+    ) -> None:
+        with get_engine().connect() as conn:  # fail here, not at the first expiry
+            conn.execute(text("SELECT 1"))
+        db = int(client.connection_pool.connection_kwargs.get("db", 0))
+        channel = expired_channel(db)
+        pubsub.subscribe(channel)
+        flags = ensure_expired_notifications(client, pubsub, channel)
+        log.info(
+            "%s%s: %s on %s (notify-keyspace-events=%s)",
+            READY_MESSAGE,
+            " again" if reconnect else "",
+            channel,
+            safe_url(self.settings.redis_url),
+            flags,
+        )
+
+    def _listen(self, pubsub: redis.client.PubSub) -> None:
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=self.poll_seconds)
+            if message is None:
+                continue
+            keys = [message["data"]]
+            # Take whatever else has arrived: a burst of expiries is one UPDATE.
+            while len(keys) < self.batch_size:
+                more = pubsub.get_message(timeout=0.0)
+                if more is None:
+                    break
+                keys.append(more["data"])
+            self.handle(keys)
+
+    def handle(self, keys: Sequence[Any]) -> int:
+        """Apply the expiry transition for the `ws:<id>` keys among `keys`; rows changed."""
+        ids: list[UUID] = [
+            ws for key in keys if (ws := workspace_id_from_liveness_key(str(key))) is not None
+        ]
+        if not ids:
+            return 0
+        try:
+            assessment = self.gate.assessment()
+            if assessment.paused:
+                log.warning(
+                    "self-preservation (%s): not marking %d expired workspace(s); the "
+                    "backstop re-checks them once it ends",
+                    assessment.reason,
+                    len(ids),
+                )
+                return 0
+            with unit_of_work() as uow:
+                changed = mark_expired(uow, ids, self.settings)
+        except _RECONNECT_ERRORS as exc:
+            # The notification is gone; the backstop sweep applies the same transition.
+            log.error("could not apply %d expiry notification(s): %s", len(ids), exc)
+            return 0
+        for change in changed:
+            log.info(
+                "workspace %s %s -> %s (liveness_expired)",
+                change.workspace_id,
+                change.previous_status,
+                change.new_status,
+            )
+        return len(changed)
+
+
+def _describe_dependency(exc: BaseException, settings: Settings) -> str:
+    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        return f"PostgreSQL at {safe_url(settings.database_url)}"
+    return f"Redis at {safe_url(settings.redis_url)}"
+
+
+def _close_quietly(pubsub: redis.client.PubSub, client: redis.Redis) -> None:
+    for closable in (pubsub, client):
+        try:
+            closable.close()
+        except Exception:  # already broken: nothing left to release
+            log.debug("ignored error while closing %r", closable, exc_info=True)
+
+
+def configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    # The listener's own INFO lines (ready, each change) are its operational record.
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
+def run_listener(settings: Settings | None = None) -> int:
+    """Run until SIGTERM/SIGINT; the process exit status."""
+    configure_logging()
+    listener = LivenessListener(settings or get_settings())
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        listener.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        listener.run()
+    except NotificationsUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("liveness listener stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_listener())
