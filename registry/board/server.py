@@ -1,0 +1,210 @@
+"""The board's HTTP server: static page, JSON snapshot, and events as server-sent events.
+
+The standard library's ThreadingHTTPServer is enough: one thread per connection, so a
+slow or stalled browser only holds its own thread (and is dropped when a write has
+waited `WRITE_TIMEOUT_SECONDS`). Each event stream has its own `Subscriber`, reading
+from the position the page asks for (its snapshot's, or `Last-Event-ID` when the
+browser reconnects by itself), so no page can miss or slow down another's events.
+
+Routes: `/` (page), `/board.js`, `/board.css`, `/api/snapshot`, `/api/workspaces/<id>`,
+`/api/events?since=<position>` (text/event-stream).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+import redis
+from sqlalchemy import Engine
+
+from registry.board.snapshot import fleet_snapshot, one_workspace
+from registry.jsontext import dumps
+from registry.subscriber import RETRYABLE_ERRORS, Item, Position, StreamGap, Subscriber
+from registry.subscriber_text import describe
+
+log = logging.getLogger(__name__)
+
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/board.js": ("board.js", "text/javascript; charset=utf-8"),
+    "/board.css": ("board.css", "text/css; charset=utf-8"),
+}
+WRITE_TIMEOUT_SECONDS = 30
+POLL_BLOCK_MS = 1000
+KEEPALIVE_SECONDS = 10
+RECONNECT_MS = 2000  # how soon a browser retries a dropped event stream
+STREAMS_DRAIN_SECONDS = 3.0
+
+
+class BoardServer(ThreadingHTTPServer):
+    """Serves one board; `stopping` ends every event stream within a second."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine, client: redis.Redis) -> None:
+        self.engine = engine
+        self.client = client
+        self.stopping = threading.Event()
+        self._open_streams = 0
+        self._streams_changed = threading.Condition()
+        super().__init__(address, BoardHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}/"
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        super().shutdown()
+
+    def server_close(self) -> None:
+        """Close, and give open event streams a moment to end (they poll `stopping`)."""
+        self.stopping.set()
+        super().server_close()
+        with self._streams_changed:
+            self._streams_changed.wait_for(
+                lambda: self._open_streams == 0, timeout=STREAMS_DRAIN_SECONDS
+            )
+
+    @contextmanager
+    def stream_open(self) -> Iterator[None]:
+        with self._streams_changed:
+            self._open_streams += 1
+        try:
+            yield
+        finally:
+            with self._streams_changed:
+                self._open_streams -= 1
+                self._streams_changed.notify_all()
+
+
+class BoardHandler(BaseHTTPRequestHandler):
+    server: BoardServer
+    # Socket timeout: a browser that stops reading is dropped instead of holding a
+    # thread forever.
+    timeout = WRITE_TIMEOUT_SECONDS
+    server_version = "molecule-registry-board"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        try:
+            if url.path in STATIC_FILES:
+                self._static(*STATIC_FILES[url.path])
+            elif url.path == "/api/snapshot":
+                self._json(fleet_snapshot(self.server.engine, self.server.client))
+            elif url.path.startswith("/api/workspaces/"):
+                self._workspace(url.path.removeprefix("/api/workspaces/"))
+            elif url.path == "/api/events":
+                self._events(parse_qs(url.query).get("since", [""])[0])
+            else:
+                self._error(HTTPStatus.NOT_FOUND, "not found")
+        except RETRYABLE_ERRORS as exc:
+            log.warning("board: %s", str(exc).strip().splitlines()[0])
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "registry stores unreachable; retry")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            log.debug("board: client %s went away", self.address_string())
+
+    # -- plain responses ----------------------------------------------------
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, value: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(status, dumps(value).encode(), "application/json")
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json({"error": message}, status)
+
+    def _static(self, name: str, content_type: str) -> None:
+        body = resources.files("registry.board").joinpath("static", name).read_bytes()
+        self._send(HTTPStatus.OK, body, content_type)
+
+    def _workspace(self, raw_id: str) -> None:
+        try:
+            workspace_id = UUID(raw_id)
+        except ValueError:
+            self._error(HTTPStatus.BAD_REQUEST, f"{raw_id!r} is not a workspace id")
+            return
+        with self.server.engine.connect() as conn:
+            found = one_workspace(conn, workspace_id)
+        if found is None:
+            self._error(HTTPStatus.NOT_FOUND, f"unknown workspace {workspace_id}")
+        else:
+            self._json(found)
+
+    # -- the event stream ---------------------------------------------------
+
+    def _events(self, since: str) -> None:
+        # A browser reconnecting by itself sends the id of the last message it got.
+        token = self.headers.get("Last-Event-ID") or since
+        try:
+            start: Position | str = Position.from_token(token) if token else "now"
+        except ValueError:
+            self._error(HTTPStatus.BAD_REQUEST, f"{token!r} is not a stream position")
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Accel-Buffering", "no")  # a proxy in front must not buffer
+        self.end_headers()
+        with self.server.stream_open():
+            try:
+                self._write(f"retry: {RECONNECT_MS}\n\n")
+                self._follow(Subscriber(self.server.client, self.server.engine, since=start))
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                log.debug("board: event stream to %s closed", self.address_string())
+            except Exception:  # headers are sent: end this stream, the browser reconnects
+                log.exception("board: event stream to %s failed", self.address_string())
+
+    def _follow(self, subscriber: Subscriber) -> None:
+        stopping = self.server.stopping
+        quiet_polls = 0
+        while not stopping.is_set():
+            batch = subscriber.poll_with_positions(block_ms=POLL_BLOCK_MS, stop=stopping)
+            for item, position in batch:
+                self._write(_sse_message(item, position))
+            quiet_polls = 0 if batch else quiet_polls + 1
+            # A comment line now and then: proxies keep the connection, and a closed
+            # browser is noticed (the write fails) even when the fleet is quiet.
+            if quiet_polls * POLL_BLOCK_MS >= KEEPALIVE_SECONDS * 1000:
+                self._write(": keepalive\n\n")
+                quiet_polls = 0
+
+    def _write(self, text: str) -> None:
+        self.wfile.write(text.encode())
+        self.wfile.flush()
+
+
+def _sse_message(item: Item, position: Position) -> str:
+    if isinstance(item, StreamGap):
+        data = {**item.as_dict(), "text": item.describe()}
+        return f"id: {position.token()}\nevent: gap\ndata: {json.dumps(data)}\n\n"
+    data = {**item.as_dict(), "gist": describe(item.type, item.payload)}
+    return f"id: {position.token()}\nevent: registry\ndata: {dumps(data)}\n\n"
+
+
+def serve(host: str, port: int, engine: Engine, client: redis.Redis) -> BoardServer:
+    """A bound server (port 0 picks a free one); call `serve_forever()` on it."""
+    return BoardServer((host, port), engine, client)

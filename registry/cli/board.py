@@ -1,0 +1,58 @@
+"""`molecule-registry board`: serve the live fleet board on this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+from sqlalchemy import text
+
+from registry.cli.base import friendly_errors, main
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@main.command("board")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free."
+)
+@friendly_errors
+def board(host: str, port: int) -> None:
+    """Serve the live fleet board: every workspace as a tile coloured by status.
+
+    The page loads the fleet from PostgreSQL, then follows the event stream. It has
+    no authentication: keep it on localhost (or behind an authenticating proxy).
+    """
+    from registry.board.server import serve
+    from registry.db import get_engine, get_redis
+
+    engine, client = get_engine(), get_redis()
+    client.ping()
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    try:
+        server = serve(host, port, engine, client)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    if not _is_loopback(host):
+        click.echo(
+            f"warning: {host} is not a loopback address and the board has no "
+            "authentication: anyone who can reach it sees the fleet",
+            err=True,
+        )
+    click.echo(f"fleet board on {server.url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stopping.set()
+        server.server_close()
