@@ -20,3 +20,7 @@ app.config_from_object("celeryconfig")
 def _fresh_connections_after_fork(**_: Any) -> None:
     # A forked pool process must not share the parent's database or Redis sockets.
     reset_connections()
+
+
+# Connects the signals that serve the Prometheus endpoint from `celery worker`.
+import workers.metrics  # noqa: E402, F401

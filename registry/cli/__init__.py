@@ -6,7 +6,16 @@ file only assembles them.
 
 from __future__ import annotations
 
-from registry.cli import admin  # noqa: F401  (registers migrate, workspace, …)
+# Each module registers its commands on `main` when imported.
+from registry.cli import (  # noqa: F401
+    access,
+    admin,
+    board,
+    demo,
+    events,
+    liveness,
+    status,
+)
 from registry.cli.base import main
 
 __all__ = ["main"]

@@ -22,8 +22,12 @@ from registry.payloads import (
 @friendly_errors
 def migrate() -> None:
     """Create or upgrade the schema (harmless when it is current)."""
+    import logging
+
     from registry import migrate as migrations
 
+    # Alembic announces each revision as it starts: the progress of a long migration.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
     migrations.upgrade()
     click.echo(f"schema at revision {migrations.current_revision()}")
 
