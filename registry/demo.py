@@ -41,8 +41,8 @@ from registry.client import RegistryClient, RegistryError, safe_url
 from registry.config import Settings, get_settings
 from registry.queues import QUEUE_NAMES
 from registry.simulator import DEFAULT_MIX, Behaviour, Fleet, Timings, allocate
-from registry.simulator.fake_engine import SimulatedEngine
-from registry.simulator.processes import Supervisor
+from registry.simulator.fake_engine import FakeDockerEngine
+from registry.simulator.processes import Supervisor, celery_argv
 from registry.simulator.summary import (
     LiveSummary,
     clock,
@@ -177,12 +177,7 @@ def child_environment(
 
 
 def worker_argv(log_dir: Path, node: str, concurrency: int, *, verbose: bool) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
+    return celery_argv(
         "worker",
         "--beat",
         "--schedule",
@@ -198,7 +193,7 @@ def worker_argv(log_dir: Path, node: str, concurrency: int, *, verbose: bool) ->
         # Nothing to synchronise with: start consuming at once.
         "--without-mingle",
         "--without-gossip",
-    ]
+    )
 
 
 @contextlib.contextmanager
@@ -278,7 +273,8 @@ class Demo:
         multiproc_dir = self.log_dir / "prometheus"
         shutil.rmtree(multiproc_dir, ignore_errors=True)
         multiproc_dir.mkdir(parents=True)
-        engine = SimulatedEngine()  # bound now, served once the children are spawned
+        # Bound now, served once the children are spawned; a long demo records no requests.
+        engine = FakeDockerEngine(simulate_workspaces=True, record_requests=False)
         exit_code = 0
         try:
             with _stop_on_signals(self.stop):
@@ -329,7 +325,7 @@ class Demo:
         self.out(f"metrics: {self.result['metrics_url']}")
         self.out("waiting for the worker …")
 
-    def _run_fleet(self, engine: SimulatedEngine) -> int:
+    def _run_fleet(self, engine: FakeDockerEngine) -> int:
         options = self.options
         self.client = RegistryClient(
             self.settings.effective_broker_url,
@@ -385,7 +381,7 @@ class Demo:
             },
         )
 
-    def _clean_up(self, engine: SimulatedEngine) -> None:
+    def _clean_up(self, engine: FakeDockerEngine) -> None:
         if self.fleet is not None:
             self.fleet.stop()
         if self.client is not None:

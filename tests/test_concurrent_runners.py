@@ -9,7 +9,6 @@ last test runs two real `celery beat` processes.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,13 @@ from liveness_helpers import (
     wait_until,
 )
 from maintenance_helpers import run_concurrently
-from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
+from workerproc import (
+    WORKER_READY,
+    celery_beat_argv,
+    celery_worker_argv,
+    managed_process,
+    process_env,
+)
 
 from registry.config import get_settings
 from registry.keys import liveness_key
@@ -86,20 +91,9 @@ def test_concurrent_evaluations_record_one_start_and_one_end(liveness_db):
 
 
 def _beat_argv(workdir: Path, name: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "beat",
-        "-l",
-        "INFO",
-        "-s",
-        str(workdir / f"{name}-schedule"),
-        "--pidfile",
-        str(workdir / f"{name}.pid"),
-    ]
+    return celery_beat_argv(
+        workdir / f"{name}-schedule", extra=["--pidfile", str(workdir / f"{name}.pid")]
+    )
 
 
 def test_two_beats_at_once_change_and_record_once(liveness_db, test_env, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""registry.containers: the real docker SDK against tests/fake_docker_engine.py."""
+"""registry.containers: the real docker SDK against registry/simulator/fake_engine.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
-from fake_docker_engine import FakeDockerEngine
 from fakes import FakeContainers
 
 from registry.config import Settings
@@ -26,6 +25,7 @@ from registry.containers import (
     id_prefix,
     volume_name,
 )
+from registry.simulator.fake_engine import FakeDockerEngine
 
 MANAGED = {MANAGED_LABEL: "true"}
 WS = UUID("0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b")

@@ -22,7 +22,7 @@ from demo_helpers import (
 
 from registry.containers import DockerContainers, container_name
 from registry.simulator import DEFAULT_MIX, SHOWCASE_STATUS, Behaviour, allocate, parse_mix
-from registry.simulator.fake_engine import SimulatedEngine
+from registry.simulator.fake_engine import FakeDockerEngine
 
 CLI = str(Path(sys.executable).parent / "molecule-registry")
 # Hibernation's unit is the minute: idle agents hibernate about 62-66 s into the run.
@@ -55,7 +55,7 @@ def test_parse_mix_and_allocate():
 
 def test_simulated_engine_answers_the_real_docker_client():
     ws = uuid.uuid4()
-    with SimulatedEngine() as engine:
+    with FakeDockerEngine(simulate_workspaces=True) as engine:
         engine.start()
         with DockerContainers(engine.base_url, timeout=5) as docker:
             assert docker.is_running(ws) is True

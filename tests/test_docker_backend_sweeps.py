@@ -1,6 +1,6 @@
 """The hibernation and orphan sweeps end to end on DockerContainers.
 
-The real docker SDK talks HTTP to tests/fake_docker_engine.py; then the same through
+The real docker SDK talks HTTP to registry/simulator/fake_engine.py; then the same through
 the tasks, with the backend chosen by CONTAINER_BACKEND=docker and DOCKER_HOST.
 """
 
@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 from celery.signals import beat_init
-from fake_docker_engine import FakeDockerEngine
 from maintenance_helpers import add_workspace, environment, events, status_of
 from sqlalchemy import Engine
 
 from registry.containers import MANAGED_LABEL, DockerContainers, container_name, volume_name
 from registry.containers import id_prefix as prefix_of
+from registry.simulator.fake_engine import FakeDockerEngine
 from registry.sweeps.hibernation import sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.queues import QUEUE_NAMES
+from registry.simulator.processes import celery_argv, signal_group, start_in_own_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKER_READY = r"\S+@\S+ ready\."  # "<name>@<host> ready."
@@ -54,12 +54,7 @@ def celery_worker_argv(
 ) -> list[str]:
     """`celery -A workers.app worker` as SPEC §1 starts it, consuming `queues`."""
     name = hostname or f"test-{uuid.uuid4().hex[:8]}@%h"
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
+    return celery_argv(
         "worker",
         "-Q",
         ",".join(queues),
@@ -75,24 +70,12 @@ def celery_worker_argv(
         "--without-mingle",
         "--without-gossip",
         *extra,
-    ]
+    )
 
 
 def celery_beat_argv(schedule_file: Path, extra: Sequence[str] = ()) -> list[str]:
     """`celery -A workers.app beat`, keeping its schedule file out of the source tree."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "beat",
-        "-l",
-        "INFO",
-        "-s",
-        str(schedule_file),
-        *extra,
-    ]
+    return celery_argv("beat", "-l", "INFO", "-s", str(schedule_file), *extra)
 
 
 @dataclass
@@ -131,10 +114,9 @@ class ManagedProcess:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def signal_group(self, sig: signal.Signals) -> None:
-        # start_new_session=True made the process a group leader: pgid == pid, and every
-        # child it forks (prefork pool processes) is in the same group.
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        # The process leads its own group (pgid == pid), with every child it forks
+        # (prefork pool processes) in it.
+        signal_group(self.proc.pid, sig)
 
     def kill(self, timeout: float = 10) -> None:
         """SIGKILL the whole process group (nothing gets to clean up) and reap it."""
@@ -162,16 +144,7 @@ def managed_process(
 ) -> Iterator[ManagedProcess]:
     """Start `argv` in its own process group; yield once `ready` is logged; kill on exit."""
     log_path = Path(log_dir) / f"{name}-{uuid.uuid4().hex[:6]}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_in_own_group(argv, env=env, log_path=log_path, cwd=PROJECT_ROOT)
     managed = ManagedProcess(list(argv), log_path, proc)
     try:
         if ready is not None:

@@ -2,7 +2,7 @@
 
 Agents register and heartbeat through the real queue with the producer client
 (registry/client.py), with behaviours that make every status appear: see
-`behaviours.Behaviour`. `fake_engine.SimulatedEngine` stands in for Docker so the
+`behaviours.Behaviour`. `fake_engine.FakeDockerEngine` stands in for Docker so the
 worker's health and hibernation sweeps have containers to check and stop.
 """
 

@@ -1,22 +1,39 @@
-"""A simulator-only Docker Engine: lets the demo's worker check and stop "containers".
+"""A fake Docker Engine for the demo's simulator and the tests: never a real fleet's.
 
-The simulated fleet has no containers, yet the health sweep asks the engine whether
-each workspace's container runs, and the hibernation sweep stops idle ones. This
-engine answers the few Engine API calls registry.containers makes, over HTTP on
-127.0.0.1, for the real `docker` SDK (the worker gets `CONTAINER_BACKEND=docker` and
-`DOCKER_HOST=tcp://127.0.0.1:<port>`):
+No Docker engine runs where the demo and the tests run, and mocking the SDK would
+test our assumptions about it rather than the SDK itself. So the real `docker`
+client talks HTTP on 127.0.0.1 to this server, which speaks only the Engine API
+calls registry.containers makes:
 
-    GET    /version, /v<ver>/version        (version negotiation, if asked)
-    GET    /v<ver>/containers/json          (the list the orphan sweep reads: empty —
-                                             the simulator has no orphans)
-    GET    /v<ver>/containers/ws-<id>/json  (running unless stopped)
-    POST   /v<ver>/containers/ws-<id>/stop  (204; 304 if already stopped)
+    GET    /version, /v<ver>/version        (API version negotiation, if asked)
+    GET    /v<ver>/containers/json          (all, filters={"label": [...]})
+    GET    /v<ver>/containers/<name>/json   (State.Running)
+    POST   /v<ver>/containers/<name>/stop   (204; 304 if already stopped)
     DELETE /v<ver>/volumes/<name>           (204)
 
-Every `ws-<12 hex/dash chars>` container exists and runs until someone stops it:
-the hibernation sweep (via the API) or the simulator itself (`crash`, a container
-that died with its agent). Not a test double for registry.containers (that is
-tests/fake_docker_engine.py); never point a real worker of a real fleet at it.
+Unknown names answer 404 like the engine; unsupported endpoints answer 501, so a
+test notices a new SDK call.
+
+Two uses:
+
+- The demo (`simulate_workspaces=True`, the worker gets `CONTAINER_BACKEND=docker`
+  and `DOCKER_HOST=tcp://127.0.0.1:<port>`): every `ws-<12 hex/dash chars>`
+  container and its volume exist, unlabelled (so the orphan sweep finds none), and
+  the container runs until someone stops it: the hibernation sweep (via the API)
+  or the simulator itself (`crash`, a container that died with its agent).
+- Tests: `add_container` and `volumes` set the engine up; `fail[name] = status`
+  makes every request about that container or volume answer `status` (500,
+  409, ...); `fail_list` does the same for the container list; `ignore_filters`
+  makes the list return every container (a misbehaving engine). Every request is
+  recorded in `requests` (unless `record_requests=False`, for a long demo).
+
+Usage:
+    with FakeDockerEngine() as engine:
+        engine.add_container("ws-0123456789ab", running=True, labels={...})
+        client = DockerContainers(engine.base_url)
+
+The server socket is bound on construction and served from `start()` (or entering
+the `with` block), so the port is known before a process that uses it starts.
 """
 
 from __future__ import annotations
@@ -24,31 +41,63 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
 from registry.containers import container_name
 
 API_VERSION = "1.43"
 
-_VERSIONED = re.compile(r"^/v[0-9.]+(?P<rest>/.*)$")
-_CONTAINER = re.compile(r"^/containers/(?P<name>ws-[0-9a-f-]{1,12})/(?P<action>json|stop)$")
-_VOLUME = re.compile(r"^/volumes/[^/]+$")
+_VERSIONED = re.compile(r"^/v(?P<version>[0-9.]+)(?P<rest>/.*)$")
+_CONTAINER = re.compile(r"^/containers/(?P<name>[^/]+)/(?P<action>json|stop)$")
+_VOLUME = re.compile(r"^/volumes/(?P<name>[^/]+)$")
+# What a simulated workspace's container and volume are called (registry.containers).
+_SIMULATED_CONTAINER = re.compile(r"ws-[0-9a-f-]{1,12}")
+_SIMULATED_VOLUME = re.compile(r"ws-[0-9a-f-]{1,12}-data")
 
 
-class SimulatedEngine:
-    """The engine's state (which containers were stopped) and its HTTP server.
+@dataclass
+class FakeContainer:
+    running: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
 
-    The server socket is bound on construction and served only after `start()`, so
-    the port is known before the worker that uses it is started.
-    """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._stopped: set[str] = set()
-        self._lock = threading.Lock()
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str  # without the /v<ver> prefix, names unquoted
+    api_version: str | None
+    query: dict[str, list[str]]
+
+    def filters(self) -> Any:
+        """The decoded `filters` query parameter (JSON in the Engine API)."""
+        return json.loads(self.query["filters"][0]) if "filters" in self.query else None
+
+
+class FakeDockerEngine:
+    """The engine's state (containers, volumes, failure knobs) and its HTTP server."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        simulate_workspaces: bool = False,
+        record_requests: bool = True,
+    ) -> None:
+        self.simulate_workspaces = simulate_workspaces
+        self.record_requests = record_requests
+        self.containers: dict[str, FakeContainer] = {}
+        self.volumes: set[str] = set()
+        self.fail: dict[str, int] = {}
+        self.fail_list: int | None = None
+        self.ignore_filters = False
+        self.requests: list[RecordedRequest] = []
         self.stops_requested = 0
+        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -59,10 +108,12 @@ class SimulatedEngine:
         return f"tcp://{host}:{port}"
 
     def start(self) -> None:
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="simulated-docker-engine",
+            kwargs={"poll_interval": 0.05},
+            name="fake-docker-engine",
             daemon=True,
         )
         self._thread.start()
@@ -74,59 +125,132 @@ class SimulatedEngine:
             self._thread = None
         self._server.server_close()
 
-    # What the simulated agents ask and do.
-
-    def is_stopped(self, workspace_id: UUID) -> bool:
-        with self._lock:
-            return container_name(workspace_id) in self._stopped
-
-    def crash(self, workspace_id: UUID) -> None:
-        """The container exits on its own (its agent process died with it)."""
-        with self._lock:
-            self._stopped.add(container_name(workspace_id))
-
-    # The Engine API.
-
-    def handle(self, method: str, raw_path: str) -> tuple[int, Any]:
-        path = unquote(urlsplit(raw_path).path)
-        if match := _VERSIONED.match(path):
-            path = match["rest"]
-        if method == "GET" and path == "/version":
-            return 200, {"ApiVersion": API_VERSION, "MinAPIVersion": "1.24", "Version": "sim"}
-        if method == "GET" and path == "/containers/json":
-            return 200, []  # the orphan sweep's list: the simulator has no orphans
-        if method == "DELETE" and _VOLUME.match(path):
-            return 204, None
-        match = _CONTAINER.match(path)
-        action = {("GET", "json"): self._inspect, ("POST", "stop"): self._stop}.get(
-            (method, match["action"]) if match else ("", "")
-        )
-        if match is None or action is None:
-            return 404, {"message": f"simulated engine: {method} {path} is not supported"}
-        return action(match["name"])
-
-    def _inspect(self, name: str) -> tuple[int, Any]:
-        with self._lock:
-            running = name not in self._stopped
-        state = {"Running": running, "Status": "running" if running else "exited"}
-        return 200, {"Id": f"sim-{name}", "Name": f"/{name}", "State": state}
-
-    def _stop(self, name: str) -> tuple[int, Any]:
-        with self._lock:
-            self.stops_requested += 1
-            if name in self._stopped:
-                return 304, None  # the engine's answer for "already stopped"
-            self._stopped.add(name)
-        return 204, None
-
-    def __enter__(self) -> SimulatedEngine:
+    def __enter__(self) -> FakeDockerEngine:
+        self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # Setting up and inspecting the engine (tests).
 
-def _handler_for(engine: SimulatedEngine) -> type[BaseHTTPRequestHandler]:
+    def add_container(
+        self, name: str, *, running: bool = True, labels: dict[str, str] | None = None
+    ) -> None:
+        with self._lock:
+            self.containers[name] = FakeContainer(running=running, labels=dict(labels or {}))
+
+    def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == method and r.path == path]
+
+    # What the simulated agents ask and do (the demo).
+
+    def is_stopped(self, workspace_id: UUID) -> bool:
+        with self._lock:
+            container = self._container_named(container_name(workspace_id))
+            return container is not None and not container.running
+
+    def crash(self, workspace_id: UUID) -> None:
+        """The container exits on its own (its agent process died with it)."""
+        with self._lock:
+            name = container_name(workspace_id)
+            self.containers.setdefault(name, FakeContainer()).running = False
+
+    # The Engine API: returns (status, JSON body or None).
+
+    def handle(self, method: str, raw_path: str) -> tuple[int, Any]:
+        parts = urlsplit(raw_path)
+        match = _VERSIONED.match(parts.path)
+        version, path = (match["version"], match["rest"]) if match else (None, parts.path)
+        path = unquote(path)
+        query = parse_qs(parts.query)
+        with self._lock:
+            if self.record_requests:
+                self.requests.append(RecordedRequest(method, path, version, query))
+            return self._route(method, path, query)
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        if method == "GET" and path == "/version":
+            return 200, {"ApiVersion": API_VERSION, "MinAPIVersion": "1.24", "Version": "24.0.0"}
+        if method == "GET" and path == "/containers/json":
+            return self._list(query)
+        if (m := _CONTAINER.match(path)) and (method, m["action"]) in (
+            ("GET", "json"),
+            ("POST", "stop"),
+        ):
+            return self._container(m["name"], m["action"])
+        if method == "DELETE" and (m := _VOLUME.match(path)):
+            return self._remove_volume(m["name"])
+        return 501, {"message": f"fake engine: {method} {path} is not implemented"}
+
+    def _container_named(self, name: str) -> FakeContainer | None:
+        container = self.containers.get(name)
+        if container is None and self.simulate_workspaces and _SIMULATED_CONTAINER.fullmatch(name):
+            # A simulated workspace's container runs from the moment it is first asked about.
+            container = self.containers[name] = FakeContainer()
+        return container
+
+    def _list(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        if self.fail_list is not None:
+            return self.fail_list, {"message": "fake engine: list failed"}
+        show_all = query.get("all", ["0"])[0] not in ("0", "false", "")
+        filters = json.loads(query["filters"][0]) if "filters" in query else {}
+        wanted_labels = [] if self.ignore_filters else list(filters.get("label", []))
+        result = []
+        for name, container in sorted(self.containers.items()):
+            if not (show_all or container.running):
+                continue
+            if not all(_label_matches(container.labels, want) for want in wanted_labels):
+                continue
+            result.append(
+                {
+                    "Id": f"id-{name}",
+                    "Names": [f"/{name}"],
+                    "Labels": container.labels,
+                    "State": "running" if container.running else "exited",
+                }
+            )
+        return 200, result
+
+    def _container(self, name: str, action: str) -> tuple[int, Any]:
+        if action == "stop":
+            self.stops_requested += 1
+        if name in self.fail:
+            return self.fail[name], {"message": f"fake engine: failing {name}"}
+        container = self._container_named(name)
+        if container is None:
+            return 404, {"message": f"No such container: {name}"}
+        if action == "json":
+            return 200, {
+                "Id": f"id-{name}",
+                "Name": f"/{name}",
+                "State": {
+                    "Running": container.running,
+                    "Status": "running" if container.running else "exited",
+                },
+                "Config": {"Labels": container.labels},
+            }
+        if not container.running:
+            return 304, None  # the engine's answer for "already stopped"
+        container.running = False
+        return 204, None
+
+    def _remove_volume(self, name: str) -> tuple[int, Any]:
+        if name in self.fail:
+            return self.fail[name], {"message": f"fake engine: failing {name}"}
+        simulated = self.simulate_workspaces and _SIMULATED_VOLUME.fullmatch(name)
+        if name not in self.volumes and not simulated:
+            return 404, {"message": f"get {name}: no such volume"}
+        self.volumes.discard(name)
+        return 204, None
+
+
+def _label_matches(labels: dict[str, str], want: str) -> bool:
+    key, sep, value = want.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+def _handler_for(engine: FakeDockerEngine) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         # HTTP/1.0: one request per connection, so shutting down never waits on an
         # idle keep-alive connection of the SDK's pool.
@@ -135,7 +259,7 @@ def _handler_for(engine: SimulatedEngine) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
-                self.rfile.read(length)
+                self.rfile.read(length)  # drain, so closing does not reset the socket
             status, body = engine.handle(self.command, self.path)
             payload = b"" if body is None else json.dumps(body).encode()
             self.send_response(status)
@@ -149,6 +273,6 @@ def _handler_for(engine: SimulatedEngine) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_DELETE = _serve
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # the worker's log says what it asked
+            pass  # the caller's log (or `engine.requests`) says what was asked
 
     return Handler

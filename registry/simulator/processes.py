@@ -5,6 +5,9 @@ which then stops the children in order) and, on Linux, asks the kernel to send i
 SIGTERM if the demo dies without cleaning up. Stopping signals the whole group —
 a Celery worker's pool processes and embedded beat included: SIGTERM, then SIGKILL
 for whatever is left after the grace period.
+
+`celery_argv`, `start_in_own_group` and `signal_group` are the building blocks; the
+tests' subprocess helper (tests/workerproc.py) uses them too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,43 @@ def _die_with_parent() -> Callable[[], None] | None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
     return preexec
+
+
+def celery_argv(*args: str) -> list[str]:
+    """`celery -A workers.app <args>`, run by this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "workers.app", *args]
+
+
+def start_in_own_group(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_path: Path,
+    cwd: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` as the leader of a new session and process group (pgid == pid).
+
+    Stdout and stderr go to `log_path`; every process it forks stays in its group, so
+    `signal_group(process.pid, ...)` reaches them all.
+    """
+    with log_path.open("wb") as log:
+        return subprocess.Popen(  # noqa: S603 - argv is built by the caller itself
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - callers spawn before starting threads
+        )
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Signal every process of the group; a group already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 @dataclass
@@ -65,19 +105,12 @@ class Supervisor:
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            # The spawn happens from the main thread before the demo starts any of its
-            # own threads (PDEATHSIG follows the thread that forked, preexec_fn wants
-            # no other threads).
-            process = subprocess.Popen(  # noqa: S603 - argv is built by the demo itself
-                list(argv),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - see the comment above
-            )
+        # The spawn happens from the main thread before the demo starts any of its own
+        # threads (PDEATHSIG follows the thread that forked, preexec_fn wants no other
+        # threads).
+        process = start_in_own_group(
+            argv, env=env, log_path=log_path, preexec_fn=_die_with_parent()
+        )
         child = Child(name, process, log_path)
         self.children.append(child)
         return child
@@ -92,20 +125,15 @@ class Supervisor:
     def stop_all(self, grace_seconds: float = 15.0) -> list[str]:
         """SIGTERM every group, SIGKILL what is left; returns what had to be killed."""
         for child in reversed(self.children):
-            _signal_group(child.pgid, signal.SIGTERM)
+            signal_group(child.pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
         killed: list[str] = []
         for child in reversed(self.children):
             if not _wait_group(child, deadline):
                 killed.append(child.name)
-                _signal_group(child.pgid, signal.SIGKILL)
+                signal_group(child.pgid, signal.SIGKILL)
                 _wait_group(child, time.monotonic() + 5)
         return killed
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
 
 
 def _wait_group(child: Child, deadline: float) -> bool:
