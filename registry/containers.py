@@ -5,8 +5,10 @@ the provisioner (the service that creates the containers):
 
 - container of workspace `<id>`: `ws-<first 12 chars of str(id)>` (`container_name`);
 - its data volume: `ws-<same 12 chars>-data` (`volume_name`);
-- every container the platform manages carries the label `molecule.managed=true`;
-  the orphan sweep only ever touches containers carrying it.
+- every container the platform manages carries the label `molecule.managed=true`.
+  The orphan sweep reaps a container whose workspace row is missing only if it
+  carries the label; one whose workspace row is `removed` it finds by name alone
+  (`list_workspace_containers`), labelled or not.
 
 Three interfaces, one per use: the health sweep asks a `ContainerChecker`, the
 hibernation sweep uses a `ContainerStopper`, the orphan sweep a `ContainerReaper`.
@@ -29,7 +31,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import docker
@@ -58,6 +60,8 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 # A workspace prefix is the start of a UUID string; the reaper never removes a volume
 # that is not shaped like a workspace's.
 _PREFIX_RE = re.compile(r"^[0-9a-fA-F-]+$")
+# `ws-` + the first 12 characters of a UUID: the only names listed by name alone.
+_WORKSPACE_CONTAINER_RE = re.compile(r"^ws-[0-9a-fA-F]{8}-[0-9a-fA-F]{3}$")
 
 
 class ContainerError(Exception):
@@ -78,6 +82,8 @@ def volume_name(workspace_prefix: str) -> str:
 
 @dataclass(frozen=True)
 class ManagedContainer:
+    """A container named after a workspace; `labels` says whether it is managed."""
+
     name: str  # e.g. "ws-0f3c2a9b-1d2"
     workspace_prefix: str  # the part after "ws-": the first 12 chars of a workspace id
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -101,6 +107,10 @@ class ContainerStopper(Protocol):
 class ContainerReaper(Protocol):
     def list_managed(self) -> list[ManagedContainer]:
         """Containers named `ws-...` carrying the managed label."""
+        ...
+
+    def list_workspace_containers(self) -> list[ManagedContainer]:
+        """Containers named `ws-<first 12 chars of a UUID>`, labelled or not."""
         ...
 
     def stop_container(self, name: str) -> None: ...
@@ -191,15 +201,16 @@ class DockerContainers:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise ContainerError(f"stop {name}: {exc}") from exc
 
-    def list_managed(self) -> list[ManagedContainer]:
+    def _list(self, filters: dict[str, str], what: str) -> list[dict[str, Any]]:
         try:
             # all=True: a stopped orphan still holds its volume, so the reaper must see
             # it too (stopping it again is a no-op). The filter runs in the engine.
-            raw = self._docker().api.containers(
-                all=True, filters={"label": f"{MANAGED_LABEL}={MANAGED_LABEL_VALUE}"}
-            )
+            return self._docker().api.containers(all=True, filters=filters)
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise ContainerError(f"list managed containers: {exc}") from exc
+            raise ContainerError(f"list {what}: {exc}") from exc
+
+    def list_managed(self) -> list[ManagedContainer]:
+        raw = self._list({"label": f"{MANAGED_LABEL}={MANAGED_LABEL_VALUE}"}, "managed containers")
         found: list[ManagedContainer] = []
         for entry in raw:
             labels = entry.get("Labels") or {}
@@ -215,6 +226,26 @@ class DockerContainers:
                             name=name,
                             workspace_prefix=name.removeprefix(CONTAINER_PREFIX),
                             labels=dict(labels),
+                        )
+                    )
+                    break
+        return found
+
+    def list_workspace_containers(self) -> list[ManagedContainer]:
+        # The engine's name filter is a regular expression searched anywhere in the
+        # name ("ws-" also matches "dev-ws-1"), so the exact shape is checked here:
+        # the reaper stops what this returns.
+        raw = self._list({"name": CONTAINER_PREFIX}, "workspace containers")
+        found: list[ManagedContainer] = []
+        for entry in raw:
+            for raw_name in entry.get("Names") or []:
+                name = raw_name.lstrip("/")  # the Engine API prefixes names with "/"
+                if _WORKSPACE_CONTAINER_RE.match(name):
+                    found.append(
+                        ManagedContainer(
+                            name=name,
+                            workspace_prefix=name.removeprefix(CONTAINER_PREFIX),
+                            labels=dict(entry.get("Labels") or {}),
                         )
                     )
                     break

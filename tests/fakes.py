@@ -29,20 +29,24 @@ class FakeContainers:
     - `failing`: workspace ids for which `is_running` and `stop` raise ContainerError;
     - `stop_fails`: when True, every `stop`/`stop_container` raises ContainerError;
     - `managed`: container names `list_managed` reports (`ws-<prefix>`);
-    - `list_fails`: when True, `list_managed` raises ContainerError;
+    - `unlabelled`: `ws-<prefix>` container names without the managed label;
+      `list_workspace_containers` reports these and the managed ones, the name
+      unchecked, like an engine ignoring its filter (the sweep's own guard decides);
+    - `list_fails`: when True, both listings raise ContainerError;
     - `failing_names`: container names whose `stop_container` raises;
     - `volume_fails`: prefixes whose `remove_volume` raises.
 
     Records: `calls` (method, argument) in order; `stopped` container names and
     `removed_volumes` volume names that succeeded. A successful stop also takes the
-    workspace out of `running` and the name out of `managed`, like a real engine
-    with auto-removed containers.
+    workspace out of `running` and the name out of `managed` and `unlabelled`, like
+    a real engine with auto-removed containers.
     """
 
     running: set[UUID] = field(default_factory=set)
     failing: set[UUID] = field(default_factory=set)
     stop_fails: bool = False
     managed: set[str] = field(default_factory=set)
+    unlabelled: set[str] = field(default_factory=set)
     list_fails: bool = False
     failing_names: set[str] = field(default_factory=set)
     volume_fails: set[str] = field(default_factory=set)
@@ -88,6 +92,21 @@ class FakeContainers:
             for name in sorted(self.managed)
         ]
 
+    def list_workspace_containers(self) -> list[ManagedContainer]:
+        self._record("list_workspace_containers", None)
+        if self.list_fails:
+            raise ContainerError("fake: cannot list containers")
+        labelled = {MANAGED_LABEL: MANAGED_LABEL_VALUE}
+        return [
+            ManagedContainer(
+                name=name,
+                workspace_prefix=name.removeprefix("ws-"),
+                labels=labelled if name in self.managed else {},
+            )
+            for name in sorted(self.managed | self.unlabelled)
+            if name.startswith("ws-")
+        ]
+
     def stop_container(self, name: str) -> None:
         self._record("stop_container", name)
         self._stop(name)
@@ -108,9 +127,16 @@ class FakeContainers:
             self.running.add(workspace_id)
         return name
 
+    def add_unlabelled(self, workspace_id: UUID | str) -> str:
+        """A `ws-<prefix>` container without the managed label; its name."""
+        name = container_name(workspace_id)
+        self.unlabelled.add(name)
+        return name
+
     def _stop(self, name: str) -> None:
         if self.stop_fails or name in self.failing_names:
             raise ContainerError(f"fake: cannot stop {name}")
         with self._lock:
             self.stopped.append(name)
             self.managed.discard(name)
+            self.unlabelled.discard(name)

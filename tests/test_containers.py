@@ -103,6 +103,8 @@ def test_unreachable_engine_raises() -> None:
         with pytest.raises(ContainerError):
             unreachable.list_managed()
         with pytest.raises(ContainerError):
+            unreachable.list_workspace_containers()
+        with pytest.raises(ContainerError):
             unreachable.remove_volume("0f3c2a9b-1d2")
 
 
@@ -220,6 +222,50 @@ def test_list_managed_engine_error_raises(
         docker_containers.list_managed()
 
 
+# --- list_workspace_containers ----------------------------------------------------
+
+
+def test_list_workspace_containers_sends_the_name_filter(
+    engine: FakeDockerEngine, docker_containers: DockerContainers
+) -> None:
+    engine.add_container(WS_NAME, running=False)  # unlabelled, stopped: listed all the same
+    engine.add_container("ws-aaaaaaaa-bbb", labels={**MANAGED, "tier": "2"})
+    engine.add_container("postgres")
+
+    found = docker_containers.list_workspace_containers()
+
+    assert found == [
+        ManagedContainer(WS_NAME, "0f3c2a9b-1d2", {}),
+        ManagedContainer("ws-aaaaaaaa-bbb", "aaaaaaaa-bbb", {**MANAGED, "tier": "2"}),
+    ]
+    (request,) = engine.requests_to("GET", "/containers/json")
+    assert request.filters() == {"name": ["ws-"]}
+    assert request.query["all"] == ["1"]
+
+
+def test_list_workspace_containers_rechecks_the_exact_name(
+    engine: FakeDockerEngine, docker_containers: DockerContainers
+) -> None:
+    # The engine's name filter matches anywhere in the name, so it lets these through;
+    # none is `ws-` + the first 12 characters of a UUID.
+    for name in ("dev-ws-0f3c2a9b-1d2", "ws-0f3c2a9b-1d2e", "ws-0f3c2a9b_1d2", "ws-pg-data"):
+        engine.add_container(name, labels=MANAGED)
+    engine.add_container("ws-0F3C2A9B-1D2")
+    assert [c.name for c in docker_containers.list_workspace_containers()] == ["ws-0F3C2A9B-1D2"]
+
+    engine.ignore_filters = True  # an engine that ignores the filter altogether
+    engine.add_container("postgres", labels=MANAGED)
+    assert [c.name for c in docker_containers.list_workspace_containers()] == ["ws-0F3C2A9B-1D2"]
+
+
+def test_list_workspace_containers_engine_error_raises(
+    engine: FakeDockerEngine, docker_containers: DockerContainers
+) -> None:
+    engine.fail_list = 500
+    with pytest.raises(ContainerError, match="list workspace containers"):
+        docker_containers.list_workspace_containers()
+
+
 # --- remove_volume ----------------------------------------------------------------
 
 
@@ -299,10 +345,13 @@ def test_fake_containers_knobs() -> None:
     assert fake.stopped == [container_name(running)]
 
     name = fake.add_managed(uuid.uuid4())
+    bare = fake.add_unlabelled(uuid.uuid4())
     fake.volume_fails.add("deadbeef0000")
     assert [c.name for c in fake.list_managed()] == [name]
+    assert {c.name for c in fake.list_workspace_containers()} == {name, bare}
     fake.stop_container(name)
-    assert fake.list_managed() == []
+    fake.stop_container(bare)
+    assert fake.list_managed() == fake.list_workspace_containers() == []
     with pytest.raises(ContainerError):
         fake.remove_volume("deadbeef0000")
     fake.remove_volume(name.removeprefix("ws-"))

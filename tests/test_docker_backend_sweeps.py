@@ -94,6 +94,11 @@ def test_orphans_both_passes(
     live = add_workspace(db, status="online")
     wiped = uuid.uuid4()
     removed_name, live_name, wiped_name = (managed(engine_api, ws) for ws in (removed, live, wiped))
+    # Pass 1 goes by name: a removed workspace's container without the label is reaped too.
+    unlabelled = add_workspace(db, status="removed")
+    unlabelled_name = container_name(unlabelled)
+    engine_api.add_container(unlabelled_name, running=True)
+    engine_api.volumes.add(volume_name(prefix_of(unlabelled)))
     # Foreign containers: no label, or a label but not a workspace name.
     engine_api.add_container("postgres", running=True)
     engine_api.add_container(container_name(uuid.uuid4()), running=True)  # unlabelled ws-*
@@ -101,8 +106,10 @@ def test_orphans_both_passes(
 
     result = sweep_orphans(docker)
 
-    assert result["changed"] == 2
+    assert result["changed"] == 3
+    assert (result["removed"]["stopped"], result["unknown"]["stopped"]) == (2, 1)
     assert engine_api.containers[removed_name].running is False
+    assert engine_api.containers[unlabelled_name].running is False
     assert engine_api.containers[wiped_name].running is False
     assert engine_api.containers[live_name].running is True
     assert all(engine_api.containers[n].running for n in ("postgres", "ws-0f3c2a9b_1d2"))

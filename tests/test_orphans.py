@@ -54,15 +54,46 @@ def test_container_of_a_removed_workspace_is_stopped_then_its_volume_removed(db:
         "error": None,
     }
     assert fake.calls_to("stop_container") == [name]
-    reaping = [call for call in fake.calls if call[0] != "list_managed"]
+    reaping = [call for call in fake.calls if not call[0].startswith("list_")]
     assert reaping == [("stop_container", name), ("remove_volume", id_prefix(ws))]
     assert fake.removed_volumes == [f"{name}-data"]
+
+
+def test_unlabelled_container_of_a_removed_workspace_is_reaped_by_name(db: Engine) -> None:
+    ws = add_workspace(db, status="removed")
+    fake = FakeContainers()
+    name = fake.add_unlabelled(ws)
+
+    result = sweep_orphans(fake)
+
+    assert result["removed"]["stopped"] == result["removed"]["volumes_removed"] == 1
+    assert result["unknown"]["stopped"] == 0
+    assert fake.stopped == [name]
+    assert fake.removed_volumes == [f"{name}-data"]
+    # Pass 1 lists by name, pass 2 by label: each pass lists once.
+    assert fake.calls_to("list_workspace_containers") == fake.calls_to("list_managed") == [None]
+
+
+def test_unlabelled_containers_without_a_row_are_foreign_and_left_alone(db: Engine) -> None:
+    removed = add_workspace(db, status="removed")
+    fake = FakeContainers()
+    reaped = fake.add_unlabelled(removed)
+    foreign = fake.add_unlabelled(uuid.uuid4())  # no row, no label: not ours to judge
+    wiped = fake.add_managed(uuid.uuid4())  # no row, managed: the database was wiped
+
+    result = sweep_orphans(fake)
+
+    assert (result["removed"]["stopped"], result["unknown"]["stopped"]) == (1, 1)
+    assert sorted(fake.stopped) == sorted([reaped, wiped])
+    assert foreign not in fake.stopped
+    assert foreign in fake.unlabelled
 
 
 def test_live_workspaces_containers_are_never_touched(db: Engine) -> None:
     fake = FakeContainers()
     for status in ("online", "offline", "provisioning", "hibernated", "paused", "failed"):
         fake.add_managed(add_workspace(db, status=status))
+        fake.add_unlabelled(add_workspace(db, status=status))
 
     result = sweep_orphans(fake)
 
@@ -205,22 +236,25 @@ def test_the_first_pass_failing_never_stops_the_second(db: Engine) -> None:
 
 
 def test_a_failing_listing_in_one_pass_never_stops_the_other(db: Engine) -> None:
-    class ListFailsOnce(FakeContainers):
-        lists = 0
+    class NameListingFails(FakeContainers):
+        def list_workspace_containers(self):
+            raise ContainerError("engine restarting")
 
+    class LabelListingFails(FakeContainers):
         def list_managed(self):
-            self.lists += 1
-            if self.lists == 1:
-                raise ContainerError("engine restarting")
-            return super().list_managed()
+            raise ContainerError("engine restarting")
 
-    fake = ListFailsOnce()
-    wiped = fake.add_managed(uuid.uuid4())
-
-    result = sweep_orphans(fake)
-
+    first = NameListingFails()
+    wiped = first.add_managed(uuid.uuid4())
+    result = sweep_orphans(first)
     assert result["removed"]["error"] == "ContainerError: engine restarting"
-    assert fake.stopped == [wiped]
+    assert first.stopped == [wiped]
+
+    second = LabelListingFails()
+    removed = second.add_unlabelled(add_workspace(db, status="removed"))
+    result = sweep_orphans(second)
+    assert result["unknown"]["error"] == "ContainerError: engine restarting"
+    assert second.stopped == [removed]
 
 
 def test_the_deadline_is_respected_and_reported(
@@ -244,7 +278,8 @@ def test_the_deadline_is_respected_and_reported(
     assert result["deadline_exceeded"] is True
     assert result["removed"]["stopped"] == 3  # started at t=0, 12, 24; t=36 is too late
     assert result["unknown"]["stopped"] == 0  # the second pass never began
-    assert len(fake.calls_to("list_managed")) == 1
+    assert len(fake.calls_to("list_workspace_containers")) == 1  # pass 1 listed once
+    assert fake.calls_to("list_managed") == []
     assert "deadline" in caplog.text
 
     assert sweep_orphans(fake)["changed"] == 2  # the next sweep carries on

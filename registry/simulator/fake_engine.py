@@ -6,7 +6,7 @@ client talks HTTP on 127.0.0.1 to this server, which speaks only the Engine API
 calls registry.containers makes:
 
     GET    /version, /v<ver>/version        (API version negotiation, if asked)
-    GET    /v<ver>/containers/json          (all, filters={"label": [...]})
+    GET    /v<ver>/containers/json          (all, filters={"label"|"name": [...]})
     GET    /v<ver>/containers/<name>/json   (State.Running)
     POST   /v<ver>/containers/<name>/stop   (204; 304 if already stopped)
     DELETE /v<ver>/volumes/<name>           (204)
@@ -18,9 +18,11 @@ Two uses:
 
 - The demo (`simulate_workspaces=True`, the worker gets `CONTAINER_BACKEND=docker`
   and `DOCKER_HOST=tcp://127.0.0.1:<port>`): every `ws-<12 hex/dash chars>`
-  container and its volume exist, unlabelled (so the orphan sweep finds none), and
-  the container runs until someone stops it: the hibernation sweep (via the API)
-  or the simulator itself (`crash`, a container that died with its agent).
+  container and its volume exist, unlabelled (so the orphan sweep only ever reaps
+  those of removed workspaces, never "unknown" ones), and the container runs until
+  someone stops it: the hibernation sweep (via the API) or the simulator itself
+  (`crash`, a container that died with its agent). Listing shows only the simulated
+  containers asked about so far.
 - Tests: `add_container` and `volumes` set the engine up; `fail[name] = status`
   makes every request about that container or volume answer `status` (500,
   409, ...); `fail_list` does the same for the container list; `ignore_filters`
@@ -196,11 +198,14 @@ class FakeDockerEngine:
         show_all = query.get("all", ["0"])[0] not in ("0", "false", "")
         filters = json.loads(query["filters"][0]) if "filters" in query else {}
         wanted_labels = [] if self.ignore_filters else list(filters.get("label", []))
+        wanted_names = [] if self.ignore_filters else list(filters.get("name", []))
         result = []
         for name, container in sorted(self.containers.items()):
             if not (show_all or container.running):
                 continue
             if not all(_label_matches(container.labels, want) for want in wanted_labels):
+                continue
+            if wanted_names and not any(_name_matches(name, want) for want in wanted_names):
                 continue
             result.append(
                 {
@@ -248,6 +253,12 @@ class FakeDockerEngine:
 def _label_matches(labels: dict[str, str], want: str) -> bool:
     key, sep, value = want.partition("=")
     return key in labels and (not sep or labels[key] == value)
+
+
+def _name_matches(name: str, want: str) -> bool:
+    # Like the engine: a regular expression searched anywhere in "/<name>"; several
+    # values of the filter are alternatives, where several labels must all match.
+    return re.search(want, f"/{name}") is not None
 
 
 def _handler_for(engine: FakeDockerEngine) -> type[BaseHTTPRequestHandler]:

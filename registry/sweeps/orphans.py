@@ -1,14 +1,17 @@
 """Orphan containers (SPEC §5): stop containers no live workspace owns, free their volumes.
 
-Two independent passes over the managed containers (`ws-<12 chars of id>` carrying the
-`molecule.managed=true` label, see registry.containers); each lists the containers
-itself and runs under its own guard, so an error in one never stops the other:
+Two independent passes over the containers named `ws-<12 chars of id>` (see
+registry.containers); each lists the containers itself and runs under its own
+guard, so an error in one never stops the other:
 
-1. `removed`: the prefix matches workspace rows and every one of them is `removed`
-   (a workspace deleted while its container kept running) → stop the container and,
-   only if the stop succeeded, remove its volume. A volume error is only logged.
-2. `unknown`: the prefix matches no row at all (the database was wiped or restored
-   from an old backup) → stop and remove the volume, same rule.
+1. `removed`: every container so named, labelled or not, whose prefix matches
+   workspace rows that are all `removed` (a workspace deleted while its container
+   kept running) → stop the container and, only if the stop succeeded, remove its
+   volume. A volume error is only logged.
+2. `unknown`: only containers carrying the `molecule.managed=true` label, whose
+   prefix matches no row at all (the database was wiped or restored from an old
+   backup) → stop and remove the volume, same rule. Without the label a container
+   the registry has no row for may be anyone's, so it is left alone.
 
 A prefix matching both a removed and a live row (two ids sharing 12 characters) is
 left alone: a live workspace's container is never touched on a guess.
@@ -150,12 +153,23 @@ def _reap(reaper: ContainerReaper, container: ManagedContainer, report: PassRepo
 @dataclass(frozen=True)
 class _Pass:
     name: str  # the OrphanReport field that tallies it
+    candidates: Callable[[ContainerReaper], list[ManagedContainer]]
     owned: Callable[[list[str] | None], bool]  # statuses matched by the prefix → orphan?
     why: str
 
 
-REMOVED_PASS = _Pass("removed", _owned_by_removed_rows, "its workspace was removed")
-UNKNOWN_PASS = _Pass("unknown", _owned_by_no_row, "no workspace row matches it: database wiped?")
+REMOVED_PASS = _Pass(
+    "removed",
+    lambda reaper: reaper.list_workspace_containers(),  # by name: labelled or not
+    _owned_by_removed_rows,
+    "its workspace was removed",
+)
+UNKNOWN_PASS = _Pass(
+    "unknown",
+    lambda reaper: reaper.list_managed(),  # the label is what makes a rowless one ours
+    _owned_by_no_row,
+    "no workspace row matches it: database wiped?",
+)
 
 
 def _run_pass(
@@ -172,14 +186,14 @@ def _run_pass(
             return
         ours: list[tuple[str, ManagedContainer]] = []
         ignored = 0
-        for container in reaper.list_managed():
+        for container in spec.candidates(reaper):
             prefix = workspace_prefix(container)
             if prefix is None:
                 ignored += 1
                 log.debug("orphan sweep: %s is not named after a workspace; ignored", container)
             else:
                 ours.append((prefix, container))
-        report.ignored = max(report.ignored, ignored)  # both passes see the same list
+        report.ignored = max(report.ignored, ignored)  # the passes' lists overlap
         statuses = statuses_by_prefix(conn, [prefix for prefix, _ in ours])
         for prefix, container in ours:
             if not spec.owned(statuses.get(prefix)):
