@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from registry.schema import metadata
+# The migrations are the one declaration of the schema (the code queries with SQL
+# text, not Table objects), so there is no metadata to autogenerate against.
+metadata = None
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")

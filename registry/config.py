@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -62,8 +62,6 @@ class Option:
 
 def _opt(env: str, parse: Callable[[str], Any], default: Any, doc: str) -> Any:
     # Stored as dataclass field metadata so docs and the parser share one declaration.
-    from dataclasses import field
-
     return field(default=default, metadata={"option": Option(env, parse, default, doc)})
 
 

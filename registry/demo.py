@@ -341,7 +341,7 @@ class Demo:
             self.client, self.counts, timings=timings, containers=engine, seed=options.seed
         )
         self.fleet = fleet
-        _announce(self.out, options, self.counts, fleet.run_tag)
+        _announce(self.out, options, self.counts, self.timings, fleet.run_tag)
         summary = LiveSummary(
             _engine(self.settings),
             _redis(self.settings),
@@ -359,7 +359,7 @@ class Demo:
         reached = summary.reached()
         table, missing = render_reached(reached)
         self.out("")
-        self.out(f"summary after {clock(summary.refresh().elapsed)}:")
+        self.out(f"summary after {clock(summary.elapsed)}:")
         self.out(table)
         if missing:
             self.out(f"not shown: {', '.join(missing)}" + _why_missing(missing, self.options))
@@ -410,12 +410,17 @@ def _redis(settings: Settings) -> Any:
     return get_redis(settings.redis_url)
 
 
-def _announce(out: Out, options: DemoOptions, counts: dict[Behaviour, int], tag: str) -> None:
+def _announce(
+    out: Out,
+    options: DemoOptions,
+    counts: dict[Behaviour, int],
+    timings: dict[str, str],
+    tag: str,
+) -> None:
     mix = ", ".join(f"{b.value}={n}" for b, n in counts.items() if n)
     out(
         f"fleet {tag}: {options.fleet} agents ({mix}); heartbeat every {options.heartbeat_interval:g} s"
     )
-    timings = demo_timings(options.heartbeat_interval)
     out("timings: " + " ".join(f"{k}={v}" for k, v in timings.items()))
     if counts.get(Behaviour.IDLE):
         note = f"idle agents hibernate after about {HIBERNATION_SHOWS_AFTER} s"

@@ -109,6 +109,11 @@ def broadcast_event_on_commit(
     uow.broadcast_events.append(Event(event_type, workspace_id, payload))
 
 
+def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:
+    """Forget events whose publication Redis has accepted."""
+    conn.execute(text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": event_ids})
+
+
 def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
     """Add PUBLISH + XADD for each event to a pipeline (one round trip for all)."""
     for event in events:
@@ -154,9 +159,6 @@ def relay_unpublished_events(
     pipe = client.pipeline(transaction=False)
     queue_publication(pipe, events, stream_maxlen)
     pipe.execute()
-    conn.execute(
-        text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"),
-        {"ids": [e.event_id for e in events]},
-    )
+    delete_from_outbox(conn, [r.id for r in rows])
     log.warning("relayed %d event(s) whose publication had not been confirmed", len(events))
     return len(events)

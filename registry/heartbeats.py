@@ -21,10 +21,12 @@ from registry import metrics
 from registry.config import get_settings
 from registry.events import broadcast_event_on_commit, record_event_on_commit
 from registry.keys import set_liveness
-from registry.payloads import HeartbeatPayload
+from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
+from registry.payloads import MAX_SENT_AT_SKEW_SECONDS, HeartbeatPayload
 from registry.statuses import EventType, Status
 from registry.tokens import (
     LAST_USED_RESOLUTION_SECONDS,
+    UNAUTHORIZED_ERROR,
     hash_token,
     is_authorized,
     touch_tokens,
@@ -34,7 +36,7 @@ from registry.uow import UnitOfWork
 
 _LOCK_AND_READ = text(
     """
-    SELECT hb.ord, w.id, w.status, w.current_task,
+    SELECT hb.ord, w.id, w.status, w.current_task, now() AS db_now,
            w.last_heartbeat_sent_at AS last_sent_at,
            w.registered_at IS NOT NULL AS registered_before,
            t.has_live, t.matched_id, t.touch_due
@@ -95,6 +97,7 @@ class _Locked:
     has_live_token: bool
     matched_token: dict[int, UUID | None]  # by position in the batch
     touch_due: set[UUID]  # matched tokens whose last_used_at is due a refresh
+    db_now: datetime  # the database's clock: every time comparison uses it (SPEC §3)
 
 
 def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[UUID, _Locked]:
@@ -118,6 +121,7 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
                 row.has_live,
                 {},
                 set(),
+                row.db_now,
             ),
         )
         state.matched_token[row.ord - 1] = row.matched_id
@@ -159,7 +163,7 @@ def apply_heartbeats(
         state = locked.get(hb.workspace_id)
         refusal = _refusal(hb, state, position)
         if refusal is not None:
-            results.append(refusal)
+            results.append(refusal.as_result())
             continue
         assert state is not None  # _refusal answers for unknown workspaces
 
@@ -177,7 +181,7 @@ def apply_heartbeats(
         else:
             writes.append((_UPDATE_WITH_TRANSITION, {**params, "new_status": str(rule.to_status)}))
             record_event_on_commit(uow, rule.event, hb.workspace_id, rule.payload(facts))
-            metrics.TRANSITIONS.labels(state.status, str(rule.to_status)).inc()
+            metrics.record_transition(state.status, rule.to_status)
             state.status = str(rule.to_status)
 
         if (state.current_task or "") != (hb.current_task or ""):
@@ -212,17 +216,22 @@ def apply_heartbeats(
     return results
 
 
-def _refusal(hb: HeartbeatPayload, state: _Locked | None, position: int) -> dict[str, Any] | None:
-    """The result for a heartbeat that must not apply (SPEC §4.2 steps 1, 2 and 4), or None."""
+def _refusal(hb: HeartbeatPayload, state: _Locked | None, position: int) -> MessageRefused | None:
+    """Why a heartbeat must not apply (SPEC §4.2 steps 1, 2 and 4), or None."""
     if state is None:
-        return {"status": "rejected", "error": "workspace_id: unknown workspace"}
+        return Rejected("workspace_id: unknown workspace")
+    if hb.sent_at is not None:
+        # A producer clock far ahead would block every later heartbeat by the
+        # ordering guard; "ahead" is judged by the database's clock, not the worker's.
+        ahead = (hb.sent_at - state.db_now).total_seconds()
+        if ahead > MAX_SENT_AT_SKEW_SECONDS:
+            return Rejected(
+                f"sent_at: is {ahead:.0f} s in the future (more than {MAX_SENT_AT_SKEW_SECONDS} s)"
+            )
     if not is_authorized(state.has_live_token, state.matched_token.get(position)):
-        return {
-            "status": "unauthorized",
-            "error": "auth_token: missing or not valid for this workspace",
-        }
+        return Unauthorized(UNAUTHORIZED_ERROR)
     if state.status == Status.REMOVED:
-        return {"status": "ignored", "reason": "workspace was removed"}
+        return Ignored("workspace was removed")
     if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
-        return {"status": "ignored", "reason": "older than the last heartbeat applied (sent_at)"}
+        return Ignored("older than the last heartbeat applied (sent_at)")
     return None

@@ -49,10 +49,15 @@ def cache_urls(
     effective_url: str | None,
     agent_url: str | None,
 ) -> None:
-    if effective_url:
-        pipe.set(url_key(workspace_id), effective_url, ex=URL_CACHE_TTL_SECONDS)
-    if agent_url:
-        pipe.set(internal_url_key(workspace_id), agent_url, ex=URL_CACHE_TTL_SECONDS)
+    """Cache both URLs; an empty one is deleted, so a dropped URL (push -> poll) never lingers."""
+    for key, url in (
+        (url_key(workspace_id), effective_url),
+        (internal_url_key(workspace_id), agent_url),
+    ):
+        if url:
+            pipe.set(key, url, ex=URL_CACHE_TTL_SECONDS)
+        else:
+            pipe.delete(key)
 
 
 def clear_workspace_keys(pipe: redis.client.Pipeline, workspace_id: UUID) -> None:

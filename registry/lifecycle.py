@@ -124,13 +124,12 @@ def remove_workspace(uow: UnitOfWork, payload: RemoveWorkspacePayload) -> dict[s
         ).first()
         if exists is None:
             raise Rejected("workspace_id: unknown workspace")
-        # Already removed. Clear the keys again: a removal retried because Redis failed
-        # after its commit must still leave none behind (no second event, though).
-        uow.on_commit(lambda pipe: clear_workspace_keys(pipe, ws))
-        return {"status": "removed", "workspace_id": str(ws)}
-    revoke_tokens(uow.conn, ws)
+        # Already removed: no second event. The keys are cleared again below, so a
+        # removal retried because Redis failed after its commit leaves none behind.
+    else:
+        revoke_tokens(uow.conn, ws)
+        record_event_on_commit(
+            uow, EventType.WORKSPACE_REMOVED, ws, {"previous_status": row.previous_status}
+        )
     uow.on_commit(lambda pipe: clear_workspace_keys(pipe, ws))
-    record_event_on_commit(
-        uow, EventType.WORKSPACE_REMOVED, ws, {"previous_status": row.previous_status}
-    )
     return {"status": "removed", "workspace_id": str(ws)}

@@ -1,7 +1,8 @@
 """How a message ends when it cannot be applied: one exception per result status.
 
 Domain functions raise these inside the unit of work, so the transaction rolls back
-and nothing changes; `message_result` turns them into the task's result object.
+and nothing changes; `as_result` turns them into the task's result object. A payload
+that fails validation is one too (`registry.payloads.PayloadError` is a `Rejected`).
 """
 
 from __future__ import annotations

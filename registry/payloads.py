@@ -32,6 +32,9 @@ from pydantic import (
     field_validator,
 )
 
+from registry.outcomes import Rejected
+from registry.statuses import DEFAULT_RUNTIME
+
 MAX_STRING = 65_536  # any string longer than this is rejected
 TEXT_CAP = 4_096  # sample_error / current_task are truncated to this
 MAX_URL = 2_048
@@ -44,7 +47,7 @@ MAX_INT32 = 2**31 - 1
 MAX_SENT_AT_SKEW_SECONDS = 300
 
 
-class PayloadError(ValueError):
+class PayloadError(Rejected):
     """A payload that can never be applied; the message names the field."""
 
 
@@ -197,17 +200,6 @@ class HeartbeatPayload(_Payload):
     def _clamp_spend(cls, value: int) -> int:
         return max(0, min(value, MAX_SPEND_CENTS))
 
-    @field_validator("sent_at")
-    @classmethod
-    def _not_in_future(cls, value: datetime | None) -> datetime | None:
-        if value is not None:
-            ahead = (value - datetime.now(UTC)).total_seconds()
-            if ahead > MAX_SENT_AT_SKEW_SECONDS:
-                raise ValueError(
-                    f"is {ahead:.0f} s in the future (more than {MAX_SENT_AT_SKEW_SECONDS} s)"
-                )
-        return value
-
 
 class UpdateCardPayload(_Payload):
     workspace_id: WorkspaceId
@@ -218,7 +210,7 @@ class UpdateCardPayload(_Payload):
 class CreateWorkspacePayload(_Payload):
     name: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_NAME), Storable]
     id: WorkspaceId | None = None
-    runtime: RuntimeName = "langgraph"
+    runtime: RuntimeName = DEFAULT_RUNTIME
     parent_id: WorkspaceId | None = None
     tier: Annotated[StrictInt, Field(ge=0, le=1000)] = 1
     hibernation_idle_minutes: Annotated[StrictInt, Field(ge=0, le=525_600)] | None = None

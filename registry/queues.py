@@ -18,13 +18,19 @@ REMOVE_WORKSPACE_TASK = "registry.remove_workspace"
 CAN_COMMUNICATE_TASK = "registry.can_communicate"
 
 # Periodic tasks (SPEC §5); each can also be sent by name at any time.
+SWEEP_BACKSTOP_TASK = "registry.sweep_backstop"
+SWEEP_HEALTH_TASK = "registry.sweep_health"
+SWEEP_PROVISIONING_TASK = "registry.sweep_provisioning"
+SWEEP_HIBERNATION_TASK = "registry.sweep_hibernation"
+SWEEP_ORPHANS_TASK = "registry.sweep_orphans"
+RELAY_EVENTS_TASK = "registry.relay_events"
 SWEEP_TASKS: tuple[str, ...] = (
-    "registry.sweep_backstop",
-    "registry.sweep_health",
-    "registry.sweep_provisioning",
-    "registry.sweep_hibernation",
-    "registry.sweep_orphans",
-    "registry.relay_events",
+    SWEEP_BACKSTOP_TASK,
+    SWEEP_HEALTH_TASK,
+    SWEEP_PROVISIONING_TASK,
+    SWEEP_HIBERNATION_TASK,
+    SWEEP_ORPHANS_TASK,
+    RELAY_EVENTS_TASK,
 )
 
 
@@ -32,6 +38,6 @@ def queue_for(task_name: str) -> str:
     """The queue a task is routed to (a heartbeat flood never starves the others)."""
     if task_name in (HEARTBEAT_TASK, HEARTBEAT_PROBE_TASK):
         return HEARTBEAT_QUEUE
-    if task_name in SWEEP_TASKS or task_name.startswith("registry.sweep_"):
+    if task_name in SWEEP_TASKS:
         return SWEEP_QUEUE
     return DEFAULT_QUEUE

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
-from uuid import UUID
 
 from sqlalchemy import Row, text
 
 from registry.config import get_settings
 from registry.events import record_event_on_commit
 from registry.jsontext import dumps
-from registry.keys import cache_urls, internal_url_key, set_liveness, url_key
+from registry.keys import cache_urls, set_liveness
 from registry.outcomes import Rejected, Unauthorized
 from registry.payloads import RegisterPayload, UpdateCardPayload
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
 from registry.tokens import (
+    UNAUTHORIZED_ERROR,
     TokenState,
     derive_token,
     is_authorized,
@@ -24,14 +23,14 @@ from registry.tokens import (
     touch_tokens,
 )
 from registry.uow import UnitOfWork
-from registry.urlguard import ALLOWED_SCHEMES, Resolver, UnsafeURL, check_agent_url, saas_mode
+from registry.urlguard import Resolver, UnsafeURL, check_agent_url, check_scheme, saas_mode
 
 # The provisioner writes the container's loopback URL; agents report an address the
 # platform could not reach from inside its network, so the provisioner's one wins.
 PROVISIONER_URL_PREFIX = "http://127.0.0.1"
 
 _LOCK_ROW = text(
-    "SELECT id, status, runtime, delivery_mode, url FROM workspaces WHERE id = :id FOR UPDATE"
+    "SELECT id, status, runtime, delivery_mode FROM workspaces WHERE id = :id FOR UPDATE"
 )
 
 
@@ -48,38 +47,28 @@ def resolve_delivery_mode(requested: str, stored: str | None, runtime: str | Non
 
 def check_url_for_mode(url: str, mode: str, resolver: Resolver | None) -> None:
     """In push mode the platform dials the agent, so the URL must be safe to dial."""
-    if mode != "push":
-        # Never dialled, so never resolved; but other services show and link the
-        # stored URL, so a non-empty one must still be http(s).
-        if url and _scheme(url) not in ALLOWED_SCHEMES:
-            raise Rejected(f"url: scheme {_scheme(url)!r} is not allowed (http, https only)")
-        return
-    if not url:
+    if mode == "push" and not url:
         raise Rejected("url: is required in push delivery mode")
-    settings = get_settings()
     try:
-        check_agent_url(
-            url, saas=saas_mode(settings.deploy_mode, settings.org_id), resolver=resolver
-        )
-    except UnsafeURL as exc:
-        raise Rejected(str(exc) if str(exc).startswith("url") else f"url: {exc}") from None
+        if mode == "push":
+            settings = get_settings()
+            check_agent_url(
+                url, saas=saas_mode(settings.deploy_mode, settings.org_id), resolver=resolver
+            )
+        elif url:
+            # Never dialled, so never resolved; but other services show and link the
+            # stored URL, so a non-empty one must still be http(s).
+            check_scheme(url)
+    except UnsafeURL as exc:  # its message names the field ("url: ...")
+        raise Rejected(str(exc)) from None
 
 
-def _scheme(url: str) -> str:
-    try:
-        return urlsplit(url).scheme
-    except ValueError:  # e.g. an unclosed "[" IPv6 bracket
-        return ""
-
-
-def authorize(
-    state: TokenState, workspace_id: UUID, presented: str | None, *, allow_redelivery: bool
-) -> None:
-    """The hijack guard, raising Unauthorized; records the token's use."""
+def authorize(state: TokenState, presented: str | None, *, allow_redelivery: bool) -> None:
+    """The hijack guard, raising Unauthorized."""
     if allow_redelivery and presented is None and state.issued_by_this_message:
         return  # this same message issued the workspace's token before it died
     if not is_authorized(state.has_live, state.matched_id):
-        raise Unauthorized("auth_token: missing or not valid for this workspace")
+        raise Unauthorized(UNAUTHORIZED_ERROR)
 
 
 def register(
@@ -92,7 +81,7 @@ def register(
     ws = payload.id
     row: Row[Any] | None = uow.conn.execute(_LOCK_ROW, {"id": ws}).first()
     state = token_state(uow.conn, ws, payload.auth_token, task_id)
-    authorize(state, ws, payload.auth_token, allow_redelivery=True)
+    authorize(state, payload.auth_token, allow_redelivery=True)
     if row is not None and row.status == Status.REMOVED:
         raise Rejected("id: workspace was removed")
 
@@ -155,11 +144,6 @@ def register(
     ttl = get_settings().liveness_ttl_seconds
     uow.on_commit(lambda pipe: set_liveness(pipe, ws, ttl))
     uow.on_commit(lambda pipe: cache_urls(pipe, ws, effective_url, agent_url))
-    # A URL dropped by this registration (e.g. push -> poll) must not linger in the cache.
-    cached = ((url_key(ws), effective_url), (internal_url_key(ws), agent_url))
-    dropped = [key for key, url in cached if not url]
-    if dropped:
-        uow.on_commit(lambda pipe: pipe.delete(*dropped))
     record_event_on_commit(
         uow,
         EventType.WORKSPACE_ONLINE,
@@ -174,8 +158,8 @@ def register(
     }
     if state.matched_id is not None:
         touch_tokens(uow.conn, [state.matched_id])
-    elif state.issued_by_this_message:
-        result["auth_token"] = _reissue(ws, task_id)
+    elif task_id and state.issued_by_this_message:
+        result["auth_token"] = derive_token(ws, task_id)
     elif not state.has_live:
         result["auth_token"] = issue_token(uow.conn, ws, task_id)
     return result
@@ -187,7 +171,7 @@ def update_card(uow: UnitOfWork, payload: UpdateCardPayload) -> dict[str, Any]:
     if row is None:
         raise Rejected("workspace_id: unknown workspace")
     state = token_state(uow.conn, ws, payload.auth_token, None)
-    authorize(state, ws, payload.auth_token, allow_redelivery=False)
+    authorize(state, payload.auth_token, allow_redelivery=False)
     if row.status == Status.REMOVED:
         raise Rejected("workspace_id: workspace was removed")
     uow.conn.execute(
@@ -207,8 +191,3 @@ def update_card(uow: UnitOfWork, payload: UpdateCardPayload) -> dict[str, Any]:
 
 class ConcurrentRegistration(Exception):
     """Two first registrations of one id raced; the message is retried."""
-
-
-def _reissue(workspace_id: UUID, task_id: str | None) -> str:
-    assert task_id is not None  # issued_by_this_message implies a task id
-    return derive_token(workspace_id, task_id)

@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from registry.config import Settings
-from registry.queues import SWEEP_QUEUE
+from registry.queues import (
+    RELAY_EVENTS_TASK,
+    SWEEP_BACKSTOP_TASK,
+    SWEEP_HEALTH_TASK,
+    SWEEP_HIBERNATION_TASK,
+    SWEEP_ORPHANS_TASK,
+    SWEEP_PROVISIONING_TASK,
+    SWEEP_QUEUE,
+)
 
 
 def expires_for(interval: int) -> float:
@@ -32,14 +40,10 @@ def _entry(task: str, interval: int) -> dict[str, Any]:
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
-        "sweep-backstop": _entry("registry.sweep_backstop", settings.backstop_sweep_interval),
-        "sweep-health": _entry("registry.sweep_health", settings.health_sweep_interval),
-        "sweep-provisioning": _entry(
-            "registry.sweep_provisioning", settings.provision_sweep_interval
-        ),
-        "sweep-hibernation": _entry(
-            "registry.sweep_hibernation", settings.hibernation_sweep_interval
-        ),
-        "sweep-orphans": _entry("registry.sweep_orphans", settings.orphan_sweep_interval),
-        "relay-events": _entry("registry.relay_events", settings.relay_events_interval),
+        "sweep-backstop": _entry(SWEEP_BACKSTOP_TASK, settings.backstop_sweep_interval),
+        "sweep-health": _entry(SWEEP_HEALTH_TASK, settings.health_sweep_interval),
+        "sweep-provisioning": _entry(SWEEP_PROVISIONING_TASK, settings.provision_sweep_interval),
+        "sweep-hibernation": _entry(SWEEP_HIBERNATION_TASK, settings.hibernation_sweep_interval),
+        "sweep-orphans": _entry(SWEEP_ORPHANS_TASK, settings.orphan_sweep_interval),
+        "relay-events": _entry(RELAY_EVENTS_TASK, settings.relay_events_interval),
     }

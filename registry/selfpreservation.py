@@ -339,7 +339,8 @@ def current_state(conn: Connection) -> dict[str, Any]:
         "reason": row.reason if row.active else None,
         "since": row.since.isoformat() if row.active and row.since else None,
         "active_for_seconds": round(float(row.active_for), 1) if row.active else None,
-        "figures": row.figures,
+        # Kept in the row after an episode ends; shown only while they explain a pause.
+        "figures": row.figures if row.active else None,
         "evaluated_at": row.updated_at.isoformat(),
         "backlog_seconds": round(backlog.seconds, 1),
     }

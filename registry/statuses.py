@@ -20,9 +20,6 @@ class Status(StrEnum):
 
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
-# The statuses a live agent can be in; what the liveness paths watch.
-LIVE_STATUSES: tuple[Status, ...] = (Status.ONLINE, Status.DEGRADED)
-
 EXTERNAL_RUNTIME = "external"
 DEFAULT_RUNTIME = "langgraph"
 

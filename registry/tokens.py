@@ -101,6 +101,9 @@ def token_state(
     )
 
 
+UNAUTHORIZED_ERROR = "auth_token: missing or not valid for this workspace"
+
+
 def is_authorized(has_live: bool, matched_id: UUID | None) -> bool:
     """The hijack guard: a workspace with a live token needs one of its own tokens.
 

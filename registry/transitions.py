@@ -136,7 +136,6 @@ def mark_unreachable(
     params: dict[str, Any] | None = None,
     excluded: Collection[Status] = LIVENESS_EXCLUDED,
     target: Status | None = None,
-    clear_keys: bool = True,
     limit: int = 1000,
 ) -> list[Unreachable]:
     """Move the matching workspaces to their unreachable status; one event per change.
@@ -172,13 +171,12 @@ def mark_unreachable(
     rows = uow.conn.execute(sql, bound).all()
     changed = [Unreachable(r.id, r.previous_status, r.status) for r in rows]
     for change in changed:
-        metrics.TRANSITIONS.labels(change.previous_status, change.new_status).inc()
+        metrics.record_transition(change.previous_status, change.new_status)
         record_event_on_commit(
             uow,
             UNREACHABLE_EVENT[Status(change.new_status)],
             change.workspace_id,
             {"reason": reason, "previous_status": change.previous_status},
         )
-        if clear_keys:
-            uow.on_commit(lambda pipe, ws=change.workspace_id: clear_workspace_keys(pipe, ws))
+        uow.on_commit(lambda pipe, ws=change.workspace_id: clear_workspace_keys(pipe, ws))
     return changed

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from registry.config import get_settings
 from registry.db import get_engine, get_redis
-from registry.events import Event, queue_publication
+from registry.events import Event, delete_from_outbox, queue_publication
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> No
     if published:
         try:
             with engine.begin() as conn:
-                conn.execute(
-                    text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": published}
-                )
+                delete_from_outbox(conn, published)
         except Exception:  # the relay would only publish them once more
             log.warning("could not clear %d published event(s) from the outbox", len(published))

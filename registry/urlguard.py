@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Callable
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ RANGES: tuple[Range, ...] = (
     Range(_net("224.0.0.0/4"), "multicast", True),
     Range(_net("fc00::/8"), "IPv6 unique local, fc00::/8", True),
     Range(_net("2001:db8::/32"), "IPv6 documentation", True),
+    # Beyond SPEC §6's list: on Linux a connection to the unspecified address reaches
+    # the host's own services, exactly what the loopback rule keeps out.
+    Range(_net("0.0.0.0/8"), "this host (unspecified)", True),
+    Range(_net("::/128"), "IPv6 unspecified", True),
     Range(_net("10.0.0.0/8"), "private network", False),
     Range(_net("172.16.0.0/12"), "private network", False),
     Range(_net("192.168.0.0/16"), "private network", False),
@@ -116,17 +120,22 @@ def _check_address(address: IPAddress, *, saas: bool, subject: str) -> None:
     )
 
 
-def check_agent_url(url: str, *, saas: bool, resolver: Resolver | None = None) -> None:
-    """Raise UnsafeURL unless `url` is safe to push to; `resolver` defaults to DNS."""
-    text = url.strip()
-    if not text:
-        raise UnsafeURL("missing_host", "url: empty URL has no host")
+def check_scheme(url: str) -> SplitResult:
+    """Raise UnsafeURL unless `url` parses and is http(s); returns its parts."""
     try:
-        parts = urlsplit(text)
+        parts = urlsplit(url.strip())
     except ValueError as exc:  # e.g. an unclosed "[" IPv6 bracket
         raise UnsafeURL("malformed", f"url: cannot parse {url!r}: {exc}") from exc
     if parts.scheme not in ALLOWED_SCHEMES:  # urlsplit lower-cases the scheme
         raise UnsafeURL("scheme", f"url: scheme {parts.scheme!r} is not allowed (http, https only)")
+    return parts
+
+
+def check_agent_url(url: str, *, saas: bool, resolver: Resolver | None = None) -> None:
+    """Raise UnsafeURL unless `url` is safe to push to; `resolver` defaults to DNS."""
+    if not url.strip():
+        raise UnsafeURL("missing_host", "url: empty URL has no host")
+    parts = check_scheme(url)
     # .hostname drops userinfo, port and IPv6 brackets, and lower-cases the name.
     host = (parts.hostname or "").removesuffix(".")
     if not host:

@@ -15,7 +15,7 @@ from celery import Task
 from pydantic import BaseModel
 
 from registry.outcomes import MessageRefused
-from registry.payloads import PayloadError, parse_payload
+from registry.payloads import parse_payload
 from registry.registration import ConcurrentRegistration
 from registry.uow import UnitOfWork, unit_of_work
 
@@ -55,7 +55,5 @@ def run_message(
         message = parse_payload(model, payload)
         with unit_of_work() as uow:
             return handler(uow, message)
-    except PayloadError as exc:
-        return {"status": "rejected", "error": str(exc)}
-    except MessageRefused as refused:
+    except MessageRefused as refused:  # bad input (PayloadError) included
         return refused.as_result()

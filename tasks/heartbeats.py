@@ -25,7 +25,7 @@ def heartbeat_task(payload: Any) -> dict[str, Any]:
         # Never log the payload itself: it carries the workspace's token.
         workspace = payload.get("workspace_id") if isinstance(payload, dict) else None
         log.warning("heartbeat rejected (workspace_id=%r): %s", workspace, exc)
-        return {"status": "rejected", "error": str(exc)}
+        return exc.as_result()
     with unit_of_work() as uow:
         (result,) = apply_heartbeats(uow, [heartbeat])
     if result["status"] in ("rejected", "unauthorized"):

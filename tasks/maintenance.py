@@ -21,7 +21,12 @@ from celery.signals import beat_init
 from registry import metrics
 from registry.config import get_settings
 from registry.containers import open_container_backend
-from registry.queues import SWEEP_QUEUE
+from registry.queues import (
+    SWEEP_HIBERNATION_TASK,
+    SWEEP_ORPHANS_TASK,
+    SWEEP_PROVISIONING_TASK,
+    SWEEP_QUEUE,
+)
 from registry.schedule import expires_for
 from registry.sweeps.hibernation import sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
@@ -31,10 +36,6 @@ from tasks.base import RegistryTask
 from workers.app import app
 
 log = logging.getLogger(__name__)
-
-SWEEP_PROVISIONING_TASK = "registry.sweep_provisioning"
-SWEEP_HIBERNATION_TASK = "registry.sweep_hibernation"
-SWEEP_ORPHANS_TASK = "registry.sweep_orphans"
 
 
 @app.task(name=SWEEP_PROVISIONING_TASK, base=RegistryTask, max_retries=0)

@@ -15,7 +15,13 @@ from registry.containers import open_container_backend
 from registry.db import get_engine, get_redis
 from registry.events import relay_unpublished_events
 from registry.payloads import PayloadError, parse_payload
-from registry.queues import HEARTBEAT_PROBE_TASK, HEARTBEAT_QUEUE
+from registry.queues import (
+    HEARTBEAT_PROBE_TASK,
+    HEARTBEAT_QUEUE,
+    RELAY_EVENTS_TASK,
+    SWEEP_BACKSTOP_TASK,
+    SWEEP_HEALTH_TASK,
+)
 from registry.schedule import expires_for
 from registry.selfpreservation import HeartbeatProbePayload, record_probe, send_probe_if_due
 from registry.sweeps.backstop import sweep_backstop
@@ -25,11 +31,8 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-SWEEP_BACKSTOP_TASK = "registry.sweep_backstop"
-SWEEP_HEALTH_TASK = "registry.sweep_health"
 
-
-@app.task(name="registry.relay_events", base=RegistryTask, max_retries=0)
+@app.task(name=RELAY_EVENTS_TASK, base=RegistryTask, max_retries=0)
 def relay_events_task() -> dict[str, Any]:
     settings = get_settings()
     with get_engine().begin() as conn:
@@ -76,7 +79,7 @@ def heartbeat_probe_task(payload: Any) -> dict[str, Any]:
     try:
         probe = parse_payload(HeartbeatProbePayload, payload)
     except PayloadError as exc:
-        return {"status": "rejected", "error": str(exc)}
+        return exc.as_result()
     with get_engine().begin() as conn:
         lag = record_probe(conn, probe)
     threshold = get_settings().heartbeat_backlog_seconds

@@ -214,8 +214,6 @@ CASES: list[tuple[str, type, Any, str]] = [
     ("sent_at NaN", HeartbeatPayload, heartbeat(sent_at=NAN), "sent_at"),
     ("sent_at out of range", HeartbeatPayload, heartbeat(sent_at=1e20), "sent_at"),
     ("sent_at an object", HeartbeatPayload, heartbeat(sent_at={"t": 1}), "sent_at"),
-    ("sent_at far future (epoch)", HeartbeatPayload, heartbeat(sent_at=time.time() + 86_400), "sent_at"),
-    ("sent_at far future (RFC 3339)", HeartbeatPayload, heartbeat(sent_at="2999-01-01T00:00:00Z"), "sent_at"),
     # create_workspace
     ("create without name", CreateWorkspacePayload, {}, "name"),
     ("create empty name", CreateWorkspacePayload, {"name": ""}, "name"),

@@ -50,6 +50,10 @@ ALWAYS_BLOCKED = [
     ("[fc00::1]", "fc00::/8", "unique local"),
     ("[fcff:ffff::1]", "fc00::/8", "unique local"),
     ("[2001:db8::1]", "2001:db8::/32", "documentation"),
+    # Added beyond SPEC §6 (docs/OPERATIONS.md): the unspecified addresses reach this host.
+    ("0.0.0.0", "0.0.0.0/8", "unspecified"),
+    ("[::]", "::/128", "unspecified"),
+    ("[::ffff:0.0.0.0]", "0.0.0.0/8", "unspecified"),
 ]
 
 # One address inside every range SaaS mode relaxes.

@@ -119,12 +119,11 @@ class QueueLengthCollector(Collector):
 
 def build_registry(settings: Settings) -> CollectorRegistry:
     """What the endpoint serves: this process's series, or every pool process's."""
+    registry = CollectorRegistry()
     directory = multiprocess_dir()
     if directory:
-        registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)
     else:
-        registry = CollectorRegistry()
         registry.register(_DefaultRegistryView())
     registry.register(QueueLengthCollector(settings.effective_broker_url))
     return registry

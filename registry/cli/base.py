@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import click
+import redis
 import redis.exceptions
 import sqlalchemy.exc
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from registry.config import get_settings
@@ -60,6 +62,18 @@ def friendly_errors(func: F) -> F:
             ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def reachable_stores() -> tuple[Engine, redis.Redis]:
+    """The engine and the Redis client, both checked: a long-running command fails at
+    once, in one line (under `friendly_errors`), when a store is unreachable."""
+    from registry.db import get_engine, get_redis
+
+    engine, client = get_engine(), get_redis()
+    client.ping()
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return engine, client
 
 
 def parse_uuid(_ctx: click.Context | None, param: click.Parameter | None, value: Any) -> Any:

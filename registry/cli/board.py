@@ -5,9 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import click
-from sqlalchemy import text
 
-from registry.cli.base import friendly_errors, main
+from registry.cli.base import friendly_errors, main, reachable_stores
 
 
 def _is_loopback(host: str) -> bool:
@@ -32,12 +31,8 @@ def board(host: str, port: int) -> None:
     no authentication: keep it on localhost (or behind an authenticating proxy).
     """
     from registry.board.server import serve
-    from registry.db import get_engine, get_redis
 
-    engine, client = get_engine(), get_redis()
-    client.ping()
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    engine, client = reachable_stores()
     try:
         server = serve(host, port, engine, client)
     except OSError as exc:

@@ -10,7 +10,7 @@ from uuid import UUID
 import click
 from sqlalchemy import Engine, text
 
-from registry.cli.base import friendly_errors, main
+from registry.cli.base import friendly_errors, main, reachable_stores
 from registry.statuses import EventType
 
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -159,19 +159,15 @@ def events(
     events after the starting point (capped, or Redis restarted), a notice goes to
     stderr and the recorded ones are replayed from the database, marked (replayed).
     """
-    from registry.db import get_engine, get_redis
     from registry.jsontext import dumps
     from registry.subscriber import StreamGap, Subscriber
     from registry.subscriber_text import event_line
 
     start = parse_since(since) if since else ("now" if not no_follow else "start")
     chosen_types = parse_types(types)
-    engine, client = get_engine(), get_redis()
-    # Fail at once, with one line, when a store is unreachable; once running, the
-    # subscriber rides out outages by itself.
-    client.ping()
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    # Fail at once when a store is unreachable; once running, the subscriber rides
+    # out outages by itself.
+    engine, client = reachable_stores()
     chosen_workspaces = resolve_workspaces(engine, workspaces)
     names = WorkspaceNames(engine)
 

@@ -118,10 +118,6 @@ class Supervisor:
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.exited() is not None), None)
 
-    @property
-    def pgids(self) -> list[int]:
-        return [child.pgid for child in self.children]
-
     def stop_all(self, grace_seconds: float = 15.0) -> list[str]:
         """SIGTERM every group, SIGKILL what is left; returns what had to be killed."""
         for child in reversed(self.children):

@@ -1,10 +1,10 @@
 """The demo's live summary: statuses from the database, heartbeats and status events
-from the registry's own event stream (`events:stream`), as any subscriber sees them.
+from the registry's own event stream, read with `registry.subscriber.Subscriber` as
+any subscriber reads it (deduplicated, a trimmed stream filled from the database).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -13,9 +13,10 @@ from uuid import UUID
 
 from sqlalchemy import Engine, text
 
-from registry.events import EVENT_STREAM
 from registry.simulator.behaviours import SHOWCASE_STATUS, Behaviour
-from registry.statuses import ALL_STATUSES, EventType
+from registry.statuses import ALL_STATUSES, BROADCAST_ONLY_EVENTS, EventType
+from registry.subscriber import StreamGap, Subscriber
+from registry.subscriber_text import describe
 
 # The status a recorded event announces.
 EVENT_STATUS: dict[str, str] = {
@@ -27,7 +28,6 @@ EVENT_STATUS: dict[str, str] = {
     EventType.WORKSPACE_HIBERNATED: "hibernated",
     EventType.WORKSPACE_REMOVED: "removed",
 }
-_QUIET_EVENTS = frozenset({EventType.WORKSPACE_HEARTBEAT, EventType.TASK_UPDATED})
 RATE_WINDOW_SECONDS = 5.0
 
 
@@ -62,21 +62,20 @@ class LiveSummary:
         stats: Any,
     ) -> None:
         self.engine = engine
-        self.redis = redis_client
         self.behaviour_of = behaviour_of
         self.name_of = {str(k): v for k, v in name_of.items()}
         self.ids = list(behaviour_of)
         self.stats = stats
         self.recent: deque[StatusEvent] = deque(maxlen=8)
         self.started = time.monotonic()
-        self._cursor = self._stream_end()
+        self._events = Subscriber(redis_client, engine)  # from now on
         self._applied = 0
         # (time, sent, applied) samples: rates are averaged over the last few seconds.
         self._samples: deque[tuple[float, int, int]] = deque([(self.started, 0, 0)])
 
-    def _stream_end(self) -> str:
-        last = self.redis.xrevrange(EVENT_STREAM, count=1)
-        return last[0][0] if last else "0-0"
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
     def refresh(self) -> Snapshot:
         now = time.monotonic()
@@ -111,30 +110,26 @@ class LiveSummary:
 
     def _read_events(self, now: float) -> list[StatusEvent]:
         found: list[StatusEvent] = []
-        while True:
-            batch = self.redis.xread({EVENT_STREAM: self._cursor}, count=5000)
-            if not batch:
-                return found
-            entries = batch[0][1]
-            for entry_id, fields in entries:
-                self._cursor = entry_id
-                event = _parse(fields)
-                if event is None:
-                    continue
-                kind, workspace = event.get("event"), event.get("workspace_id")
-                if kind == EventType.WORKSPACE_HEARTBEAT and workspace in self.name_of:
+        # Without blocking, until caught up (or, Redis being down, after one backoff).
+        while batch := self._events.poll(block_ms=0):
+            for item in batch:
+                if isinstance(item, StreamGap):
+                    continue  # its recorded events follow, replayed from the database
+                workspace = item.workspace_id
+                if item.type == EventType.WORKSPACE_HEARTBEAT and workspace in self.name_of:
                     self._applied += 1
-                elif kind not in _QUIET_EVENTS and (workspace in self.name_of or not workspace):
+                elif item.type not in BROADCAST_ONLY_EVENTS and (
+                    workspace in self.name_of or not workspace
+                ):
                     status_event = StatusEvent(
                         now - self.started,
-                        str(kind),
-                        self.name_of.get(workspace, "(fleet-wide)"),
-                        _detail(event.get("payload") or {}),
+                        item.type,
+                        self.name_of.get(workspace or "", "(fleet-wide)"),
+                        describe(item.type, item.payload),
                     )
                     self.recent.append(status_event)
                     found.append(status_event)
-            if len(entries) < 5000:
-                return found
+        return found
 
     def reached(self) -> dict[Behaviour, dict[str, Any]]:
         """Per behaviour: agents, the statuses its workspaces have been in, and now."""
@@ -171,24 +166,6 @@ class LiveSummary:
                 entry["reached"].add(row.status)
             entry["now"][row.status] = entry["now"].get(row.status, 0) + 1
         return result
-
-
-def _parse(fields: dict[str, str]) -> dict[str, Any] | None:
-    try:
-        event = json.loads(fields.get("data", ""))
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-def _detail(payload: dict[str, Any]) -> str:
-    keys = ("reason", "recovered_from", "runtime_state", "error_rate", "previous_status", "active")
-    parts = []
-    for key in keys:
-        if key in payload and payload[key] not in (None, ""):
-            value = payload[key]
-            parts.append(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}")
-    return " ".join(parts)
 
 
 def clock(seconds: float) -> str:
@@ -234,7 +211,7 @@ def render_line(snapshot: Snapshot) -> str:
 
 
 def format_event(event: StatusEvent) -> str:
-    detail = f"  ({event.detail})" if event.detail else ""
+    detail = f"  {event.detail}" if event.detail else ""
     return f"{clock(event.at)}  {event.event:<28} {event.name}{detail}"
 
 

@@ -151,28 +151,35 @@ def mark_gone(uow: UnitOfWork, gone: list[Candidate]) -> list[Unreachable]:
     )
 
 
-# Both branches are ranges on ix_workspaces_live_heartbeat (it indexes NULLs too), so
-# the pass costs in proportion to the stale rows; the runtime test filters them.
-REMOTE_STALE_SQL = (
-    f"w.runtime = '{EXTERNAL_RUNTIME}' AND w.status IN ('online', 'degraded') AND ("
-    "w.last_heartbeat_at < now() - make_interval(secs => :stale_after) "
-    "OR (w.last_heartbeat_at IS NULL "
-    "AND w.updated_at < now() - make_interval(secs => :stale_after)))"
+_EXTERNAL_LIVE = f"w.runtime = '{EXTERNAL_RUNTIME}' AND w.status IN ('online', 'degraded')"
+# COALESCE(last_heartbeat_at, updated_at) older than :stale_after, as two statements:
+# each is one range on ix_workspaces_live_heartbeat (it indexes NULLs too), so the pass
+# costs in proportion to the stale rows. Written as one OR, the planner reads the whole
+# live index instead.
+REMOTE_STALE_SQL: tuple[str, ...] = (
+    f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at < now() - make_interval(secs => :stale_after)",
+    f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at IS NULL "
+    "AND w.updated_at < now() - make_interval(secs => :stale_after)",
 )
 
 
 def mark_remote_stale(
     uow: UnitOfWork, *, stale_after: float, limit: int = BATCH_SIZE
 ) -> list[Unreachable]:
-    return mark_unreachable(
-        uow,
-        reason=HEARTBEAT_STALE,
-        candidates_sql=REMOTE_STALE_SQL,
-        params={"stale_after": stale_after},
-        excluded=REMOTE_EXCLUDED,
-        target=Status.AWAITING_AGENT,
-        limit=limit,
-    )
+    changed: list[Unreachable] = []
+    for candidates_sql in REMOTE_STALE_SQL:
+        if len(changed) >= limit:
+            break
+        changed += mark_unreachable(
+            uow,
+            reason=HEARTBEAT_STALE,
+            candidates_sql=candidates_sql,
+            params={"stale_after": stale_after},
+            excluded=REMOTE_EXCLUDED,
+            target=Status.AWAITING_AGENT,
+            limit=limit - len(changed),
+        )
+    return changed
 
 
 def sweep_remote_agents(settings: Settings, *, batch_size: int = BATCH_SIZE) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from registry import metrics
 from registry.containers import ContainerError, ContainerStopper
 from registry.events import record_event_on_commit
 from registry.keys import clear_workspace_keys
-from registry.statuses import EventType, Status
+from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
 from registry.uow import UnitOfWork, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,13 @@ DEFAULT_STUCK_AFTER_SECONDS = 600
 
 # Idle for long enough, by the database's clock. Written over alias `w`; the first
 # three terms are the predicate of ix_workspaces_idle, so the planner uses it.
-_IDLE = """
+_IDLE = f"""
     w.hibernation_idle_minutes > 0
     AND w.idle_since IS NOT NULL
     AND w.status IN ('online', 'degraded')
     AND w.idle_since <= now() - make_interval(mins => w.hibernation_idle_minutes)
     AND w.active_tasks = 0
-    AND w.runtime <> 'external'
+    AND w.runtime <> '{EXTERNAL_RUNTIME}'
 """
 
 _FIND_CANDIDATES = text(
