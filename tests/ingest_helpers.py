@@ -34,7 +34,6 @@ from registry.outcomes import MessageRefused
 from registry.payloads import (
     CreateWorkspacePayload,
     HeartbeatPayload,
-    PayloadError,
     RegisterPayload,
     RemoveWorkspacePayload,
     UpdateCardPayload,
@@ -78,9 +77,7 @@ def outcome(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The result object a task would answer for `call` (refusals included)."""
     try:
         return call()
-    except PayloadError as exc:
-        return {"status": "rejected", "error": str(exc)}
-    except MessageRefused as refused:
+    except MessageRefused as refused:  # bad input (PayloadError) included
         return refused.as_result()
 
 

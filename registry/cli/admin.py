@@ -12,7 +12,6 @@ from registry.cli.base import echo_json, friendly_errors, main, parse_uuid
 from registry.outcomes import MessageRefused
 from registry.payloads import (
     CreateWorkspacePayload,
-    PayloadError,
     RemoveWorkspacePayload,
     parse_payload,
 )
@@ -44,9 +43,7 @@ def _apply(handler: Any, model: Any, payload: dict[str, Any]) -> dict[str, Any]:
         message = parse_payload(model, payload)
         with unit_of_work() as uow:
             return handler(uow, message)
-    except PayloadError as exc:
-        raise click.ClickException(str(exc)) from None
-    except MessageRefused as refused:
+    except MessageRefused as refused:  # bad input (PayloadError) included
         raise click.ClickException(refused.error) from None
 
 
