@@ -9,7 +9,6 @@ every concurrent test run on this host keeps out of the others' way.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import socket
@@ -22,7 +21,6 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-LOCK_DIR = Path(os.environ.get("TEST_LOCK_DIR", "/tmp"))
 REDIS_BASE = os.environ.get("TEST_REDIS_BASE", "redis://127.0.0.1:6379")
 PG_ADMIN_URL = os.environ.get(
     "TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -33,25 +31,18 @@ PG_ADMIN_URL = os.environ.get(
 def reserved_redis_pair() -> Iterator[tuple[str, str]]:
     """(data URL, broker URL) on two Redis databases nobody else holds; flushed."""
     import redis
+    from conftest import _reserve_redis_dbs  # the same lock files as the session's pair
 
-    for first in range(2, 16, 2):
-        handle = (LOCK_DIR / f"molecule-registry-redis-{first}.lock").open("w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        urls = (f"{REDIS_BASE}/{first}", f"{REDIS_BASE}/{first + 1}")
-        try:
-            for url in urls:
-                redis.Redis.from_url(url).flushdb()
-            yield urls
-        finally:
-            for url in urls:
-                redis.Redis.from_url(url).flushdb()
-            handle.close()
-        return
-    raise RuntimeError("no free pair of Redis databases on this host")
+    first, second, lock = _reserve_redis_dbs()
+    urls = (f"{REDIS_BASE}/{first}", f"{REDIS_BASE}/{second}")
+    try:
+        for url in urls:
+            redis.Redis.from_url(url).flushdb()
+        yield urls
+    finally:
+        for url in urls:
+            redis.Redis.from_url(url).flushdb()
+        lock.close()
 
 
 @contextlib.contextmanager
