@@ -11,7 +11,10 @@ them first, one clear line per problem. Then it migrates DATABASE_URL, starts
 and runs a simulated fleet (registry/simulator) that registers and heartbeats
 through the real queue with the producer client, while a live summary shows
 counts per status, heartbeats per second and status events. It stops after
-`--duration` seconds or on Ctrl-C, and then stops every process it started.
+`--duration` seconds or on Ctrl-C, and then stops every process it started. The
+fleet's workspaces stay in the database for inspection (`molecule-registry status`);
+the next run removes them first, so a second demo does not start beside a "dead"
+fleet that would (rightly) hold self-preservation on.
 
 Timings are shortened, through the documented variables, for the processes the
 demo starts (`demo_timings`) so that every status shows within about a minute; the
@@ -42,6 +45,7 @@ from registry.config import Settings, get_settings
 from registry.queues import QUEUE_NAMES
 from registry.simulator import DEFAULT_MIX, Behaviour, Fleet, Timings, allocate
 from registry.simulator.fake_engine import FakeDockerEngine
+from registry.simulator.fleet import retire_earlier_fleets
 from registry.simulator.processes import Supervisor, celery_argv
 from registry.simulator.summary import (
     LiveSummary,
@@ -270,6 +274,9 @@ class Demo:
     def run(self) -> int:
         check_services(self.settings)
         self._migrate()
+        retired = retire_earlier_fleets(_engine(self.settings))
+        if retired:
+            self.out(f"removed {retired} simulated workspace(s) left by earlier demo runs")
         multiproc_dir = self.log_dir / "prometheus"
         shutil.rmtree(multiproc_dir, ignore_errors=True)
         multiproc_dir.mkdir(parents=True)

@@ -190,3 +190,38 @@ def _scrape_twice(url, demo):
                 time.sleep(1)
     assert len(samples) == 2, "the metrics endpoint did not answer"
     return samples
+
+
+def test_earlier_demo_fleets_are_retired_before_a_new_run(db):
+    """A dead earlier fleet must not hold self-preservation on for the next demo."""
+    from sqlalchemy import text
+
+    from registry.simulator.fleet import retire_earlier_fleets
+
+    leftover, unrelated = uuid.uuid4(), uuid.uuid4()
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workspaces (id, name, status, last_heartbeat_at) VALUES "
+                "(:a, 'demo-82a43e-laptop-001', 'online', now() - interval '1 hour'), "
+                "(:b, 'demo-x', 'online', now() - interval '1 hour')"
+            ),
+            {"a": leftover, "b": unrelated},
+        )
+
+    assert retire_earlier_fleets(db) == 1
+    assert retire_earlier_fleets(db) == 0  # already removed: nothing to do
+
+    with db.connect() as conn:
+        status = dict(conn.execute(text("SELECT id, status FROM workspaces")).all())
+        events = (
+            conn.execute(
+                text(
+                    "SELECT workspace_id FROM structure_events WHERE event_type = 'WORKSPACE_REMOVED'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert status == {leftover: "removed", unrelated: "online"}
+    assert events == [leftover]

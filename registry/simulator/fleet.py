@@ -20,9 +20,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from uuid import UUID
 
+from sqlalchemy import Engine, text
+
 from registry.client import RegistryClient, RegistryError
+from registry.lifecycle import remove_workspace
+from registry.payloads import RemoveWorkspacePayload
 from registry.simulator.agents import AGENT_CLASSES, Containers, SimulatedAgent, Stats, Timings
 from registry.simulator.behaviours import Behaviour
+from registry.uow import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +160,32 @@ class Fleet:
             delay = None
         if delay is not None:
             self._push(now + delay, agent)
+
+
+# Exactly the names `Fleet` gives its agents, so no other workspace can ever match.
+SIMULATED_NAME_PATTERN = (
+    r"^demo-[0-9a-f]{6}-(" + "|".join(b.value for b in Behaviour) + r")-[0-9]{3,}$"
+)
+
+
+def retire_earlier_fleets(engine: Engine) -> int:
+    """Remove the simulated workspaces earlier demo runs left behind; how many.
+
+    An earlier run's agents stopped with it but their rows stay live. Left there they
+    look like a fleet that died at once, and self-preservation would rightly pause all
+    automatic unreachable-marking for the new run. They are removed the way any
+    workspace is (tokens revoked, keys cleared, WORKSPACE_REMOVED recorded).
+    """
+    with engine.connect() as conn:
+        ids = (
+            conn.execute(
+                text("SELECT id FROM workspaces WHERE status <> 'removed' AND name ~ :pattern"),
+                {"pattern": SIMULATED_NAME_PATTERN},
+            )
+            .scalars()
+            .all()
+        )
+    for workspace_id in ids:
+        with unit_of_work(engine) as uow:
+            remove_workspace(uow, RemoveWorkspacePayload(workspace_id=workspace_id))
+    return len(ids)
