@@ -1,4 +1,4 @@
-"""Celery settings for `workers.app:app` (SPEC §1, §4, §5).
+"""Celery settings for `workers.app:app` (CONTRACT §1, §4, §5).
 
 Every value here is read from the environment through registry.config, so one
 declaration documents each option (see docs/OPERATIONS.md).
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from kombu import Queue
 
+from molecule_registry_client.names import DEFAULT_QUEUE, QUEUE_NAMES, queue_for
 from registry.config import get_settings
-from registry.queues import DEFAULT_QUEUE, QUEUE_NAMES, queue_for
 from registry.schedule import beat_schedule as _beat_schedule
 
 _settings = get_settings()
@@ -38,7 +38,7 @@ imports = (
     "tasks.access",
 )
 
-# Every task is idempotent (SPEC §4), so a message is acknowledged only after its
+# Every task is idempotent (CONTRACT §4), so a message is acknowledged only after its
 # effect is committed, and one whose worker process died is put back, not dropped.
 task_acks_late = True
 task_reject_on_worker_lost = True

@@ -41,8 +41,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from registry import migrate  # noqa: E402
 from registry.db import get_engine, get_redis  # noqa: E402
-from registry.heartbeats import apply_heartbeats  # noqa: E402
-from registry.payloads import HeartbeatPayload, parse_payload  # noqa: E402
+from registry.ingestion.heartbeats import apply_heartbeats  # noqa: E402
+from registry.ingestion.payloads import HeartbeatPayload, parse_payload  # noqa: E402
 from registry.uow import unit_of_work  # noqa: E402
 
 LIVE_INDEX_DDL = (

@@ -1,4 +1,4 @@
-"""Who may talk to whom (SPEC §9): `can_communicate(caller, target)`.
+"""Who may talk to whom (CONTRACT §9): `can_communicate(caller, target)`.
 
 Allowed when any of these holds:
 
@@ -11,7 +11,7 @@ Everything else is refused, and so is every doubt (fail secure):
 
 - an unknown caller or target → False;
 - a `removed` workspace counts as unknown → False. It is a tombstone: nothing may
-  bring it back (SPEC §3), so it must not keep talking either. Only the two endpoints'
+  bring it back (CONTRACT §3), so it must not keep talking either. Only the two endpoints'
   status matters: a removed *intermediate* ancestor still links its descendants to
   the ancestors above it, because its row (and `parent_id`) stays and the structure
   the operator built is unchanged;

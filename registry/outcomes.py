@@ -2,7 +2,7 @@
 
 Domain functions raise these inside the unit of work, so the transaction rolls back
 and nothing changes; `as_result` turns them into the task's result object. A payload
-that fails validation is one too (`registry.payloads.PayloadError` is a `Rejected`).
+that fails validation is one too (`registry.ingestion.payloads.PayloadError` is a `Rejected`).
 """
 
 from __future__ import annotations

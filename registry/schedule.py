@@ -1,9 +1,9 @@
-"""The beat schedule (SPEC §5): intervals from settings, each run expiring before the next.
+"""The beat schedule (CONTRACT §5): intervals from settings, each run expiring before the next.
 
 An `expires` just below the interval means a backlog of sweeps is dropped instead of
 piling up behind a stalled worker: the next tick does the same work anyway.
 
-Several beats may run at once (SPEC §1): each sweep changes a row with a conditional
+Several beats may run at once (CONTRACT §1): each sweep changes a row with a conditional
 UPDATE over `FOR UPDATE SKIP LOCKED` candidates, so a doubled tick changes nothing
 twice and records no event twice.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.config import Settings
-from registry.queues import (
+from molecule_registry_client.names import (
     RELAY_EVENTS_TASK,
     SWEEP_BACKSTOP_TASK,
     SWEEP_HEALTH_TASK,
@@ -22,6 +21,7 @@ from registry.queues import (
     SWEEP_PROVISIONING_TASK,
     SWEEP_QUEUE,
 )
+from registry.config import Settings
 
 
 def expires_for(interval: int) -> float:

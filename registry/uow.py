@@ -12,13 +12,21 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
 
 import redis
 from sqlalchemy import Connection, Engine
 
 from registry.config import get_settings
 from registry.db import get_engine, get_redis
-from registry.events import Event, delete_from_outbox, queue_publication
+from registry.events.outbox import (
+    Event,
+    delete_from_outbox,
+    insert_recorded_event,
+    queue_publication,
+)
+from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +39,16 @@ class UnitOfWork:
     recorded_events: list[Event] = field(default_factory=list)
     broadcast_events: list[Event] = field(default_factory=list)
     redis_ops: list[RedisOp] = field(default_factory=list)
+    after_commit_hooks: list[Callable[[], object]] = field(default_factory=list)
 
     def on_commit(self, op: RedisOp) -> None:
         """Queue a Redis operation to run after the commit (key writes, deletes)."""
         self.redis_ops.append(op)
+
+    def after_commit(self, hook: Callable[[], object]) -> None:
+        """Run `hook` once the transaction committed (metrics: rolled-back work is
+        never counted). Hooks run after the Redis pipeline; one failing is logged."""
+        self.after_commit_hooks.append(hook)
 
 
 @contextmanager
@@ -49,6 +63,11 @@ def unit_of_work(
     # events in the outbox for the relay, and the caller may retry the message
     # (every message is idempotent).
     run_after_commit(uow, engine, client or get_redis())
+    for hook in uow.after_commit_hooks:
+        try:
+            hook()
+        except Exception:  # a metric must never fail a committed message
+            log.exception("after-commit hook failed")
 
 
 def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> None:
@@ -67,3 +86,21 @@ def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> No
                 delete_from_outbox(conn, published)
         except Exception:  # the relay would only publish them once more
             log.warning("could not clear %d published event(s) from the outbox", len(published))
+
+
+def record_event_on_commit(
+    uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
+) -> Event:
+    """Record the event in this transaction; it is published after the commit."""
+    event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
+    uow.recorded_events.append(event)
+    return event
+
+
+def broadcast_event_on_commit(
+    uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
+) -> None:
+    """Publish (never record) the event after the commit; lost if the process dies."""
+    if event_type not in BROADCAST_ONLY_EVENTS:
+        raise ValueError(f"{event_type} must be recorded; use record_event_on_commit")
+    uow.broadcast_events.append(Event(event_type, workspace_id, payload))

@@ -11,11 +11,12 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml client/pyproject.toml demo/pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     echo "[venv] installing molecule-registry and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    # The client and the demo tooling are distributions of their own (client/, demo/).
+    .venv/bin/python -m pip install -q -e ./client -e ".[dev]" -e ./demo
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -1,4 +1,4 @@
-"""registry.can_communicate (SPEC §9): `{caller_id, target_id}` → `{"status": "ok", "allowed"}`.
+"""registry.can_communicate (CONTRACT §9): `{caller_id, target_id}` → `{"status": "ok", "allowed"}`.
 
 A denial also carries `reason` (an unknown or removed endpoint is named by its field).
 Bad ids are `rejected`, naming the field. A failing lookup answers `allowed: false`
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from molecule_registry_client.names import CAN_COMMUNICATE_TASK
 from registry.access import can_communicate, denial_reason
-from registry.payloads import CanCommunicatePayload
-from registry.queues import CAN_COMMUNICATE_TASK
+from registry.ingestion.payloads import CanCommunicatePayload
 from registry.uow import UnitOfWork
 from tasks.base import RegistryTask, run_message
 from workers.app import app

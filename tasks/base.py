@@ -14,9 +14,9 @@ import sqlalchemy.exc
 from celery import Task
 from pydantic import BaseModel
 
+from registry.ingestion.payloads import parse_payload
+from registry.ingestion.registration import ConcurrentRegistration
 from registry.outcomes import MessageRefused
-from registry.payloads import parse_payload
-from registry.registration import ConcurrentRegistration
 from registry.uow import UnitOfWork, unit_of_work
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
-"""registry.heartbeat (SPEC §4.2): fire-and-forget, so no result is stored."""
+"""registry.heartbeat (CONTRACT §4.2): fire-and-forget, so no result is stored."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from molecule_registry_client.names import HEARTBEAT_TASK
 from registry import metrics
-from registry.heartbeats import apply_heartbeats
-from registry.payloads import HeartbeatPayload, PayloadError, parse_payload
-from registry.queues import HEARTBEAT_TASK
+from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_payload
 from registry.uow import unit_of_work
 from tasks.base import RegistryTask
 from workers.app import app

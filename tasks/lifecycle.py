@@ -1,12 +1,12 @@
-"""registry.create_workspace and registry.remove_workspace (SPEC §4.4)."""
+"""registry.create_workspace and registry.remove_workspace (CONTRACT §4.4)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from registry.lifecycle import create_workspace, remove_workspace
-from registry.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
-from registry.queues import CREATE_WORKSPACE_TASK, REMOVE_WORKSPACE_TASK
+from molecule_registry_client.names import CREATE_WORKSPACE_TASK, REMOVE_WORKSPACE_TASK
+from registry.ingestion.lifecycle import create_workspace, remove_workspace
+from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
 from tasks.base import RegistryTask, run_message
 from workers.app import app
 

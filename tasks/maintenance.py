@@ -1,4 +1,4 @@
-"""registry.sweep_provisioning, registry.sweep_hibernation, registry.sweep_orphans (SPEC §5).
+"""registry.sweep_provisioning, registry.sweep_hibernation, registry.sweep_orphans (CONTRACT §5).
 
 Each task builds what its sweep needs from the settings (the container backend from
 CONTAINER_BACKEND) and calls it. No retries: the next tick does the same work, so a
@@ -18,16 +18,16 @@ from typing import Any
 
 from celery.signals import beat_init
 
-from registry import metrics
-from registry.config import get_settings
-from registry.containers import open_container_backend
-from registry.queues import (
+from molecule_registry_client.names import (
     SWEEP_HIBERNATION_TASK,
     SWEEP_ORPHANS_TASK,
     SWEEP_PROVISIONING_TASK,
     SWEEP_QUEUE,
 )
+from registry import metrics
+from registry.config import get_settings
 from registry.schedule import expires_for
+from registry.sweeps.containers import open_container_backend
 from registry.sweeps.hibernation import sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 from registry.sweeps.provisioning import sweep_provisioning

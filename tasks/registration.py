@@ -1,12 +1,12 @@
-"""registry.register and registry.update_card (SPEC §4.1, §4.3)."""
+"""registry.register and registry.update_card (CONTRACT §4.1, §4.3)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from registry.payloads import RegisterPayload, UpdateCardPayload
-from registry.queues import REGISTER_TASK, UPDATE_CARD_TASK
-from registry.registration import register, update_card
+from molecule_registry_client.names import REGISTER_TASK, UPDATE_CARD_TASK
+from registry.ingestion.payloads import RegisterPayload, UpdateCardPayload
+from registry.ingestion.registration import register, update_card
 from tasks.base import RegistryTask, run_message
 from workers.app import app
 

@@ -1,4 +1,4 @@
-"""Periodic tasks on the registry.sweeps queue (SPEC §5, §7), and the heartbeat probe.
+"""Periodic tasks on the registry.sweeps queue (CONTRACT §5, §7), and the heartbeat probe.
 
 No retries on the sweeps: the next tick does the same work, so a run failing on a
 dependency is logged and skipped.
@@ -9,22 +9,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from registry import metrics
-from registry.config import get_settings
-from registry.containers import open_container_backend
-from registry.db import get_engine, get_redis
-from registry.events import relay_unpublished_events
-from registry.payloads import PayloadError, parse_payload
-from registry.queues import (
+from molecule_registry_client.names import (
     HEARTBEAT_PROBE_TASK,
     HEARTBEAT_QUEUE,
     RELAY_EVENTS_TASK,
     SWEEP_BACKSTOP_TASK,
     SWEEP_HEALTH_TASK,
 )
+from registry import metrics
+from registry.config import get_settings
+from registry.db import get_engine, get_redis
+from registry.events.outbox import relay_unpublished_events
+from registry.ingestion.payloads import PayloadError, parse_payload
+from registry.liveness.selfpreservation import (
+    HeartbeatProbePayload,
+    record_probe,
+    send_probe_if_due,
+)
 from registry.schedule import expires_for
-from registry.selfpreservation import HeartbeatProbePayload, record_probe, send_probe_if_due
 from registry.sweeps.backstop import sweep_backstop
+from registry.sweeps.containers import open_container_backend
 from registry.sweeps.health import sweep_health
 from tasks.base import RegistryTask
 from workers.app import app

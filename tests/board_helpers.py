@@ -13,10 +13,9 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, text
 
-from registry.events import broadcast_event_on_commit, record_event_on_commit
+from registry.events.subscriber import Item, ReceivedEvent, Subscriber
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
-from registry.subscriber import Item, ReceivedEvent, Subscriber
-from registry.uow import unit_of_work
+from registry.uow import broadcast_event_on_commit, record_event_on_commit, unit_of_work
 
 EventSpec = tuple[EventType, str | None, dict[str, Any]]
 

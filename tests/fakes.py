@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from registry.containers import (
+from registry.sweeps.containers import (
     MANAGED_LABEL,
     MANAGED_LABEL_VALUE,
     ContainerError,

@@ -27,11 +27,11 @@ from celery import Celery
 from celery.signals import task_postrun, task_retry
 from sqlalchemy import Engine, text
 
-from registry.events import BROADCAST_CHANNEL, EVENT_STREAM
-from registry.heartbeats import apply_heartbeats
-from registry.lifecycle import create_workspace, remove_workspace
-from registry.outcomes import MessageRefused
-from registry.payloads import (
+from molecule_registry_client.names import queue_for
+from registry.events.outbox import BROADCAST_CHANNEL, EVENT_STREAM
+from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.lifecycle import create_workspace, remove_workspace
+from registry.ingestion.payloads import (
     CreateWorkspacePayload,
     HeartbeatPayload,
     RegisterPayload,
@@ -39,10 +39,10 @@ from registry.payloads import (
     UpdateCardPayload,
     parse_payload,
 )
-from registry.queues import queue_for
-from registry.registration import register, update_card
+from registry.ingestion.registration import register, update_card
+from registry.ingestion.urlguard import Resolver
+from registry.outcomes import MessageRefused
 from registry.uow import unit_of_work
-from registry.urlguard import Resolver
 
 REGISTRY_TABLES = ("workspaces", "workspace_auth_tokens", "structure_events", "event_outbox")
 PUBLIC_IP = "93.184.216.34"  # a public address: passes the URL guard without a lookup
@@ -241,12 +241,12 @@ def redis_snapshot(client: redis.Redis) -> dict[str, Any]:
 def stream_events(client: redis.Redis) -> list[dict[str, Any]]:
     entries = client.xrange(EVENT_STREAM)
     for _, fields in entries:
-        assert set(fields) == {"data"}, fields  # SPEC §7: one field, `data`
+        assert set(fields) == {"data"}, fields  # CONTRACT §7: one field, `data`
     return [json.loads(fields["data"]) for _, fields in entries]
 
 
 def assert_event_shape(event: dict[str, Any], *, recorded: bool) -> None:
-    """SPEC §7: {"event", "workspace_id", "timestamp" (RFC 3339 UTC), "payload"}."""
+    """CONTRACT §7: {"event", "workspace_id", "timestamp" (RFC 3339 UTC), "payload"}."""
     expected = {"event", "workspace_id", "timestamp", "payload"}
     assert expected <= set(event), event
     assert set(event) - expected == ({"event_id"} if recorded else set()), event

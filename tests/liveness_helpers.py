@@ -126,7 +126,7 @@ def wait_until(predicate, *, timeout: float = 15, interval: float = 0.1, what: s
 
 
 def listener_argv(cli: bool = False) -> list[str]:
-    """The listener as SPEC §1 starts it, or through the CLI alias."""
+    """The listener as CONTRACT §1 starts it, or through the CLI alias."""
     if cli:
         return [str(Path(sys.executable).with_name("molecule-registry")), "liveness"]
     return [sys.executable, "-m", "workers.liveness"]

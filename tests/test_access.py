@@ -1,4 +1,4 @@
-"""can_communicate (SPEC §9) against real PostgreSQL."""
+"""can_communicate (CONTRACT §9) against real PostgreSQL."""
 
 from __future__ import annotations
 

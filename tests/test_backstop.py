@@ -1,4 +1,4 @@
-"""Stale-heartbeat backstop (SPEC §5): what the listener misses, the database still knows.
+"""Stale-heartbeat backstop (CONTRACT §5): what the listener misses, the database still knows.
 
 Default settings: LIVENESS_TTL_SECONDS 180 + BACKSTOP_GRACE_SECONDS 30 = stale after
 210 s without a heartbeat.
@@ -20,7 +20,7 @@ from maintenance_helpers import add_workspace, set_past
 from sqlalchemy import text
 
 from registry.config import get_settings
-from registry.keys import liveness_key, url_key
+from registry.liveness.keys import liveness_key, url_key
 from registry.sweeps.backstop import sweep_backstop
 
 pytestmark = pytest.mark.integration

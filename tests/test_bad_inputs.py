@@ -1,4 +1,4 @@
-"""Bad input through a real worker (SPEC §4): answered `rejected` naming the field, never
+"""Bad input through a real worker (CONTRACT §4): answered `rejected` naming the field, never
 retried, and nothing changes in PostgreSQL or Redis.
 
 Each message is sent by name, as a foreign producer would, to a registry that already
@@ -27,14 +27,14 @@ from ingest_helpers import (
 )
 from sqlalchemy import Engine
 
-from registry.payloads import AGENT_CARD_MAX_BYTES, MAX_STRING
-from registry.queues import (
+from molecule_registry_client.names import (
     CREATE_WORKSPACE_TASK,
     HEARTBEAT_TASK,
     REGISTER_TASK,
     REMOVE_WORKSPACE_TASK,
     UPDATE_CARD_TASK,
 )
+from registry.ingestion.payloads import AGENT_CARD_MAX_BYTES, MAX_STRING
 
 pytestmark = pytest.mark.integration
 

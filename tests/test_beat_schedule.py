@@ -1,4 +1,4 @@
-"""The beat schedule (SPEC §2, §5): every sweep, its interval, `expires` below it."""
+"""The beat schedule (CONTRACT §2, §5): every sweep, its interval, `expires` below it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 
 import celeryconfig
+from molecule_registry_client.names import SWEEP_QUEUE, SWEEP_TASKS
 from registry import config
-from registry.queues import SWEEP_QUEUE, SWEEP_TASKS
 from registry.schedule import beat_schedule
 
 INTERVALS = {

@@ -22,8 +22,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy import text
 
 from registry.board.server import BoardServer
+from registry.events.subscriber import Position, stream_head
 from registry.statuses import EventType
-from registry.subscriber import Position, stream_head
 
 pytestmark = pytest.mark.integration
 

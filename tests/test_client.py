@@ -1,4 +1,4 @@
-"""The producer client (registry/client.py) against the real broker and worker."""
+"""The producer client (client/molecule_registry_client/__init__.py) against the real broker and worker."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import redis
 from demo_helpers import closed_port, private_rabbitmq_vhost, reserved_redis_pair, wait_for
 from sqlalchemy import text
 
-from registry.client import (
+from molecule_registry_client import (
     RegistryClient,
     RegistryError,
     RegistryRefused,
@@ -45,7 +45,7 @@ def _row(db, workspace_id):
 
 def test_import_needs_no_database_nor_registry_settings():
     code = (
-        "import sys, registry.client\n"
+        "import sys, molecule_registry_client\n"
         "loaded = [m for m in ('sqlalchemy', 'registry.config', 'registry.db', 'celery') "
         "if m in sys.modules]\n"
         "print(loaded)\n"

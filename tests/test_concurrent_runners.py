@@ -1,4 +1,4 @@
-"""Several runners at once (SPEC §1): no duplicate status change, no duplicate event.
+"""Several runners at once (CONTRACT §1): no duplicate status change, no duplicate event.
 
 Two beats send each sweep twice; two listeners receive each notification twice. Each
 change is a conditional UPDATE over `FOR UPDATE SKIP LOCKED` candidates, and the
@@ -33,10 +33,10 @@ from workerproc import (
     process_env,
 )
 
+from molecule_registry_client.names import SWEEP_QUEUE
 from registry.config import get_settings
-from registry.keys import liveness_key
-from registry.queues import SWEEP_QUEUE
-from registry.selfpreservation import evaluate_now
+from registry.liveness.keys import liveness_key
+from registry.liveness.selfpreservation import evaluate_now
 from registry.sweeps.backstop import sweep_backstop
 from registry.sweeps.health import sweep_health
 from workers.liveness import LivenessListener

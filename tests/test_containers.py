@@ -1,4 +1,4 @@
-"""registry.containers: the real docker SDK against registry/simulator/fake_engine.py."""
+"""registry.containers: the real docker SDK against demo/molecule_registry_demo/simulator/fake_engine.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from uuid import UUID
 import pytest
 from fakes import FakeContainers
 
+from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
 from registry.config import Settings
-from registry.containers import (
+from registry.sweeps.containers import (
     MANAGED_LABEL,
     ContainerChecker,
     ContainerError,
@@ -25,7 +26,6 @@ from registry.containers import (
     id_prefix,
     volume_name,
 )
-from registry.simulator.fake_engine import FakeDockerEngine
 
 MANAGED = {MANAGED_LABEL: "true"}
 WS = UUID("0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b")

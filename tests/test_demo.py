@@ -20,9 +20,15 @@ from demo_helpers import (
     scratch_database,
 )
 
-from registry.containers import DockerContainers, container_name
-from registry.simulator import DEFAULT_MIX, SHOWCASE_STATUS, Behaviour, allocate, parse_mix
-from registry.simulator.fake_engine import FakeDockerEngine
+from molecule_registry_demo.simulator import (
+    DEFAULT_MIX,
+    SHOWCASE_STATUS,
+    Behaviour,
+    allocate,
+    parse_mix,
+)
+from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
+from registry.sweeps.containers import DockerContainers, container_name
 
 CLI = str(Path(sys.executable).parent / "molecule-registry")
 # Hibernation's unit is the minute: idle agents hibernate about 62-66 s into the run.
@@ -196,7 +202,7 @@ def test_earlier_demo_fleets_are_retired_before_a_new_run(db):
     """A dead earlier fleet must not hold self-preservation on for the next demo."""
     from sqlalchemy import text
 
-    from registry.simulator.fleet import retire_earlier_fleets
+    from molecule_registry_demo.simulator.fleet import retire_earlier_fleets
 
     leftover, unrelated = uuid.uuid4(), uuid.uuid4()
     with db.begin() as conn:

@@ -1,6 +1,6 @@
 """The hibernation and orphan sweeps end to end on DockerContainers.
 
-The real docker SDK talks HTTP to registry/simulator/fake_engine.py; then the same through
+The real docker SDK talks HTTP to demo/molecule_registry_demo/simulator/fake_engine.py; then the same through
 the tasks, with the backend chosen by CONTAINER_BACKEND=docker and DOCKER_HOST.
 """
 
@@ -15,9 +15,9 @@ from celery.signals import beat_init
 from maintenance_helpers import add_workspace, environment, events, status_of
 from sqlalchemy import Engine
 
-from registry.containers import MANAGED_LABEL, DockerContainers, container_name, volume_name
-from registry.containers import id_prefix as prefix_of
-from registry.simulator.fake_engine import FakeDockerEngine
+from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
+from registry.sweeps.containers import MANAGED_LABEL, DockerContainers, container_name, volume_name
+from registry.sweeps.containers import id_prefix as prefix_of
 from registry.sweeps.hibernation import sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 

@@ -1,4 +1,4 @@
-"""Events (SPEC §7): recorded with their change, published after commit, relayed if lost."""
+"""Events (CONTRACT §7): recorded with their change, published after commit, relayed if lost."""
 
 from __future__ import annotations
 
@@ -22,22 +22,16 @@ from ingest_helpers import (
 )
 from sqlalchemy import Engine, text
 
-from registry.config import get_settings
-from registry.events import (
-    Event,
-    broadcast_event_on_commit,
-    insert_recorded_event,
-    record_event_on_commit,
-    relay_unpublished_events,
-)
-from registry.queues import (
+from molecule_registry_client.names import (
     HEARTBEAT_TASK,
     REGISTER_TASK,
     REMOVE_WORKSPACE_TASK,
     UPDATE_CARD_TASK,
 )
+from registry.config import get_settings
+from registry.events.outbox import Event, insert_recorded_event, relay_unpublished_events
 from registry.statuses import EventType
-from registry.uow import unit_of_work
+from registry.uow import broadcast_event_on_commit, record_event_on_commit, unit_of_work
 
 pytestmark = pytest.mark.integration
 

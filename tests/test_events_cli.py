@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from registry.cli import main
 from registry.cli.events import parse_since, parse_types
 from registry.config import reload_settings
-from registry.events import EVENT_STREAM
+from registry.events.outbox import EVENT_STREAM
+from registry.events.subscriber import stream_head
+from registry.events.text import describe
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
-from registry.subscriber import stream_head
-from registry.subscriber_text import describe
 
 # Every event type with a payload as the registry (or its sweeps) records it, and the
 # gist a person reads.

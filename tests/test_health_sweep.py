@@ -1,4 +1,4 @@
-"""Health sweep (SPEC §5): the container pass (FakeContainers) and the remote-agent pass.
+"""Health sweep (CONTRACT §5): the container pass (FakeContainers) and the remote-agent pass.
 
 Default settings: REMOTE_LIVENESS_STALE_AFTER 90 s.
 """
@@ -20,8 +20,8 @@ from maintenance_helpers import add_workspace, set_past
 from sqlalchemy import text
 
 from registry.config import get_settings
-from registry.containers import ContainerError
-from registry.keys import liveness_key, url_key
+from registry.liveness.keys import liveness_key, url_key
+from registry.sweeps.containers import ContainerError
 from registry.sweeps.health import sweep_containers, sweep_health
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""registry.heartbeat (SPEC §4.2) against real PostgreSQL and Redis."""
+"""registry.heartbeat (CONTRACT §4.2) against real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ from ingest_helpers import (
 )
 from sqlalchemy import Engine, text
 
+from molecule_registry_client.names import HEARTBEAT_TASK
 from registry.config import get_settings
-from registry.heartbeats import apply_heartbeats
-from registry.payloads import MAX_SPEND_CENTS, TEXT_CAP, HeartbeatPayload, parse_payload
-from registry.queues import HEARTBEAT_TASK
+from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.payloads import MAX_SPEND_CENTS, TEXT_CAP, HeartbeatPayload, parse_payload
 from registry.uow import unit_of_work
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Hibernation sweep (SPEC §5) against real PostgreSQL and Redis, with FakeContainers."""
+"""Hibernation sweep (CONTRACT §5) against real PostgreSQL and Redis, with FakeContainers."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from maintenance_helpers import (
 )
 from sqlalchemy import Engine, text
 
-from registry.heartbeats import apply_heartbeats
-from registry.keys import internal_url_key, liveness_key, url_key
-from registry.lifecycle import remove_workspace
-from registry.payloads import HeartbeatPayload, RemoveWorkspacePayload
+from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.lifecycle import remove_workspace
+from registry.ingestion.payloads import HeartbeatPayload, RemoveWorkspacePayload
+from registry.liveness.keys import internal_url_key, liveness_key, url_key
 from registry.sweeps import hibernation
 from registry.sweeps.hibernation import claim, find_candidates, sweep_hibernation
 from registry.uow import unit_of_work

@@ -1,4 +1,4 @@
-"""registry.create_workspace and registry.remove_workspace (SPEC §4.4)."""
+"""registry.create_workspace and registry.remove_workspace (CONTRACT §4.4)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine
 
-from registry.lifecycle import remove_workspace
-from registry.payloads import RemoveWorkspacePayload, parse_payload
-from registry.queues import CREATE_WORKSPACE_TASK, REMOVE_WORKSPACE_TASK
-from registry.tokens import hash_token
+from molecule_registry_client.names import CREATE_WORKSPACE_TASK, REMOVE_WORKSPACE_TASK
+from registry.ingestion.lifecycle import remove_workspace
+from registry.ingestion.payloads import RemoveWorkspacePayload, parse_payload
+from registry.ingestion.tokens import hash_token
 from registry.uow import unit_of_work
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Liveness expiry (SPEC §5, §8), in process: the notification config and the transition.
+"""Liveness expiry (CONTRACT §5, §8), in process: the notification config and the transition.
 
 The listener process itself (real expiring keys, restarts, two at once) is in
 test_liveness_listener.py.
@@ -20,13 +20,13 @@ from liveness_helpers import (
 from maintenance_helpers import add_workspace, set_past
 
 from registry.config import get_settings
-from registry.keys import liveness_key, url_key
-from registry.liveness import (
+from registry.liveness.expiry import (
     NotificationsUnavailable,
     ensure_expired_notifications,
     expired_channel,
     merged_flags,
 )
+from registry.liveness.keys import liveness_key, url_key
 from workers.liveness import LivenessListener
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The liveness listener as a real process (SPEC §1, §5): real keys expiring in Redis.
+"""The liveness listener as a real process (CONTRACT §1, §5): real keys expiring in Redis.
 
 Each listener here talks to a private redis-server (its REDIS_URL), so restarting it
 or refusing CONFIG never disturbs the shared one; PostgreSQL is the test run's.
@@ -25,7 +25,7 @@ from liveness_helpers import (
 )
 from workerproc import PROJECT_ROOT, managed_process, process_env
 
-from registry.keys import liveness_key, url_key
+from registry.liveness.keys import liveness_key, url_key
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 from demo_helpers import closed_port, free_port, reserved_redis_pair, scrape, wait_for
 from prometheus_client import REGISTRY
 
+from molecule_registry_client import RegistryClient
 from registry import metrics
-from registry.client import RegistryClient
 from registry.config import load
 from workers.metrics import QueueLengthCollector, remove_stale_files, start_metrics_server
 

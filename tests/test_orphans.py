@@ -1,4 +1,4 @@
-"""Orphan-container sweep (SPEC §5) against real PostgreSQL, with FakeContainers."""
+"""Orphan-container sweep (CONTRACT §5) against real PostgreSQL, with FakeContainers."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from fakes import FakeContainers
 from maintenance_helpers import add_workspace, run_concurrently
 from sqlalchemy import Engine, event, text
 
-from registry.containers import ContainerError, container_name, id_prefix
 from registry.sweeps import orphans
+from registry.sweeps.containers import ContainerError, container_name, id_prefix
 from registry.sweeps.orphans import statuses_by_prefix, sweep_orphans
 
 pytestmark = pytest.mark.integration

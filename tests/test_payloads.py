@@ -1,4 +1,4 @@
-"""Payload validation (SPEC §4): every bad input is refused with an error naming the field."""
+"""Payload validation (CONTRACT §4): every bad input is refused with an error naming the field."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from uuid import UUID
 import pytest
 from ingest_helpers import names_field
 
-from registry.payloads import (
+from registry.ingestion.payloads import (
     AGENT_CARD_MAX_BYTES,
     MAX_SPEND_CENTS,
     MAX_STRING,

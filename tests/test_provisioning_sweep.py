@@ -1,4 +1,4 @@
-"""Provisioning timeout sweep (SPEC §5) against real PostgreSQL and Redis."""
+"""Provisioning timeout sweep (CONTRACT §5) against real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from maintenance_helpers import (
 from sqlalchemy import Engine, text
 
 from registry.config import load
-from registry.heartbeats import apply_heartbeats
-from registry.payloads import HeartbeatPayload
+from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.payloads import HeartbeatPayload
 from registry.sweeps.provisioning import sweep_provisioning, timeout_for
 from registry.uow import unit_of_work
 

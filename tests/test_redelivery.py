@@ -1,4 +1,4 @@
-"""Messages survive their worker (SPEC §4): redelivered, applied once, nobody locked out.
+"""Messages survive their worker (CONTRACT §4): redelivered, applied once, nobody locked out.
 
 - A registration redelivered after its commit (same task id) answers with the same
   token, and that token is never stored in plaintext.
@@ -38,8 +38,13 @@ from sqlalchemy import Engine, text
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
 import celeryconfig
-from registry.queues import CREATE_WORKSPACE_TASK, HEARTBEAT_TASK, QUEUE_NAMES, REGISTER_TASK
-from registry.tokens import hash_token
+from molecule_registry_client.names import (
+    CREATE_WORKSPACE_TASK,
+    HEARTBEAT_TASK,
+    QUEUE_NAMES,
+    REGISTER_TASK,
+)
+from registry.ingestion.tokens import hash_token
 
 pytestmark = pytest.mark.integration
 

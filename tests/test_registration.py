@@ -1,4 +1,4 @@
-"""registry.register and registry.update_card (SPEC §4.1, §4.3, §6, §10) on real services."""
+"""registry.register and registry.update_card (CONTRACT §4.1, §4.3, §6, §10) on real services."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ from ingest_helpers import (
 )
 from sqlalchemy import Engine
 
+from molecule_registry_client.names import REGISTER_TASK, UPDATE_CARD_TASK
 from registry.config import get_settings, reload_settings
-from registry.keys import URL_CACHE_TTL_SECONDS
-from registry.payloads import RegisterPayload, parse_payload
-from registry.queues import REGISTER_TASK, UPDATE_CARD_TASK
-from registry.registration import ConcurrentRegistration, register
-from registry.tokens import hash_token
+from registry.ingestion.payloads import RegisterPayload, parse_payload
+from registry.ingestion.registration import ConcurrentRegistration, register
+from registry.ingestion.tokens import hash_token
+from registry.liveness.keys import URL_CACHE_TTL_SECONDS
 from registry.uow import unit_of_work
 from tasks.base import RegistryTask
 

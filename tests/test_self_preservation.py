@@ -1,4 +1,4 @@
-"""Self-preservation (SPEC §5): no mass "unreachable" caused by the registry's own trouble.
+"""Self-preservation (CONTRACT §5): no mass "unreachable" caused by the registry's own trouble.
 
 Defaults: HEARTBEAT_BACKLOG_SECONDS 60, SELF_PRESERVATION_THRESHOLD 0.5 (fleets of
 20 or more), LIVENESS_TTL_SECONDS 180 (at risk after 90 s), REMOTE_LIVENESS_STALE_AFTER
@@ -30,11 +30,11 @@ from liveness_helpers import (
 from sqlalchemy import text
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
+from molecule_registry_client.names import HEARTBEAT_QUEUE, SWEEP_QUEUE
 from registry.cli import main as cli
 from registry.config import get_settings
-from registry.keys import liveness_key
-from registry.queues import HEARTBEAT_QUEUE, SWEEP_QUEUE
-from registry.selfpreservation import (
+from registry.liveness.keys import liveness_key
+from registry.liveness.selfpreservation import (
     HeartbeatProbePayload,
     evaluate_now,
     measure_backlog,

@@ -22,9 +22,8 @@ from redis.retry import Retry
 from sqlalchemy import text
 
 from registry.config import get_settings, reload_settings
-from registry.events import EVENT_STREAM, relay_unpublished_events
-from registry.statuses import EventType
-from registry.subscriber import (
+from registry.events.outbox import EVENT_STREAM, relay_unpublished_events
+from registry.events.subscriber import (
     Position,
     ReceivedEvent,
     StreamGap,
@@ -33,6 +32,7 @@ from registry.subscriber import (
     stream_head,
     stream_id_before,
 )
+from registry.statuses import EventType
 
 pytestmark = pytest.mark.integration
 

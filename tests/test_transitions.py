@@ -1,4 +1,4 @@
-"""The heartbeat transition table (SPEC §4.2 step 7), row by row, as a pure function."""
+"""The heartbeat transition table (CONTRACT §4.2 step 7), row by row, as a pure function."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from registry.liveness.transitions import HEARTBEAT_RULES, HeartbeatFacts, heartbeat_transition
 from registry.statuses import ALL_STATUSES, EventType, Status
-from registry.transitions import HEARTBEAT_RULES, HeartbeatFacts, heartbeat_transition
 
 
 def facts(

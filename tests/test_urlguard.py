@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from registry import urlguard
-from registry.urlguard import UnsafeURL, check_agent_url, saas_mode, system_resolver
+from registry.ingestion import urlguard
+from registry.ingestion.urlguard import UnsafeURL, check_agent_url, saas_mode, system_resolver
 
 
 class FakeResolver:
@@ -50,7 +50,7 @@ ALWAYS_BLOCKED = [
     ("[fc00::1]", "fc00::/8", "unique local"),
     ("[fcff:ffff::1]", "fc00::/8", "unique local"),
     ("[2001:db8::1]", "2001:db8::/32", "documentation"),
-    # Added beyond SPEC §6 (docs/OPERATIONS.md): the unspecified addresses reach this host.
+    # Added beyond CONTRACT §6 (docs/OPERATIONS.md): the unspecified addresses reach this host.
     ("0.0.0.0", "0.0.0.0/8", "unspecified"),
     ("[::]", "::/128", "unspecified"),
     ("[::ffff:0.0.0.0]", "0.0.0.0/8", "unspecified"),

@@ -25,8 +25,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.queues import QUEUE_NAMES
-from registry.simulator.processes import celery_argv, signal_group, start_in_own_group
+from molecule_registry_client.names import QUEUE_NAMES
+from molecule_registry_demo.simulator.processes import celery_argv, signal_group, start_in_own_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKER_READY = r"\S+@\S+ ready\."  # "<name>@<host> ready."
@@ -52,7 +52,7 @@ def celery_worker_argv(
     hostname: str | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """`celery -A workers.app worker` as SPEC §1 starts it, consuming `queues`."""
+    """`celery -A workers.app worker` as CONTRACT §1 starts it, consuming `queues`."""
     name = hostname or f"test-{uuid.uuid4().hex[:8]}@%h"
     return celery_argv(
         "worker",

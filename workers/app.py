@@ -1,4 +1,4 @@
-"""The Celery application, importable as `workers.app:app` (SPEC §1)."""
+"""The Celery application, importable as `workers.app:app` (CONTRACT §1)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
+from molecule_registry_client.names import QUEUE_NAMES
 from registry.db import reset_connections
-from registry.queues import QUEUE_NAMES
 
 __all__ = ["QUEUE_NAMES", "app"]
 

@@ -1,4 +1,4 @@
-"""The liveness listener process (SPEC §1, §5): `python -m workers.liveness`.
+"""The liveness listener process (CONTRACT §1, §5): `python -m workers.liveness`.
 
 Also started as `molecule-registry liveness`. It subscribes to the expired key-events
 of REDIS_URL's database (`__keyevent@<db>__:expired`, enabled at start, see
@@ -34,17 +34,17 @@ import sqlalchemy.exc
 from redis.backoff import EqualJitterBackoff
 from sqlalchemy import text
 
-from registry.cli.base import safe_url
+from molecule_registry_client import safe_url
 from registry.config import Settings, get_settings
 from registry.db import get_engine
-from registry.keys import workspace_id_from_liveness_key
-from registry.liveness import (
+from registry.liveness.expiry import (
     NotificationsUnavailable,
     ensure_expired_notifications,
     expired_channel,
     mark_expired,
 )
-from registry.selfpreservation import SelfPreservationGate
+from registry.liveness.keys import workspace_id_from_liveness_key
+from registry.liveness.selfpreservation import SelfPreservationGate
 from registry.uow import unit_of_work
 
 log = logging.getLogger("workers.liveness")

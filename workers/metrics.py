@@ -32,9 +32,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from molecule_registry_client.names import QUEUE_NAMES
 from registry import metrics as _series  # noqa: F401  (the series must exist before a scrape)
 from registry.config import Settings, get_settings
-from registry.queues import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Self-preservation state and heartbeat-queue probes (SPEC §5).
+"""Self-preservation state and heartbeat-queue probes (CONTRACT §5).
 
 Revision ID: 0002
 Revises: 0001

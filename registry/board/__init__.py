@@ -2,6 +2,6 @@
 
 `server.py` serves the page (static files in `static/`, no build step), a snapshot
 of the fleet read from PostgreSQL, and the event stream as server-sent events fed
-by a `registry.subscriber.Subscriber`; the page applies events from the snapshot's
+by a `registry.events.subscriber.Subscriber`; the page applies events from the snapshot's
 position on, so it is right even when opened late.
 """

@@ -28,9 +28,9 @@ import redis
 from sqlalchemy import Engine
 
 from registry.board.snapshot import fleet_snapshot, one_workspace
+from registry.events.subscriber import RETRYABLE_ERRORS, Item, Position, StreamGap, Subscriber
+from registry.events.text import describe
 from registry.jsontext import dumps
-from registry.subscriber import RETRYABLE_ERRORS, Item, Position, StreamGap, Subscriber
-from registry.subscriber_text import describe
 
 log = logging.getLogger(__name__)
 

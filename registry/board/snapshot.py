@@ -14,8 +14,8 @@ from uuid import UUID
 import redis
 from sqlalchemy import Connection, Engine, RowMapping, text
 
-from registry.events import rfc3339
-from registry.subscriber import Position, stream_head
+from registry.events.outbox import rfc3339
+from registry.events.subscriber import Position, stream_head
 
 _COLUMNS = """
     id, name, status, runtime, tier, delivery_mode, parent_id, active_tasks,

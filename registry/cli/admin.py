@@ -9,12 +9,12 @@ import click
 from sqlalchemy import text
 
 from registry.cli.base import echo_json, friendly_errors, main, parse_uuid
-from registry.outcomes import MessageRefused
-from registry.payloads import (
+from registry.ingestion.payloads import (
     CreateWorkspacePayload,
     RemoveWorkspacePayload,
     parse_payload,
 )
+from registry.outcomes import MessageRefused
 
 
 @main.command()
@@ -68,7 +68,7 @@ def create(
     as_json: bool,
 ) -> None:
     """Create a workspace (provisioning; awaiting_agent and a token for external)."""
-    from registry.lifecycle import create_workspace
+    from registry.ingestion.lifecycle import create_workspace
 
     payload: dict[str, Any] = {
         "name": name,
@@ -97,7 +97,7 @@ def create(
 @friendly_errors
 def remove(workspace_id: UUID, as_json: bool) -> None:
     """Remove a workspace (soft delete: the row stays as a tombstone)."""
-    from registry.lifecycle import remove_workspace
+    from registry.ingestion.lifecycle import remove_workspace
 
     result = _apply(remove_workspace, RemoveWorkspacePayload, {"workspace_id": str(workspace_id)})
     if as_json:

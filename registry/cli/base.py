@@ -18,8 +18,8 @@ import redis
 import redis.exceptions
 import sqlalchemy.exc
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
+from molecule_registry_client import safe_url
 from registry.config import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,14 +33,6 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-
-def safe_url(url: str) -> str:
-    """A URL fit for an error message: the password hidden."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.rsplit("@", maxsplit=1)[-1]
 
 
 def friendly_errors(func: F) -> F:

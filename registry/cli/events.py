@@ -159,9 +159,9 @@ def events(
     events after the starting point (capped, or Redis restarted), a notice goes to
     stderr and the recorded ones are replayed from the database, marked (replayed).
     """
+    from registry.events.subscriber import StreamGap, Subscriber
+    from registry.events.text import event_line
     from registry.jsontext import dumps
-    from registry.subscriber import StreamGap, Subscriber
-    from registry.subscriber_text import event_line
 
     start = parse_since(since) if since else ("now" if not no_follow else "start")
     chosen_types = parse_types(types)

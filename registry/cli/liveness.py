@@ -19,7 +19,7 @@ def liveness() -> None:
 def self_preservation() -> None:
     """Show whether self-preservation pauses unreachable-marking, why, and since when."""
     from registry.db import get_engine
-    from registry.selfpreservation import current_state
+    from registry.liveness.selfpreservation import current_state
 
     with get_engine().connect() as conn:
         echo_json(current_state(conn))

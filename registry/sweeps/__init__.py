@@ -1,1 +1,1 @@
-"""Periodic sweeps (SPEC §5): each finds its candidates by an indexed query and changes rows conditionally."""
+"""Periodic sweeps (CONTRACT §5): each finds its candidates by an indexed query and changes rows conditionally."""

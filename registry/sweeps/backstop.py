@@ -1,4 +1,4 @@
-"""Stale-heartbeat backstop (SPEC §5): the liveness transition, from the database side.
+"""Stale-heartbeat backstop (CONTRACT §5): the liveness transition, from the database side.
 
 Expiry notifications are fire-and-forget: lost while no listener runs, and a key
 lost to a Redis restart never expires. So every `online`/`degraded` workspace whose
@@ -17,8 +17,8 @@ import logging
 from typing import Any
 
 from registry.config import Settings
-from registry.selfpreservation import LIVENESS_EXPIRED, evaluate_now
-from registry.transitions import Unreachable, mark_unreachable
+from registry.liveness.selfpreservation import LIVENESS_EXPIRED, evaluate_now
+from registry.liveness.transitions import Unreachable, mark_unreachable
 from registry.uow import UnitOfWork, unit_of_work
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Health sweep (SPEC §5): containers that are gone, and remote agents that went quiet.
+"""Health sweep (CONTRACT §5): containers that are gone, and remote agents that went quiet.
 
 Two passes; an error in one never stops the other.
 
@@ -29,11 +29,11 @@ from uuid import UUID
 from sqlalchemy import text
 
 from registry.config import Settings
-from registry.containers import ContainerChecker, ContainerError
 from registry.db import get_engine
-from registry.selfpreservation import HEARTBEAT_STALE, evaluate_now
+from registry.liveness.selfpreservation import HEARTBEAT_STALE, evaluate_now
+from registry.liveness.transitions import Unreachable, mark_unreachable
 from registry.statuses import EXTERNAL_RUNTIME, Status
-from registry.transitions import Unreachable, mark_unreachable
+from registry.sweeps.containers import ContainerChecker, ContainerError
 from registry.uow import UnitOfWork, unit_of_work
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
-"""Hibernation (SPEC §5): stop the container of a workspace idle for long enough.
+"""Hibernation (CONTRACT §5): stop the container of a workspace idle for long enough.
 
 Candidates: `hibernation_idle_minutes > 0`, status `online`/`degraded`, runtime not
 `external`, and idle (`active_tasks = 0`) continuously for that many minutes. Heartbeats
 keep `idle_since`: set by the first idle heartbeat, kept by further idle ones, cleared
-by a busy one (registry/heartbeats.py), so a fresh heartbeat from an idle agent does
+by a busy one (registry/ingestion/heartbeats.py), so a fresh heartbeat from an idle agent does
 not reset the idle time. The partial index `ix_workspaces_idle` holds exactly the rows
 that can qualify.
 
@@ -43,11 +43,10 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, text
 
 from registry import metrics
-from registry.containers import ContainerError, ContainerStopper
-from registry.events import record_event_on_commit
-from registry.keys import clear_workspace_keys
+from registry.liveness.keys import clear_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
-from registry.uow import UnitOfWork, unit_of_work
+from registry.sweeps.containers import ContainerError, ContainerStopper
+from registry.uow import UnitOfWork, record_event_on_commit, unit_of_work
 
 log = logging.getLogger(__name__)
 

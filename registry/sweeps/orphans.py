@@ -1,4 +1,4 @@
-"""Orphan containers (SPEC §5): stop containers no live workspace owns, free their volumes.
+"""Orphan containers (CONTRACT §5): stop containers no live workspace owns, free their volumes.
 
 Two independent passes over the containers named `ws-<12 chars of id>` (see
 registry.containers); each lists the containers itself and runs under its own
@@ -39,9 +39,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from registry.containers import ContainerError, ContainerReaper, ManagedContainer
 from registry.db import get_engine
 from registry.statuses import Status
+from registry.sweeps.containers import ContainerError, ContainerReaper, ManagedContainer
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Provisioning timeout (SPEC §5): a container that never registered → `failed`.
+"""Provisioning timeout (CONTRACT §5): a container that never registered → `failed`.
 
 A workspace sits in `provisioning` from the moment its row is created until its agent
 registers (or sends a first heartbeat). If that takes longer than its runtime's
@@ -25,9 +25,8 @@ from typing import Any
 from sqlalchemy import text
 
 from registry import metrics
-from registry.events import record_event_on_commit
 from registry.statuses import EventType, Status
-from registry.uow import UnitOfWork
+from registry.uow import UnitOfWork, record_event_on_commit
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from kombu.exceptions import KombuError
 from kombu.pools import ProducerPool
 from kombu.utils.url import maybe_sanitize_url
 
-from registry.queues import (
+from molecule_registry_client.names import (
     CREATE_WORKSPACE_TASK,
     HEARTBEAT_TASK,
     REGISTER_TASK,
@@ -79,7 +79,7 @@ class RegistryTimeout(RegistryError):
 
 def safe_url(url: str) -> str:
     """The URL with its password hidden, fit for a log line or an error."""
-    return str(maybe_sanitize_url(url))
+    return str(maybe_sanitize_url(url, mask="***"))
 
 
 def _origin() -> str:
@@ -138,7 +138,7 @@ class RegistryClient:
         kwargs.setdefault("result_backend", backend)
         return cls(broker, **kwargs)
 
-    # The registry's messages (SPEC §4).
+    # The registry's messages (CONTRACT §4).
 
     def register(
         self,

@@ -1,10 +1,10 @@
-"""Workspace auth tokens (SPEC §10) and the re-registration hijack guard.
+"""Workspace auth tokens (CONTRACT §10) and the re-registration hijack guard.
 
 Plaintext tokens are 32 bytes, URL-safe base64 without padding; only their SHA-256
 and an 8-character prefix are stored. A token issued while handling a message is
 derived from that message's task id with a per-installation secret (HMAC-SHA256),
 so a registration redelivered after its commit can answer with the same token
-without the plaintext ever being stored (SPEC §4.1 step 7). Without a task id the
+without the plaintext ever being stored (CONTRACT §4.1 step 7). Without a task id the
 token is plain random bytes.
 """
 

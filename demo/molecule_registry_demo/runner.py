@@ -40,14 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.client import RegistryClient, RegistryError, safe_url
-from registry.config import Settings, get_settings
-from registry.queues import QUEUE_NAMES
-from registry.simulator import DEFAULT_MIX, Behaviour, Fleet, Timings, allocate
-from registry.simulator.fake_engine import FakeDockerEngine
-from registry.simulator.fleet import retire_earlier_fleets
-from registry.simulator.processes import Supervisor, celery_argv
-from registry.simulator.summary import (
+from molecule_registry_client import RegistryClient, RegistryError, safe_url
+from molecule_registry_client.names import QUEUE_NAMES
+from molecule_registry_demo.simulator import DEFAULT_MIX, Behaviour, Fleet, Timings, allocate
+from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
+from molecule_registry_demo.simulator.fleet import retire_earlier_fleets
+from molecule_registry_demo.simulator.processes import Supervisor, celery_argv
+from molecule_registry_demo.simulator.summary import (
     LiveSummary,
     clock,
     format_event,
@@ -55,6 +54,7 @@ from registry.simulator.summary import (
     render_line,
     render_reached,
 )
+from registry.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Container checking, stopping and reaping (SPEC §5) behind small interfaces.
+"""Container checking, stopping and reaping (CONTRACT §5) behind small interfaces.
 
 The platform runs each workspace as a Docker container. Naming contract shared with
 the provisioner (the service that creates the containers):

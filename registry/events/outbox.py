@@ -1,6 +1,6 @@
-"""Events (SPEC §7): recorded with the change they describe, published after commit.
+"""Events (CONTRACT §7): recorded with the change they describe, published after commit.
 
-`record_event_on_commit` writes the event to `structure_events` and to the outbox in
+`registry.uow.record_event_on_commit` writes the event to `structure_events` and to the outbox in
 the caller's transaction; the unit of work publishes it once that transaction has
 committed and then drops it from the outbox. If the process dies in between, the
 event stays in the outbox and `relay_unpublished_events` publishes it later:
@@ -22,8 +22,6 @@ from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 if TYPE_CHECKING:
     import redis
-
-    from registry.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +87,6 @@ def insert_recorded_event(
         },
     ).one()
     return Event(event_type, workspace_id, payload, timestamp=row.created_at, event_id=row.id)
-
-
-def record_event_on_commit(
-    uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
-) -> Event:
-    """Record the event in this transaction; it is published after the commit."""
-    event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
-    uow.recorded_events.append(event)
-    return event
-
-
-def broadcast_event_on_commit(
-    uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
-) -> None:
-    """Publish (never record) the event after the commit; lost if the process dies."""
-    if event_type not in BROADCAST_ONLY_EVENTS:
-        raise ValueError(f"{event_type} must be recorded; use record_event_on_commit")
-    uow.broadcast_events.append(Event(event_type, workspace_id, payload))
 
 
 def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:

@@ -1,6 +1,6 @@
 """Subscribe to the registry's events from any point, with no loss and no duplicate.
 
-Events reach subscribers through the Redis stream `events:stream` (SPEC §7). The
+Events reach subscribers through the Redis stream `events:stream` (CONTRACT §7). The
 stream is capped and Redis keeps nothing on disk, so a subscriber that was away
 long enough — or across a Redis restart — finds part of its history gone. Recorded
 events are also rows in `structure_events`; this module fills such a gap from there:
@@ -53,7 +53,7 @@ import redis.exceptions
 import sqlalchemy.exc
 from sqlalchemy import Engine, text
 
-from registry.events import EVENT_STREAM, rfc3339
+from registry.events.outbox import EVENT_STREAM, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ Since = str | datetime | Position | None
 
 @dataclass(frozen=True)
 class ReceivedEvent:
-    """One event, as published (SPEC §7), with where it was read from."""
+    """One event, as published (CONTRACT §7), with where it was read from."""
 
     type: str  # an EventType value; kept as text so a newer producer's type never breaks us
     workspace_id: str | None

@@ -22,11 +22,17 @@ from uuid import UUID
 
 from sqlalchemy import Engine, text
 
-from registry.client import RegistryClient, RegistryError
-from registry.lifecycle import remove_workspace
-from registry.payloads import RemoveWorkspacePayload
-from registry.simulator.agents import AGENT_CLASSES, Containers, SimulatedAgent, Stats, Timings
-from registry.simulator.behaviours import Behaviour
+from molecule_registry_client import RegistryClient, RegistryError
+from molecule_registry_demo.simulator.agents import (
+    AGENT_CLASSES,
+    Containers,
+    SimulatedAgent,
+    Stats,
+    Timings,
+)
+from molecule_registry_demo.simulator.behaviours import Behaviour
+from registry.ingestion.lifecycle import remove_workspace
+from registry.ingestion.payloads import RemoveWorkspacePayload
 from registry.uow import unit_of_work
 
 log = logging.getLogger(__name__)

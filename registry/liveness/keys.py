@@ -1,4 +1,4 @@
-"""Redis keys of SPEC §8 and the pipeline operations on them."""
+"""Redis keys of CONTRACT §8 and the pipeline operations on them."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ RANGES: tuple[Range, ...] = (
     Range(_net("224.0.0.0/4"), "multicast", True),
     Range(_net("fc00::/8"), "IPv6 unique local, fc00::/8", True),
     Range(_net("2001:db8::/32"), "IPv6 documentation", True),
-    # Beyond SPEC §6's list: on Linux a connection to the unspecified address reaches
+    # Beyond CONTRACT §6's list: on Linux a connection to the unspecified address reaches
     # the host's own services, exactly what the loopback rule keeps out.
     Range(_net("0.0.0.0/8"), "this host (unspecified)", True),
     Range(_net("::/128"), "IPv6 unspecified", True),

@@ -1,4 +1,4 @@
-"""Registration (SPEC §4.1) and agent card updates (§4.3)."""
+"""Registration (CONTRACT §4.1) and agent card updates (§4.3)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ from typing import Any
 from sqlalchemy import Row, text
 
 from registry.config import get_settings
-from registry.events import record_event_on_commit
-from registry.jsontext import dumps
-from registry.keys import cache_urls, set_liveness
-from registry.outcomes import Rejected, Unauthorized
-from registry.payloads import RegisterPayload, UpdateCardPayload
-from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
-from registry.tokens import (
+from registry.ingestion.payloads import RegisterPayload, UpdateCardPayload
+from registry.ingestion.tokens import (
     UNAUTHORIZED_ERROR,
     TokenState,
     derive_token,
@@ -22,8 +17,18 @@ from registry.tokens import (
     token_state,
     touch_tokens,
 )
-from registry.uow import UnitOfWork
-from registry.urlguard import Resolver, UnsafeURL, check_agent_url, check_scheme, saas_mode
+from registry.ingestion.urlguard import (
+    Resolver,
+    UnsafeURL,
+    check_agent_url,
+    check_scheme,
+    saas_mode,
+)
+from registry.jsontext import dumps
+from registry.liveness.keys import cache_urls, set_liveness
+from registry.outcomes import Rejected, Unauthorized
+from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
+from registry.uow import UnitOfWork, record_event_on_commit
 
 # The provisioner writes the container's loopback URL; agents report an address the
 # platform could not reach from inside its network, so the provisioner's one wins.
@@ -35,7 +40,7 @@ _LOCK_ROW = text(
 
 
 def resolve_delivery_mode(requested: str, stored: str | None, runtime: str | None) -> str:
-    """SPEC §4.1 step 2, first match wins (the seed added the external → poll default)."""
+    """CONTRACT §4.1 step 2, first match wins (external runtimes default to poll: they run on laptops without public HTTPS)."""
     if requested:
         return requested
     if stored:

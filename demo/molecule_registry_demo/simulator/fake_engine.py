@@ -49,7 +49,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
-from registry.containers import container_name
+from registry.sweeps.containers import container_name
 
 API_VERSION = "1.43"
 

@@ -1,11 +1,11 @@
-"""Validation of message payloads (SPEC §4) with pydantic.
+"""Validation of message payloads (CONTRACT §4) with pydantic.
 
 Types are strict on purpose: a producer that sends `"3"` for a count or `true` for a
 number has a bug we want to see as a rejection naming the field, not a silent
 coercion. Unknown fields are ignored so producers can be upgraded first.
 
 Strings have two limits: free-text fields the agent reports (`sample_error`,
-`current_task`) are *capped* — truncated to `TEXT_CAP` as SPEC §4.2 step 3 says —
+`current_task`) are *capped* — truncated to `TEXT_CAP` as CONTRACT §4.2 step 3 says —
 while any string longer than `MAX_STRING` is rejected outright as oversized.
 """
 
@@ -184,7 +184,7 @@ class HeartbeatPayload(_Payload):
     active_tasks: Count = 0
     uptime_seconds: Count = 0
     current_task: BoundedStr | None = None
-    # Any integer is accepted and then clamped to [0, 10^12] (SPEC §4.2 step 3).
+    # Any integer is accepted and then clamped to [0, 10^12] (CONTRACT §4.2 step 3).
     monthly_spend: StrictInt = 0
     runtime_state: Annotated[str, Strict(), StringConstraints(max_length=64), Storable] = ""
     runtime_metadata: RuntimeMetadata | None = None

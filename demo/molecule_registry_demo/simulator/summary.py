@@ -1,5 +1,5 @@
 """The demo's live summary: statuses from the database, heartbeats and status events
-from the registry's own event stream, read with `registry.subscriber.Subscriber` as
+from the registry's own event stream, read with `registry.events.subscriber.Subscriber` as
 any subscriber reads it (deduplicated, a trimmed stream filled from the database).
 """
 
@@ -13,10 +13,10 @@ from uuid import UUID
 
 from sqlalchemy import Engine, text
 
-from registry.simulator.behaviours import SHOWCASE_STATUS, Behaviour
+from molecule_registry_demo.simulator.behaviours import SHOWCASE_STATUS, Behaviour
+from registry.events.subscriber import StreamGap, Subscriber
+from registry.events.text import describe
 from registry.statuses import ALL_STATUSES, BROADCAST_ONLY_EVENTS, EventType
-from registry.subscriber import StreamGap, Subscriber
-from registry.subscriber_text import describe
 
 # The status a recorded event announces.
 EVENT_STATUS: dict[str, str] = {

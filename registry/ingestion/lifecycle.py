@@ -1,4 +1,4 @@
-"""Admin lifecycle (SPEC §4.4): create and remove workspaces.
+"""Admin lifecycle (CONTRACT §4.4): create and remove workspaces.
 
 Both are safe to run twice. A create without an `id` derives one from the message's
 task id, so a redelivered create finds the row it made instead of making a second
@@ -15,13 +15,12 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from registry.events import record_event_on_commit
-from registry.keys import clear_workspace_keys
+from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
+from registry.ingestion.tokens import derive_token, issue_token, revoke_tokens, token_state
+from registry.liveness.keys import clear_workspace_keys
 from registry.outcomes import Rejected
-from registry.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
-from registry.tokens import derive_token, issue_token, revoke_tokens, token_state
-from registry.uow import UnitOfWork
+from registry.uow import UnitOfWork, record_event_on_commit
 
 # Namespace for ids derived from task ids (uuid5): stable across workers and restarts.
 _CREATE_NAMESPACE = uuid.UUID("6f1d7c1e-3b0a-4f57-9a1e-6d2b1f0e9c55")

@@ -1,4 +1,4 @@
-"""Liveness expiry (SPEC §5, §8): a `ws:<id>` key expiring marks its workspace unreachable.
+"""Liveness expiry (CONTRACT §5, §8): a `ws:<id>` key expiring marks its workspace unreachable.
 
 Redis publishes `expired` key-event notifications only when `notify-keyspace-events`
 asks for them; `ensure_expired_notifications` turns them on without clobbering the
@@ -25,8 +25,8 @@ import redis.client
 import redis.exceptions
 
 from registry.config import Settings
-from registry.selfpreservation import LIVENESS_EXPIRED
-from registry.transitions import Unreachable, mark_unreachable
+from registry.liveness.selfpreservation import LIVENESS_EXPIRED
+from registry.liveness.transitions import Unreachable, mark_unreachable
 from registry.uow import UnitOfWork
 
 log = logging.getLogger(__name__)

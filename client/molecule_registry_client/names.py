@@ -1,4 +1,4 @@
-"""Queue names and routing (SPEC §4): the names producers use, with no Celery import."""
+"""Queue names and routing (CONTRACT §4): the names producers use, with no Celery import."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CREATE_WORKSPACE_TASK = "registry.create_workspace"
 REMOVE_WORKSPACE_TASK = "registry.remove_workspace"
 CAN_COMMUNICATE_TASK = "registry.can_communicate"
 
-# Periodic tasks (SPEC §5); each can also be sent by name at any time.
+# Periodic tasks (CONTRACT §5); each can also be sent by name at any time.
 SWEEP_BACKSTOP_TASK = "registry.sweep_backstop"
 SWEEP_HEALTH_TASK = "registry.sweep_health"
 SWEEP_PROVISIONING_TASK = "registry.sweep_provisioning"

@@ -1,4 +1,4 @@
-"""Apply heartbeats (SPEC §4.2), a list at a time.
+"""Apply heartbeats (CONTRACT §4.2), a list at a time.
 
 One batch costs a fixed number of statements whatever its size: one SELECT that
 locks the rows and reads their tokens, one executemany UPDATE for plain heartbeats,
@@ -19,20 +19,19 @@ from sqlalchemy import TextClause, text
 
 from registry import metrics
 from registry.config import get_settings
-from registry.events import broadcast_event_on_commit, record_event_on_commit
-from registry.keys import set_liveness
-from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
-from registry.payloads import MAX_SENT_AT_SKEW_SECONDS, HeartbeatPayload
-from registry.statuses import EventType, Status
-from registry.tokens import (
+from registry.ingestion.payloads import MAX_SENT_AT_SKEW_SECONDS, HeartbeatPayload
+from registry.ingestion.tokens import (
     LAST_USED_RESOLUTION_SECONDS,
     UNAUTHORIZED_ERROR,
     hash_token,
     is_authorized,
     touch_tokens,
 )
-from registry.transitions import HeartbeatFacts, heartbeat_transition
-from registry.uow import UnitOfWork
+from registry.liveness.keys import set_liveness
+from registry.liveness.transitions import HeartbeatFacts, heartbeat_transition
+from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
+from registry.statuses import EventType, Status
+from registry.uow import UnitOfWork, broadcast_event_on_commit, record_event_on_commit
 
 _LOCK_AND_READ = text(
     """
@@ -97,7 +96,7 @@ class _Locked:
     has_live_token: bool
     matched_token: dict[int, UUID | None]  # by position in the batch
     touch_due: set[UUID]  # matched tokens whose last_used_at is due a refresh
-    db_now: datetime  # the database's clock: every time comparison uses it (SPEC §3)
+    db_now: datetime  # the database's clock: every time comparison uses it (CONTRACT §3)
 
 
 def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[UUID, _Locked]:
@@ -217,7 +216,7 @@ def apply_heartbeats(
 
 
 def _refusal(hb: HeartbeatPayload, state: _Locked | None, position: int) -> MessageRefused | None:
-    """Why a heartbeat must not apply (SPEC §4.2 steps 1, 2 and 4), or None."""
+    """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4), or None."""
     if state is None:
         return Rejected("workspace_id: unknown workspace")
     if hb.sent_at is not None:

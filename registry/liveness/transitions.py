@@ -1,4 +1,4 @@
-"""Status transitions: the heartbeat table (SPEC §4.2 step 7) and "mark unreachable".
+"""Status transitions: the heartbeat table (CONTRACT §4.2 step 7) and "mark unreachable".
 
 These are the only two places that decide a workspace's liveness status. Every path
 that marks a workspace unreachable (liveness expiry, the backstop, the health sweep)
@@ -15,10 +15,9 @@ from uuid import UUID
 from sqlalchemy import text
 
 from registry import metrics
-from registry.events import record_event_on_commit
-from registry.keys import clear_workspace_keys
+from registry.liveness.keys import clear_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
-from registry.uow import UnitOfWork
+from registry.uow import UnitOfWork, record_event_on_commit
 
 DEGRADE_ERROR_RATE = 0.5
 RECOVER_ERROR_RATE = 0.1
@@ -108,7 +107,7 @@ def heartbeat_transition(current: str, facts: HeartbeatFacts) -> HeartbeatRule |
 # ---------------------------------------------------------------------------
 # Mark unreachable
 
-# Statuses the liveness paths never touch (SPEC §5, liveness expiry).
+# Statuses the liveness paths never touch (CONTRACT §5, liveness expiry).
 LIVENESS_EXCLUDED: frozenset[Status] = frozenset(
     {Status.REMOVED, Status.PAUSED, Status.HIBERNATING, Status.HIBERNATED}
 )

@@ -1,5 +1,5 @@
 """Simulated agents: one class per behaviour, each talking to the registry only
-through the producer client (registry/client.py), as a real agent would.
+through the producer client (client/molecule_registry_client/__init__.py), as a real agent would.
 
 An agent is driven by the fleet's scheduler: `setup()` once (create the workspace
 the way the platform's provisioner would, then register the way the agent would),
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
-from registry.client import RegistryClient, RegistryError
-from registry.simulator.behaviours import Behaviour
+from molecule_registry_client import RegistryClient, RegistryError
+from molecule_registry_demo.simulator.behaviours import Behaviour
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Timings:
 
 
 class Containers(Protocol):
-    """The simulated engine as the agents see it (registry/simulator/fake_engine.py)."""
+    """The simulated engine as the agents see it (demo/molecule_registry_demo/simulator/fake_engine.py)."""
 
     def is_stopped(self, workspace_id: UUID) -> bool: ...
 

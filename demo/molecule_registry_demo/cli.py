@@ -1,4 +1,4 @@
-"""`molecule-registry demo`: the whole system with a simulated fleet (registry/demo.py)."""
+"""`molecule-registry demo`: the whole system with a simulated fleet (demo/molecule_registry_demo/runner.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from registry.cli.base import main
 
 
 def _parse_mix(_ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    from registry.simulator import DEFAULT_MIX, parse_mix
+    from molecule_registry_demo.simulator import DEFAULT_MIX, parse_mix
 
     if value is None:
         return dict(DEFAULT_MIX)
@@ -95,7 +95,7 @@ def demo(
     Timings are shortened so every status shows within about a minute; idle agents
     hibernate after about 66 s (the hibernation unit is the minute).
     """
-    from registry.demo import DemoError, DemoOptions, run_demo
+    from molecule_registry_demo.runner import DemoError, DemoOptions, run_demo
 
     options = DemoOptions(
         fleet=fleet,

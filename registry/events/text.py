@@ -12,8 +12,8 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+from registry.events.subscriber import ReceivedEvent
 from registry.statuses import EventType
-from registry.subscriber import ReceivedEvent
 
 SHORT_ID = 8
 MAX_TEXT = 80
@@ -70,7 +70,7 @@ def _online(p: dict[str, Any]) -> str:
 
 
 def _degraded(p: dict[str, Any]) -> str:
-    # The transition table (SPEC §4.2) only degrades an online workspace.
+    # The transition table (CONTRACT §4.2) only degrades an online workspace.
     cause = (
         f"runtime {p['runtime_state']}"
         if p.get("runtime_state")

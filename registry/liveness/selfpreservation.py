@@ -1,4 +1,4 @@
-"""Self-preservation (SPEC §5): never mark workspaces unreachable for the registry's own trouble.
+"""Self-preservation (CONTRACT §5): never mark workspaces unreachable for the registry's own trouble.
 
 In a queue-based registry a stalled or backlogged heartbeat consumer lets every
 liveness key expire while every agent is alive and sending. So the automatic paths
@@ -50,10 +50,9 @@ from sqlalchemy import Connection, Engine, text
 from registry import metrics
 from registry.config import Settings
 from registry.db import get_engine
-from registry.events import record_event_on_commit
 from registry.jsontext import dumps
 from registry.statuses import EXTERNAL_RUNTIME, EventType
-from registry.uow import UnitOfWork, unit_of_work
+from registry.uow import UnitOfWork, record_event_on_commit, unit_of_work
 
 log = logging.getLogger(__name__)
 
