@@ -1,16 +1,18 @@
 """Celery settings for `workers.app:app` (CONTRACT §1, §4, §5).
 
 Every value here is read from the environment through registry.config, so one
-declaration documents each option (see docs/OPERATIONS.md).
+declaration documents each option (see docs/OPERATIONS.md). Task names, queues,
+schedules and `expires` are declared beside each task (tasks/base.py); the routes and
+the beat schedule below are built from those declarations (tasks/schedule.py).
 """
 
 from __future__ import annotations
 
 from kombu import Queue
 
-from molecule_registry_client.names import DEFAULT_QUEUE, QUEUE_NAMES, queue_for
+from molecule_registry_client.names import DEFAULT_QUEUE, QUEUE_NAMES
 from registry.config import get_settings
-from registry.schedule import beat_schedule as _beat_schedule
+from tasks import schedule as _schedule
 
 _settings = get_settings()
 
@@ -27,16 +29,9 @@ result_accept_content = ["json"]
 
 task_queues = [Queue(name, routing_key=name) for name in QUEUE_NAMES]
 task_default_queue = DEFAULT_QUEUE
-task_routes = (lambda name, args, kwargs, options, task=None, **kw: {"queue": queue_for(name)},)
+task_routes = (_schedule.route,)
 
-imports = (
-    "tasks.registration",
-    "tasks.heartbeats",
-    "tasks.lifecycle",
-    "tasks.sweeps",  # backstop, health, outbox relay
-    "tasks.maintenance",  # provisioning timeout, hibernation, orphans
-    "tasks.access",
-)
+imports = _schedule.TASK_MODULES
 
 # Every task is idempotent (CONTRACT §4), so a message is acknowledged only after its
 # effect is committed, and one whose worker process died is put back, not dropped.
@@ -64,4 +59,4 @@ broker_transport_options = {
 result_expires = 300
 
 worker_hijack_root_logger = False
-beat_schedule = _beat_schedule(_settings)
+beat_schedule = _schedule.beat_schedule(_settings)

@@ -8,6 +8,9 @@ Series (see docs/OPERATIONS.md):
 - `registry_sweep_runs_total{sweep,outcome}`      sweep runs: ok or error
 - `registry_sweep_duration_seconds{sweep}`        histogram of sweep run time
 - `registry_sweep_rows_changed_total{sweep}`      rows a sweep changed
+- `registry_task_duration_seconds{task}`        histogram of every task run (tasks/base.py)
+- `registry_task_results_total{task,status}`    task runs by the `status` of their result
+                                                  (ok, rejected, …; `retry`, `error` when raised)
 - `registry_self_preservation_active`             1 while automatic unreachable-marking is paused
                                                   (as last evaluated: `set_self_preservation`)
 - `registry_queue_length{queue}`                  messages waiting per queue, read from the broker
@@ -59,7 +62,26 @@ SELF_PRESERVATION = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+TASK_DURATION = Histogram(
+    "registry_task_duration_seconds",
+    "Time one task run took, by task name (every task; observed by tasks/base.py)",
+    ["task"],
+    # Heartbeats take milliseconds; the hard time limit (120 s at most) is the ceiling.
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0),
+)
+TASK_RESULTS = Counter(
+    "registry_task_results_total",
+    "Task runs, by task name and the status of the result (retry, error when raised)",
+    ["task", "status"],
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def observe_task(task: str, status: str, seconds: float) -> None:
+    """Record one finished task run (after its unit of work committed or rolled back)."""
+    TASK_DURATION.labels(task).observe(seconds)
+    TASK_RESULTS.labels(task, status).inc()
 
 
 def set_self_preservation(active: bool) -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from molecule_registry_client.names import CAN_COMMUNICATE_TASK
+from molecule_registry_client.names import CAN_COMMUNICATE_TASK, DEFAULT_QUEUE
 from registry.access import can_communicate, denial_reason
 from registry.ingestion.payloads import CanCommunicatePayload
 from registry.uow import UnitOfWork
-from tasks.base import RegistryTask, run_message
-from workers.app import app
+from tasks.base import RegistryTask, message_task
 
 
 def _decide(uow: UnitOfWork, message: CanCommunicatePayload) -> dict[str, Any]:
@@ -27,6 +26,6 @@ def _decide(uow: UnitOfWork, message: CanCommunicatePayload) -> dict[str, Any]:
     }
 
 
-@app.task(name=CAN_COMMUNICATE_TASK, base=RegistryTask)
-def can_communicate_task(payload: Any) -> dict[str, Any]:
-    return run_message(CanCommunicatePayload, payload, _decide)
+@message_task(CAN_COMMUNICATE_TASK, queue=DEFAULT_QUEUE)
+def can_communicate_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
+    return self.run_message(CanCommunicatePayload, payload, _decide)

@@ -1,23 +1,56 @@
-"""The plumbing every registry task shares: retries, refusals, one unit of work.
+"""The plumbing every registry task shares, owned by one base class (CONTRACT §4, §5).
 
-A task body is one line: `return run_message(Model, payload, domain_fn)`.
+`RegistryTask` owns, for every task:
+- retries: transient errors (database or Redis unreachable, a concurrent
+  registration) retry with exponential backoff and jitter; anything else is an
+  answer or a bug, never retried;
+- time limits: a stuck run is stopped well before the broker would redeliver its
+  message (`time_limits`);
+- timing: every run is observed in `registry_task_duration_seconds{task}` and counted
+  by the `status` of its result in `registry_task_results_total{task,status}`.
+
+Message tasks (`message_task`) call `self.run_message(Model, payload, handler)`: the
+payload is parsed with its pydantic model, the handler runs in one unit of work, and a
+refusal (`rejected`, `unauthorized`, `ignored`) rolls back, is logged without the
+payload (it carries tokens), and is the task's answer.
+
+Periodic tasks (`periodic_task`) declare their beat entry, interval setting, queue and
+`expires` beside themselves (`tasks/schedule.py` builds the beat schedule and the
+routes from these declarations); they never retry, and every run is also observed as
+a sweep (`registry_sweep_*`).
+
+    @message_task(REGISTER_TASK, queue=DEFAULT_QUEUE)
+    def register_task(self, payload):
+        return self.run_message(RegisterPayload, payload, register)
+
+    @periodic_task(SWEEP_HEALTH_TASK, entry="sweep-health", every="health_sweep_interval")
+    def sweep_health_task(self): ...
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from uuid import UUID
 
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
+from celery.exceptions import Retry
 from pydantic import BaseModel
 
+from molecule_registry_client.names import SWEEP_QUEUE
+from registry import metrics
+from registry.config import Settings, get_settings
 from registry.ingestion.payloads import parse_payload
 from registry.ingestion.registration import ConcurrentRegistration
 from registry.outcomes import MessageRefused
 from registry.uow import UnitOfWork, unit_of_work
+from workers.app import app
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +66,165 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def time_limits(settings: Settings) -> tuple[int, int]:
+    """(soft, hard) seconds for one run: half the visibility timeout at most, 120 s cap.
+
+    On a Redis broker an unacknowledged message comes back after
+    CELERY_VISIBILITY_TIMEOUT; a run still going by then would be doubled. The soft
+    limit raises inside the task (its transaction rolls back); the hard one kills the
+    pool process. Enforced by the prefork pool (the threads pool cannot interrupt a
+    thread). No task of the registry needs more than a few seconds.
+    """
+    hard = max(10, min(120, settings.celery_visibility_timeout // 2))
+    return max(5, hard - 10), hard
+
+
+_SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """Where a task is routed and, for a periodic one, how beat schedules it."""
+
+    name: str
+    queue: str
+    entry: str | None = None  # beat schedule entry name (periodic tasks only)
+    every: str | None = None  # Settings field holding the interval in seconds
+
+    def interval(self, settings: Settings) -> int:
+        if self.every is None:
+            raise ValueError(f"{self.name} is not periodic")
+        return int(getattr(settings, self.every))
+
+    def expires(self, settings: Settings) -> float:
+        return expires_for(self.interval(settings))
+
+
+def expires_for(interval: int) -> float:
+    """Seconds after which a periodic message is dropped: always below its interval,
+    so a backlog of sweeps behind a stalled worker drops instead of piling up."""
+    return interval * 0.9
+
+
+# Every task the registry defines, by name (filled as the task modules are imported).
+DECLARATIONS: dict[str, Declaration] = {}
+
+
+def log_refusal(task_name: str, result: dict[str, Any], workspace_id: str | None = None) -> None:
+    """Log a refused message: its status, error and workspace id — never the payload."""
+    log.info(
+        "%s %s (workspace_id=%s): %s",
+        task_name,
+        result.get("status"),
+        workspace_id,
+        result.get("error") or result.get("reason"),
+    )
 
 
 class RegistryTask(Task):
-    """Base class: transient errors retry with exponential backoff and jitter."""
+    """Base of every registry task: retries, time limits, timing (see module doc)."""
 
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = 1
     retry_backoff_max = 60
     retry_jitter = True
     max_retries = 30  # about half an hour of a dependency being down
+    soft_time_limit = _SOFT_LIMIT
+    time_limit = _HARD_LIMIT
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Celery's tracer calls a custom __call__ instead of `run` (which autoretry wraps),
+        # so every run of every task passes here exactly once.
+        started = time.perf_counter()
+        status = "error"
+        try:
+            result = super().__call__(*args, **kwargs)
+        except Retry:
+            status = "retry"
+            raise
+        else:
+            status = str(result.get("status", "ok")) if isinstance(result, dict) else "ok"
+            return result
+        finally:
+            metrics.observe_task(self.name, status, time.perf_counter() - started)
+
+    def transaction(self) -> AbstractContextManager[UnitOfWork]:
+        """The unit of work of one run (one transaction; side effects after commit)."""
+        return unit_of_work()
+
+    def run_message(
+        self,
+        model: type[M],
+        payload: Any,
+        handler: Callable[[UnitOfWork, M], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Validate, apply in one transaction, and answer; refusals change nothing."""
+        message: M | None = None
+        try:
+            message = parse_payload(model, payload)
+            with self.transaction() as uow:
+                return handler(uow, message)
+        except MessageRefused as refused:  # bad input (PayloadError) included
+            result = refused.as_result()
+            log_refusal(self.name, result, _workspace_of(message, payload))
+            return result
 
 
-def run_message(
-    model: type[M],
-    payload: Any,
-    handler: Callable[[UnitOfWork, M], dict[str, Any]],
-) -> dict[str, Any]:
-    """Validate, apply in one transaction, and answer; refusals change nothing."""
-    try:
-        message = parse_payload(model, payload)
-        with unit_of_work() as uow:
-            return handler(uow, message)
-    except MessageRefused as refused:  # bad input (PayloadError) included
-        return refused.as_result()
+class PeriodicTask(RegistryTask):
+    """A sweep: never retried (the next tick does the same work), timed as a sweep."""
+
+    autoretry_for = ()
+    max_retries = 0
+    sweep = ""  # the `sweep` label of registry_sweep_* (set by periodic_task)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with metrics.observe_sweep(self.sweep) as run:
+            result = super().__call__(*args, **kwargs)
+            if isinstance(result, dict) and isinstance(result.get("changed"), int):
+                run.changed = result["changed"]
+            return result
+
+    def send_now(self) -> None:
+        """Send one more run now, expiring like a beat tick (a full batch drains the
+        rest at once rather than one interval later)."""
+        self.apply_async(expires=DECLARATIONS[self.name].expires(get_settings()))
+
+
+def _workspace_of(message: BaseModel | None, payload: Any) -> str | None:
+    # Only an id: a payload that failed to parse may hold anything, tokens included.
+    value = getattr(message, "workspace_id", None) or getattr(message, "id", None)
+    if value is None and isinstance(payload, dict):
+        value = payload.get("workspace_id", payload.get("id"))
+    text = str(value) if isinstance(value, str | UUID) else None
+    return text if text is not None and len(text) <= 36 else None
+
+
+def message_task(name: str, *, queue: str, bind: bool = True, **options: Any) -> Callable[[F], Any]:
+    """Declare a message task routed to `queue`; its body receives `self` unless
+    `bind=False`. Other Celery task options (`ignore_result`, …) pass through."""
+    DECLARATIONS[name] = Declaration(name, queue)
+
+    def decorate(func: F) -> Any:
+        return app.task(name=name, base=RegistryTask, bind=bind, queue=queue, **options)(func)
+
+    return decorate
+
+
+def periodic_task(
+    name: str, *, entry: str, every: str, sweep: str, queue: str = SWEEP_QUEUE
+) -> Callable[[F], Any]:
+    """Declare a periodic task: beat `entry`, interval from the `every` setting, `queue`.
+
+    Its beat entry and every re-queue expire just below the interval (`expires_for`).
+    """
+    if every not in Settings.__dataclass_fields__:
+        raise ValueError(f"{name}: no setting named {every!r} holds its interval")
+    DECLARATIONS[name] = Declaration(name, queue, entry=entry, every=every)
+
+    def decorate(func: F) -> Any:
+        return app.task(name=name, base=PeriodicTask, bind=True, queue=queue, sweep=sweep)(func)
+
+    return decorate

@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from molecule_registry_client.names import HEARTBEAT_TASK
+from molecule_registry_client.names import HEARTBEAT_QUEUE, HEARTBEAT_TASK
 from registry import metrics
 from registry.ingestion.heartbeats import apply_heartbeats
 from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_payload
 from registry.uow import unit_of_work
-from tasks.base import RegistryTask
-from workers.app import app
+from tasks.base import message_task
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=HEARTBEAT_TASK, base=RegistryTask, ignore_result=True)
+@message_task(HEARTBEAT_TASK, queue=HEARTBEAT_QUEUE, bind=False, ignore_result=True)
 def heartbeat_task(payload: Any) -> dict[str, Any]:
     try:
         heartbeat = parse_payload(HeartbeatPayload, payload)

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from molecule_registry_client.names import CREATE_WORKSPACE_TASK, REMOVE_WORKSPACE_TASK
+from molecule_registry_client.names import (
+    CREATE_WORKSPACE_TASK,
+    DEFAULT_QUEUE,
+    REMOVE_WORKSPACE_TASK,
+)
 from registry.ingestion.lifecycle import create_workspace, remove_workspace
 from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
-from tasks.base import RegistryTask, run_message
-from workers.app import app
+from tasks.base import RegistryTask, message_task
 
 
-@app.task(name=CREATE_WORKSPACE_TASK, base=RegistryTask, bind=True)
+@message_task(CREATE_WORKSPACE_TASK, queue=DEFAULT_QUEUE)
 def create_workspace_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
+    # The task id makes a redelivered create find its own row and token.
     task_id = self.request.id
-    return run_message(
+    return self.run_message(
         CreateWorkspacePayload, payload, lambda uow, p: create_workspace(uow, p, task_id=task_id)
     )
 
 
-@app.task(name=REMOVE_WORKSPACE_TASK, base=RegistryTask)
-def remove_workspace_task(payload: Any) -> dict[str, Any]:
-    return run_message(RemoveWorkspacePayload, payload, remove_workspace)
+@message_task(REMOVE_WORKSPACE_TASK, queue=DEFAULT_QUEUE)
+def remove_workspace_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
+    return self.run_message(RemoveWorkspacePayload, payload, remove_workspace)

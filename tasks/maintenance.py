@@ -1,8 +1,8 @@
 """registry.sweep_provisioning, registry.sweep_hibernation, registry.sweep_orphans (CONTRACT §5).
 
 Each task builds what its sweep needs from the settings (the container backend from
-CONTAINER_BACKEND) and calls it. No retries: the next tick does the same work, so a
-sweep failing on a dependency is logged and skipped.
+CONTAINER_BACKEND) and calls it; its beat entry, interval setting and queue are
+declared beside it.
 
 The orphan sweep also runs once when beat starts (`beat_init`, which fires for a
 standalone `celery beat` and for `worker --beat` alike): a container orphaned while
@@ -22,44 +22,47 @@ from molecule_registry_client.names import (
     SWEEP_HIBERNATION_TASK,
     SWEEP_ORPHANS_TASK,
     SWEEP_PROVISIONING_TASK,
-    SWEEP_QUEUE,
 )
-from registry import metrics
 from registry.config import get_settings
-from registry.schedule import expires_for
 from registry.sweeps.containers import open_container_backend
 from registry.sweeps.hibernation import sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 from registry.sweeps.provisioning import sweep_provisioning
-from registry.uow import unit_of_work
-from tasks.base import RegistryTask
-from workers.app import app
+from tasks.base import PeriodicTask, periodic_task
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=SWEEP_PROVISIONING_TASK, base=RegistryTask, max_retries=0)
-@metrics.observe_sweep("provisioning")
-def sweep_provisioning_task() -> dict[str, Any]:
+@periodic_task(
+    SWEEP_PROVISIONING_TASK,
+    entry="sweep-provisioning",
+    every="provision_sweep_interval",
+    sweep="provisioning",
+)
+def sweep_provisioning_task(self: PeriodicTask) -> dict[str, Any]:
     settings = get_settings()
-    with unit_of_work() as uow:
+    with self.transaction() as uow:
         result = sweep_provisioning(uow, timeout_override=settings.provision_timeout_seconds)
     if result["more"]:
-        # A full batch: drain the rest now rather than one interval later.
-        sweep_provisioning_task.apply_async(expires=expires_for(settings.provision_sweep_interval))
+        self.send_now()
     return result
 
 
-@app.task(name=SWEEP_HIBERNATION_TASK, base=RegistryTask, max_retries=0)
-@metrics.observe_sweep("hibernation")
-def sweep_hibernation_task() -> dict[str, Any]:
+@periodic_task(
+    SWEEP_HIBERNATION_TASK,
+    entry="sweep-hibernation",
+    every="hibernation_sweep_interval",
+    sweep="hibernation",
+)
+def sweep_hibernation_task(self: PeriodicTask) -> dict[str, Any]:
     with open_container_backend(get_settings()) as backend:
         return sweep_hibernation(backend)
 
 
-@app.task(name=SWEEP_ORPHANS_TASK, base=RegistryTask, max_retries=0)
-@metrics.observe_sweep("orphans")
-def sweep_orphans_task() -> dict[str, Any]:
+@periodic_task(
+    SWEEP_ORPHANS_TASK, entry="sweep-orphans", every="orphan_sweep_interval", sweep="orphans"
+)
+def sweep_orphans_task(self: PeriodicTask) -> dict[str, Any]:
     with open_container_backend(get_settings()) as backend:
         return sweep_orphans(backend)
 
@@ -67,11 +70,7 @@ def sweep_orphans_task() -> dict[str, Any]:
 @beat_init.connect
 def sweep_orphans_at_start(sender: Any = None, **_: Any) -> None:
     try:
-        app.send_task(
-            SWEEP_ORPHANS_TASK,
-            queue=SWEEP_QUEUE,
-            expires=expires_for(get_settings().orphan_sweep_interval),
-        )
+        sweep_orphans_task.send_now()
     except Exception:  # the broker may still be starting; the schedule catches up
         log.exception("could not send the start-up orphan sweep")
     else:

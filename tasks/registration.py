@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from molecule_registry_client.names import REGISTER_TASK, UPDATE_CARD_TASK
+from molecule_registry_client.names import DEFAULT_QUEUE, REGISTER_TASK, UPDATE_CARD_TASK
 from registry.ingestion.payloads import RegisterPayload, UpdateCardPayload
 from registry.ingestion.registration import register, update_card
-from tasks.base import RegistryTask, run_message
-from workers.app import app
+from tasks.base import RegistryTask, message_task
 
 
-@app.task(name=REGISTER_TASK, base=RegistryTask, bind=True)
+@message_task(REGISTER_TASK, queue=DEFAULT_QUEUE)
 def register_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
+    # The task id lets a redelivered registration answer with the same token (§4.1 step 7).
     task_id = self.request.id
-    return run_message(RegisterPayload, payload, lambda uow, p: register(uow, p, task_id=task_id))
+    return self.run_message(
+        RegisterPayload, payload, lambda uow, p: register(uow, p, task_id=task_id)
+    )
 
 
-@app.task(name=UPDATE_CARD_TASK, base=RegistryTask)
-def update_card_task(payload: Any) -> dict[str, Any]:
-    return run_message(UpdateCardPayload, payload, update_card)
+@message_task(UPDATE_CARD_TASK, queue=DEFAULT_QUEUE)
+def update_card_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
+    return self.run_message(UpdateCardPayload, payload, update_card)

@@ -1,7 +1,7 @@
 """Periodic tasks on the registry.sweeps queue (CONTRACT §5, §7), and the heartbeat probe.
 
-No retries on the sweeps: the next tick does the same work, so a run failing on a
-dependency is logged and skipped.
+Each periodic task declares its beat entry, interval setting and queue here, beside
+itself; tasks/schedule.py builds the beat schedule from these declarations.
 """
 
 from __future__ import annotations
@@ -16,32 +16,33 @@ from molecule_registry_client.names import (
     SWEEP_BACKSTOP_TASK,
     SWEEP_HEALTH_TASK,
 )
-from registry import metrics
 from registry.config import get_settings
-from registry.db import get_engine, get_redis
+from registry.db import get_redis
 from registry.events.outbox import relay_unpublished_events
-from registry.ingestion.payloads import PayloadError, parse_payload
 from registry.liveness.selfpreservation import (
     HeartbeatProbePayload,
     record_probe,
     send_probe_if_due,
 )
-from registry.schedule import expires_for
 from registry.sweeps.backstop import sweep_backstop
 from registry.sweeps.containers import open_container_backend
 from registry.sweeps.health import sweep_health
-from tasks.base import RegistryTask
+from registry.uow import UnitOfWork
+from tasks.base import PeriodicTask, RegistryTask, message_task, periodic_task
 from workers.app import app
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=RELAY_EVENTS_TASK, base=RegistryTask, max_retries=0)
-def relay_events_task() -> dict[str, Any]:
+@periodic_task(
+    RELAY_EVENTS_TASK, entry="relay-events", every="relay_events_interval", sweep="relay_events"
+)
+def relay_events_task(self: PeriodicTask) -> dict[str, Any]:
     settings = get_settings()
-    with get_engine().begin() as conn:
+    # Its own transaction: claimed outbox rows stay locked until Redis accepted them.
+    with self.transaction() as uow:
         relayed = relay_unpublished_events(
-            conn,
+            uow.conn,
             get_redis(),
             grace_seconds=settings.relay_grace_seconds,
             stream_maxlen=settings.events_stream_maxlen,
@@ -55,38 +56,38 @@ def _send_probe(payload: dict[str, Any]) -> None:
     app.send_task(HEARTBEAT_PROBE_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
 
 
-@app.task(name=SWEEP_BACKSTOP_TASK, base=RegistryTask, max_retries=0)
-@metrics.observe_sweep("backstop")
-def sweep_backstop_task() -> dict[str, Any]:
+@periodic_task(
+    SWEEP_BACKSTOP_TASK, entry="sweep-backstop", every="backstop_sweep_interval", sweep="backstop"
+)
+def sweep_backstop_task(self: PeriodicTask) -> dict[str, Any]:
     settings = get_settings()
     send_probe_if_due(settings, _send_probe)
     result = sweep_backstop(settings)
     if result["more"]:
-        # A full batch: drain the rest now rather than one interval later.
-        sweep_backstop_task.apply_async(expires=expires_for(settings.backstop_sweep_interval))
+        self.send_now()
     return result
 
 
-@app.task(name=SWEEP_HEALTH_TASK, base=RegistryTask, max_retries=0)
-@metrics.observe_sweep("health")
-def sweep_health_task() -> dict[str, Any]:
+@periodic_task(
+    SWEEP_HEALTH_TASK, entry="sweep-health", every="health_sweep_interval", sweep="health"
+)
+def sweep_health_task(self: PeriodicTask) -> dict[str, Any]:
     settings = get_settings()
     send_probe_if_due(settings, _send_probe)
     with open_container_backend(settings) as checker:
         return sweep_health(settings, checker)
 
 
-# Consumed by the heartbeat workers (it travels registry.heartbeats); lives here with
-# the sweep that sends it. Fire-and-forget like a heartbeat.
-@app.task(name=HEARTBEAT_PROBE_TASK, base=RegistryTask, ignore_result=True)
-def heartbeat_probe_task(payload: Any) -> dict[str, Any]:
-    try:
-        probe = parse_payload(HeartbeatProbePayload, payload)
-    except PayloadError as exc:
-        return exc.as_result()
-    with get_engine().begin() as conn:
-        lag = record_probe(conn, probe)
+def _record_probe(uow: UnitOfWork, probe: HeartbeatProbePayload) -> dict[str, Any]:
+    lag = record_probe(uow.conn, probe)
     threshold = get_settings().heartbeat_backlog_seconds
     if lag is not None and lag > threshold:
         log.warning("heartbeat queue lag %.1f s (above %d s)", lag, threshold)
     return {"status": "ok", "lag_seconds": lag}
+
+
+# Consumed by the heartbeat workers (it travels registry.heartbeats, so it measures
+# that queue's lag); lives here with the sweeps that send it. Fire-and-forget.
+@message_task(HEARTBEAT_PROBE_TASK, queue=HEARTBEAT_QUEUE, ignore_result=True)
+def heartbeat_probe_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
+    return self.run_message(HeartbeatProbePayload, payload, _record_probe)

@@ -9,7 +9,7 @@ import pytest
 import celeryconfig
 from molecule_registry_client.names import SWEEP_QUEUE, SWEEP_TASKS
 from registry import config
-from registry.schedule import beat_schedule
+from tasks.schedule import beat_schedule
 
 INTERVALS = {
     "BACKSTOP_SWEEP_INTERVAL": ("registry.sweep_backstop", 30),
