@@ -58,11 +58,29 @@ class Option:
     parse: Callable[[str], Any]
     default: Any
     doc: str
+    shown: str | None = None  # how the docs show the default when the value would mislead
+
+    @property
+    def default_text(self) -> str:
+        """The default as the configuration table shows it."""
+        if self.shown is not None:
+            return self.shown
+        if self.default is None or self.default == "":
+            return "unset"
+        if isinstance(self.default, str):
+            return f"`{self.default}`"
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        return str(self.default)
 
 
-def _opt(env: str, parse: Callable[[str], Any], default: Any, doc: str) -> Any:
-    # Stored as dataclass field metadata so docs and the parser share one declaration.
-    return field(default=default, metadata={"option": Option(env, parse, default, doc)})
+def _opt(
+    env: str, parse: Callable[[str], Any], default: Any, doc: str, *, shown: str | None = None
+) -> Any:
+    # Stored as dataclass field metadata so docs and the parser share one declaration:
+    # the configuration tables of README.md and docs/CONTRACT.md are generated from it
+    # (`scripts/gen-config-table`), and tests/test_contract.py checks they match.
+    return field(default=default, metadata={"option": Option(env, parse, default, doc, shown)})
 
 
 @dataclass(frozen=True)
@@ -72,34 +90,45 @@ class Settings:
     )
     redis_url: str = _opt("REDIS_URL", text, DEFAULT_REDIS_URL, "liveness keys, caches, events")
     broker_url: str = _opt(
-        "CELERY_BROKER_URL", text, "", "broker (Redis or AMQP); default REDIS_URL"
+        "CELERY_BROKER_URL",
+        text,
+        "",
+        "broker (`redis://…` or `amqp://…`)",
+        shown="`REDIS_URL`",
     )
     result_backend: str = _opt(
-        "CELERY_RESULT_BACKEND", text, "", "task results (short expiry); default REDIS_URL"
+        "CELERY_RESULT_BACKEND",
+        text,
+        "",
+        "where task results go (kept 5 minutes; a producer reads its registration's token there)",
+        shown="`REDIS_URL`",
     )
     celery_visibility_timeout: int = _opt(
         "CELERY_VISIBILITY_TIMEOUT",
         positive_int,
         300,
-        "Redis broker: seconds before a message a dead worker held is redelivered",
+        "Redis broker: seconds before a dead worker's unacknowledged messages are redelivered",
     )
     liveness_ttl_seconds: int = _opt(
-        "LIVENESS_TTL_SECONDS", positive_int, 180, "TTL of the liveness key ws:<id>"
+        "LIVENESS_TTL_SECONDS", positive_int, 180, "TTL of the liveness key `ws:<id>`"
     )
     remote_liveness_stale_after: int = _opt(
         "REMOTE_LIVENESS_STALE_AFTER",
         positive_int,
         90,
-        "seconds without heartbeat before an external workspace is swept",
+        "seconds without heartbeat before an external workspace becomes `awaiting_agent`",
     )
     provision_timeout_seconds: int | None = _opt(
         "PROVISION_TIMEOUT_SECONDS",
         positive_int,
         None,
-        "if set, replaces every runtime's provisioning timeout",
+        "a positive integer replaces every runtime's provisioning timeout (10 min; `hermes` 30 min)",
     )
     deploy_mode: str = _opt(
-        "MOLECULE_DEPLOY_MODE", text, "", "`saas` relaxes the private-range URL check"
+        "MOLECULE_DEPLOY_MODE",
+        text,
+        "",
+        "`saas` relaxes the private-range URL check; `self-hosted`/`selfhosted`/`standalone` keep it",
     )
     org_id: str = _opt(
         "MOLECULE_ORG_ID",
@@ -126,7 +155,7 @@ class Settings:
         "ORPHAN_SWEEP_INTERVAL", positive_int, 60, "seconds between orphan-container sweeps"
     )
     relay_events_interval: int = _opt(
-        "RELAY_EVENTS_INTERVAL", positive_int, 15, "seconds between outbox relay runs"
+        "RELAY_EVENTS_INTERVAL", positive_int, 15, "seconds between runs of the event outbox relay"
     )
     relay_grace_seconds: int = _opt(
         "RELAY_GRACE_SECONDS",
@@ -144,26 +173,36 @@ class Settings:
         "SELF_PRESERVATION_THRESHOLD",
         positive_float,
         0.5,
-        "share of the fleet about to be marked unreachable that pauses automatic marking",
+        "share of the fleet about to be marked unreachable that pauses automatic marking "
+        "(fleets of 20 online workspaces or more)",
     )
     heartbeat_backlog_seconds: int = _opt(
         "HEARTBEAT_BACKLOG_SECONDS",
         positive_int,
         60,
-        "age of the oldest waiting heartbeat above which the queue counts as backlogged",
+        "age of the oldest waiting heartbeat above which the queue counts as backlogged "
+        "(automatic marking pauses)",
     )
     events_stream_maxlen: int = _opt(
-        "EVENTS_STREAM_MAXLEN", positive_int, 100_000, "approximate cap of the events:stream length"
+        "EVENTS_STREAM_MAXLEN",
+        positive_int,
+        100_000,
+        "approximate cap of the `events:stream` length",
     )
     container_backend: str = _opt(
-        "CONTAINER_BACKEND", text, "none", "`docker` or `none`: container checker/stopper/reaper"
+        "CONTAINER_BACKEND",
+        text,
+        "none",
+        "`docker` enables the container checker, hibernation stopper and orphan reaper "
+        "(Docker Engine API; `DOCKER_HOST` honoured); `none` disables them",
     )
     token_secret: str = _opt(
         "REGISTRY_TOKEN_SECRET",
         text,
         "",
-        "key that re-derives a token for a redelivered registration; default: generated "
-        "once per database by the migrations",
+        "key that re-derives a token for a redelivered registration; by default a random "
+        "secret the migrations store in the database",
+        shown="generated",
     )
     metrics_port: int = _opt(
         "METRICS_PORT",
