@@ -70,16 +70,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def time_limits(settings: Settings) -> tuple[int, int]:
-    """(soft, hard) seconds for one run: half the visibility timeout at most, 120 s cap.
+    """(soft, hard) seconds for one run: half the visibility timeout, within [30, 120].
 
     On a Redis broker an unacknowledged message comes back after
     CELERY_VISIBILITY_TIMEOUT; a run still going by then would be doubled. The soft
     limit raises inside the task (its transaction rolls back); the hard one kills the
     pool process. Enforced by the prefork pool (the threads pool cannot interrupt a
-    thread). No task of the registry needs more than a few seconds.
+    thread). No task of the registry needs more than a few seconds; the 30 s floor
+    keeps a loaded machine from killing a healthy run when the visibility timeout is
+    set very short (then nothing can prevent a redelivery, and idempotence covers it).
     """
-    hard = max(10, min(120, settings.celery_visibility_timeout // 2))
-    return max(5, hard - 10), hard
+    hard = max(30, min(120, settings.celery_visibility_timeout // 2))
+    return hard - 10, hard
 
 
 _SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
