@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -74,3 +74,55 @@ def task_events(broker_url: str) -> Iterator[list[dict[str, Any]]]:
         for receiver in receivers:
             receiver.should_stop = True
         thread.join(5)
+
+
+class FreezableProxy:
+    """A TCP proxy to a real service that the test can freeze: bytes stop flowing.
+
+    Lets a test stop a worker *after* its commit and before its acknowledgement, by
+    freezing the worker's path to the Redis data database (its after-commit writes).
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        import socket
+
+        self.target = (target_host, target_port)
+        self.frozen = threading.Event()
+        self._closed = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        import time
+
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.frozen.is_set() and not self._closed.is_set():
+                    time.sleep(0.02)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
