@@ -21,7 +21,9 @@ def session_options(statement_timeout_ms: int, lock_timeout_ms: int) -> str:
     message is retried); so does a row-lock wait past lock_timeout. Either way no task
     runs long enough to reach the broker's visibility timeout on the database alone.
     """
-    return f"-c statement_timeout={int(statement_timeout_ms)} -c lock_timeout={int(lock_timeout_ms)}"
+    return (
+        f"-c statement_timeout={int(statement_timeout_ms)} -c lock_timeout={int(lock_timeout_ms)}"
+    )
 
 
 def get_engine(url: str | None = None) -> Engine:
