@@ -28,7 +28,7 @@ from registry import metrics
 from registry.config import get_settings
 from registry.schedule import expires_for
 from registry.sweeps.containers import open_container_backend
-from registry.sweeps.hibernation import sweep_hibernation
+from registry.sweeps.hibernation import deadline_for, sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 from registry.sweeps.provisioning import sweep_provisioning
 from registry.uow import unit_of_work
@@ -53,8 +53,10 @@ def sweep_provisioning_task() -> dict[str, Any]:
 @app.task(name=SWEEP_HIBERNATION_TASK, base=RegistryTask, max_retries=0)
 @metrics.observe_sweep("hibernation")
 def sweep_hibernation_task() -> dict[str, Any]:
-    with open_container_backend(get_settings()) as backend:
-        return sweep_hibernation(backend)
+    settings = get_settings()
+    with open_container_backend(settings) as backend:
+        # The deadline follows HIBERNATION_SWEEP_INTERVAL (not a fixed 60 s).
+        return sweep_hibernation(backend, deadline_seconds=deadline_for(settings))
 
 
 @app.task(name=SWEEP_ORPHANS_TASK, base=RegistryTask, max_retries=0)
