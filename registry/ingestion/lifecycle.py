@@ -15,6 +15,7 @@ from uuid import UUID
 
 from sqlalchemy import text
 
+from registry import metrics
 from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
 from registry.ingestion.tokens import (
     Message,
@@ -135,6 +136,9 @@ def remove_workspace(uow: UnitOfWork, payload: RemoveWorkspacePayload) -> dict[s
         # Already removed: no second event. The keys are cleared again below, so a
         # removal retried because Redis failed after its commit leaves none behind.
     else:
+        previous = str(row.previous_status)
+        # Counted once committed: a rolled-back removal changed nothing.
+        uow.after_commit(lambda: metrics.record_transition(previous, Status.REMOVED))
         revoke_tokens(uow.conn, ws)
         record_event_on_commit(
             uow, EventType.WORKSPACE_REMOVED, ws, {"previous_status": row.previous_status}

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Row, text
 
+from registry import metrics
 from registry.config import get_settings
 from registry.ingestion.payloads import RegisterPayload, UpdateCardPayload
 from registry.ingestion.tokens import (
@@ -221,6 +222,10 @@ def register(
             },
         ).scalar_one()
 
+    if row is not None and row.status != Status.ONLINE:
+        previous = str(row.status)
+        # Counted once committed: a rolled-back registration changed nothing.
+        uow.after_commit(lambda: metrics.record_transition(previous, Status.ONLINE))
     ttl = get_settings().liveness_ttl_seconds
     uow.on_commit(lambda pipe: set_liveness(pipe, ws, ttl))
     uow.on_commit(lambda pipe: cache_urls(pipe, ws, effective_url, agent_url))
