@@ -48,6 +48,14 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def fraction(raw: str) -> float:
+    """A share in (0, 1]: above 1 a share-of-the-fleet check could never trigger."""
+    value = float(raw.strip())
+    if not 0 < value <= 1:  # also rejects NaN
+        raise ValueError("must be a number in (0, 1]")
+    return value
+
+
 def text(raw: str) -> str:
     return raw.strip()
 
@@ -171,7 +179,7 @@ class Settings:
     )
     self_preservation_threshold: float = _opt(
         "SELF_PRESERVATION_THRESHOLD",
-        positive_float,
+        fraction,
         0.5,
         "share of the fleet about to be marked unreachable that pauses automatic marking "
         "(fleets of 20 online workspaces or more)",
@@ -203,6 +211,41 @@ class Settings:
         "key that re-derives a token for a redelivered registration; by default a random "
         "secret the migrations store in the database",
         shown="generated",
+    )
+    # Bounded work (docs/SECURITY.md "Bounded work"): nothing a message or a sweep does
+    # may outlive the broker's visibility timeout, or its message would run twice.
+    task_soft_time_limit: int = _opt(
+        "TASK_SOFT_TIME_LIMIT",
+        positive_int,
+        120,
+        "seconds after which a task is interrupted (its transaction rolls back); kept "
+        "below TASK_TIME_LIMIT",
+    )
+    task_time_limit: int = _opt(
+        "TASK_TIME_LIMIT",
+        positive_int,
+        150,
+        "seconds after which a task's pool process is killed and its message acknowledged "
+        "as failed; kept below CELERY_VISIBILITY_TIMEOUT (prefork pool only)",
+    )
+    db_statement_timeout_ms: int = _opt(
+        "DB_STATEMENT_TIMEOUT_MS",
+        non_negative_int,
+        30_000,
+        "PostgreSQL statement_timeout of the registry's connections; 0 disables",
+    )
+    db_lock_timeout_ms: int = _opt(
+        "DB_LOCK_TIMEOUT_MS",
+        non_negative_int,
+        10_000,
+        "PostgreSQL lock_timeout of the registry's connections (a message waiting longer "
+        "for a row lock is retried); 0 disables",
+    )
+    dns_timeout_seconds: float = _opt(
+        "DNS_TIMEOUT_SECONDS",
+        positive_float,
+        3.0,
+        "longest wait for the URL guard's DNS lookup; a slower name is refused as unresolvable",
     )
     metrics_port: int = _opt(
         "METRICS_PORT",

@@ -14,8 +14,21 @@ _engines: dict[str, Engine] = {}
 _redis_clients: dict[str, redis.Redis] = {}
 
 
+def session_options(statement_timeout_ms: int, lock_timeout_ms: int) -> str:
+    """libpq `options` bounding every statement and lock wait of a connection (0 = off).
+
+    A statement past its timeout fails with QueryCanceled (an OperationalError: the
+    message is retried); so does a row-lock wait past lock_timeout. Either way no task
+    runs long enough to reach the broker's visibility timeout on the database alone.
+    """
+    return (
+        f"-c statement_timeout={int(statement_timeout_ms)} -c lock_timeout={int(lock_timeout_ms)}"
+    )
+
+
 def get_engine(url: str | None = None) -> Engine:
-    url = url or get_settings().database_url
+    settings = get_settings()
+    url = url or settings.database_url
     with _lock:
         engine = _engines.get(url)
         if engine is None:
@@ -26,7 +39,12 @@ def get_engine(url: str | None = None) -> Engine:
                 max_overflow=5,
                 # executemany of UPDATEs (heartbeat batches) goes out as one round trip.
                 executemany_mode="values_plus_batch",
-                connect_args={"connect_timeout": 5},
+                connect_args={
+                    "connect_timeout": 5,
+                    "options": session_options(
+                        settings.db_statement_timeout_ms, settings.db_lock_timeout_ms
+                    ),
+                },
             )
             _engines[url] = engine
         return engine

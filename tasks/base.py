@@ -5,7 +5,7 @@
   registration) retry with exponential backoff and jitter; anything else is an
   answer or a bug, never retried;
 - time limits: a stuck run is stopped well before the broker would redeliver its
-  message (`time_limits`);
+  message (`registry.limits.task_time_limits`);
 - timing: every run is observed in `registry_task_duration_seconds{task}` and counted
   by the `status` of its result in `registry_task_results_total{task,status}`.
 
@@ -48,7 +48,9 @@ from registry import metrics
 from registry.config import Settings, get_settings
 from registry.ingestion.payloads import parse_payload
 from registry.ingestion.registration import ConcurrentRegistration
+from registry.limits import MAX_RETRIES, RETRY_BACKOFF, RETRY_BACKOFF_MAX, task_time_limits
 from registry.outcomes import MessageRefused
+from registry.redaction import redacted_exception
 from registry.uow import UnitOfWork, unit_of_work
 from workers.app import app
 
@@ -67,24 +69,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def time_limits(settings: Settings) -> tuple[int, int]:
-    """(soft, hard) seconds for one run: half the visibility timeout, within [30, 120].
-
-    On a Redis broker an unacknowledged message comes back after
-    CELERY_VISIBILITY_TIMEOUT; a run still going by then would be doubled. The soft
-    limit raises inside the task (its transaction rolls back); the hard one kills the
-    pool process. Enforced by the prefork pool (the threads pool cannot interrupt a
-    thread). No task of the registry needs more than a few seconds; the 30 s floor
-    keeps a loaded machine from killing a healthy run when the visibility timeout is
-    set very short (then nothing can prevent a redelivery, and idempotence covers it).
-    """
-    hard = max(30, min(120, settings.celery_visibility_timeout // 2))
-    return hard - 10, hard
-
-
-_SOFT_LIMIT, _HARD_LIMIT = time_limits(get_settings())
 
 
 @dataclass(frozen=True)
@@ -126,14 +110,21 @@ def log_refusal(task_name: str, result: dict[str, Any], workspace_id: str | None
     )
 
 
+_SOFT_LIMIT, _HARD_LIMIT = task_time_limits(get_settings())
+
+
 class RegistryTask(Task):
     """Base of every registry task: retries, time limits, timing (see module doc)."""
 
     autoretry_for = TRANSIENT_ERRORS
-    retry_backoff = 1
-    retry_backoff_max = 60
+    retry_backoff = RETRY_BACKOFF
+    retry_backoff_max = RETRY_BACKOFF_MAX
     retry_jitter = True
-    max_retries = 30  # about half an hour of a dependency being down
+    # The retry span is bounded (registry/limits.py) so that it, plus the visibility
+    # timeout, makes the redelivery window a registration's token answer is limited
+    # to; a stuck run is interrupted (soft) then killed (hard) before the broker could
+    # hand its message to a second worker. Prefork pool only (Celery's limits).
+    max_retries = MAX_RETRIES
     soft_time_limit = _SOFT_LIMIT
     time_limit = _HARD_LIMIT
 
@@ -173,6 +164,13 @@ class RegistryTask(Task):
             result = refused.as_result()
             log_refusal(self.name, result, _workspace_of(message, payload))
             return result
+        except Exception as exc:
+            # An exception's message reaches logs, task events and the result backend:
+            # one quoting a token is replaced (CONTRACT §4.1 step 8; registry/redaction.py).
+            clean = redacted_exception(exc)
+            if clean is exc:
+                raise
+            raise clean from None
 
 
 class PeriodicTask(RegistryTask):

@@ -25,7 +25,7 @@ from molecule_registry_client.names import (
 )
 from registry.config import get_settings
 from registry.sweeps.containers import open_container_backend
-from registry.sweeps.hibernation import sweep_hibernation
+from registry.sweeps.hibernation import deadline_for, sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 from registry.sweeps.provisioning import sweep_provisioning
 from tasks.base import PeriodicTask, periodic_task
@@ -55,8 +55,10 @@ def sweep_provisioning_task(self: PeriodicTask) -> dict[str, Any]:
     sweep="hibernation",
 )
 def sweep_hibernation_task(self: PeriodicTask) -> dict[str, Any]:
-    with open_container_backend(get_settings()) as backend:
-        return sweep_hibernation(backend)
+    settings = get_settings()
+    with open_container_backend(settings) as backend:
+        # The deadline follows HIBERNATION_SWEEP_INTERVAL (not a fixed 60 s).
+        return sweep_hibernation(backend, deadline_seconds=deadline_for(settings))
 
 
 @periodic_task(

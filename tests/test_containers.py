@@ -6,6 +6,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -357,3 +358,23 @@ def test_fake_containers_knobs() -> None:
     fake.remove_volume(name.removeprefix("ws-"))
     assert fake.removed_volumes == [f"{name}-data"]
     assert fake.calls_to("stop") == [running, running]
+
+
+def test_backend_docker_honours_tls_settings(tmp_path: Path) -> None:
+    # As the docker CLI does: DOCKER_TLS_VERIFY / DOCKER_CERT_PATH make it verified TLS.
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("not a real certificate; the client only loads paths\n")
+    env = {
+        "DOCKER_HOST": "tcp://10.0.0.5:2376",
+        "DOCKER_TLS_VERIFY": "1",
+        "DOCKER_CERT_PATH": str(tmp_path),
+    }
+    backend = container_backend(Settings(container_backend="docker"), environ=env)
+    assert isinstance(backend, DockerContainers)
+    client = backend._docker()  # created lazily; no request is made here
+    try:
+        assert client.api.base_url == "https://10.0.0.5:2376"
+        assert client.api.verify == str(tmp_path / "ca.pem")
+        assert client.api.cert == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    finally:
+        backend.close()

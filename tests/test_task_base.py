@@ -15,7 +15,8 @@ from molecule_registry_client.names import (
     SWEEP_QUEUE,
 )
 from registry.config import get_settings, load
-from tasks.base import DECLARATIONS, TRANSIENT_ERRORS, PeriodicTask, RegistryTask, time_limits
+from registry.limits import task_time_limits
+from tasks.base import DECLARATIONS, TRANSIENT_ERRORS, PeriodicTask, RegistryTask
 from tasks.schedule import beat_schedule, route
 
 SECRET = "plaintext-token-that-must-never-be-logged-0123456789"
@@ -86,22 +87,14 @@ def test_a_periodic_task_is_timed_as_a_task_and_as_a_sweep_and_never_retried(app
 
 
 def test_every_task_retries_only_transient_errors_within_its_time_limits(app):
-    soft, hard = time_limits(get_settings())
-    assert soft < hard <= max(30, get_settings().celery_visibility_timeout // 2)
+    soft, hard = task_time_limits(get_settings())
+    assert soft < hard < get_settings().celery_visibility_timeout
     for name in DECLARATIONS:
         task = app.tasks[name]
         assert isinstance(task, RegistryTask)
         assert (task.soft_time_limit, task.time_limit) == (soft, hard)
         if not isinstance(task, PeriodicTask):
             assert tuple(task.autoretry_for) == TRANSIENT_ERRORS
-
-
-@pytest.mark.parametrize(
-    ("visibility", "limits"),
-    [("300", (110, 120)), ("240", (110, 120)), ("1000", (110, 120)), ("5", (20, 30))],
-)
-def test_time_limits_follow_the_visibility_timeout(visibility, limits):
-    assert time_limits(load({"CELERY_VISIBILITY_TIMEOUT": visibility})) == limits
 
 
 def test_routes_and_schedule_come_from_the_declarations():

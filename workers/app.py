@@ -9,10 +9,15 @@ from celery.signals import worker_process_init
 
 from molecule_registry_client.names import QUEUE_NAMES
 from registry.db import reset_connections
+from registry.redaction import install_log_redaction
+
+# CONTRACT §4.1 step 8: no plaintext token in any log line or task event of a worker,
+# beat or pool process (registry/redaction.py; the events class redacts task events).
+install_log_redaction()
 
 __all__ = ["QUEUE_NAMES", "app"]
 
-app = Celery("molecule_registry")
+app = Celery("molecule_registry", events="registry.redaction:RedactingEvents")
 app.config_from_object("celeryconfig")
 
 

@@ -77,6 +77,12 @@ def _parse_mix(_ctx: click.Context, param: click.Parameter, value: str | None) -
     help="Also write the closing summary as JSON to this file.",
 )
 @click.option("--seed", type=int, help="Seed of the behaviours' randomness (repeatable runs).")
+@click.option(
+    "--allow-any-database",
+    is_flag=True,
+    help="Run even if DATABASE_URL is not a demo database (name ending in _demo, or one "
+    "the demo created). The demo fails real provisioning workspaces within seconds.",
+)
 def demo(
     fleet: int,
     duration: float,
@@ -87,6 +93,7 @@ def demo(
     metrics_port: int,
     summary_json: Path | None,
     seed: int | None,
+    allow_any_database: bool,
 ) -> None:
     """Run worker, beat and liveness listener with a simulated fleet, and watch it.
 
@@ -107,6 +114,7 @@ def demo(
         concurrency=concurrency,
         summary_json=summary_json,
         seed=seed,
+        allow_any_database=allow_any_database,
     )
     try:
         code = run_demo(options, out=click.echo)

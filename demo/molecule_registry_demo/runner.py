@@ -42,6 +42,11 @@ from typing import Any
 
 from molecule_registry_client import RegistryClient, RegistryError, safe_url
 from molecule_registry_client.names import QUEUE_NAMES
+from molecule_registry_demo.dbguard import (
+    NotADemoDatabase,
+    check_demo_database,
+    mark_as_demo_database,
+)
 from molecule_registry_demo.simulator import DEFAULT_MIX, Behaviour, Fleet, Timings, allocate
 from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
 from molecule_registry_demo.simulator.fleet import retire_earlier_fleets
@@ -107,6 +112,8 @@ class DemoOptions:
     concurrency: int = 2
     summary_json: Path | None = None
     seed: int | None = None
+    # Run even against a database not recognised as a demo database (dbguard.py).
+    allow_any_database: bool = False
 
 
 def check_services(settings: Settings) -> None:
@@ -273,7 +280,16 @@ class Demo:
 
     def run(self) -> int:
         check_services(self.settings)
+        # Before anything is written: never the demo's fake timings on a real registry.
+        try:
+            creates = check_demo_database(
+                self.settings.database_url, allow_any=self.options.allow_any_database
+            )
+        except NotADemoDatabase as exc:
+            raise DemoError(str(exc)) from None
         self._migrate()
+        if creates:
+            mark_as_demo_database(self.settings.database_url)
         retired = retire_earlier_fleets(_engine(self.settings))
         if retired:
             self.out(f"removed {retired} simulated workspace(s) left by earlier demo runs")

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, text
 
 from molecule_registry_client import safe_url
 from registry.config import get_settings
+from registry.redaction import install_log_redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
     """molecule-registry: the workspace registry of the agent platform."""
+    install_log_redaction()  # CONTRACT §4.1 step 8: no token in any log line
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,7 +4,7 @@ Both are safe to run twice. A create without an `id` derives one from the messag
 task id, so a redelivered create finds the row it made instead of making a second
 workspace; a create whose row already exists with the same name and runtime answers
 `created` again (with the same token, for an external workspace created by this
-same message), and one that collides with a different workspace is rejected.
+same message: same task id and same payload, within the redelivery window), and one that collides with a different workspace is rejected.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from uuid import UUID
 
 from sqlalchemy import text
 
+from registry import metrics
 from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
-from registry.ingestion.tokens import derive_token, issue_token, revoke_tokens, token_state
+from registry.ingestion.tokens import (
+    Message,
+    derive_token,
+    issue_token,
+    revoke_tokens,
+    token_state,
+)
 from registry.liveness.keys import clear_workspace_keys
 from registry.outcomes import Rejected
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
@@ -76,7 +83,7 @@ def create_workspace(
         "workspace_status": str(status),
     }
     if external:
-        result["auth_token"] = issue_token(uow.conn, ws, task_id)
+        result["auth_token"] = issue_token(uow.conn, ws, Message.of(task_id, payload))
         record_event_on_commit(
             uow,
             EventType.WORKSPACE_AWAITING_AGENT,
@@ -99,8 +106,11 @@ def _existing_create(
         "workspace_id": str(ws),
         "workspace_status": row.status,
     }
-    if task_id and token_state(uow.conn, ws, None, task_id).issued_by_this_message:
-        result["auth_token"] = derive_token(ws, task_id)
+    # Only the same message again (task id and payload, within the redelivery window)
+    # gets the token back; a task id alone is not a credential (CONTRACT §4.1 step 7).
+    message = Message.of(task_id, payload)
+    if message is not None and token_state(uow.conn, ws, None, message).issued_by_this_message:
+        result["auth_token"] = derive_token(ws, message)
     return result
 
 
@@ -126,6 +136,9 @@ def remove_workspace(uow: UnitOfWork, payload: RemoveWorkspacePayload) -> dict[s
         # Already removed: no second event. The keys are cleared again below, so a
         # removal retried because Redis failed after its commit leaves none behind.
     else:
+        previous = str(row.previous_status)
+        # Counted once committed: a rolled-back removal changed nothing.
+        uow.after_commit(lambda: metrics.record_transition(previous, Status.REMOVED))
         revoke_tokens(uow.conn, ws)
         record_event_on_commit(
             uow, EventType.WORKSPACE_REMOVED, ws, {"previous_status": row.previous_status}

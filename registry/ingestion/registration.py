@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from sqlalchemy import Row, text
 
+from registry import metrics
 from registry.config import get_settings
 from registry.ingestion.payloads import RegisterPayload, UpdateCardPayload
 from registry.ingestion.tokens import (
     UNAUTHORIZED_ERROR,
+    Message,
     TokenState,
     derive_token,
     is_authorized,
@@ -23,6 +28,7 @@ from registry.ingestion.urlguard import (
     check_agent_url,
     check_scheme,
     saas_mode,
+    system_resolver,
 )
 from registry.jsontext import dumps
 from registry.liveness.keys import cache_urls, set_liveness
@@ -37,6 +43,39 @@ PROVISIONER_URL_PREFIX = "http://127.0.0.1"
 _LOCK_ROW = text(
     "SELECT id, status, runtime, delivery_mode FROM workspaces WHERE id = :id FOR UPDATE"
 )
+# The same read without the lock: what the checks that may wait on DNS need.
+_READ_ROW = text("SELECT id, status, runtime, delivery_mode FROM workspaces WHERE id = :id")
+
+_dns_pool: tuple[int, ThreadPoolExecutor] | None = None
+DNS_THREADS = 8
+
+
+def _dns_executor() -> ThreadPoolExecutor:
+    # One pool per process: a forked pool process must not inherit the parent's threads.
+    global _dns_pool  # noqa: PLW0603 - a per-process cache
+    if _dns_pool is None or _dns_pool[0] != os.getpid():
+        _dns_pool = (os.getpid(), ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="dns"))
+    return _dns_pool[1]
+
+
+def bounded_resolver(resolver: Resolver | None, timeout: float) -> Resolver:
+    """`resolver` (default: the system's) giving up after `timeout` seconds.
+
+    getaddrinfo has no timeout of its own and a hostile name server can stall it for
+    as long as it likes; the lookup runs on a small thread pool and a late answer is
+    a `TimeoutError` (an OSError: the URL guard refuses the name as unresolvable).
+    """
+    lookup = resolver or system_resolver
+
+    def resolve(host: str) -> list[str]:
+        future = _dns_executor().submit(lookup, host)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout:g} s") from None
+
+    return resolve
 
 
 def resolve_delivery_mode(requested: str, stored: str | None, runtime: str | None) -> str:
@@ -50,17 +89,31 @@ def resolve_delivery_mode(requested: str, stored: str | None, runtime: str | Non
     return "push"
 
 
+def check_dialable_url(url: str, resolver: Resolver | None, *, field: str = "url") -> None:
+    """The URL guard (CONTRACT §6) with a bounded DNS lookup; Rejected names the rule."""
+    settings = get_settings()
+    try:
+        check_agent_url(
+            url,
+            saas=saas_mode(settings.deploy_mode, settings.org_id),
+            resolver=bounded_resolver(resolver, settings.dns_timeout_seconds),
+        )
+    except UnsafeURL as exc:  # its message names the field ("url: ...") and the range
+        message = str(exc)
+        if field != "url":
+            message = field + message.removeprefix("url")
+        raise Rejected(message) from None
+
+
 def check_url_for_mode(url: str, mode: str, resolver: Resolver | None) -> None:
     """In push mode the platform dials the agent, so the URL must be safe to dial."""
     if mode == "push" and not url:
         raise Rejected("url: is required in push delivery mode")
+    if mode == "push":
+        check_dialable_url(url, resolver)
+        return
     try:
-        if mode == "push":
-            settings = get_settings()
-            check_agent_url(
-                url, saas=saas_mode(settings.deploy_mode, settings.org_id), resolver=resolver
-            )
-        elif url:
+        if url:
             # Never dialled, so never resolved; but other services show and link the
             # stored URL, so a non-empty one must still be http(s).
             check_scheme(url)
@@ -76,6 +129,26 @@ def authorize(state: TokenState, presented: str | None, *, allow_redelivery: boo
         raise Unauthorized(UNAUTHORIZED_ERROR)
 
 
+def _admit(
+    uow: UnitOfWork,
+    payload: RegisterPayload,
+    row: Row[Any] | None,
+    message: Message | None,
+    state: TokenState | None = None,
+) -> str:
+    """The hijack guard and the removed-row rule; the delivery mode to apply."""
+    if state is None:
+        state = token_state(uow.conn, payload.id, payload.auth_token, message)
+    authorize(state, payload.auth_token, allow_redelivery=True)
+    if row is not None and row.status == Status.REMOVED:
+        raise Rejected("id: workspace was removed")
+    return resolve_delivery_mode(
+        payload.delivery_mode,
+        row.delivery_mode if row else None,
+        row.runtime if row else None,
+    )
+
+
 def register(
     uow: UnitOfWork,
     payload: RegisterPayload,
@@ -84,18 +157,21 @@ def register(
     resolver: Resolver | None = None,
 ) -> dict[str, Any]:
     ws = payload.id
-    row: Row[Any] | None = uow.conn.execute(_LOCK_ROW, {"id": ws}).first()
-    state = token_state(uow.conn, ws, payload.auth_token, task_id)
-    authorize(state, payload.auth_token, allow_redelivery=True)
-    if row is not None and row.status == Status.REMOVED:
-        raise Rejected("id: workspace was removed")
-
-    mode = resolve_delivery_mode(
-        payload.delivery_mode,
-        row.delivery_mode if row else None,
-        row.runtime if row else None,
-    )
+    message = Message.of(task_id, payload)
+    # Every check that may wait on DNS runs before the row lock (CONTRACT §4.1 step 3 is
+    # a network call): a slow or hostile name server must not stall this workspace's
+    # heartbeats. Auth first, so no lookup is made for an unauthenticated message.
+    unlocked = uow.conn.execute(_READ_ROW, {"id": ws}).first()
+    mode = _admit(uow, payload, unlocked, message)
     check_url_for_mode(payload.url, mode, resolver)
+
+    # Under the lock, the authoritative checks again (a token may have been issued, or
+    # the row created or removed, meanwhile). Only a changed delivery mode would need
+    # another lookup: retried rather than resolved under the lock.
+    row: Row[Any] | None = uow.conn.execute(_LOCK_ROW, {"id": ws}).first()
+    state = token_state(uow.conn, ws, payload.auth_token, message)
+    if _admit(uow, payload, row, message, state) != mode:
+        raise ConcurrentRegistration(f"{ws}: delivery mode changed during the URL check")
     agent_url = payload.url or None
 
     if row is None:
@@ -146,6 +222,10 @@ def register(
             },
         ).scalar_one()
 
+    if row is not None and row.status != Status.ONLINE:
+        previous = str(row.status)
+        # Counted once committed: a rolled-back registration changed nothing.
+        uow.after_commit(lambda: metrics.record_transition(previous, Status.ONLINE))
     ttl = get_settings().liveness_ttl_seconds
     uow.on_commit(lambda pipe: set_liveness(pipe, ws, ttl))
     uow.on_commit(lambda pipe: cache_urls(pipe, ws, effective_url, agent_url))
@@ -163,22 +243,36 @@ def register(
     }
     if state.matched_id is not None:
         touch_tokens(uow.conn, [state.matched_id])
-    elif task_id and state.issued_by_this_message:
-        result["auth_token"] = derive_token(ws, task_id)
+    elif message is not None and state.issued_by_this_message:
+        result["auth_token"] = derive_token(ws, message)
     elif not state.has_live:
-        result["auth_token"] = issue_token(uow.conn, ws, task_id)
+        result["auth_token"] = issue_token(uow.conn, ws, message)
     return result
 
 
-def update_card(uow: UnitOfWork, payload: UpdateCardPayload) -> dict[str, Any]:
+def card_url(card: dict[str, Any]) -> str | None:
+    """The URL a card advertises (others dial it), or None when it has none."""
+    url = card.get("url")
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise Rejected("agent_card.url: must be a string")
+    return url
+
+
+def update_card(
+    uow: UnitOfWork, payload: UpdateCardPayload, *, resolver: Resolver | None = None
+) -> dict[str, Any]:
     ws = payload.workspace_id
+    url = card_url(payload.agent_card)
+    if url is not None:
+        # CONTRACT §4.3: the platform and other agents dial what a card advertises, so
+        # its url meets the push-URL guard. Authorised first (no lookup for strangers),
+        # and checked before the row lock, like a registration's URL.
+        _card_admit(uow, payload, uow.conn.execute(_READ_ROW, {"id": ws}).first())
+        check_dialable_url(url, resolver, field="agent_card.url")
     row = uow.conn.execute(_LOCK_ROW, {"id": ws}).first()
-    if row is None:
-        raise Rejected("workspace_id: unknown workspace")
-    state = token_state(uow.conn, ws, payload.auth_token, None)
-    authorize(state, payload.auth_token, allow_redelivery=False)
-    if row.status == Status.REMOVED:
-        raise Rejected("workspace_id: workspace was removed")
+    state = _card_admit(uow, payload, row)
     uow.conn.execute(
         text(
             "UPDATE workspaces SET agent_card = CAST(:card AS jsonb), updated_at = now() "
@@ -192,6 +286,17 @@ def update_card(uow: UnitOfWork, payload: UpdateCardPayload) -> dict[str, Any]:
         uow, EventType.AGENT_CARD_UPDATED, ws, {"agent_card": payload.agent_card}
     )
     return {"status": "updated", "workspace_id": str(ws)}
+
+
+def _card_admit(uow: UnitOfWork, payload: UpdateCardPayload, row: Row[Any] | None) -> TokenState:
+    ws = payload.workspace_id
+    if row is None:
+        raise Rejected("workspace_id: unknown workspace")
+    state = token_state(uow.conn, ws, payload.auth_token, None)
+    authorize(state, payload.auth_token, allow_redelivery=False)
+    if row.status == Status.REMOVED:
+        raise Rejected("workspace_id: workspace was removed")
+    return state
 
 
 class ConcurrentRegistration(Exception):

@@ -2,10 +2,16 @@
 
 Plaintext tokens are 32 bytes, URL-safe base64 without padding; only their SHA-256
 and an 8-character prefix are stored. A token issued while handling a message is
-derived from that message's task id with a per-installation secret (HMAC-SHA256),
-so a registration redelivered after its commit can answer with the same token
-without the plaintext ever being stored (CONTRACT §4.1 step 7). Without a task id the
-token is plain random bytes.
+derived from that message (its task id and a digest of its payload) with a
+per-installation secret (HMAC-SHA256), so a registration redelivered after its commit
+can answer with the same token without the plaintext ever being stored (CONTRACT §4.1
+step 7). Without a task id the token is plain random bytes.
+
+A task id is not a secret (worker logs and monitoring tools show it), so "the same
+message" means the same task id AND the same payload, arriving within the redelivery
+window (registry.limits): the token row's `issue_key` is a hash of both, and only a
+row issued within the window counts. Any other message under that task id is a
+registration without a token like any other: unauthorized.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 from uuid import UUID
 
+from pydantic import BaseModel
 from sqlalchemy import Connection, text
 
 from registry.config import get_settings
+from registry.limits import redelivery_window_seconds
 
 TOKEN_BYTES = 32
 PREFIX_LENGTH = 8
@@ -37,8 +47,27 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_key_for(task_id: str) -> str:
-    return hashlib.sha256(f"task:{task_id}".encode()).hexdigest()
+def payload_digest(payload: BaseModel | dict[str, Any]) -> str:
+    """SHA-256 of the payload's canonical JSON (sorted keys, validated values)."""
+    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Message:
+    """What identifies one message for the redelivery answer: task id and payload."""
+
+    task_id: str
+    digest: str
+
+    @classmethod
+    def of(cls, task_id: str | None, payload: BaseModel) -> Message | None:
+        return cls(task_id, payload_digest(payload)) if task_id else None
+
+    @property
+    def issue_key(self) -> str:
+        return hashlib.sha256(f"task:{self.task_id}:payload:{self.digest}".encode()).hexdigest()
 
 
 @lru_cache(maxsize=4)
@@ -59,15 +88,15 @@ def token_secret() -> bytes:
     return _secret_for(settings.database_url, settings.token_secret)
 
 
-def derive_token(workspace_id: UUID, task_id: str) -> str:
-    digest = hmac.new(token_secret(), f"{workspace_id}:{task_id}".encode(), hashlib.sha256)
-    return _b64(digest.digest())
+def derive_token(workspace_id: UUID, message: Message) -> str:
+    material = f"{workspace_id}:{message.task_id}:{message.digest}".encode()
+    return _b64(hmac.new(token_secret(), material, hashlib.sha256).digest())
 
 
-def new_token(workspace_id: UUID, task_id: str | None) -> str:
-    return (
-        derive_token(workspace_id, task_id) if task_id else _b64(secrets.token_bytes(TOKEN_BYTES))
-    )
+def new_token(workspace_id: UUID, message: Message | None) -> str:
+    if message is None:
+        return _b64(secrets.token_bytes(TOKEN_BYTES))
+    return derive_token(workspace_id, message)
 
 
 @dataclass(frozen=True)
@@ -76,28 +105,32 @@ class TokenState:
 
     has_live: bool
     matched_id: UUID | None  # the live token the presented plaintext matches
-    issued_by_this_message: bool  # a live token was issued by this same task id
+    # A live token was issued by this same message (task id and payload) within the
+    # redelivery window: the message is being redelivered or retried.
+    issued_by_this_message: bool
 
 
 def token_state(
-    conn: Connection, workspace_id: UUID, presented: str | None, task_id: str | None
+    conn: Connection, workspace_id: UUID, presented: str | None, message: Message | None
 ) -> TokenState:
     rows = conn.execute(
         text(
-            "SELECT id, token_hash, issue_key FROM workspace_auth_tokens "
-            "WHERE workspace_id = :ws AND revoked_at IS NULL"
+            "SELECT id, token_hash, issue_key, "
+            "       created_at > now() - make_interval(secs => :window) AS in_window "
+            "FROM workspace_auth_tokens WHERE workspace_id = :ws AND revoked_at IS NULL"
         ),
-        {"ws": workspace_id},
+        {"ws": workspace_id, "window": redelivery_window_seconds(get_settings())},
     ).all()
     wanted = hash_token(presented) if presented else None
-    key = issue_key_for(task_id) if task_id else None
+    key = message.issue_key if message else None
     matched = next(
         (r.id for r in rows if wanted and hmac.compare_digest(r.token_hash, wanted)), None
     )
     return TokenState(
         has_live=bool(rows),
         matched_id=matched,
-        issued_by_this_message=key is not None and any(r.issue_key == key for r in rows),
+        issued_by_this_message=key is not None
+        and any(r.in_window and r.issue_key == key for r in rows),
     )
 
 
@@ -113,8 +146,8 @@ def is_authorized(has_live: bool, matched_id: UUID | None) -> bool:
     return not has_live or matched_id is not None
 
 
-def issue_token(conn: Connection, workspace_id: UUID, task_id: str | None) -> str:
-    token = new_token(workspace_id, task_id)
+def issue_token(conn: Connection, workspace_id: UUID, message: Message | None) -> str:
+    token = new_token(workspace_id, message)
     conn.execute(
         text(
             "INSERT INTO workspace_auth_tokens (workspace_id, token_hash, prefix, issue_key) "
@@ -124,7 +157,7 @@ def issue_token(conn: Connection, workspace_id: UUID, task_id: str | None) -> st
             "ws": workspace_id,
             "hash": hash_token(token),
             "prefix": token[:PREFIX_LENGTH],
-            "key": issue_key_for(task_id) if task_id else None,
+            "key": message.issue_key if message else None,
         },
     )
     return token

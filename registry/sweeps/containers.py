@@ -143,8 +143,13 @@ class DockerContainers:
         *,
         version: str = DEFAULT_API_VERSION,
         timeout: int = DEFAULT_TIMEOUT_SECONDS,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url
+        # Given an environment, the client is configured as the docker CLI is: DOCKER_HOST,
+        # DOCKER_TLS_VERIFY and DOCKER_CERT_PATH (a remote engine over verified TLS, not
+        # in clear text); base_url is then only what DOCKER_HOST said, for display.
+        self.environment = dict(environment) if environment is not None else None
         self.version = version
         self.timeout = timeout
         self._client: docker.DockerClient | None = None
@@ -154,10 +159,16 @@ class DockerContainers:
         with self._lock:
             if self._client is None:
                 try:
-                    # base_url None → the SDK default (the local Unix socket).
-                    self._client = docker.DockerClient(
-                        base_url=self.base_url, version=self.version, timeout=self.timeout
-                    )
+                    if self.environment is not None:
+                        self._client = docker.DockerClient.from_env(
+                            version=self.version,
+                            timeout=self.timeout,
+                            environment=self.environment,
+                        )
+                    else:  # base_url None → the SDK default (the local Unix socket)
+                        self._client = docker.DockerClient(
+                            base_url=self.base_url, version=self.version, timeout=self.timeout
+                        )
                 except (docker.errors.DockerException, requests.RequestException) as exc:
                     raise ContainerError(f"cannot create a Docker client: {exc}") from exc
             return self._client
@@ -272,14 +283,15 @@ def container_backend(
 ) -> DockerContainers | None:
     """The configured backend: None for `none` (default) or an unknown value.
 
-    `docker` talks to `DOCKER_HOST` if set, else the SDK default (the local socket).
+    `docker` talks to `DOCKER_HOST` if set, else the SDK default (the local socket), and
+    honours `DOCKER_TLS_VERIFY` / `DOCKER_CERT_PATH` as the docker CLI does.
     An unknown value disables the container sweeps with a warning (once) rather than
     crashing the worker, like every other invalid option (see registry.config).
     """
     env = os.environ if environ is None else environ
     backend = settings.container_backend.strip().lower() or "none"
     if backend == "docker":
-        return DockerContainers(base_url=env.get("DOCKER_HOST") or None)
+        return DockerContainers(base_url=env.get("DOCKER_HOST") or None, environment=env)
     if backend not in _KNOWN_BACKENDS and backend not in _warned_backends:
         _warned_backends.add(backend)
         log.warning(

@@ -14,12 +14,20 @@ Two passes; an error in one never stops the other.
   (plus the heartbeat queue's measured lag) → `awaiting_agent`, reason
   `heartbeat_stale`, keys cleared, unless `removed`, `provisioning` or `paused`. An
   automatic path: it pauses while self-preservation is active.
+
+Bounded (docs/SECURITY.md "Bounded work"): one health sweep runs at a time in the
+whole cluster (an advisory lock; a second one started meanwhile reports `skipped`),
+and the container pass stops at a deadline below the sweep interval. So that a fleet
+too big for one deadline is still covered, each sweep's container pass starts at a
+random point of the id space and wraps around.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +41,7 @@ from registry.db import get_engine
 from registry.liveness.selfpreservation import HEARTBEAT_STALE, evaluate_now
 from registry.liveness.transitions import Unreachable, mark_unreachable
 from registry.statuses import EXTERNAL_RUNTIME, Status
+from registry.sweeps.clusterlock import cluster_lock
 from registry.sweeps.containers import ContainerChecker, ContainerError
 from registry.uow import UnitOfWork, unit_of_work
 
@@ -49,6 +58,13 @@ CHECK_THREADS = 8
 
 _announced_disabled = False
 
+# pg_try_advisory_lock key for "a health sweep is running" (ASCII "molhealt").
+HEALTH_LOCK_KEY = 0x6D6F6C6865616C74
+# The container pass stops at this share of the sweep interval (beat's `expires` is 0.9).
+DEADLINE_SHARE = 0.8
+_MAX_UUID = UUID(int=(1 << 128) - 1)
+_NOT_ASKED = object()  # a candidate the deadline left for the next sweep
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -62,21 +78,25 @@ class ContainerPass:
     gone: int = 0
     errors: int = 0
     changed: list[Unreachable] = field(default_factory=list)
+    deadline_exceeded: bool = False
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        report = {
             "checked": self.checked,
             "gone": self.gone,
             "errors": self.errors,
             "changed": len(self.changed),
         }
+        if self.deadline_exceeded:  # only then: the usual report stays as it was
+            report["deadline_exceeded"] = 1
+        return report
 
 
 _CONTAINER_CANDIDATES = text(
     f"""
     SELECT id, status_changed_at FROM workspaces
     WHERE status IN ('online', 'degraded') AND runtime <> '{EXTERNAL_RUNTIME}'
-      AND id > :after
+      AND id > :after AND id <= :until
     ORDER BY id
     LIMIT :limit
     """
@@ -89,18 +109,25 @@ _GONE_SQL = (
 )
 
 
-def _candidate_batches(batch_size: int) -> Iterator[list[Candidate]]:
-    """Keyset pages by id; each read in its own short transaction (the checker is slow)."""
-    after = UUID(int=0)
-    while True:
-        with get_engine().connect() as conn:
-            rows = conn.execute(_CONTAINER_CANDIDATES, {"after": after, "limit": batch_size}).all()
-        if not rows:
-            return
-        yield [Candidate(r.id, r.status_changed_at) for r in rows]
-        if len(rows) < batch_size:
-            return
-        after = rows[-1].id
+def _candidate_batches(batch_size: int, start: UUID | None = None) -> Iterator[list[Candidate]]:
+    """Keyset pages by id from `start` to the end, then from the beginning up to `start`;
+    each read in its own short transaction (the checker is slow)."""
+    start = start or UUID(int=0)
+    # (The nil UUID itself is never a workspace id.)
+    legs = [(start, _MAX_UUID)] + ([(UUID(int=0), start)] if start.int else [])
+    for leg_start, until in legs:
+        after = leg_start
+        while True:
+            with get_engine().connect() as conn:
+                rows = conn.execute(
+                    _CONTAINER_CANDIDATES, {"after": after, "until": until, "limit": batch_size}
+                ).all()
+            if not rows:
+                break
+            yield [Candidate(r.id, r.status_changed_at) for r in rows]
+            if len(rows) < batch_size:
+                break
+            after = rows[-1].id
 
 
 def _is_running(checker: ContainerChecker, candidate: Candidate) -> bool | None:
@@ -114,19 +141,44 @@ def _is_running(checker: ContainerChecker, candidate: Candidate) -> bool | None:
     return None
 
 
-def sweep_containers(checker: ContainerChecker, *, batch_size: int = BATCH_SIZE) -> ContainerPass:
-    """Ask the checker about every live container-backed workspace; mark the gone ones."""
+def sweep_containers(
+    checker: ContainerChecker,
+    *,
+    batch_size: int = BATCH_SIZE,
+    deadline: Callable[[], bool] | None = None,
+    start: UUID | None = None,
+) -> ContainerPass:
+    """Ask the checker about every live container-backed workspace; mark the gone ones.
+
+    `deadline()` turning true stops the pass between batches (`deadline_exceeded`).
+    """
     result = ContainerPass()
+
+    def ask(candidate: Candidate) -> bool | object | None:
+        # Past the deadline nobody more is asked (an answer in flight is awaited: the
+        # engine client's own timeout bounds it).
+        if deadline is not None and deadline():
+            return _NOT_ASKED
+        return _is_running(checker, candidate)
+
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        for batch in _candidate_batches(batch_size):
-            answers = list(pool.map(lambda c: _is_running(checker, c), batch))
-            gone = [c for c, running in zip(batch, answers, strict=True) if running is False]
-            result.checked += len(batch)
-            result.errors += sum(1 for running in answers if running is None)
+        for batch in _candidate_batches(batch_size, start):
+            answered = [
+                (c, running)
+                for c, running in zip(batch, pool.map(ask, batch), strict=True)
+                if running is not _NOT_ASKED
+            ]
+            gone = [c for c, running in answered if running is False]
+            result.checked += len(answered)
+            result.errors += sum(1 for _, running in answered if running is None)
             result.gone += len(gone)
             if gone:
                 with unit_of_work() as uow:
                     result.changed += mark_gone(uow, gone)
+            if len(answered) < len(batch):
+                result.deadline_exceeded = True
+                log.warning("health: container pass stopped at its deadline; the next one goes on")
+                break
     for change in result.changed:
         log.warning(
             "health: workspace %s %s -> offline (container not running)",
@@ -200,8 +252,25 @@ def sweep_remote_agents(settings: Settings, *, batch_size: int = BATCH_SIZE) -> 
     return {"changed": len(changed), "more": len(changed) == batch_size}
 
 
-def sweep_health(settings: Settings, checker: ContainerChecker | None) -> dict[str, Any]:
-    """Both passes; `checker` None (CONTAINER_BACKEND=none) skips the container pass."""
+def sweep_health(
+    settings: Settings,
+    checker: ContainerChecker | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Both passes, one sweep at a time cluster-wide; `checker` None skips the container pass."""
+    with cluster_lock(HEALTH_LOCK_KEY) as held:
+        if not held:
+            log.info("health sweep skipped: another one is running")
+            return {"status": "ok", "changed": 0, "skipped": "another health sweep is running"}
+        started = clock()
+        budget = settings.health_sweep_interval * DEADLINE_SHARE
+        return _sweep_health(settings, checker, lambda: clock() - started >= budget)
+
+
+def _sweep_health(
+    settings: Settings, checker: ContainerChecker | None, deadline: Callable[[], bool]
+) -> dict[str, Any]:
     global _announced_disabled  # noqa: PLW0603 - a once-per-process log flag
     containers: dict[str, Any] | str
     if checker is None:
@@ -211,7 +280,9 @@ def sweep_health(settings: Settings, checker: ContainerChecker | None) -> dict[s
             log.info("health: no container backend (CONTAINER_BACKEND=none); container pass off")
     else:
         try:
-            containers = sweep_containers(checker).as_dict()
+            containers = sweep_containers(
+                checker, deadline=deadline, start=uuid.UUID(int=uuid.uuid4().int)
+            ).as_dict()
         except Exception:
             log.exception("health: container pass failed; the remote-agent pass still runs")
             containers = "error"

@@ -43,6 +43,7 @@ from uuid import UUID
 from sqlalchemy import Connection, Engine, text
 
 from registry import metrics
+from registry.config import Settings
 from registry.liveness.keys import clear_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
 from registry.sweeps.containers import ContainerError, ContainerStopper
@@ -52,6 +53,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 100
 DEFAULT_DEADLINE_SECONDS = 60.0  # half the default interval: one sweep never overlaps two
+
+
+def deadline_for(settings: Settings) -> float:
+    """Half of HIBERNATION_SWEEP_INTERVAL, so one sweep never overlaps the next."""
+    return settings.hibernation_sweep_interval / 2
+
+
 DEFAULT_STUCK_AFTER_SECONDS = 600
 
 # Idle for long enough, by the database's clock. Written over alias `w`; the first

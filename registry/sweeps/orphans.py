@@ -1,8 +1,9 @@
-"""Orphan containers (CONTRACT §5): stop containers no live workspace owns, free their volumes.
+"""Orphan containers (CONTRACT §5): stop containers no live workspace owns, free their volumes,
+and revoke the stale tokens of containers that are gone.
 
-Two independent passes over the containers named `ws-<12 chars of id>` (see
+Three independent passes over the containers named `ws-<12 chars of id>` (see
 registry.containers); each lists the containers itself and runs under its own
-guard, so an error in one never stops the other:
+guard, so an error in one never stops the others:
 
 1. `removed`: every container so named, labelled or not, whose prefix matches
    workspace rows that are all `removed` (a workspace deleted while its container
@@ -12,6 +13,18 @@ guard, so an error in one never stops the other:
    prefix matches no row at all (the database was wiped or restored from an old
    backup) → stop and remove the volume, same rule. Without the label a container
    the registry has no row for may be anyone's, so it is left alone.
+
+3. `stale_tokens`: a live token of a container-backed (non-`external`) workspace
+   that is not `removed` or `provisioning`, whose container does not exist (no
+   container, running or stopped, carries its `ws-<prefix>` name), and that has not
+   been used for 5 minutes (`COALESCE(last_used_at, created_at)`), is revoked: the
+   container that held it is gone, and a recreated container must be able to
+   bootstrap again (CONTRACT §4.1 step 1). One UPDATE revokes them, with every
+   condition (staleness included) inside it, so a token issued a moment ago by a
+   restart in progress is never revoked. A listing error skips the pass (no answer is
+   not "no containers"); an empty listing is a real answer. The pass reads every live
+   token of a container-backed workspace once per sweep, the same order of work as
+   the container listing it needs anyway.
 
 A prefix matching both a removed and a live row (two ids sharing 12 characters) is
 left alone: a live workspace's container is never touched on a guess.
@@ -40,8 +53,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from registry.db import get_engine
-from registry.statuses import Status
-from registry.sweeps.containers import ContainerError, ContainerReaper, ManagedContainer
+from registry.statuses import EXTERNAL_RUNTIME, Status
+from registry.sweeps.containers import (
+    ID_PREFIX_LENGTH,
+    ContainerError,
+    ContainerReaper,
+    ManagedContainer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +123,26 @@ class PassReport:
 
 
 @dataclass
+class TokenPassReport:
+    revoked: int = 0
+    error: str | None = None
+
+
+@dataclass
 class OrphanReport:
     removed: PassReport = field(default_factory=PassReport)
     unknown: PassReport = field(default_factory=PassReport)
+    stale_tokens: TokenPassReport = field(default_factory=TokenPassReport)
     ignored: int = 0
     deadline_exceeded: bool = False
 
     def result(self) -> dict[str, Any]:
         return {
             "status": "ok",
-            "changed": self.removed.stopped + self.unknown.stopped,
+            "changed": self.removed.stopped + self.unknown.stopped + self.stale_tokens.revoked,
             "removed": asdict(self.removed),
             "unknown": asdict(self.unknown),
+            "stale_tokens": asdict(self.stale_tokens),
             "ignored": self.ignored,
             "deadline_exceeded": self.deadline_exceeded,
         }
@@ -150,23 +176,50 @@ def _reap(reaper: ContainerReaper, container: ManagedContainer, report: PassRepo
     report.volumes_removed += 1
 
 
+class _Listings:
+    """The engine's listings, each asked once per sweep (its answer or its error reused):
+    the stale-token pass judges "container exists" on the same by-name listing as the
+    removed pass."""
+
+    def __init__(self, reaper: ContainerReaper) -> None:
+        self.reaper = reaper
+        self._answers: dict[str, list[ManagedContainer] | Exception] = {}
+
+    def _ask(self, key: str, call: Callable[[], list[ManagedContainer]]) -> list[ManagedContainer]:
+        if key not in self._answers:
+            try:
+                self._answers[key] = call()
+            except Exception as exc:
+                self._answers[key] = exc
+        answer = self._answers[key]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def by_name(self) -> list[ManagedContainer]:
+        return self._ask("by_name", self.reaper.list_workspace_containers)
+
+    def managed(self) -> list[ManagedContainer]:
+        return self._ask("managed", self.reaper.list_managed)
+
+
 @dataclass(frozen=True)
 class _Pass:
     name: str  # the OrphanReport field that tallies it
-    candidates: Callable[[ContainerReaper], list[ManagedContainer]]
+    candidates: Callable[[_Listings], list[ManagedContainer]]
     owned: Callable[[list[str] | None], bool]  # statuses matched by the prefix → orphan?
     why: str
 
 
 REMOVED_PASS = _Pass(
     "removed",
-    lambda reaper: reaper.list_workspace_containers(),  # by name: labelled or not
+    lambda listings: listings.by_name(),  # by name: labelled or not
     _owned_by_removed_rows,
     "its workspace was removed",
 )
 UNKNOWN_PASS = _Pass(
     "unknown",
-    lambda reaper: reaper.list_managed(),  # the label is what makes a rowless one ours
+    lambda listings: listings.managed(),  # the label is what makes a rowless one ours
     _owned_by_no_row,
     "no workspace row matches it: database wiped?",
 )
@@ -174,7 +227,7 @@ UNKNOWN_PASS = _Pass(
 
 def _run_pass(
     spec: _Pass,
-    reaper: ContainerReaper,
+    listings: _Listings,
     conn: Connection,
     report: OrphanReport,
     deadline: _Deadline,
@@ -186,7 +239,7 @@ def _run_pass(
             return
         ours: list[tuple[str, ManagedContainer]] = []
         ignored = 0
-        for container in spec.candidates(reaper):
+        for container in spec.candidates(listings):
             prefix = workspace_prefix(container)
             if prefix is None:
                 ignored += 1
@@ -202,10 +255,73 @@ def _run_pass(
                 report.deadline_exceeded = True
                 return
             log.warning("orphan sweep: stopping %s (%s)", container.name, spec.why)
-            _reap(reaper, container, tally)
+            _reap(listings.reaper, container, tally)
     except Exception as exc:  # one pass failing must never stop the other
         tally.error = f"{type(exc).__name__}: {exc}"
         log.exception("orphan sweep: the %r pass failed", spec.name)
+
+
+# Pass 3. Every condition is in the UPDATE itself: a token issued or used since the
+# listing (a restart in progress) is not stale, and a workspace that went back to
+# `provisioning` or was removed meanwhile is excluded, at the moment of revoking.
+STALE_TOKEN_SECONDS = 300
+_REVOKE_STALE_TOKENS = text(
+    f"""
+    UPDATE workspace_auth_tokens t SET revoked_at = now()
+    FROM workspaces w
+    WHERE t.workspace_id = w.id
+      AND t.revoked_at IS NULL
+      AND w.runtime <> '{EXTERNAL_RUNTIME}'
+      AND w.status NOT IN ('{Status.REMOVED}', '{Status.PROVISIONING}')
+      AND COALESCE(t.last_used_at, t.created_at) < now() - make_interval(secs => :stale_after)
+      AND NOT (left(w.id::text, {ID_PREFIX_LENGTH}) = ANY(CAST(:existing AS text[])))
+    RETURNING t.workspace_id, t.prefix
+    """
+)
+
+
+def revoke_stale_tokens(
+    conn: Connection, existing_prefixes: list[str], *, stale_after: float = STALE_TOKEN_SECONDS
+) -> list[tuple[str, str]]:
+    """Revoke the stale tokens of workspaces whose container is not among `existing_prefixes`.
+
+    Returns (workspace id, token display prefix) per revoked token.
+    """
+    for prefix in existing_prefixes:  # the last guard before a query
+        if not _WORKSPACE_PREFIX.match(prefix):
+            raise ValueError(f"refusing to query unsafe prefix {prefix!r}")
+    rows = conn.execute(
+        _REVOKE_STALE_TOKENS,
+        {"existing": sorted(set(existing_prefixes)), "stale_after": stale_after},
+    ).all()
+    return [(str(r.workspace_id), r.prefix) for r in rows]
+
+
+def _run_token_pass(
+    listings: _Listings, conn: Connection, report: OrphanReport, deadline: _Deadline
+) -> None:
+    tally = report.stale_tokens
+    try:
+        if deadline.passed():
+            report.deadline_exceeded = True
+            return
+        # Running or stopped: a stopped container (a hibernated workspace) still holds
+        # its token and will start again with it. A listing error raises: pass skipped.
+        existing = [
+            prefix for prefix in map(workspace_prefix, listings.by_name()) if prefix is not None
+        ]
+        revoked = revoke_stale_tokens(conn, existing)
+        tally.revoked = len(revoked)
+        for workspace_id, token_prefix in revoked:
+            log.warning(
+                "orphan sweep: revoked stale token %s… of workspace %s (its container is "
+                "gone; a recreated container can bootstrap again)",
+                token_prefix,
+                workspace_id,
+            )
+    except Exception as exc:  # one pass failing must never stop the others
+        tally.error = f"{type(exc).__name__}: {exc}"
+        log.exception("orphan sweep: the 'stale_tokens' pass failed; no token revoked")
 
 
 def sweep_orphans(
@@ -215,7 +331,7 @@ def sweep_orphans(
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Both passes, one sweep at a time cluster-wide, within the deadline."""
+    """The three passes, one sweep at a time cluster-wide, within the deadline."""
     if reaper is None:
         if not _disabled_logged:
             _disabled_logged.append(True)
@@ -236,8 +352,10 @@ def sweep_orphans(
             log.info("orphan sweep skipped: another one is running")
             return {"status": "ok", "changed": 0, "skipped": "another orphan sweep is running"}
         try:
+            listings = _Listings(reaper)
             for spec in (REMOVED_PASS, UNKNOWN_PASS):
-                _run_pass(spec, reaper, conn, report, deadline)
+                _run_pass(spec, listings, conn, report, deadline)
+            _run_token_pass(listings, conn, report, deadline)
         finally:
             try:
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
