@@ -8,9 +8,9 @@ the beat schedule below are built from those declarations (tasks/schedule.py).
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
-from molecule_registry_client.names import DEFAULT_QUEUE, QUEUE_NAMES
+from molecule_registry_client.names import DEFAULT_QUEUE, QUEUE_NAMES, queue_arguments
 from registry.config import get_settings
 from tasks import schedule as _schedule
 
@@ -27,8 +27,37 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-task_queues = [Queue(name, routing_key=name) for name in QUEUE_NAMES]
+
+def registry_queues(quorum: bool) -> list[Queue]:
+    """The registry's queues: durable classic ones, or RabbitMQ quorum queues.
+
+    Quorum queues (BROKER_QUEUE_TYPE=quorum with an AMQP broker) are replicated across
+    the RabbitMQ cluster, so a message survives the loss of a node. Each is bound to a
+    topic exchange of its own name: Celery's native delayed delivery (how a retry's
+    countdown works on quorum queues, which have no per-message TTL) cannot route
+    through direct exchanges. Producers publishing to the default exchange by queue
+    name (molecule_registry_client) are unaffected.
+    """
+    if not quorum:
+        return [Queue(name, routing_key=name) for name in QUEUE_NAMES]
+    return [
+        Queue(
+            name,
+            Exchange(name, type="topic", durable=True),
+            routing_key=name,
+            durable=True,
+            queue_arguments=queue_arguments("quorum"),
+        )
+        for name in QUEUE_NAMES
+    ]
+
+
+task_queues = registry_queues(_settings.quorum_queues)
 task_default_queue = DEFAULT_QUEUE
+task_default_queue_type = "quorum" if _settings.quorum_queues else "classic"
+# Quorum queues do not support global QoS: Celery detects them and uses a prefetch
+# limit per consumer instead (a worker then holds up to that many per queue).
+worker_detect_quorum_queues = True
 task_routes = (_schedule.route,)
 
 imports = _schedule.TASK_MODULES

@@ -60,6 +60,13 @@ def text(raw: str) -> str:
     return raw.strip()
 
 
+def queue_type(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("classic", "quorum"):
+        raise ValueError("must be `classic` or `quorum`")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     env: str
@@ -110,6 +117,13 @@ class Settings:
         "",
         "where task results go (kept 5 minutes; a producer reads its registration's token there)",
         shown="`REDIS_URL`",
+    )
+    broker_queue_type: str = _opt(
+        "BROKER_QUEUE_TYPE",
+        queue_type,
+        "classic",
+        "RabbitMQ only: `quorum` declares the registry queues as quorum queues (replicated "
+        "across the cluster's nodes); `classic` (the default) keeps durable classic queues",
     )
     celery_visibility_timeout: int = _opt(
         "CELERY_VISIBILITY_TIMEOUT",
@@ -263,6 +277,13 @@ class Settings:
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def quorum_queues(self) -> bool:
+        """Quorum queues are a RabbitMQ feature: asked for, and the broker is AMQP."""
+        return self.broker_queue_type == "quorum" and self.effective_broker_url.startswith(
+            ("amqp://", "amqps://", "pyamqp://")
+        )
 
     @property
     def effective_result_backend(self) -> str:

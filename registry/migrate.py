@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from registry.config import get_settings
@@ -61,3 +61,38 @@ def current_revision(database_url: str | None = None) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision the migrations directory holds."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+
+
+class SchemaNotAtHead(Exception):
+    """The database's schema is missing or older (or newer) than this code expects."""
+
+    def __init__(self, current: str | None, head: str | None) -> None:
+        self.current = current
+        self.head = head
+        if current is None:
+            what = "has no registry schema (never migrated)"
+        else:
+            what = f"is at schema revision {current}, not at head {head}"
+        super().__init__(f"the database {what}: run `molecule-registry migrate`")
+
+
+def check_schema(engine: Engine) -> str:
+    """The current revision when it is the head; raises SchemaNotAtHead otherwise.
+
+    Raises SQLAlchemy's OperationalError when the database cannot be reached.
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    head = head_revision()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        raise SchemaNotAtHead(current, head)
+    return current

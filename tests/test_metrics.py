@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -16,7 +18,12 @@ from prometheus_client import REGISTRY
 from molecule_registry_client import RegistryClient
 from registry import metrics
 from registry.config import load
-from workers.metrics import QueueLengthCollector, remove_stale_files, start_metrics_server
+from workers.metrics import (
+    QueueLengthCollector,
+    remove_abandoned_private_dirs,
+    remove_stale_files,
+    start_metrics_server,
+)
 
 
 def sample(name, **labels):
@@ -179,3 +186,97 @@ def _scrape_quietly(url):
         return scrape(url)
     except OSError:
         return {}
+
+
+def test_documented_prefork_worker_serves_pool_counters_without_extra_env(db, test_env, tmp_path):
+    """README's worker command, prefork, no PROMETHEUS_MULTIPROC_DIR: the worker arranges
+    a private multiprocess directory itself, serves the pool's counters, and removes the
+    directory at shutdown. (Only the port is chosen, so parallel runs do not collide.)"""
+    port = free_port()
+    with reserved_redis_pair() as (_, broker_url):
+        env = {
+            k: v
+            for k, v in {**os.environ, **test_env}.items()
+            if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+        }
+        env.update(
+            CELERY_BROKER_URL=broker_url,
+            CELERY_RESULT_BACKEND=broker_url,
+            METRICS_PORT=str(port),
+            METRICS_ADDR="127.0.0.1",
+            PYTHONUNBUFFERED="1",
+        )
+        log_path = tmp_path / "worker.log"
+        log = log_path.open("wb")
+        worker = subprocess.Popen(
+            ["celery", "-A", "workers.app", "worker",
+             "-Q", "registry,registry.heartbeats,registry.sweeps", "-l", "INFO"],
+            env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with RegistryClient(broker_url) as client:
+                ws = uuid.uuid4()
+                token = client.register(ws, {"name": "d"}, delivery_mode="poll", timeout=60)
+                for _ in range(4):
+                    client.heartbeat(ws, token)
+            ok = 'registry_heartbeats_total{outcome="ok"}'
+            moved = wait_for(lambda: _scrape_quietly(url).get(ok, 0) >= 3, timeout=30)
+            assert moved, log_path.read_text()[-3000:]
+            samples = scrape(url)
+            for queue in ("registry", "registry.heartbeats", "registry.sweeps"):
+                assert f'registry_queue_length{{queue="{queue}"}}' in samples
+            (private,) = Path(tempfile.gettempdir()).glob(
+                f"molecule-registry-metrics-{worker.pid}-*"
+            )
+            assert any(private.glob("counter_*.db"))
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+            log.close()
+        assert not private.exists()  # removed at shutdown
+        assert "prefork pool without" not in log_path.read_text()
+
+
+def test_abandoned_private_dirs_are_removed(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = tmp_path / f"molecule-registry-metrics-{int(finished.stdout)}-abc"
+    live = tmp_path / f"molecule-registry-metrics-{os.getpid()}-def"
+    other = tmp_path / "something-else-1"
+    for path in (dead, live, other):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"")
+    assert remove_abandoned_private_dirs(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def _exported_sample_names() -> set[str]:
+    """Every sample name the worker's endpoint can serve: our series and the queue gauge."""
+    names = {"registry_queue_length"}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    for family in REGISTRY.collect():
+        if family.name.startswith("registry_"):
+            names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def test_grafana_dashboard_names_only_exported_metrics():
+    import json
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    named = {name for expr in exprs for name in re.findall(r"\bregistry_[a-z_]+\b", expr)}
+    assert named, "the dashboard queries no registry metric"
+    exported = _exported_sample_names()
+    assert named <= exported, f"not exported: {sorted(named - exported)}"
+    # And it covers every series the registry defines.
+    families = {f.name for f in REGISTRY.collect() if f.name.startswith("registry_")}
+    assert {n for n in families if not any(n in name for name in named)} == set()

@@ -164,15 +164,17 @@ def _purge(broker_url: str) -> None:
             channel.queue_purge(queue)
 
 
-def _producer(broker_url: str) -> Celery:
+def _producer(broker_url: str, queue_type: str = "classic") -> Celery:
     """An app that sends to `broker_url` and reads results from the test run's backend.
 
     (Celery lets the CELERY_BROKER_URL variable win over `broker_url`, but not over
-    `broker_write_url`.)
+    `broker_write_url`.) It declares the queues as the workers do (`queue_type`).
     """
     app = Celery("redelivery-test-producer")
     app.config_from_object("celeryconfig")
     app.conf.broker_write_url = broker_url
+    app.conf.task_queues = celeryconfig.registry_queues(queue_type == "quorum")
+    app.conf.task_default_queue_type = queue_type
     return app
 
 
@@ -181,7 +183,11 @@ def _online_events(engine: Engine, ws: str) -> list[dict[str, Any]]:
 
 
 def _kill_a_worker_holding_messages(
-    engine: Engine, broker_url: str, test_env: dict[str, str], log_dir: Path
+    engine: Engine,
+    broker_url: str,
+    test_env: dict[str, str],
+    log_dir: Path,
+    queue_type: str = "classic",
 ) -> None:
     stalled = new_id()  # its row is locked by the test: the worker's tasks on it block
     stalled_token = register_now(stalled)["auth_token"]
@@ -192,10 +198,10 @@ def _kill_a_worker_holding_messages(
     fresh = [new_id() for _ in range(6)]  # first registrations
     events_before = len(recorded_events(engine))
 
-    env = process_env(test_env, CELERY_BROKER_URL=broker_url)
+    env = process_env(test_env, CELERY_BROKER_URL=broker_url, BROKER_QUEUE_TYPE=queue_type)
     argv = celery_worker_argv(concurrency=WORKER_CONCURRENCY)
     held = WORKER_CONCURRENCY * celeryconfig.worker_prefetch_multiplier
-    producer = _producer(broker_url)
+    producer = _producer(broker_url, queue_type)
     sent: dict[str, str] = {}
     lock = engine.connect()
     lock_tx = lock.begin()

@@ -27,5 +27,7 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     reset_connections()
 
 
-# Connects the signals that serve the Prometheus endpoint from `celery worker`.
-import workers.metrics  # noqa: E402, F401
+# Connect the signals of `celery worker`: the schema check at start, and the
+# Prometheus endpoint.
+import workers.metrics  # noqa: E402
+import workers.startup  # noqa: E402, F401

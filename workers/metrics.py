@@ -7,11 +7,14 @@ on METRICS_ADDR:METRICS_PORT (default 0.0.0.0:9808; METRICS_PORT=0 disables it).
 Pools:
 - `--pool threads` (or solo/gevent): one process records and serves; nothing to set.
 - prefork (Celery's default): tasks run in forked pool processes, so their counters
-  live there. Set PROMETHEUS_MULTIPROC_DIR to a directory of this worker's own
-  (before start; it must exist): every process writes its values there and the
-  endpoint sums them (prometheus_client multiprocess mode). Files of processes that
-  are gone are removed at start. Without it, the worker logs a warning at start and
-  the endpoint shows only the main process's (empty) counters.
+  live there, and prometheus_client's multiprocess mode sums them: every process
+  writes its values into one directory, the endpoint reads them all. Nothing to set:
+  at start (celeryd_init, before the pool forks) the worker creates a private
+  directory (`$TMPDIR/molecule-registry-metrics-<pid>-*`), points
+  PROMETHEUS_MULTIPROC_DIR at it and removes it at shutdown (and, at the next start,
+  any such directory a killed worker left). An operator who wants the directory
+  elsewhere sets PROMETHEUS_MULTIPROC_DIR (it is created if missing); files of
+  processes that are gone are removed from it at start.
 
 `registry_queue_length{queue}` is read from the broker at scrape time.
 """
@@ -22,6 +25,8 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from molecule_registry_client.names import QUEUE_NAMES
-from registry import metrics as _series  # noqa: F401  (the series must exist before a scrape)
+from registry import metrics as _series  # the series must exist before a scrape
 from registry.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +48,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (3, 6, 9)
 _PID_FILE = re.compile(r"_(\d+)\.db$")
+PRIVATE_DIR_PREFIX = "molecule-registry-metrics-"
+_PRIVATE_DIR = re.compile(rf"^{PRIVATE_DIR_PREFIX}(\d+)-")
 
-# The running HTTP server of this process, if any.
-_state: dict[str, Any] = {"server": None}
+# The running HTTP server of this process, if any, and the directory it created.
+_state: dict[str, Any] = {"server": None, "private_dir": None}
 
 
 def multiprocess_dir() -> str | None:
@@ -191,6 +198,47 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_abandoned_private_dirs(parent: str | None = None) -> int:
+    """Delete private directories of workers that are gone (SIGKILLed); returns how many."""
+    removed = 0
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{PRIVATE_DIR_PREFIX}*"):
+        match = _PRIVATE_DIR.match(path.name)
+        if match is None or not path.is_dir() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def create_private_dir() -> str:
+    """A fresh multiprocess directory for this worker; PROMETHEUS_MULTIPROC_DIR points at it.
+
+    Must run before the pool forks. The series defined at import (registry/metrics.py)
+    were created in single-process mode: values are switched to files, and the
+    unlabelled ones (which hold a value since import) are re-created. Labelled series
+    create their values on first use, in the pool processes.
+    """
+    from prometheus_client import values
+    from prometheus_client.metrics import MetricWrapperBase
+
+    remove_abandoned_private_dirs()
+    directory = tempfile.mkdtemp(prefix=f"{PRIVATE_DIR_PREFIX}{os.getpid()}-")
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.MultiProcessValue()
+    for series in vars(_series).values():
+        if isinstance(series, MetricWrapperBase) and not series._labelnames:
+            series._metric_init()
+    return directory
+
+
+def remove_private_dir() -> None:
+    directory, _state["private_dir"] = _state["private_dir"], None
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get(MULTIPROC_ENV) == directory:
+            del os.environ[MULTIPROC_ENV]
+
+
 @celeryd_init.connect
 def _prepare_multiprocess_dir(options: dict[str, Any] | None = None, **_: Any) -> None:
     directory = multiprocess_dir()
@@ -201,12 +249,8 @@ def _prepare_multiprocess_dir(options: dict[str, Any] | None = None, **_: Any) -
         if removed:
             log.info("metrics: removed %d value file(s) of finished processes", removed)
     elif "prefork" in pool and get_settings().metrics_port:
-        log.warning(
-            "metrics: prefork pool without %s: counters recorded in pool processes are "
-            "not served; set %s to an empty directory or run with --pool threads",
-            MULTIPROC_ENV,
-            MULTIPROC_ENV,
-        )
+        _state["private_dir"] = create_private_dir()
+        log.info("metrics: prefork pool; values of every process in %s", _state["private_dir"])
 
 
 @worker_ready.connect
@@ -222,6 +266,7 @@ def _stop_on_shutdown(**_: Any) -> None:
     if server is not None:
         server.shutdown()
         server.server_close()
+    remove_private_dir()  # the pool has stopped: nobody writes there any more
 
 
 @worker_process_shutdown.connect

@@ -40,6 +40,7 @@ from molecule_registry_client.names import (
     REGISTER_TASK,
     REMOVE_WORKSPACE_TASK,
     UPDATE_CARD_TASK,
+    queue_arguments,
     queue_for,
 )
 
@@ -93,7 +94,9 @@ class RegistryClient:
     registry's own default); with an AMQP broker it must be given, and must be the
     worker's CELERY_RESULT_BACKEND. `publish_retries` broker connection retries,
     with backoff up to `retry_interval_max` seconds, bound how long a send may take
-    when the broker is down.
+    when the broker is down. `queue_type` must match the workers' BROKER_QUEUE_TYPE
+    on RabbitMQ (`quorum` or `classic`): the client declares the queues, and RabbitMQ
+    refuses a declaration whose type differs from the queue's.
     """
 
     def __init__(
@@ -106,8 +109,10 @@ class RegistryClient:
         publish_retries: int = 3,
         retry_interval_max: float = 1.0,
         pool_size: int = 10,
+        queue_type: str = "classic",
     ) -> None:
         self.broker_url = broker_url
+        self._queue_arguments = queue_arguments(queue_type)  # a bad type fails here
         if result_backend is None and broker_url.startswith(("redis://", "rediss://")):
             result_backend = broker_url
         self.result_backend = result_backend
@@ -284,6 +289,12 @@ class RegistryClient:
                     retry=True,
                     retry_policy=self._retry_policy,
                 )
+        except self._connection.channel_errors as exc:
+            # The broker answered and refused, e.g. a queue declared with another type
+            # (queue_type must match the workers' BROKER_QUEUE_TYPE): no retry helps.
+            raise RegistryError(
+                f"{task_name}: the broker at {safe_url(self.broker_url)} refused it: {_reason(exc)}"
+            ) from exc
         except (KombuError, OSError, *self._connection.connection_errors) as exc:
             raise RegistryUnavailable("broker", self.broker_url, _reason(exc)) from exc
         return task_id
@@ -363,7 +374,9 @@ class RegistryClient:
     def _queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = Queue(name, routing_key=name, durable=True)
+            queue = self._queues[name] = Queue(
+                name, routing_key=name, durable=True, queue_arguments=self._queue_arguments
+            )
         return queue
 
     def close(self) -> None:

@@ -7,6 +7,19 @@ HEARTBEAT_QUEUE = "registry.heartbeats"
 SWEEP_QUEUE = "registry.sweeps"
 QUEUE_NAMES: tuple[str, ...] = (DEFAULT_QUEUE, HEARTBEAT_QUEUE, SWEEP_QUEUE)
 
+# RabbitMQ queue types. A queue's type is fixed when it is first declared, and every
+# later declaration must name the same one (RabbitMQ refuses a mismatch), so producers
+# declare the queues with the type the workers use (BROKER_QUEUE_TYPE).
+QUEUE_TYPES: tuple[str, ...] = ("classic", "quorum")
+
+
+def queue_arguments(queue_type: str = "classic") -> dict[str, str]:
+    """The `x-queue-type` declaration argument for a queue type (none for classic)."""
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue type {queue_type!r}: one of {', '.join(QUEUE_TYPES)}")
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
 HEARTBEAT_TASK = "registry.heartbeat"
 # Measures the heartbeat queue's lag (registry.selfpreservation): it must travel the
 # same queue as the heartbeats.

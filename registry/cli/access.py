@@ -22,7 +22,11 @@ EXIT_ERROR = 2
 def _check(caller: UUID, target: UUID) -> dict[str, Any]:
     from registry.access import can_communicate, denial_reason
     from registry.db import get_engine
+    from registry.migrate import check_schema
 
+    # The check itself fails secure (a failed lookup is a denial): an unmigrated
+    # database must read as an error (exit 2), not as "denied".
+    check_schema(get_engine())
     with get_engine().connect() as conn:
         answer: dict[str, Any] = {
             "caller_id": str(caller),

@@ -1,7 +1,8 @@
 """The root command group and the shared way commands fail.
 
-An unreachable service or a bad argument ends a command with one line naming what
-went wrong (and the URL), never a traceback.
+An unreachable service, a database without the registry's schema (or with an older
+one) or a bad argument ends a command with one line naming what went wrong (and the
+URL), never a traceback.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import click
 import redis
 import redis.exceptions
 import sqlalchemy.exc
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from molecule_registry_client import safe_url
 from registry.config import get_settings
+from registry.migrate import SchemaNotAtHead, check_schema
 from registry.redaction import install_log_redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,9 +49,18 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except sqlalchemy.exc.OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
+            hint = " (`molecule-registry migrate` creates it)" if "does not exist" in reason else ""
             raise click.ClickException(
-                f"cannot reach PostgreSQL at {safe_url(settings.database_url)}: {reason}"
+                f"cannot reach PostgreSQL at {safe_url(settings.database_url)}: {reason}{hint}"
             ) from None
+        except SchemaNotAtHead as exc:
+            raise click.ClickException(f"{safe_url(settings.database_url)}: {exc}") from None
+        except sqlalchemy.exc.ProgrammingError as exc:
+            # A missing table or column: almost always a schema that was never migrated
+            # or is behind this code. Say which, or re-raise a genuine bug.
+            if getattr(exc.orig, "pgcode", None) not in _SCHEMA_ERRORS:
+                raise
+            raise click.ClickException(_schema_message(settings.database_url, exc)) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise click.ClickException(
                 f"cannot reach Redis at {safe_url(settings.redis_url)}: {exc}"
@@ -58,15 +69,34 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# PostgreSQL's undefined_table and undefined_column.
+_SCHEMA_ERRORS = frozenset({"42P01", "42703"})
+
+
+def _schema_message(database_url: str, exc: sqlalchemy.exc.ProgrammingError) -> str:
+    from registry.db import get_engine
+
+    first = str(exc.orig).strip().splitlines()[0] if exc.orig else "schema error"
+    try:
+        check_schema(get_engine(database_url))
+    except SchemaNotAtHead as schema:
+        return f"{safe_url(database_url)}: {schema} ({first})"
+    except sqlalchemy.exc.SQLAlchemyError:
+        pass
+    return (
+        f"{safe_url(database_url)}: {first}: is the schema current? run `molecule-registry migrate`"
+    )
+
+
 def reachable_stores() -> tuple[Engine, redis.Redis]:
     """The engine and the Redis client, both checked: a long-running command fails at
-    once, in one line (under `friendly_errors`), when a store is unreachable."""
+    once, in one line (under `friendly_errors`), when a store is unreachable or the
+    schema is not the one this code expects."""
     from registry.db import get_engine, get_redis
 
     engine, client = get_engine(), get_redis()
     client.ping()
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    check_schema(engine)
     return engine, client
 
 

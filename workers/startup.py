@@ -1,0 +1,55 @@
+"""The worker's start-up checks (celeryd_init: the main process, before the pool starts).
+
+A worker on a database whose schema is missing or not at the migrations' head would
+fail every task it takes (and, with late acks and retries, churn through them): it
+refuses to start instead, with one line saying how to migrate. A database that cannot
+be reached at start is only a warning: tasks retry, and the worker rides out an
+outage like any other.
+
+(The in-process test worker, celery.contrib.testing, sends no celeryd_init.)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import sqlalchemy.exc
+from celery.signals import celeryd_init
+
+from molecule_registry_client import safe_url
+from registry.config import get_settings
+from registry.db import get_engine
+from registry.migrate import SchemaNotAtHead, check_schema
+
+log = logging.getLogger(__name__)
+
+EXIT_SCHEMA = 78  # EX_CONFIG: a supervisor should not restart it in a tight loop
+
+
+def schema_refusal() -> str | None:
+    """Why this worker must not start, or None."""
+    settings = get_settings()
+    try:
+        check_schema(get_engine())
+    except SchemaNotAtHead as exc:
+        return f"worker not started: {safe_url(settings.database_url)}: {exc}"
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        log.warning(
+            "cannot check the schema of %s at start (%s); starting anyway",
+            safe_url(settings.database_url),
+            reason,
+        )
+    return None
+
+
+@celeryd_init.connect
+def _refuse_an_unmigrated_database(**_: Any) -> None:
+    refusal = schema_refusal()
+    if refusal is not None:
+        # Logging is not set up yet this early: one plain line on stderr. Celery's
+        # signal dispatch swallows exceptions, but not SystemExit.
+        print(refusal, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SCHEMA)
