@@ -350,3 +350,157 @@ def test_saas_mode_unknown_value_is_off_with_one_warning(
     assert len(warnings) == 1
     assert "'cloud'" in warnings[0].getMessage()
     assert "self-hosted" in warnings[0].getMessage()
+
+
+# --- every textual form the resolver accepts (issue: guards with gaps) ----------------
+
+
+@pytest.mark.parametrize(
+    ("host", "network"),
+    [
+        # inet_aton forms: one to four parts, decimal, octal or hex
+        ("2130706433", "127.0.0.0/8"),
+        ("017700000001", "127.0.0.0/8"),
+        ("0x7f000001", "127.0.0.0/8"),
+        ("0x7f.1", "127.0.0.0/8"),
+        ("0X7F.0.0.1", "127.0.0.0/8"),
+        ("127.1", "127.0.0.0/8"),
+        ("127.0.1", "127.0.0.0/8"),
+        ("0177.0.0.01", "127.0.0.0/8"),
+        ("0xa9.0xfe.0xa9.0xfe", "169.254.0.0/16"),
+        ("2852039166", "169.254.0.0/16"),
+        ("169.254.43518", "169.254.0.0/16"),
+        ("0", "0.0.0.0/8"),
+        ("2130706433.", "127.0.0.0/8"),
+        # IPv4 embedded in IPv6
+        ("[::127.0.0.1]", "127.0.0.0/8"),
+        ("[::a9fe:a9fe]", "169.254.0.0/16"),
+        ("[::ffff:0:127.0.0.1]", "127.0.0.0/8"),
+        ("[64:ff9b::127.0.0.1]", "127.0.0.0/8"),
+        ("[64:ff9b::a9fe:a9fe]", "169.254.0.0/16"),
+        ("[2002:7f00:1::]", "127.0.0.0/8"),
+        ("[2002:a9fe:a9fe::1]", "169.254.0.0/16"),
+        ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "127.0.0.0/8"),  # Teredo client
+        ("[2001:0:7f00:1::f7f7:f7f7]", "127.0.0.0/8"),  # Teredo server
+        # zone ids, case, IDNA
+        ("[::FFFF:7F00:1%25eth0]", "127.0.0.0/8"),
+        ("[FE80::1%25lo]", "fe80::/10"),
+        ("\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11", "127.0.0.0/8"),  # fullwidth
+        ("127\u30020\u30020\u30021", "127.0.0.0/8"),  # ideographic full stop
+        ("①②⑦.⓪.⓪.①", "127.0.0.0/8"),
+        # extensions beyond the contract's list
+        ("[ff02::1]", "ff00::/8"),
+        ("255.255.255.255", "240.0.0.0/4"),
+    ],
+)
+def test_every_textual_form_of_a_blocked_address_is_refused(host: str, network: str) -> None:
+    for url in (f"http://{host}/", f"HTTPS://user:pw@{host}:8443/a2a"):
+        exc = reject(url, saas=True)
+        assert exc.rule == "blocked_range", url
+        assert f"({network}, " in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("host", "carried", "how"),
+    [
+        ("[64:ff9b::a9fe:a9fe]", "169.254.169.254", "NAT64"),
+        ("[2002:7f00:1::]", "127.0.0.1", "6to4"),
+        ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "127.0.0.1", "Teredo client"),
+    ],
+)
+def test_refusal_names_the_embedding(host: str, carried: str, how: str) -> None:
+    message = str(reject(f"http://{host}/"))
+    assert f"carries {carried} ({how}" in message
+
+
+def test_short_ipv4_form_names_what_it_is() -> None:
+    exc = reject("http://0x7f.1/")
+    assert "host 0x7f.1 is the address 127.0.0.1" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("host", "network"),
+    [
+        ("167772161", "10.0.0.0/8"),
+        ("012.1", "10.0.0.0/8"),
+        ("[64:ff9b::10.1.2.3]", "10.0.0.0/8"),
+        ("[2002:c0a8:101::]", "192.168.0.0/16"),
+        ("[64:ff9b:1::1]", "64:ff9b:1::/48"),
+    ],
+)
+def test_embedded_private_addresses_follow_saas_mode(host: str, network: str) -> None:
+    exc = reject(f"http://{host}/", saas=False)
+    assert exc.rule == "private_range"
+    assert f"({network}, " in str(exc)
+    check_agent_url(f"http://{host}/", saas=True, resolver=FakeResolver())
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::8.8.8.8]",
+        "[2002:808:808::1]",
+        "[2001:0:4136:e378:8000:63bf:f7f7:f7f7]",  # Teredo: public server and client
+        "134744072",  # 8.8.8.8
+        "0x8.0x8.0x8.0x8",
+        "[::ffff:0:8.8.8.8]",
+    ],
+)
+def test_embedded_public_addresses_pass(host: str) -> None:
+    resolver = FakeResolver()
+    check_agent_url(f"http://{host}/", saas=False, resolver=resolver)
+    assert resolver.calls == []
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("http://127.0.0.1%2e/", "percent-escapes"),
+        ("http://%31%32%37.0.0.1/", "percent-escapes"),
+        ("http://08.0.0.1/", "looks like an IPv4 address"),
+        ("http://1.2.3.4.5/", "looks like an IPv4 address"),
+        ("http://127.0.0.256/", "looks like an IPv4 address"),
+        ("http://4294967296/", "looks like an IPv4 address"),
+        ("http://0x/", "looks like an IPv4 address"),
+        ("http://example.123/", "looks like an IPv4 address"),
+        ("http://[127.0.0.1]/", "cannot be in brackets"),
+        ("http://[v1.fe]/", "brackets must hold an IPv6 address"),
+        ("http://[::1]x/", "only a port"),
+        ("http://evil.com\\@127.0.0.1/", "backslashes"),
+        ("http://127.0.0.1\t/", "whitespace"),
+        ("http://8.8.8.8 127.0.0.1/", "whitespace"),
+        ("http://a..b/", "not a host name"),
+        ("http://exa mple.com/", "whitespace"),
+        ("http://exa*mple.com/", "not a host name"),
+        ("http://example.com:99999/", "bad port"),
+        ("http://example.com:http/", "bad port"),
+        ("http://" + "a" * 64 + ".com/", "too long"),
+        ("http://" + "a." * 127 + "com/", "too long"),
+    ],
+)
+def test_ambiguous_hosts_are_refused_as_malformed(url: str, detail: str) -> None:
+    resolver = FakeResolver({"example.com": ["93.184.216.34"]})
+    exc = reject(url, resolver=resolver)
+    assert exc.rule == "malformed", str(exc)
+    assert detail in str(exc)
+    assert resolver.calls == []
+
+
+def test_two_at_signs_are_refused() -> None:
+    exc = reject("http://a@8.8.8.8@127.0.0.1/")
+    assert exc.rule == "userinfo"
+
+
+def test_unicode_host_is_resolved_in_its_idna_form() -> None:
+    resolver = FakeResolver({"xn--bcher-kva.example": ["93.184.216.34"]})
+    check_agent_url("http://Bücher.example/", saas=False, resolver=resolver)
+    assert resolver.calls == ["xn--bcher-kva.example"]
+    metadata = FakeResolver({"xn--bcher-kva.example": ["169.254.169.254"]})
+    assert reject("http://BÜCHER.example./", resolver=metadata).rule == "blocked_range"
+
+
+def test_resolved_short_forms_and_zone_ids_are_read_as_addresses() -> None:
+    resolver = FakeResolver({"agent.example.com": ["fe80::1%25eth0"]})
+    assert reject("http://agent.example.com/", resolver=resolver).rule == "blocked_range"
+    resolver = FakeResolver({"agent.example.com": ["64:ff9b::7f00:1"]})
+    assert "carries 127.0.0.1" in str(reject("http://agent.example.com/", resolver=resolver))

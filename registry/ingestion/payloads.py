@@ -151,7 +151,10 @@ def _parse_sent_at(value: Any) -> Any:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds") from None
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        try:
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except OverflowError:  # 9999-12-31T23:59-01:00 is past datetime.max in UTC
+            raise ValueError("is out of range") from None
     raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds")
 
 

@@ -1,0 +1,77 @@
+"""Subscribe to the registry's events from any point, with no loss and no duplicate.
+
+Events reach subscribers through the Redis stream `events:stream` (CONTRACT §7). The
+stream is capped and Redis keeps nothing on disk, so a subscriber that was away
+long enough — or across a Redis restart — finds part of its history gone. Recorded
+events are also rows in `structure_events`; this module fills such a gap from there:
+
+    sub = Subscriber(redis_client, engine, since=saved_token or "now")
+    for item in sub.events(stop=stop_event):
+        if isinstance(item, StreamGap):
+            ...  # recorded events of the gap follow; broadcast-only ones are lost
+        else:
+            handle(item)  # a ReceivedEvent
+        saved_token = sub.position.token()  # persist it to resume exactly here
+
+Modules, one job each: `streamids` (position arithmetic on stream ids), `position`
+(the resume-token format), `gaps` (gap detection), `replay` (database replay),
+`dedup` (de-duplication), `backoff` (riding out outages), `items` (what is handed
+out) and `reader` (the `Subscriber` that ties them together).
+
+How it reads:
+
+- Each subscriber keeps its own position (the last stream id it consumed, the highest
+  `event_id` it delivered, and the Redis server's run id) and reads with XREAD: any
+  number of subscribers each see every event, without consumer groups.
+- Before each non-blocking read it checks, atomically with the read (MULTI), whether
+  entries after its position were trimmed (the oldest entry left lies beyond it) or
+  the stream was reset (Redis restarted: the server's run id changed, or the stream
+  is gone or behind the position). Then it yields a `StreamGap`, replays the
+  `structure_events` rows above the position's `event_id` (or, with no event id yet,
+  created since the position's time) in id order, and continues the stream from its
+  end as it was when the gap was found: the entries between are either replayed
+  (recorded) or lost (broadcast-only), never delivered out of order.
+- Publication is at least once (the outbox relay may publish an event twice), so a
+  recorded event whose `event_id` is among the last `dedup_window` delivered is
+  skipped. The window lives in memory: a consumer resuming from a saved position in
+  a new process may see an event the relay republished once more.
+- A lost connection to Redis or PostgreSQL is retried with capped exponential backoff;
+  nothing is lost, since the position only moves when an item is handed out.
+"""
+
+from registry.events.subscriber.backoff import (
+    BACKOFF_FIRST_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    RETRYABLE_ERRORS,
+)
+from registry.events.subscriber.gaps import stream_head
+from registry.events.subscriber.items import Item, ReceivedEvent, StreamGap
+from registry.events.subscriber.position import Position, Since
+from registry.events.subscriber.reader import Subscriber
+from registry.events.subscriber.streamids import (
+    MAX_SEQ,
+    format_stream_id,
+    parse_stream_id,
+    stream_id_at,
+    stream_id_before,
+    stream_id_time,
+)
+
+__all__ = [
+    "BACKOFF_FIRST_SECONDS",
+    "BACKOFF_MAX_SECONDS",
+    "MAX_SEQ",
+    "RETRYABLE_ERRORS",
+    "Item",
+    "Position",
+    "ReceivedEvent",
+    "Since",
+    "StreamGap",
+    "Subscriber",
+    "format_stream_id",
+    "parse_stream_id",
+    "stream_head",
+    "stream_id_at",
+    "stream_id_before",
+    "stream_id_time",
+]

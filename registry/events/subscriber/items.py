@@ -1,0 +1,98 @@
+"""What a subscriber hands out: a received event, or a notice that events were lost."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from registry.events.outbox import rfc3339
+from registry.events.subscriber.streamids import stream_id_time
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """One event, as published (CONTRACT §7), with where it was read from."""
+
+    type: str  # an EventType value; kept as text so a newer producer's type never breaks us
+    workspace_id: str | None
+    timestamp: datetime
+    payload: dict[str, Any]
+    event_id: int | None  # structure_events.id; None for broadcast-only events
+    stream_id: str | None  # None when replayed from structure_events
+
+    @property
+    def replayed(self) -> bool:
+        return self.stream_id is None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The published event JSON, plus `stream_id` (null when replayed)."""
+        body: dict[str, Any] = {
+            "event": self.type,
+            "workspace_id": self.workspace_id,
+            "timestamp": rfc3339(self.timestamp),
+            "payload": self.payload,
+        }
+        if self.event_id is not None:
+            body["event_id"] = self.event_id
+        body["stream_id"] = self.stream_id
+        return body
+
+    @classmethod
+    def from_stream(cls, stream_id: str, data: str) -> ReceivedEvent:
+        body = json.loads(data)
+        if not isinstance(body, dict) or not isinstance(body.get("event"), str):
+            raise ValueError("not an event object")
+        event_id, payload = body.get("event_id"), body.get("payload")
+        workspace_id = body.get("workspace_id")
+        return cls(
+            type=body["event"],
+            workspace_id=workspace_id if isinstance(workspace_id, str) else None,
+            timestamp=_parse_time(body.get("timestamp"), stream_id),
+            payload=payload if isinstance(payload, dict) else {},
+            event_id=event_id if isinstance(event_id, int) else None,
+            stream_id=stream_id,
+        )
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """The stream lost entries this subscriber had not read yet.
+
+    The recorded events of the gap follow at once, replayed from `structure_events`
+    in id order (their `stream_id` is None); broadcast-only events of the gap
+    (`TASK_UPDATED`, `WORKSPACE_HEARTBEAT`) are lost. `since`..`until` is the window.
+    """
+
+    reason: Literal["trimmed", "redis_reset"]
+    since: datetime
+    until: datetime
+    resume_stream_id: str  # the live stream continues after this entry
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gap": self.reason,
+            "since": rfc3339(self.since),
+            "until": rfc3339(self.until),
+            "resume_stream_id": self.resume_stream_id,
+        }
+
+    def describe(self) -> str:
+        what = "stream trimmed" if self.reason == "trimmed" else "Redis restarted"
+        return (
+            f"gap ({what}) from {rfc3339(self.since)} to {rfc3339(self.until)}: recorded "
+            "events replayed from the database; heartbeats and task updates in it are lost"
+        )
+
+
+Item = ReceivedEvent | StreamGap
+
+
+def _parse_time(value: Any, stream_id: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return stream_id_time(stream_id)
