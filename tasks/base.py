@@ -23,8 +23,13 @@ a sweep (`registry_sweep_*`).
     def register_task(self, payload):
         return self.run_message(RegisterPayload, payload, register)
 
-    @periodic_task(SWEEP_HEALTH_TASK, entry="sweep-health", every="health_sweep_interval")
+    @periodic_task(SWEEP_HEALTH_TASK, entry="sweep-health", every="health_sweep_interval",
+                   sweep="health")
     def sweep_health_task(self): ...
+
+A task made with `@app.task(base=RegistryTask)` gets the retries, time limits and
+timing too; `message_task`/`periodic_task` add the declaration (queue, schedule) that
+routing, beat and tests/test_contract.py read.
 """
 
 from __future__ import annotations
