@@ -6,6 +6,7 @@ import logging
 import uuid
 
 import pytest
+import sqlalchemy.exc
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
@@ -109,3 +110,24 @@ def test_routes_and_schedule_come_from_the_declarations():
         "args": (),
         "options": {"queue": SWEEP_QUEUE, "expires": 36.0},
     }
+
+
+def test_any_task_on_the_base_is_timed_and_keeps_celerys_fast_path(app):
+    from celery.app.trace import task_has_custom
+
+    # Named outside `registry.`: the contract test lists every registry.* task.
+    @app.task(name="test.plain_base_task", base=RegistryTask, max_retries=0)
+    def plain(payload):
+        if payload.get("fail"):
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+        return {"status": "done"}
+
+    task = app.tasks["test.plain_base_task"]
+    # Celery calls `run` directly unless __call__ is overridden (much cheaper per message).
+    assert not task_has_custom(task, "__call__")
+    assert task.apply(args=[{}]).get() == {"status": "done"}
+    assert sample("registry_task_results_total", task=task.name, status="done") == 1
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        task.apply(args=[{"fail": True}]).get()
+    assert sample("registry_task_results_total", task=task.name, status="retry") == 1
+    assert sample("registry_task_duration_seconds_count", task=task.name) == 2
