@@ -49,6 +49,7 @@ def test_redact_removes_the_token_in_every_textual_form(text: str) -> None:
     assert TOKEN not in clean
     assert "short-but-secret" not in clean
     assert REDACTED in clean
+    assert redact(clean) == clean  # idempotent: redacting twice changes nothing more
 
 
 def test_redact_keeps_ids_and_ordinary_text() -> None:
