@@ -13,7 +13,8 @@ such text passes through call it:
   message, its pre-formatted traceback and stack). Installed by `workers.app` (so by
   every worker, beat and pool process) and by the CLI.
 - `RedactingEvents` is the Celery app's events class: its dispatcher redacts every
-  field of every task event before it is sent.
+  field of every task event before it is sent. (`RedactingRequest`, the request class
+  of every registry task, also redacts the producer's `argsrepr` at receipt.)
 
 What counts as a token: the value of any `auth_token` key in a repr, JSON or
 `key=value` text, and any free-standing 43-character URL-safe base64 word (the shape
@@ -28,6 +29,7 @@ from typing import Any
 
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
+from celery.worker.request import Request
 
 REDACTED = "[redacted]"
 
@@ -36,7 +38,7 @@ REDACTED = "[redacted]"
 # A bare `auth_token: …` is prose (the registry's own "auth_token: missing or not
 # valid" error), not a value; a real token there is still caught by its shape below.
 _KEYED = re.compile(
-    r"""(?P<key>auth_token(?:\\*['"]\s*:\s*|\s*=\s*)\\*['"]?)(?P<value>[^'"\\\s,;}\])]+)""",
+    r"""(?P<key>auth_token(?:\\*['"]\s*:\s*|\s*=\s*)\\*['"]?)(?!\[redacted\])(?P<value>[^'"\\\s,;}\])]+)""",
     re.IGNORECASE,
 )
 # 32 random bytes, URL-safe base64 without padding: exactly 43 characters.
@@ -73,6 +75,10 @@ _exception_formatter = logging.Formatter()
 
 
 def _scrub(record: logging.LogRecord) -> None:
+    if record.args:
+        # The arguments too, not only the message they format: structured handlers
+        # read them (Celery passes the received message's argsrepr among them).
+        record.args = redact_value(record.args)
     try:
         message = record.getMessage()
     except Exception:  # a broken format string: logging reports it; keep the record as is
@@ -118,6 +124,20 @@ class RedactingEvents(Events):
     """`app.events` whose Dispatcher (the one the worker sends task events with) redacts."""
 
     dispatcher_cls = "registry.redaction:RedactingEventDispatcher"
+
+
+class RedactingRequest(Request):
+    """A received task whose `argsrepr`/`kwargsrepr` (set by the producer, so possibly
+    the whole payload with its token) are redacted wherever the worker shows them: the
+    "received" log line's extra data, task events, `inspect` answers."""
+
+    @property
+    def argsrepr(self) -> str:
+        return redact(super().argsrepr or "")
+
+    @property
+    def kwargsrepr(self) -> str:
+        return redact(super().kwargsrepr or "")
 
 
 def redacted_exception(exc: BaseException) -> BaseException:

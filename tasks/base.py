@@ -133,6 +133,9 @@ class RegistryTask(Task):
     max_retries = MAX_RETRIES
     soft_time_limit = _SOFT_LIMIT
     time_limit = _HARD_LIMIT
+    # The producer's argsrepr header may hold a token: redacted at receipt
+    # (CONTRACT §4.1 step 8; registry/redaction.py).
+    Request = "registry.redaction:RedactingRequest"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Celery builds one subclass per task function, with the function as `run`:

@@ -49,6 +49,7 @@ def test_redact_removes_the_token_in_every_textual_form(text: str) -> None:
     assert TOKEN not in clean
     assert "short-but-secret" not in clean
     assert REDACTED in clean
+    assert redact(clean) == clean  # idempotent: redacting twice changes nothing more
 
 
 def test_redact_keeps_ids_and_ordinary_text() -> None:
@@ -139,3 +140,28 @@ def test_no_token_in_worker_log_or_task_events(
         assert secret not in log, f"token in the {level} worker log"
         assert not any(secret in repr(e) for e in events), "token in a task event"
     assert REDACTED in log
+
+
+def test_an_exception_quoting_a_token_is_replaced_before_it_leaves_the_task() -> None:
+    from registry.ingestion.payloads import RemoveWorkspacePayload
+    from tasks.base import run_message
+
+    def failing(_uow: object, _payload: object) -> dict[str, object]:
+        raise ValueError(f"unexpected trouble with {TOKEN}")
+
+    with pytest.raises(RuntimeError) as raised:
+        run_message(RemoveWorkspacePayload, {"workspace_id": str(uuid.uuid4())}, failing)
+    assert TOKEN not in str(raised.value)
+    assert str(raised.value) == "ValueError: unexpected trouble with [redacted]"
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_an_exception_without_a_token_is_left_as_it_is() -> None:
+    from registry.ingestion.payloads import RemoveWorkspacePayload
+    from tasks.base import run_message
+
+    def failing(_uow: object, _payload: object) -> dict[str, object]:
+        raise KeyError("nothing secret")
+
+    with pytest.raises(KeyError):
+        run_message(RemoveWorkspacePayload, {"workspace_id": str(uuid.uuid4())}, failing)

@@ -150,7 +150,8 @@ def sweep_containers(
 ) -> ContainerPass:
     """Ask the checker about every live container-backed workspace; mark the gone ones.
 
-    `deadline()` turning true stops the pass between batches (`deadline_exceeded`).
+    Once `deadline()` turns true no further workspace is asked and the pass ends
+    (`deadline_exceeded`); the next sweep starts elsewhere in the id space.
     """
     result = ContainerPass()
 
