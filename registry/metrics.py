@@ -16,8 +16,10 @@ Series (see docs/OPERATIONS.md):
 - `registry_queue_length{queue}`                  messages waiting per queue, read from the broker
                                                   at scrape time (workers/metrics.py)
 
-Every recording helper works in one process or, with PROMETHEUS_MULTIPROC_DIR set,
-across the worker's prefork pool processes.
+Every recording helper works in one process or across a prefork worker's pool
+processes (the worker sets up prometheus_client's multiprocess mode itself before the
+pool forks: workers/metrics.py). A new series is defined here, at import, so that the
+worker can switch it to multiprocess values; docs/grafana-dashboard.json may chart it.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +112,26 @@ def test_client_sends_to_quorum_queues_and_a_worker_applies_it(
             token = client.register(ws, {"name": "q"}, delivery_mode="poll", timeout=60)
             assert token
         assert "Failed to setup delayed delivery" not in worker.log()
+        # The doctor sees quorum queues, and a worker consuming each.
+        checks = _doctor(env)
+        assert checks["broker"]["status"] == "ok", checks["broker"]
+        assert "quorum queues, replicated" in checks["broker"]["detail"]
+        assert checks["workers"]["status"] == "ok", checks["workers"]
+        # Configured for classic queues against quorum ones: named, with the fix.
+        checks = _doctor({**env, "BROKER_QUEUE_TYPE": "classic"})
+        assert checks["broker"]["status"] == "FAIL"
+        assert "x-queue-type" in checks["broker"]["detail"]
+        assert "BROKER_QUEUE_TYPE" in checks["broker"]["fix"]
+
+
+def _doctor(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("molecule-registry")), "doctor", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return {check["name"]: check for check in json.loads(done.stdout)}

@@ -27,7 +27,8 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     reset_connections()
 
 
-# Connect the signals of `celery worker`: the schema check at start, and the
-# Prometheus endpoint.
+# Connect the signals of `celery worker`: the schema check at start, the Prometheus
+# endpoint, and the note of each sweep run that `molecule-registry doctor` reads.
+import workers.lifesigns  # noqa: E402
 import workers.metrics  # noqa: E402
 import workers.startup  # noqa: E402, F401

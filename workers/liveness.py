@@ -14,7 +14,9 @@ that expires, in batches of whatever has arrived. It:
 - runs safely next to other listeners: each change is conditional (registry.transitions),
   so two listeners receiving the same notification change the row and record its event
   once;
-- stops cleanly on SIGTERM or SIGINT (within about a second).
+- stops cleanly on SIGTERM or SIGINT (within about a second);
+- shows it is alive: a Redis key of its own, refreshed every 10 s with a 30 s TTL and
+  deleted when it stops (registry/lifesigns.py; `molecule-registry doctor` reads it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -37,6 +40,12 @@ from sqlalchemy import text
 from molecule_registry_client import safe_url
 from registry.config import Settings, get_settings
 from registry.db import get_engine
+from registry.lifesigns import (
+    LISTENER_REFRESH_SECONDS,
+    forget_listener,
+    listener_identity,
+    mark_listener_alive,
+)
 from registry.liveness.expiry import (
     NotificationsUnavailable,
     ensure_expired_notifications,
@@ -77,6 +86,7 @@ class LivenessListener:
         self.poll_seconds = poll_seconds
         self.backoff = backoff or EqualJitterBackoff(cap=30.0, base=0.5)
         self.gate = gate or SelfPreservationGate(settings)
+        self.identity = listener_identity()
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -100,7 +110,7 @@ class LivenessListener:
                 self._connect(client, pubsub, reconnect=ready_before)
                 ready_before = True
                 failures = 0
-                self._listen(pubsub)
+                self._listen(pubsub, client)
             except _RECONNECT_ERRORS as exc:
                 failures += 1
                 delay = self.backoff.compute(failures)
@@ -114,6 +124,15 @@ class LivenessListener:
                 self._stop.wait(delay)
             finally:
                 _close_quietly(pubsub, client)
+        self._forget()
+
+    def _forget(self) -> None:
+        # Stopped cleanly: say so at once rather than when the key's TTL runs out.
+        try:
+            with redis.Redis.from_url(self.settings.redis_url, socket_timeout=2) as client:
+                forget_listener(client, self.identity)
+        except redis.exceptions.RedisError as exc:
+            log.debug("could not remove this listener's sign of life: %s", exc)
 
     def _connect(
         self, client: redis.Redis, pubsub: redis.client.PubSub, *, reconnect: bool
@@ -133,8 +152,12 @@ class LivenessListener:
             flags,
         )
 
-    def _listen(self, pubsub: redis.client.PubSub) -> None:
+    def _listen(self, pubsub: redis.client.PubSub, client: redis.Redis) -> None:
+        next_sign = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_sign:
+                mark_listener_alive(client, self.identity)
+                next_sign = time.monotonic() + LISTENER_REFRESH_SECONDS
             message = pubsub.get_message(timeout=self.poll_seconds)
             if message is None:
                 continue

@@ -15,6 +15,7 @@ from registry.cli import (  # noqa: F401
     access,
     admin,
     board,
+    doctor,
     events,
     liveness,
     status,
