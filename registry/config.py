@@ -155,6 +155,12 @@ class Settings:
     events_stream_maxlen: int = _opt(
         "EVENTS_STREAM_MAXLEN", positive_int, 100_000, "approximate cap of the events:stream length"
     )
+    events_retention_days: int = _opt(
+        "EVENTS_RETENTION_DAYS",
+        non_negative_int,
+        90,
+        "how long `structure_events` rows are kept; 0 keeps them forever",
+    )
     container_backend: str = _opt(
         "CONTAINER_BACKEND", text, "none", "`docker` or `none`: container checker/stopper/reaper"
     )
