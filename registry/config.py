@@ -211,6 +211,12 @@ class Settings:
         100_000,
         "approximate cap of the `events:stream` length",
     )
+    events_retention_days: int = _opt(
+        "EVENTS_RETENTION_DAYS",
+        non_negative_int,
+        90,
+        "how long `structure_events` rows are kept; 0 keeps them forever",
+    )
     container_backend: str = _opt(
         "CONTAINER_BACKEND",
         text,

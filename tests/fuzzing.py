@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from registry.ingestion import payloads
 from registry.ingestion.payloads import PayloadError, parse_payload
+from registry.ingestion.registration import check_url_for_mode
 from registry.ingestion.urlguard import RANGES, UnsafeURL, check_agent_url, embedded_ipv4
+from registry.outcomes import Rejected
 
 # ---------------------------------------------------------------------------
 # Payloads
@@ -172,6 +174,13 @@ def _storable(value: Any) -> None:
             _storable(item)
 
 
+class NoAnswer:
+    """A resolver for payload fuzzing: every name resolves to a public address."""
+
+    def __call__(self, host: str) -> list[str]:
+        return ["93.184.216.34"]
+
+
 def check_payload(model: type, raw: Any) -> bool:
     """parse_payload gives a model or a PayloadError naming a field, nothing else.
 
@@ -192,6 +201,13 @@ def check_payload(model: type, raw: Any) -> bool:
     assert 0 <= spend <= payloads.MAX_SPEND_CENTS
     sent_at = getattr(parsed, "sent_at", None)
     assert sent_at is None or sent_at.tzinfo is not None
+    if isinstance(parsed, payloads.RegisterPayload):
+        # The next gate a registration meets: the URL check names the field or passes.
+        for mode in ("push", "poll"):
+            try:
+                check_url_for_mode(parsed.url, mode, NoAnswer())
+            except Rejected as exc:
+                assert str(exc).startswith("url: "), str(exc)
     return True
 
 
@@ -338,7 +354,24 @@ def check_blocked_url(url: str, always: bool, saas: bool) -> None:
 _url_chars = (
     string.ascii_letters + string.digits + ":/@[]%.-_~?#\\ \t\x00!$&'()*+,;=" + "\u3002\uff10\uff11"
 )
+public_hosts = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+    st.from_regex(r"[a-z0-9-]{1,12}(\.[a-z0-9-]{1,12}){0,3}", fullmatch=True),
+    st.sampled_from(["localhost", "LOCALHOST.", "agent.example.com", "xn--bcher-kva.example"]),
+    st.text(min_size=1, max_size=12),
+)
+structured_urls = st.builds(
+    lambda scheme, userinfo, host, dot, port, path: f"{scheme}://{userinfo}{host}{dot}{port}{path}",
+    st.sampled_from(["http", "https", "HTTP", "hTtPs", "ftp"]),
+    st.sampled_from(["", "u@", "u:p@", "@", "a@b@", "127.0.0.1@", "[::1]@"]),
+    public_hosts,
+    st.sampled_from(["", "", ".", ".."]),
+    st.sampled_from(["", ":0", ":80", ":65536", ":-1", ":8000", "::80"]),
+    st.sampled_from(["", "/", "/a2a?x=1", "#f", "\\@127.0.0.1/", "/..;/"]),
+)
 url_text = st.one_of(
+    structured_urls,
     st.text(max_size=60),
     st.text(alphabet=_url_chars, max_size=60),
     st.tuples(

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import click
 import pytest
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from registry.cli import main
 from registry.cli.events import parse_since, parse_types
 from registry.config import reload_settings
-from registry.events.outbox import EVENT_STREAM
+from registry.events.outbox import BROADCAST_CHANNEL, EVENT_STREAM, Event
 from registry.events.subscriber import stream_head
 from registry.events.text import describe
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
@@ -302,3 +303,33 @@ def test_unreachable_store_is_one_line(monkeypatch, variable, url, message):
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {message}")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_following_shows_channel_only_heartbeats_live(db, redis_client, test_env):
+    # CONTRACT §7: heartbeats are published on events:broadcast, not appended to the stream.
+    ws = make_workspace(db, "beating")
+    process = subprocess.Popen(
+        [CLI, "events", "--type", "heartbeat", "--workspace", ws, "--limit", "1"],
+        env={**test_env, "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        uptime = 60
+        while process.poll() is None and time.monotonic() < deadline:
+            # Until the command has subscribed, a heartbeat reaches nobody: keep beating.
+            beat = Event(EventType.WORKSPACE_HEARTBEAT, UUID(ws), {"uptime_seconds": uptime})
+            redis_client.publish(BROADCAST_CHANNEL, beat.to_json())
+            uptime += 1
+            time.sleep(0.2)
+        out, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    (line,) = out.splitlines()
+    assert "beating" in line and "WORKSPACE_HEARTBEAT" in line and "heartbeat (up 1m" in line
+    assert "(replayed)" not in line
+    assert redis_client.xlen(EVENT_STREAM) == 0  # it never went through the stream

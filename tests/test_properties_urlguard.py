@@ -10,7 +10,7 @@ from fuzzing import blocked_url, check_any_url, check_blocked_url, resolved_list
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FAST = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,14 +23,24 @@ from redis.retry import Retry
 from sqlalchemy import text
 
 from registry.config import get_settings, reload_settings
-from registry.events.outbox import EVENT_STREAM, relay_unpublished_events
+from registry.events.outbox import (
+    BROADCAST_CHANNEL,
+    EVENT_STREAM,
+    Event,
+    insert_recorded_event,
+    relay_unpublished_events,
+)
 from registry.events.subscriber import (
+    HistoryTooOld,
     Position,
     ReceivedEvent,
+    ReplayTooOld,
     StreamGap,
     Subscriber,
+    latecommits,
     parse_stream_id,
     stream_head,
+    stream_id_at,
     stream_id_before,
 )
 from registry.statuses import EventType
@@ -305,3 +316,263 @@ def test_replayed_event_matches_the_published_one(db, redis_client):
     published = {k: v for k, v in live.as_dict().items() if k != "stream_id"}
     assert {k: v for k, v in replayed.as_dict().items() if k != "stream_id"} == published
     assert datetime.now(UTC) - replayed.timestamp < timedelta(minutes=1)
+
+
+# ---------------------------------------------------------------------------
+# Late commits: ids are allocated at insert, transactions commit in any order
+
+
+def open_transaction_with_event(db, ws: str, n: int):
+    """A transaction that has inserted a recorded event (its id drawn) but not committed."""
+    conn = db.connect()
+    transaction = conn.begin()
+    event = insert_recorded_event(conn, EventType.AGENT_CARD_UPDATED, uuid.UUID(ws), {"n": n})
+    return conn, transaction, event.event_id
+
+
+def test_token_round_trip_keeps_pending_ids():
+    position = Position("1712345678901-7", 42, "ab12", (39, 40))
+    assert position.token() == "1712345678901-7:42:ab12:39,40"
+    assert Position.from_token(position.token()) == position
+    assert Position.from_token("1-0:5::") == Position("1-0", 5)
+    for bad in ("1-0:5:ab:x", "1-0:5:ab:1,,2", "1-0:5:ab:-1"):
+        with pytest.raises(ValueError):
+            Position.from_token(bad)
+
+
+def test_xid_order_survives_wraparound():
+    assert latecommits.precedes(10, 2**32 + 20)
+    assert not latecommits.precedes(30, 2**32 + 20)
+    assert latecommits.precedes(2**32 - 5, 2**33 + 3)  # just before the counter wrapped
+
+
+def test_delivered_remembers_skipped_ids_until_they_come():
+    position = Position("1-0", 10).delivered(13, "2-0")
+    assert position == Position("2-0", 13, None, (11, 12))
+    position = position.delivered(11, "3-0")
+    assert position.event_id == 13 and position.pending == (12,)
+    assert position.forget([12]).pending == ()
+
+
+@pytest.mark.parametrize("resume", ["same_subscriber", "saved_token"])
+def test_event_committed_late_behind_a_gap_is_replayed(db, redis_client, resume):
+    ws = make_workspace(db, "late-commit")
+    subscriber = Subscriber(own_client(), db)
+    # Transaction A draws the lower id; B draws the next one and commits first.
+    conn, transaction, late_id = open_transaction_with_event(db, ws, 0)
+    try:
+        publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 1})])
+        (first,) = events_only(collect(subscriber, 1))
+        assert first.payload["n"] == 1 and first.event_id == late_id + 1
+        assert subscriber.position.pending == (late_id,)
+        transaction.commit()  # A commits late; its process dies before publishing
+    finally:
+        conn.close()
+    publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 2})])
+    redis_client.xtrim(EVENT_STREAM, maxlen=0, approximate=False)  # the stream lost both
+
+    if resume == "saved_token":
+        subscriber = Subscriber(own_client(), db, since=subscriber.position.token())
+    items = drain(subscriber)
+    assert isinstance(items[0], StreamGap)
+    replayed = events_only(items)
+    # Before the fix the replay read ids above B's and skipped A's event for good.
+    assert [e.payload["n"] for e in replayed] == [0, 2]
+    assert all(e.replayed for e in replayed)
+    assert subscriber.position.pending == ()
+    assert drain(subscriber) == []  # nothing twice
+
+
+def test_pending_id_is_forgotten_after_a_rollback_and_kept_while_its_transaction_is_open(
+    db, redis_client, monkeypatch
+):
+    monkeypatch.setattr(latecommits, "GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(latecommits, "CHECK_EVERY_SECONDS", 0.0)
+    ws = make_workspace(db, "in-flight")
+    subscriber = Subscriber(own_client(), db)
+
+    def settle(until_empty: bool = True) -> None:
+        # The first check notes the horizon, the next ones decide.
+        deadline = time.monotonic() + 20
+        for _ in range(3):
+            subscriber.poll(block_ms=0)
+        while until_empty and subscriber.position.pending and time.monotonic() < deadline:
+            subscriber.poll(block_ms=50)
+
+    doomed_conn, doomed_tx, doomed_id = open_transaction_with_event(db, ws, 0)
+    publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 1})])
+    collect(subscriber, 1)
+    assert subscriber.position.pending == (doomed_id,)
+    doomed_tx.rollback()
+    doomed_conn.close()
+    settle()
+    assert subscriber.position.pending == ()  # rolled back: it can never commit
+
+    open_conn, open_tx, open_id = open_transaction_with_event(db, ws, 2)
+    try:
+        publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 3})])
+        collect(subscriber, 1)
+        settle(until_empty=False)
+        # Still open: it may commit any moment, so the position (and its token) keep it.
+        assert subscriber.position.pending == (open_id,)
+        assert subscriber.position.token().endswith(f":{open_id}")
+    finally:
+        open_tx.rollback()
+        open_conn.close()
+    settle()
+    assert subscriber.position.pending == ()
+
+
+# ---------------------------------------------------------------------------
+# Retention: a replay from before the window answers "too old"
+
+
+def age_events(db, ids: list[int], days: int) -> None:
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE structure_events SET created_at = now() - make_interval(days => :d) "
+                "WHERE id = ANY(:ids)"
+            ),
+            {"d": days, "ids": ids},
+        )
+
+
+def prune(db, days: int) -> None:
+    """What the retention task does: delete rows older than the window."""
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "DELETE FROM structure_events WHERE created_at < now() - make_interval(days => :d)"
+            ),
+            {"d": days},
+        )
+
+
+def test_replay_from_before_the_retention_window_says_too_old(db, redis_client):
+    ws = make_workspace(db, "ancient")
+    subscriber = Subscriber(own_client(), db, retention_days=30)
+    publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 0})])
+    collect(subscriber, 1)  # delivered n=0, then went away
+    publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": n}) for n in (1, 2, 3)])
+    delivered = subscriber.position
+    # As if n=0 had come 40 days ago: its stream id is a time too.
+    long_ago = stream_id_at(datetime.now(UTC) - timedelta(days=40))
+    saved = Position(long_ago, delivered.event_id, delivered.redis_run_id)
+    old = recorded_ids(db, after=saved.event_id - 1)
+    age_events(db, old[:3], days=40)  # n=0..2 are older than the window
+    prune(db, days=30)  # and deleted
+    publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 4})])
+    redis_client.xtrim(EVENT_STREAM, maxlen=0, approximate=False)
+
+    resumed = Subscriber(own_client(), db, since=saved, retention_days=30)
+    items = drain(resumed)
+    gap, notice = items[0], items[1]
+    assert isinstance(gap, StreamGap) and gap.reason == "trimmed"
+    assert isinstance(notice, HistoryTooOld) and notice.reason == "too_old"
+    assert notice.retention_days == 30
+    assert "older than the 30-day retention window" in notice.describe()
+    assert notice.as_dict()["gap"] == "too_old"
+    # Then what the window still holds, instead of a silent later start.
+    assert [e.payload["n"] for e in events_only(items)] == [3, 4]
+
+    strict = Subscriber(own_client(), db, since=saved, retention_days=30, too_old="raise")
+    with pytest.raises(ReplayTooOld) as raised:
+        drain(strict)
+    assert raised.value.notice.retention_days == 30
+
+    # 0 keeps history forever: no notice, whatever the age.
+    forever = drain(Subscriber(own_client(), db, since=saved, retention_days=0))
+    assert not any(isinstance(i, HistoryTooOld) for i in forever)
+
+
+def test_replay_from_a_time_before_the_window_says_too_old(db, redis_client):
+    ws = make_workspace(db, "long-ago")
+    publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws, {"n": 0})])
+    redis_client.delete(EVENT_STREAM)
+    subscriber = Subscriber(
+        own_client(), db, since=datetime.now(UTC) - timedelta(days=100), retention_days=90
+    )
+    items = drain(subscriber)
+    assert any(isinstance(i, HistoryTooOld) for i in items)
+    recent = Subscriber(
+        own_client(), db, since=datetime.now(UTC) - timedelta(days=10), retention_days=90
+    )
+    assert not any(isinstance(i, HistoryTooOld) for i in drain(recent))
+
+
+# ---------------------------------------------------------------------------
+# Broadcast-only events live from the channel (CONTRACT §7)
+
+
+def broadcast_only(client, ws: str, n: int) -> None:
+    """A heartbeat as the registry publishes it now: on the channel, not the stream."""
+    event = Event(EventType.WORKSPACE_HEARTBEAT, uuid.UUID(ws), {"n": n, "active_tasks": 1})
+    client.publish(BROADCAST_CHANNEL, event.to_json())
+
+
+def ours(items, ws: str) -> list[ReceivedEvent]:
+    """Pub/sub channels span Redis databases: other test runs' heartbeats arrive too."""
+    return [e for e in events_only(items) if e.workspace_id == ws]
+
+
+def collect_ours(subscriber: Subscriber, ws: str, count: int) -> list[ReceivedEvent]:
+    got: list[ReceivedEvent] = []
+    deadline = time.monotonic() + 20
+    while len(got) < count:
+        assert time.monotonic() < deadline, got
+        got.extend(ours(subscriber.poll(block_ms=200), ws))
+    return got
+
+
+def test_broadcast_subscriber_gets_channel_heartbeats_and_stream_events_once(db, redis_client):
+    ws = make_workspace(db, "pulse")
+    subscriber = Subscriber(own_client(), db, broadcast=True)
+    plain = Subscriber(own_client(), db)
+    try:
+        broadcast_only(redis_client, ws, 0)
+        # The current path publishes heartbeats on both: still handed out once.
+        publish(db, redis_client, numbered(3, ws, start=1))
+        broadcast_only(redis_client, ws, 4)
+        got = collect_ours(subscriber, ws, 5)
+        assert sorted(e.payload["n"] for e in got) == [0, 1, 2, 3, 4]
+        live = [e for e in got if e.type == EventType.WORKSPACE_HEARTBEAT]
+        assert {e.payload["n"] for e in live} == {0, 2, 4}
+        assert not any(e.replayed for e in got)
+        assert ours(subscriber.poll(block_ms=300), ws) == []  # no second copy
+        # Without asking, only the stream: channel-only heartbeats are not seen.
+        assert sorted(e.payload["n"] for e in events_only(collect(plain, 3))) == [1, 2, 3]
+    finally:
+        subscriber.close()
+
+
+def test_broadcast_subscriber_wakes_on_the_channel_while_waiting(db, redis_client):
+    ws = make_workspace(db, "waiting")
+    subscriber = Subscriber(own_client(), db, broadcast=True)
+    got: list = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        for item in subscriber.events(stop=stop, block_ms=3000):
+            got.append(item)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        broadcast_only(redis_client, ws, 7)
+        while not ours(got, ws) and time.monotonic() - started < 10:
+            time.sleep(0.02)
+        assert time.monotonic() - started < 2.5  # not after the whole 3 s block
+        publish(db, redis_client, [(EventType.WORKSPACE_OFFLINE, ws, {"reason": "r"})])
+        while len(ours(got, ws)) < 2 and time.monotonic() - started < 10:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        subscriber.close()
+    assert [e.type for e in ours(got, ws)] == [
+        EventType.WORKSPACE_HEARTBEAT,
+        EventType.WORKSPACE_OFFLINE,
+    ]

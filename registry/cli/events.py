@@ -11,12 +11,14 @@ import click
 from sqlalchemy import Engine, text
 
 from registry.cli.base import friendly_errors, main, reachable_stores
-from registry.statuses import EventType
+from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
+
+BROADCAST_ONLY_TYPES = frozenset(str(t) for t in BROADCAST_ONLY_EVENTS)
 
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhdw])+$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-POSITION = re.compile(r"^\d+-\d+(?::\d*(?::[0-9A-Za-z]*)?)?$")
+POSITION = re.compile(r"^\d+-\d+(?::\d*(?::[0-9A-Za-z]*(?::[0-9,]*)?)?)?$")
 
 
 def parse_since(value: str, now: datetime | None = None) -> str | datetime:
@@ -157,7 +159,10 @@ def events(
 
     A line is `time (UTC)  short-id name  TYPE  gist`. When the stream has lost
     events after the starting point (capped, or Redis restarted), a notice goes to
-    stderr and the recorded ones are replayed from the database, marked (replayed).
+    stderr and the recorded ones are replayed from the database, marked (replayed);
+    when that point is older than EVENTS_RETENTION_DAYS, a "too old" notice says so.
+    While following, heartbeats and task updates are shown live from the broadcast
+    channel (they are not kept in the stream).
     """
     from registry.events.subscriber import StreamGap, Subscriber
     from registry.events.text import event_line
@@ -171,7 +176,10 @@ def events(
     chosen_workspaces = resolve_workspaces(engine, workspaces)
     names = WorkspaceNames(engine)
 
-    subscriber = Subscriber(client, engine, since=start)
+    # Heartbeats and task updates travel on the channel only (CONTRACT §7): a live
+    # view listens there too, unless the chosen types leave them out.
+    live = not no_follow and (not chosen_types or bool(chosen_types & BROADCAST_ONLY_TYPES))
+    subscriber = Subscriber(client, engine, since=start, broadcast=live)
     printed = 0
     try:
         for item in subscriber.events(follow=not no_follow):
@@ -191,3 +199,5 @@ def events(
                 break
     except KeyboardInterrupt:  # Ctrl-C is how a live stream ends
         pass
+    finally:
+        subscriber.close()

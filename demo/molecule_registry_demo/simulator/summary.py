@@ -68,7 +68,8 @@ class LiveSummary:
         self.stats = stats
         self.recent: deque[StatusEvent] = deque(maxlen=8)
         self.started = time.monotonic()
-        self._events = Subscriber(redis_client, engine)  # from now on
+        # From now on; heartbeats come live from the broadcast channel (CONTRACT §7).
+        self._events = Subscriber(redis_client, engine, broadcast=True)
         self._applied = 0
         # (time, sent, applied) samples: rates are averaged over the last few seconds.
         self._samples: deque[tuple[float, int, int]] = deque([(self.started, 0, 0)])

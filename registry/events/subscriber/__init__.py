@@ -45,7 +45,13 @@ from registry.events.subscriber.backoff import (
     RETRYABLE_ERRORS,
 )
 from registry.events.subscriber.gaps import stream_head
-from registry.events.subscriber.items import Item, ReceivedEvent, StreamGap
+from registry.events.subscriber.items import (
+    HistoryTooOld,
+    Item,
+    ReceivedEvent,
+    ReplayTooOld,
+    StreamGap,
+)
 from registry.events.subscriber.position import Position, Since
 from registry.events.subscriber.reader import Subscriber
 from registry.events.subscriber.streamids import (
@@ -62,9 +68,11 @@ __all__ = [
     "BACKOFF_MAX_SECONDS",
     "MAX_SEQ",
     "RETRYABLE_ERRORS",
+    "HistoryTooOld",
     "Item",
     "Position",
     "ReceivedEvent",
+    "ReplayTooOld",
     "Since",
     "StreamGap",
     "Subscriber",

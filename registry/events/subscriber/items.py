@@ -24,7 +24,8 @@ class ReceivedEvent:
 
     @property
     def replayed(self) -> bool:
-        return self.stream_id is None
+        # Broadcast-only events read live from the channel have neither id.
+        return self.stream_id is None and self.event_id is not None
 
     def as_dict(self) -> dict[str, Any]:
         """The published event JSON, plus `stream_id` (null when replayed)."""
@@ -49,7 +50,7 @@ class ReceivedEvent:
         return cls(
             type=body["event"],
             workspace_id=workspace_id if isinstance(workspace_id, str) else None,
-            timestamp=_parse_time(body.get("timestamp"), stream_id),
+            timestamp=parse_time(body.get("timestamp"), stream_id_time(stream_id)),
             payload=payload if isinstance(payload, dict) else {},
             event_id=event_id if isinstance(event_id, int) else None,
             stream_id=stream_id,
@@ -65,7 +66,7 @@ class StreamGap:
     (`TASK_UPDATED`, `WORKSPACE_HEARTBEAT`) are lost. `since`..`until` is the window.
     """
 
-    reason: Literal["trimmed", "redis_reset"]
+    reason: Literal["trimmed", "redis_reset", "too_old"]
     since: datetime
     until: datetime
     resume_stream_id: str  # the live stream continues after this entry
@@ -86,13 +87,48 @@ class StreamGap:
         )
 
 
+@dataclass(frozen=True)
+class HistoryTooOld(StreamGap):
+    """The history asked for is older than the retention window (a watch's "410 Gone").
+
+    Comes right after the `StreamGap` whose replay needed it. Recorded events from
+    `since` (None: unknown) to `until` (the oldest event kept) may have been pruned
+    (`EVENTS_RETENTION_DAYS`); the replay goes on from the oldest event kept. With
+    `Subscriber(..., too_old="raise")` the subscriber raises `ReplayTooOld` instead.
+    """
+
+    retention_days: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        body = super().as_dict()
+        body["since"] = rfc3339(self.since) if self.since.timestamp() > 0 else None
+        body["retention_days"] = self.retention_days
+        return body
+
+    def describe(self) -> str:
+        start = rfc3339(self.since) if self.since.timestamp() > 0 else "an unknown point"
+        return (
+            f"too old: history from {start} is older than the {self.retention_days}-day "
+            f"retention window; recorded events before {rfc3339(self.until)} may be gone, "
+            "replay continues from the oldest event kept"
+        )
+
+
+class ReplayTooOld(Exception):
+    """Raised instead of handing out `HistoryTooOld` when the subscriber was told to."""
+
+    def __init__(self, notice: HistoryTooOld) -> None:
+        super().__init__(notice.describe())
+        self.notice = notice
+
+
 Item = ReceivedEvent | StreamGap
 
 
-def _parse_time(value: Any, stream_id: str) -> datetime:
+def parse_time(value: Any, fallback: datetime) -> datetime:
     if isinstance(value, str):
         try:
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
-    return stream_id_time(stream_id)
+    return fallback

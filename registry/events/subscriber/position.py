@@ -1,15 +1,24 @@
 """Where a subscriber stands, and the resume-token format that persists it.
 
-A token is `<stream id>:<event id>:<redis run id>`, each part after the first
-optional; a bare stream id is a token too.
+A token is `<stream id>:<event id>:<redis run id>:<pending ids>`, each part after the
+first optional (a bare stream id is a token too); pending ids are comma-separated.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from registry.events.subscriber.streamids import format_stream_id, parse_stream_id
+
+log = logging.getLogger("registry.events.subscriber")
+
+# At most this many ids are remembered as possibly still committing; a token stays short.
+MAX_PENDING = 1_000
+_PENDING = re.compile(r"^\d+(?:,\d+)*$")
 
 
 @dataclass(frozen=True)
@@ -20,36 +29,86 @@ class Position:
     it). `event_id`: the highest recorded event id delivered, from which the database
     is replayed when the stream lost entries. `redis_run_id`: the Redis server the
     stream id belongs to; a different one means Redis restarted and the stream is new.
+    `pending`: ids below `event_id` not delivered yet that a transaction still open may
+    commit (ids are allocated at insert, committed in any order); a replay reads them
+    too, and they are forgotten once delivered or once no open transaction can hold them.
     """
 
     stream_id: str = "0-0"
     event_id: int | None = None
     redis_run_id: str | None = None
+    pending: tuple[int, ...] = ()
 
     def token(self) -> str:
         event = "" if self.event_id is None else str(self.event_id)
-        return f"{self.stream_id}:{event}:{self.redis_run_id or ''}"
+        token = f"{self.stream_id}:{event}:{self.redis_run_id or ''}"
+        return f"{token}:{','.join(map(str, self.pending))}" if self.pending else token
 
     @classmethod
     def from_token(cls, token: str) -> Position:
         """Inverse of `token()`; a bare stream id is accepted too."""
         stream_id, _, rest = token.strip().partition(":")
-        event, _, run_id = rest.partition(":")
+        event, _, rest = rest.partition(":")
+        run_id, _, pending = rest.partition(":")
         parse_stream_id(stream_id)  # validates
-        if event and not event.isdigit():
+        bad = (
+            (event and not event.isdigit())
+            or (run_id and not run_id.isalnum())
+            or (pending and not _PENDING.match(pending))
+        )
+        if bad:
             raise ValueError(f"{token!r} is not a subscriber position")
-        if run_id and not run_id.isalnum():
-            raise ValueError(f"{token!r} is not a subscriber position")
+        ids = tuple(sorted({int(p) for p in pending.split(",")})) if pending else ()
         return cls(
             format_stream_id(parse_stream_id(stream_id)),
             int(event) if event else None,
             run_id or None,
+            ids[-MAX_PENDING:],
         )
 
     def after_event(self, event_id: int | None) -> int | None:
         if event_id is None:
             return self.event_id
         return event_id if self.event_id is None else max(self.event_id, event_id)
+
+    def delivered(
+        self, event_id: int | None, stream_id: str | None = None, run_id: str | None = None
+    ) -> Position:
+        """The position after handing out `event_id` (None: a broadcast-only event)."""
+        high, pending = self.event_id, self.pending
+        if event_id is not None:
+            if high is not None and event_id > high + 1:
+                # The ids between are in flight (or rolled back): remember them.
+                skipped = range(max(high + 1, event_id - MAX_PENDING), event_id)
+                if len(skipped) < event_id - high - 1:
+                    log.warning(
+                        "event subscriber: %d ids skipped at once; only the last %d are "
+                        "watched for a late commit",
+                        event_id - high - 1,
+                        MAX_PENDING,
+                    )
+                pending = _bounded((*pending, *skipped))
+            elif event_id in pending:
+                pending = tuple(p for p in pending if p != event_id)
+            high = event_id if high is None else max(high, event_id)
+        return Position(
+            self.stream_id if stream_id is None else stream_id,
+            high,
+            self.redis_run_id if run_id is None else run_id,
+            pending,
+        )
+
+    def forget(self, ids: Iterable[int]) -> Position:
+        """Without pending `ids` (no transaction can commit them any more)."""
+        gone = set(ids)
+        if not gone.intersection(self.pending):
+            return self
+        kept = tuple(p for p in self.pending if p not in gone)
+        return Position(self.stream_id, self.event_id, self.redis_run_id, kept)
+
+
+def _bounded(ids: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted(set(ids)))[-MAX_PENDING:]
 
 
 # "now" (only what happens from here on), "start" (the oldest entry the stream

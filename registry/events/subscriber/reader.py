@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Literal
 
 import redis
 from sqlalchemy import Engine
 
+from registry.config import get_settings
 from registry.events.outbox import EVENT_STREAM
 from registry.events.subscriber.backoff import RETRYABLE_ERRORS, Backoff
+from registry.events.subscriber.channel import BroadcastListener
 from registry.events.subscriber.dedup import RecentIds
 from registry.events.subscriber.gaps import Entries, Head, detect_gap, entries_of, look, run_id_of
-from registry.events.subscriber.items import Item, ReceivedEvent, StreamGap
+from registry.events.subscriber.items import (
+    HistoryTooOld,
+    Item,
+    ReceivedEvent,
+    ReplayTooOld,
+    StreamGap,
+)
+from registry.events.subscriber.latecommits import LateCommits
 from registry.events.subscriber.position import Position, Since
 from registry.events.subscriber.replay import (
+    Pruned,
     Replay,
     event_of,
     first_id_since,
     newest_id,
+    pruned_before,
     rows_after,
 )
 from registry.events.subscriber.streamids import stream_id_at, stream_id_before, stream_id_time
@@ -35,6 +49,12 @@ class Subscriber:
     `since`: "now" (default), "start", a stream id, an aware datetime, or a saved
     `Position` (or its token); resolved when the subscriber is made (or, if Redis is
     unreachable then, on the first read). Not thread-safe: one per consumer thread.
+
+    `broadcast=True`: also hand out broadcast-only events (heartbeats, task updates)
+    live from the `events:broadcast` channel, from the moment the subscriber is made.
+    `too_old`: when a replay must start before the retention window
+    (`EVENTS_RETENTION_DAYS`, or `retention_days`), hand out a `HistoryTooOld` notice
+    and go on from the oldest event kept ("notice"), or raise `ReplayTooOld` ("raise").
     """
 
     def __init__(
@@ -46,6 +66,9 @@ class Subscriber:
         stream: str = EVENT_STREAM,
         batch_size: int = 500,
         dedup_window: int = 20_000,
+        broadcast: bool = False,
+        too_old: Literal["notice", "raise"] = "notice",
+        retention_days: int | None = None,
     ) -> None:
         self._client = client
         self._engine = engine
@@ -57,10 +80,19 @@ class Subscriber:
         self._recent = RecentIds(dedup_window)
         self._replay: Replay | None = None
         self._backoff = Backoff()
+        self._late = LateCommits()
+        self._too_old = too_old
+        self._retention_days = (
+            get_settings().events_retention_days if retention_days is None else retention_days
+        )
+        self._live_bodies = RecentIds(dedup_window)
+        self._listener = BroadcastListener(client) if broadcast else None
         # XREAD BLOCK must return before the client's socket timeout fires.
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block_ms = max(100, int(timeout * 1000) - 1000) if timeout else None
         try:  # "now" means now, not the first read; if Redis is down, the first read
+            if self._listener is not None:
+                self._listener.subscribe()  # before the stream's end is read: no hole
             self._position = self._resolve(since)
         except RETRYABLE_ERRORS:
             log.warning("event subscriber: Redis unreachable; starting point resolved later")
@@ -108,12 +140,17 @@ class Subscriber:
             self._position = position
             yield item
 
+    def close(self) -> None:
+        """Let go of the broadcast channel's connection (if listening)."""
+        if self._listener is not None:
+            self._listener.close()
+
     # -- reading ------------------------------------------------------------
 
     def _fill(self, block_ms: int, stop: threading.Event | None) -> bool:
         """Queue what comes next; True when the stream had nothing new for us."""
         try:
-            position = self.position
+            position = self._settle_late_commits(self.position)
             if self._replay is not None:
                 self._replay_batch(self._replay, position)
             else:
@@ -122,8 +159,13 @@ class Subscriber:
                     position = self.position  # may have adopted the server's run id
                     if head.entries:
                         self._take(head.entries, position, head.run_id)
+                    if self._listen(0) or head.entries:
+                        pass
                     elif block_ms > 0:
-                        self._take_blocking(position, block_ms)
+                        if self._listener is None:
+                            self._take_blocking(position, block_ms)
+                        else:  # any event on the channel wakes us to read the stream
+                            self._listen(self._block_seconds(block_ms))
                     else:
                         self._backoff.reset()
                         return True
@@ -132,6 +174,43 @@ class Subscriber:
             return False
         self._backoff.reset()
         return False
+
+    def _block_seconds(self, block_ms: int) -> float:
+        if self._max_block_ms is not None:
+            block_ms = min(block_ms, self._max_block_ms)
+        return block_ms / 1000
+
+    def _settle_late_commits(self, position: Position) -> Position:
+        """Forget pending ids no transaction can commit any more (checked once a second)."""
+        if not self._late.due(position.pending):
+            return position
+        with self._engine.connect() as conn:
+            final = self._late.settle(conn, position.pending)
+        if final:
+            self._position = position.forget(final)
+        return self.position
+
+    def _listen(self, timeout: float) -> bool:
+        """Queue broadcast-only events from the channel; True if any message came."""
+        if self._listener is None:
+            return False
+        found, woke = self._listener.receive(timeout)
+        for body, event in found:
+            self._queue_live(body, event)
+        return woke
+
+    def _first_copy(self, body: str) -> bool:
+        """Whether a broadcast-only event's body is new (it may come by channel and stream)."""
+        key = hashlib.blake2b(body.encode("utf-8", "replace"), digest_size=16).digest()
+        if key in self._live_bodies:
+            return False
+        self._live_bodies.add(key)
+        return True
+
+    def _queue_live(self, body: str, event: ReceivedEvent) -> None:
+        if self._first_copy(body):
+            position = self._pending[-1][1] if self._pending else self.position
+            self._pending.append((event, position))
 
     def _queue(self, item: Item | None, position: Position) -> None:
         """Hand out `item` with the position after it; None just moves past an entry."""
@@ -174,7 +253,7 @@ class Subscriber:
         reason = detect_gap(head, position)
         if reason is None:
             if head.run_id and position.redis_run_id is None:
-                self._position = Position(position.stream_id, position.event_id, head.run_id)
+                self._position = replace(position, redis_run_id=head.run_id)
             return False
         # The live stream continues from its present end: everything before it is
         # either replayed from the database (recorded) or reported lost (broadcast).
@@ -192,18 +271,23 @@ class Subscriber:
 
     def _replay_batch(self, replay: Replay, position: Position) -> None:
         with self._engine.connect() as conn:
+            if not replay.retention_checked:
+                replay.retention_checked = True
+                pruned = pruned_before(conn, replay, self._retention_days)
+                if pruned is not None:
+                    position = self._history_too_old(replay, position, pruned)
+                    if replay.after_id is None and pruned.oldest_kept_id is not None:
+                        replay.after_id = pruned.oldest_kept_id - 1
             if replay.after_id is None:
                 first = first_id_since(conn, replay.since)
                 if first is None:
                     self._finish_replay(replay, position)
                     return
                 replay.after_id = first - 1
-            rows = rows_after(conn, replay.after_id, self._batch)
+            rows = rows_after(conn, replay.after_id, self._batch, position.pending)
         for row in rows:
-            replay.after_id = row.id
-            position = Position(
-                position.stream_id, position.after_event(row.id), position.redis_run_id
-            )
+            replay.after_id = max(replay.after_id, row.id)
+            position = position.delivered(row.id)
             event = None
             if row.id not in self._recent:
                 self._recent.add(row.id)
@@ -212,12 +296,33 @@ class Subscriber:
         if len(rows) < self._batch:
             self._finish_replay(replay, position)
 
+    def _history_too_old(self, replay: Replay, position: Position, pruned: Pruned) -> Position:
+        """Say that the history asked for is gone, and start from the oldest event kept."""
+        notice = HistoryTooOld(
+            reason="too_old",
+            since=pruned.point or datetime.fromtimestamp(0, UTC),
+            until=pruned.oldest_kept_at,
+            resume_stream_id=replay.resume.stream_id,
+            retention_days=self._retention_days,
+        )
+        log.warning("event subscriber: %s", notice.describe())
+        if self._too_old == "raise":
+            self._replay = None
+            raise ReplayTooOld(notice)
+        if pruned.oldest_kept_id is not None and (replay.after_id or 0) < pruned.oldest_kept_id:
+            # What lies below the oldest kept event is gone, not pending.
+            replay.after_id = pruned.oldest_kept_id - 1
+            position = Position(position.stream_id, replay.after_id, position.redis_run_id)
+        self._queue(notice, position)
+        return position
+
     def _finish_replay(self, replay: Replay, position: Position) -> None:
         self._replay = None
         resumed = Position(
             replay.resume.stream_id,
             position.after_event(replay.after_id),
             replay.resume.redis_run_id,
+            position.pending,
         )
         self._queue(None, resumed)
 
@@ -247,7 +352,11 @@ class Subscriber:
                 log.warning("skipping unreadable stream entry %s: %s", stream_id, exc)
                 event = None
             event_id = event.event_id if event else None
-            position = Position(stream_id, position.after_event(event_id), run_id)
+            position = position.delivered(event_id, stream_id, run_id)
+            # With the channel on, a broadcast-only event may come both ways: once only.
+            live_copy = event is not None and event_id is None and self._listener is not None
+            if live_copy and not self._first_copy(fields.get("data", "")):
+                event = None
             if event_id is not None:
                 if event_id in self._recent:  # published twice (outbox relay)
                     event = None
