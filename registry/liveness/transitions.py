@@ -7,6 +7,7 @@ calls `mark_unreachable`; the heartbeat path asks `heartbeat_transition`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import text
 from registry import metrics
 from registry.liveness.keys import clear_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
-from registry.uow import UnitOfWork, record_event_on_commit
+from registry.uow import UnitOfWork, record_events_on_commit
 
 DEGRADE_ERROR_RATE = 0.5
 RECOVER_ERROR_RATE = 0.1
@@ -136,6 +137,7 @@ def mark_unreachable(
     excluded: Collection[Status] = LIVENESS_EXCLUDED,
     target: Status | None = None,
     limit: int = 1000,
+    order_sql: str | None = None,
 ) -> list[Unreachable]:
     """Move the matching workspaces to their unreachable status; one event per change.
 
@@ -143,9 +145,15 @@ def mark_unreachable(
     the caller (e.g. "w.id = :id", or a stale-heartbeat test); it is re-checked inside
     the UPDATE's row lock, so a heartbeat that landed meanwhile wins. `target` forces
     a status (container gone → offline); by default it follows the runtime. Rows
-    already in their target, or in an excluded status, are left alone.
+    already in their target, or in an excluded status, are left alone. `order_sql`
+    (e.g. the candidate index's column) lets the scan stop after `limit` rows instead
+    of reading every candidate to sort them.
+
+    Set-based: one UPDATE … RETURNING for the batch, one INSERT for all its events
+    (only for rows really changed), transition metrics counted after the commit.
     """
     target_sql = f"'{target}'" if target else BY_RUNTIME
+    order = f"ORDER BY {order_sql}" if order_sql else ""
     sql = text(
         f"""
         WITH cand AS (
@@ -154,9 +162,10 @@ def mark_unreachable(
             WHERE ({candidates_sql})
               AND w.status <> ALL(:excluded)
               AND w.status <> {target_sql}
-            ORDER BY w.id
+            {order}
             LIMIT :limit
             -- A row locked by a heartbeat in flight is alive: skip it rather than wait.
+            -- The lock re-reads a row committed meanwhile and re-tests this WHERE.
             FOR UPDATE OF w SKIP LOCKED
         )
         UPDATE workspaces w
@@ -169,13 +178,23 @@ def mark_unreachable(
     bound = {**(params or {}), "excluded": [str(s) for s in excluded], "limit": limit}
     rows = uow.conn.execute(sql, bound).all()
     changed = [Unreachable(r.id, r.previous_status, r.status) for r in rows]
-    for change in changed:
-        metrics.record_transition(change.previous_status, change.new_status)
-        record_event_on_commit(
-            uow,
-            UNREACHABLE_EVENT[Status(change.new_status)],
-            change.workspace_id,
-            {"reason": reason, "previous_status": change.previous_status},
-        )
-        uow.on_commit(lambda pipe, ws=change.workspace_id: clear_workspace_keys(pipe, ws))
+    if not changed:
+        return changed
+    record_events_on_commit(
+        uow,
+        [
+            (
+                UNREACHABLE_EVENT[Status(c.new_status)],
+                c.workspace_id,
+                {"reason": reason, "previous_status": c.previous_status},
+            )
+            for c in changed
+        ],
+    )
+    ids = [c.workspace_id for c in changed]
+    uow.on_commit(lambda pipe: [clear_workspace_keys(pipe, ws) for ws in ids])
+    moves = Counter((c.previous_status, c.new_status) for c in changed)
+    uow.after_commit(
+        lambda: [metrics.record_transition(old, new, n) for (old, new), n in moves.items()]
+    )
     return changed

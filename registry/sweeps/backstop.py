@@ -3,7 +3,7 @@
 Expiry notifications are fire-and-forget: lost while no listener runs, and a key
 lost to a Redis restart never expires. So every `online`/`degraded` workspace whose
 `last_heartbeat_at` is older than LIVENESS_TTL_SECONDS + BACKSTOP_GRACE_SECONDS (plus
-the heartbeat queue's measured lag, see registry.selfpreservation) gets the same
+the heartbeat queue's measured lag, see registry.liveness.selfpreservation) gets the same
 transition as an expired key: `offline`, or `awaiting_agent` for external runtimes,
 reason `liveness_expired`. Candidates come from the partial index
 `ix_workspaces_live_heartbeat`, so a run costs in proportion to the stale rows.
@@ -43,6 +43,8 @@ def mark_stale(
         candidates_sql=STALE_SQL,
         params={"stale_after": stale_after},
         limit=limit,
+        # The index's order: the scan stops after `limit` rows, however many are stale.
+        order_sql="w.last_heartbeat_at",
     )
 
 

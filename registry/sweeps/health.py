@@ -153,13 +153,20 @@ def mark_gone(uow: UnitOfWork, gone: list[Candidate]) -> list[Unreachable]:
 
 _EXTERNAL_LIVE = f"w.runtime = '{EXTERNAL_RUNTIME}' AND w.status IN ('online', 'degraded')"
 # COALESCE(last_heartbeat_at, updated_at) older than :stale_after, as two statements:
-# each is one range on ix_workspaces_live_heartbeat (it indexes NULLs too), so the pass
-# costs in proportion to the stale rows. Written as one OR, the planner reads the whole
-# live index instead.
-REMOTE_STALE_SQL: tuple[str, ...] = (
-    f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at < now() - make_interval(secs => :stale_after)",
-    f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at IS NULL "
-    "AND w.updated_at < now() - make_interval(secs => :stale_after)",
+# each is one range on ix_workspaces_live_heartbeat (last_heartbeat_at, runtime; it
+# indexes NULLs too) with the runtime tested inside the index, so the pass costs in
+# proportion to the stale external rows, not to every stale row. Written as one OR, the
+# planner reads the whole live index instead.
+REMOTE_STALE_SQL: tuple[tuple[str, str | None], ...] = (
+    (
+        f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at < now() - make_interval(secs => :stale_after)",
+        "w.last_heartbeat_at",
+    ),
+    (
+        f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at IS NULL "
+        "AND w.updated_at < now() - make_interval(secs => :stale_after)",
+        None,
+    ),
 )
 
 
@@ -167,7 +174,7 @@ def mark_remote_stale(
     uow: UnitOfWork, *, stale_after: float, limit: int = BATCH_SIZE
 ) -> list[Unreachable]:
     changed: list[Unreachable] = []
-    for candidates_sql in REMOTE_STALE_SQL:
+    for candidates_sql, order_sql in REMOTE_STALE_SQL:
         if len(changed) >= limit:
             break
         changed += mark_unreachable(
@@ -178,6 +185,7 @@ def mark_remote_stale(
             excluded=REMOTE_EXCLUDED,
             target=Status.AWAITING_AGENT,
             limit=limit - len(changed),
+            order_sql=order_sql,
         )
     return changed
 

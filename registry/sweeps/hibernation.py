@@ -147,7 +147,8 @@ def claim(uow: UnitOfWork, workspace_id: UUID) -> Claimed | None:
     row = uow.conn.execute(_CLAIM, {"id": workspace_id}).first()
     if row is None:
         return None
-    metrics.record_transition(row.previous_status, Status.HIBERNATING)
+    previous = row.previous_status
+    uow.after_commit(lambda: metrics.record_transition(previous, Status.HIBERNATING))
     return Claimed(row.id, row.previous_status)
 
 
@@ -160,7 +161,7 @@ def finish(uow: UnitOfWork, workspace_id: UUID) -> bool:
         uow, EventType.WORKSPACE_HIBERNATED, workspace_id, {"name": row.name, "tier": row.tier}
     )
     uow.on_commit(lambda pipe: clear_workspace_keys(pipe, workspace_id))
-    metrics.record_transition(Status.HIBERNATING, Status.HIBERNATED)
+    uow.after_commit(lambda: metrics.record_transition(Status.HIBERNATING, Status.HIBERNATED))
     return True
 
 
@@ -170,7 +171,8 @@ def release(uow: UnitOfWork, claimed: Claimed) -> bool:
         _RELEASE, {"id": claimed.workspace_id, "previous": claimed.previous_status}
     ).first()
     if row is not None:
-        metrics.record_transition(Status.HIBERNATING, claimed.previous_status)
+        previous = claimed.previous_status
+        uow.after_commit(lambda: metrics.record_transition(Status.HIBERNATING, previous))
     return row is not None
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from registry import metrics
 from registry.statuses import EventType, Status
-from registry.uow import UnitOfWork, record_event_on_commit
+from registry.uow import UnitOfWork, record_events_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,25 @@ def sweep_provisioning(
             "limit": limit,
         },
     ).all()
+    record_events_on_commit(
+        uow,
+        [
+            (
+                EventType.WORKSPACE_PROVISION_FAILED,
+                row.id,
+                {
+                    "error": row.last_sample_error,
+                    "timeout_secs": row.timeout_secs,
+                    "runtime": row.runtime,
+                    "source": SOURCE,
+                },
+            )
+            for row in rows
+        ],
+    )
+    failed = len(rows)
+    uow.after_commit(lambda: metrics.record_transition(Status.PROVISIONING, Status.FAILED, failed))
     for row in rows:
-        record_event_on_commit(
-            uow,
-            EventType.WORKSPACE_PROVISION_FAILED,
-            row.id,
-            {
-                "error": row.last_sample_error,
-                "timeout_secs": row.timeout_secs,
-                "runtime": row.runtime,
-                "source": SOURCE,
-            },
-        )
-        metrics.record_transition(Status.PROVISIONING, Status.FAILED)
         log.warning(
             "workspace %s (runtime %s) failed: no registration within %d s of provisioning",
             row.id,
