@@ -36,6 +36,7 @@ imports = (
     "tasks.sweeps",  # backstop, health, outbox relay
     "tasks.maintenance",  # provisioning timeout, hibernation, orphans
     "tasks.access",
+    "tasks.retention",  # history retention, status-count reconciliation
 )
 
 # Every task is idempotent (CONTRACT §4), so a message is acknowledged only after its

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from molecule_registry_client.names import (
+    PRUNE_EVENTS_TASK,
+    RECONCILE_STATUS_COUNTS_TASK,
     RELAY_EVENTS_TASK,
     SWEEP_BACKSTOP_TASK,
     SWEEP_HEALTH_TASK,
@@ -46,4 +48,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "sweep-hibernation": _entry(SWEEP_HIBERNATION_TASK, settings.hibernation_sweep_interval),
         "sweep-orphans": _entry(SWEEP_ORPHANS_TASK, settings.orphan_sweep_interval),
         "relay-events": _entry(RELAY_EVENTS_TASK, settings.relay_events_interval),
+        "prune-events": _entry(PRUNE_EVENTS_TASK, settings.prune_events_interval),
+        "reconcile-status-counts": _entry(
+            RECONCILE_STATUS_COUNTS_TASK, settings.status_counts_reconcile_interval
+        ),
     }

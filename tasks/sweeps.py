@@ -29,7 +29,7 @@ from registry.liveness.selfpreservation import (
 from registry.schedule import expires_for
 from registry.sweeps.backstop import sweep_backstop
 from registry.sweeps.containers import open_container_backend
-from registry.sweeps.health import sweep_health
+from registry.sweeps.health import sweep_health, sweep_remote_agents
 from tasks.base import RegistryTask
 from workers.app import app
 
@@ -69,11 +69,22 @@ def sweep_backstop_task() -> dict[str, Any]:
 
 @app.task(name=SWEEP_HEALTH_TASK, base=RegistryTask, max_retries=0)
 @metrics.observe_sweep("health")
-def sweep_health_task() -> dict[str, Any]:
+def sweep_health_task(remote_only: bool = False) -> dict[str, Any]:
+    """Both passes; `remote_only` (set only by its own re-queue) drains remote agents."""
     settings = get_settings()
     send_probe_if_due(settings, _send_probe)
-    with open_container_backend(settings) as checker:
-        return sweep_health(settings, checker)
+    if remote_only:
+        remote = sweep_remote_agents(settings)
+        result = {"status": "ok", "changed": remote["changed"], "remote": remote}
+    else:
+        with open_container_backend(settings) as checker:
+            result = sweep_health(settings, checker)
+    if isinstance(result["remote"], dict) and result["remote"].get("more"):
+        # A full remote batch: drain the rest now (the container pass waits its tick).
+        sweep_health_task.apply_async(
+            kwargs={"remote_only": True}, expires=expires_for(settings.health_sweep_interval)
+        )
+    return result
 
 
 # Consumed by the heartbeat workers (it travels registry.heartbeats); lives here with
