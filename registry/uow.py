@@ -84,6 +84,9 @@ def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> No
     if published:
         try:
             with engine.begin() as conn:
+                # Losing this in a crash only makes the relay publish once more (at least
+                # once anyway): no need to wait for the disk.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 delete_from_outbox(conn, published)
         except Exception:  # the relay would only publish them once more
             log.warning("could not clear %d published event(s) from the outbox", len(published))

@@ -33,7 +33,7 @@ MAX_BATCHES = 20
 
 _HORIZON = text("SELECT now() - make_interval(days => :days)")
 
-_PRUNE_BATCH = text(
+PRUNE_BATCH_STATEMENT = text(
     """
     WITH batch AS (
         SELECT e.id FROM structure_events e
@@ -66,7 +66,7 @@ def retention_horizon(conn: Connection, settings: Settings | None = None) -> dat
 
 def prune_batch(conn: Connection, days: int, limit: int = BATCH_SIZE) -> int:
     """Delete up to `limit` events older than `days` days (none still in the outbox)."""
-    return conn.execute(_PRUNE_BATCH, {"days": days, "limit": limit}).rowcount
+    return conn.execute(PRUNE_BATCH_STATEMENT, {"days": days, "limit": limit}).rowcount
 
 
 @dataclass

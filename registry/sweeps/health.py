@@ -72,7 +72,7 @@ class ContainerPass:
         }
 
 
-_CONTAINER_CANDIDATES = text(
+CONTAINER_CANDIDATES = text(
     f"""
     SELECT id, status_changed_at FROM workspaces
     WHERE status IN ('online', 'degraded') AND runtime <> '{EXTERNAL_RUNTIME}'
@@ -83,7 +83,7 @@ _CONTAINER_CANDIDATES = text(
 )
 
 # Still live, and still in the status spell the checker was asked about.
-_GONE_SQL = (
+GONE_SQL = (
     "w.status IN ('online', 'degraded') AND (w.id, w.status_changed_at) IN ("
     "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seen AS timestamptz[])))"
 )
@@ -94,7 +94,7 @@ def _candidate_batches(batch_size: int) -> Iterator[list[Candidate]]:
     after = UUID(int=0)
     while True:
         with get_engine().connect() as conn:
-            rows = conn.execute(_CONTAINER_CANDIDATES, {"after": after, "limit": batch_size}).all()
+            rows = conn.execute(CONTAINER_CANDIDATES, {"after": after, "limit": batch_size}).all()
         if not rows:
             return
         yield [Candidate(r.id, r.status_changed_at) for r in rows]
@@ -140,7 +140,7 @@ def mark_gone(uow: UnitOfWork, gone: list[Candidate]) -> list[Unreachable]:
     return mark_unreachable(
         uow,
         reason=CONTAINER_GONE,
-        candidates_sql=_GONE_SQL,
+        candidates_sql=GONE_SQL,
         params={
             "ids": [c.workspace_id for c in gone],
             "seen": [c.status_changed_at for c in gone],
@@ -198,12 +198,17 @@ def sweep_remote_agents(settings: Settings, *, batch_size: int = BATCH_SIZE) -> 
     stale_after = settings.remote_liveness_stale_after + assessment.backlog_seconds
     with unit_of_work() as uow:
         changed = mark_remote_stale(uow, stale_after=stale_after, limit=batch_size)
-    for change in changed:
+    if changed:
         log.warning(
-            "health: external workspace %s %s -> awaiting_agent (no heartbeat for %.0f s)",
+            "health: %d external workspace(s) -> awaiting_agent (no heartbeat for %.0f s)",
+            len(changed),
+            stale_after,
+        )
+    for change in changed:  # one line per batch above; each row at INFO
+        log.info(
+            "health: external workspace %s %s -> awaiting_agent",
             change.workspace_id,
             change.previous_status,
-            stale_after,
         )
     return {"changed": len(changed), "more": len(changed) == batch_size}
 

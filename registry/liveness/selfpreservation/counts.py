@@ -26,6 +26,7 @@ trigger could see (triggers disabled for a bulk load, manual edits of the counts
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # pg_advisory_xact_lock key shared by fold, reconcile (one writer of the counts at a time).
 COUNTS_LOCK_KEY = 0x5E1F_C0DE
 FOLD_BATCH = 50_000
+# Fold once this many deltas wait: reading them costs less than folding them (a fold
+# deletes and logs every row), so small amounts are only read, never written twice.
+FOLD_AFTER = 2_000
 
 LIVE_STATUSES: tuple[Status, ...] = (Status.ONLINE, Status.DEGRADED)
 _LIVE_SQL = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
@@ -66,15 +70,21 @@ _FOLD = text(
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 _LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
-# Both subqueries run in the statement's one snapshot.
-_LIVE_COUNT = text(
+# All subqueries run in the statement's one snapshot.
+LIVE_COUNT = text(
     f"""
     SELECT
         (SELECT COALESCE(sum(n), 0) FROM workspace_status_counts
          WHERE status IN ({_LIVE_SQL}))
-      + (SELECT COALESCE(sum(CASE WHEN to_status IN ({_LIVE_SQL}) THEN n ELSE 0 END)
-                       - sum(CASE WHEN from_status IN ({_LIVE_SQL}) THEN n ELSE 0 END), 0)
-         FROM workspace_status_changes)
+      + d.live_delta AS live,
+        d.pending
+    FROM (
+        SELECT COALESCE(sum(CASE WHEN to_status IN ({_LIVE_SQL}) THEN n ELSE 0 END)
+                      - sum(CASE WHEN from_status IN ({_LIVE_SQL}) THEN n ELSE 0 END), 0)
+                   AS live_delta,
+               count(*) AS pending
+        FROM workspace_status_changes
+    ) d
     """
 )
 
@@ -126,9 +136,15 @@ def fold_pending(conn: Connection, limit: int = FOLD_BATCH) -> int | None:
     return int(conn.execute(_FOLD, {"limit": limit}).scalar_one())
 
 
-def live_count(conn: Connection) -> int:
-    """Workspaces `online` or `degraded`, exact as of this statement's snapshot."""
-    return int(conn.execute(_LIVE_COUNT).scalar_one())
+@dataclass(frozen=True)
+class LiveCount:
+    live: int  # workspaces `online` or `degraded`, exact as of the statement's snapshot
+    pending: int  # delta rows not folded yet: what this read had to add up
+
+
+def live_count(conn: Connection) -> LiveCount:
+    row = conn.execute(LIVE_COUNT).one()
+    return LiveCount(int(row.live), int(row.pending))
 
 
 def status_counts(conn: Connection) -> dict[str, int]:

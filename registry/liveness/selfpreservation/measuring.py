@@ -46,9 +46,20 @@ REASON_FLEET_SHARE = "fleet_share"
 @dataclass(frozen=True)
 class FleetShare:
     at_risk: int
-    recently_unreachable: int
-    fleet: int
-    share: float | None  # None for an empty fleet
+    live: int
+    recently_marked: int  # liveness marks in the last TTL window (events; an upper bound)
+    # Of those, workspaces still unreachable: counted only when the bound could matter.
+    recently_unreachable: int | None
+    share_at_most: float | None  # with recently_unreachable = recently_marked
+    share: float | None  # exact; None when not needed (or an empty fleet)
+    pending_deltas: int  # status deltas not folded yet (see counts)
+
+    @property
+    def fleet(self) -> int:
+        lost = (
+            self.recently_marked if self.recently_unreachable is None else self.recently_unreachable
+        )
+        return self.live + lost
 
 
 # Index range on ix_workspaces_live_heartbeat (the shorter cutoff); the per-runtime
@@ -69,16 +80,21 @@ AT_RISK = text(
 
 _REASONS_SQL = ", ".join(f"'{r}'" for r in LIVENESS_REASONS)
 # The WHERE repeats the predicate of ix_structure_events_liveness_marks literally, so
-# the planner uses it: a range over the recent liveness marks only. Each mark is then
-# looked up by primary key: still unreachable?
+# the planner uses it: a range over the recent liveness marks only.
+_MARKS = f"""
+    e.created_at > now() - make_interval(secs => :window)
+    AND e.event_type IN ('WORKSPACE_OFFLINE', 'WORKSPACE_AWAITING_AGENT')
+    AND (e.payload ->> 'reason') IN ({_REASONS_SQL})
+"""
+# An index-only count: an upper bound of the workspaces still unreachable.
+RECENTLY_MARKED = text(f"SELECT count(*) FROM structure_events e WHERE {_MARKS}")
+# The exact figure: each mark looked up by primary key (still unreachable?).
 RECENTLY_UNREACHABLE = text(
     f"""
     SELECT count(DISTINCT e.workspace_id)
     FROM structure_events e
     JOIN workspaces w ON w.id = e.workspace_id
-    WHERE e.created_at > now() - make_interval(secs => :window)
-      AND e.event_type IN ('WORKSPACE_OFFLINE', 'WORKSPACE_AWAITING_AGENT')
-      AND (e.payload ->> 'reason') IN ({_REASONS_SQL})
+    WHERE {_MARKS}
       AND w.status IN ('offline', 'awaiting_agent')
     """
 )
@@ -94,13 +110,30 @@ def at_risk_params(settings: Settings, backlog: float) -> dict[str, float]:
     }
 
 
+def _share(at_risk: int, live: int, lost: int) -> float | None:
+    fleet = live + lost
+    return (at_risk + lost) / fleet if fleet > 0 else None
+
+
 def measure_fleet_share(conn: Connection, settings: Settings, backlog: float) -> FleetShare:
+    """The share, exact whenever it could cross the threshold.
+
+    The share grows with the recently-unreachable count, so the count of recent marks
+    (cheap, index-only) gives an upper bound; only when that bound is above the
+    threshold, for a fleet big enough to count, are the marks joined to their
+    workspaces for the exact figure.
+    """
+    window = {"window": settings.liveness_ttl_seconds}
     at_risk = int(conn.execute(AT_RISK, at_risk_params(settings, backlog)).scalar_one())
-    lost = int(
-        conn.execute(RECENTLY_UNREACHABLE, {"window": settings.liveness_ttl_seconds}).scalar_one()
-    )
-    fleet = live_count(conn) + lost
-    return FleetShare(at_risk, lost, fleet, (at_risk + lost) / fleet if fleet > 0 else None)
+    counted = live_count(conn)
+    marked = int(conn.execute(RECENTLY_MARKED, window).scalar_one())
+    bound = _share(at_risk, counted.live, marked)
+    lost: int | None = None
+    share: float | None = None
+    if counted.live + marked >= MIN_FLEET and (bound or 0) > settings.self_preservation_threshold:
+        lost = int(conn.execute(RECENTLY_UNREACHABLE, window).scalar_one())
+        share = _share(at_risk, counted.live, lost)
+    return FleetShare(at_risk, counted.live, marked, lost, bound, share, counted.pending)
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,7 @@ class Assessment:
     reason: str | None  # None: no trouble of the registry's own
     backlog_seconds: float
     figures: dict[str, Any] = field(default_factory=dict)
+    pending_deltas: int = 0  # for the evaluator: fold the status deltas when many wait
 
     @property
     def paused(self) -> bool:
@@ -125,9 +159,12 @@ def assess(conn: Connection, settings: Settings) -> Assessment:
         "waiting_probe_age_seconds": _rounded(backlog.waiting_probe_age),
         "last_probe_lag_seconds": _rounded(backlog.last_probe_lag),
         "at_risk": fleet.at_risk,
+        "live": fleet.live,
+        "recently_marked": fleet.recently_marked,
         "recently_unreachable": fleet.recently_unreachable,
         "fleet": fleet.fleet,
         "share": _rounded(fleet.share, 3),
+        "share_at_most": _rounded(fleet.share_at_most, 3),
         "share_threshold": threshold,
         "min_fleet": MIN_FLEET,
     }
@@ -136,7 +173,7 @@ def assess(conn: Connection, settings: Settings) -> Assessment:
         reason = REASON_BACKLOG
     elif fleet.fleet >= MIN_FLEET and (fleet.share or 0) > threshold:
         reason = REASON_FLEET_SHARE
-    return Assessment(reason, backlog.seconds, figures)
+    return Assessment(reason, backlog.seconds, figures, fleet.pending_deltas)
 
 
 def _rounded(value: float | None, digits: int = 1) -> float | None:

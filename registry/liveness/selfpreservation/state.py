@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 from registry import metrics
 from registry.config import Settings
 from registry.jsontext import dumps
-from registry.liveness.selfpreservation.counts import fold_pending
+from registry.liveness.selfpreservation.counts import FOLD_AFTER, fold_pending
 from registry.liveness.selfpreservation.measuring import Assessment, assess
 from registry.liveness.selfpreservation.probes import measure_backlog
 from registry.statuses import EventType
@@ -50,18 +50,21 @@ _END = text(
     """
 )
 
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+
 
 def evaluate(uow: UnitOfWork, settings: Settings) -> Assessment:
     """Assess and record a start or an end; returns whether marking must pause.
 
     The start and end UPDATEs are conditional on the current state, so of several
     evaluators deciding the same thing at once only the first records the event (the
-    others wait for its row lock, then find nothing to change). Each evaluation also
-    folds the status deltas written since the last one (skipped while another
-    evaluator folds), which keeps the fleet size cheap to read.
+    others wait for its row lock, then find nothing to change). An evaluation that
+    had to add up FOLD_AFTER or more status deltas also folds them (skipped while
+    another evaluator folds), which keeps the fleet size cheap to read.
     """
-    fold_pending(uow.conn)
     assessment = assess(uow.conn, settings)
+    if assessment.pending_deltas >= FOLD_AFTER:
+        fold_pending(uow.conn)
     if assessment.paused:
         params = {"reason": assessment.reason, "figures": dumps(assessment.figures)}
         if uow.conn.execute(_START, params).first() is not None:
@@ -94,6 +97,10 @@ def evaluate(uow: UnitOfWork, settings: Settings) -> Assessment:
                 ended.reason,
                 assessment.figures,
             )
+    if not uow.recorded_events:
+        # Nothing announced: a fold lost in a crash is lost whole (deltas and counts
+        # together), so this commit need not wait for the disk.
+        uow.conn.execute(_ASYNC_COMMIT)
     paused = assessment.paused
     uow.after_commit(lambda: metrics.set_self_preservation(paused))
     return assessment
