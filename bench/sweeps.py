@@ -149,6 +149,34 @@ def provisioning_tick() -> dict[str, Any]:
         return sweep_provisioning(uow)
 
 
+# Where a tick's time goes: the self-preservation check and the after-commit Redis
+# pipeline (publication of the batch's events, key deletes, outbox clean-up) are timed
+# apart by wrapping them; the rest is the marking transaction itself.
+PARTS: dict[str, float] = {}
+
+
+def _timed_part(module: Any, name: str, part: str) -> None:
+    func = getattr(module, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            PARTS[part] = PARTS.get(part, 0.0) + (time.perf_counter() - started) * 1000
+
+    setattr(module, name, wrapper)
+
+
+def instrument() -> None:
+    import registry.sweeps.backstop as backstop_module
+    import registry.uow as uow_module
+
+    _timed_part(backstop_module, "evaluate_now", "check")
+    _timed_part(health, "evaluate_now", "check")
+    _timed_part(uow_module, "run_after_commit", "publish")
+
+
 # Run after each timed run (not timed): put the rows that run changed back, so every
 # run finds the same 1% and marks a full batch, at every fleet size.
 _RECENT = "status_changed_at > now() - interval '1 hour'"
@@ -189,7 +217,7 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
                 sorted(indexes_used(plan)),
                 sorted(seq_scanned(plan) & {"workspaces"}),
             )
-    ticks: dict[str, tuple[list[float], list[int]]] = {}
+    ticks: dict[str, tuple[list[float], list[int], float, float]] = {}
     entries: list[tuple[str, Callable[[], Any], str | None]] = [
         ("self-preservation check", lambda: evaluate_now(settings), None),
         ("backstop (batch of 500)", lambda: sweep_backstop(settings), "backstop"),
@@ -213,17 +241,21 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
     for name, func, key in entries:
         func()  # warm the plan cache and the buffers touched; not counted
         restore(key)
-        times, changed = [], []
+        times, changed, parts = [], [], []
         for _ in range(runs):
+            PARTS.clear()
             started = time.perf_counter()
             result = func()
             times.append((time.perf_counter() - started) * 1000)
+            parts.append((PARTS.get("check", 0.0), PARTS.get("publish", 0.0)))
             changed.append(changed_of(result))
             restore(key)
-        ticks[name] = (times, changed)
+        check = statistics.median(p[0] for p in parts)
+        publish = statistics.median(p[1] for p in parts)
+        ticks[name] = (times, changed, check, publish)
         print(
             f"  {name:<50} median {statistics.median(times):7.1f} ms  max {max(times):7.1f} ms"
-            f"  changed {changed}",
+            f"  (check {check:.1f}, publish {publish:.1f})  changed {changed}",
             flush=True,
         )
     for name, (indexes, seqs) in plans.items():
@@ -291,10 +323,14 @@ def report(fleets: list[dict[str, Any]], prune: dict[str, Any] | None, command: 
     for name in fleets[0]["ticks"]:
         cells = []
         for f in fleets:
-            times, _ = f["ticks"][name]
+            times = f["ticks"][name][0]
             cells.append(f"{statistics.median(times):.1f} / {max(times):.1f}")
-        changed = fleets[-1]["ticks"][name][1]
-        row = f"| {name} | " + " | ".join(cells) + f" | {', '.join(map(str, changed))} |"
+        _, changed, check, publish = fleets[-1]["ticks"][name]
+        row = (
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {check:.1f} / {publish:.1f} | {', '.join(map(str, changed))} |"
+        )
         if len(sizes) > 1:
             first = statistics.median(fleets[0]["ticks"][name][0])
             last = statistics.median(fleets[-1]["ticks"][name][0])
@@ -350,6 +386,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     sizes = [args.fleet] if args.fleet else [int(s) for s in args.fleets.split(",")]
+    instrument()
     try:
         fleets = [measure_fleet(size, args.runs) for size in sizes]
         prune = measure_prune(args.events) if args.events else None
