@@ -11,7 +11,7 @@ from molecule_registry_client.names import PRUNE_EVENTS_TASK, RECONCILE_STATUS_C
 from registry import metrics
 from registry.config import get_settings
 from registry.db import get_engine
-from registry.events.retention import prune_events
+from registry.events import retention
 from registry.liveness.selfpreservation.counts import reconcile
 from registry.schedule import expires_for
 from tasks.base import RegistryTask
@@ -22,7 +22,9 @@ from workers.app import app
 @metrics.observe_sweep("prune_events")
 def prune_events_task() -> dict[str, Any]:
     settings = get_settings()
-    result = prune_events(settings).result()
+    result = retention.prune_events(
+        settings, batch_size=retention.BATCH_SIZE, max_batches=retention.MAX_BATCHES
+    ).result()
     if result["more"]:
         # A long backlog (retention just switched on): continue now, one bounded run at
         # a time, rather than one interval later.

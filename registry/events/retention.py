@@ -45,7 +45,8 @@ PRUNE_BATCH_STATEMENT = text(
         -- A second pruner takes the next rows instead of waiting for these.
         FOR UPDATE OF e SKIP LOCKED
     )
-    DELETE FROM structure_events e USING batch WHERE e.id = batch.id
+    -- By primary key: never a hash of the whole table against the batch.
+    DELETE FROM structure_events e WHERE e.id = ANY(ARRAY(SELECT id FROM batch))
     """
 )
 
