@@ -174,21 +174,3 @@ def test_the_task_re_queues_itself_while_more_is_due(db: Engine, worker, celery_
     while time.monotonic() < deadline and remaining(db, old):
         time.sleep(0.05)
     assert remaining(db, old) == 0
-
-
-def test_the_reconcile_task_on_the_sweeps_queue(db: Engine, worker, celery_app) -> None:
-    with db.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO workspaces (id, name, status) "
-                "SELECT gen_random_uuid(), 'r', 'online' FROM generate_series(1, 6)"
-            )
-        )
-        # Two departures no trigger wrote (a hand edit): the counts say 4.
-        conn.execute(
-            text("INSERT INTO workspace_status_changes (from_status) VALUES ('online'), ('online')")
-        )
-    result = celery_app.send_task("registry.reconcile_status_counts", queue="registry.sweeps").get(
-        timeout=20
-    )
-    assert result == {"status": "ok", "changed": 1, "drift": {"online": 2}}

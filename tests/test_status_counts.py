@@ -216,3 +216,21 @@ def test_evaluation_folds_only_when_many_deltas_wait(liveness_db):
     evaluate_now(get_settings())
     assert pending(liveness_db) == 0
     assert kept(liveness_db) == exact(liveness_db)
+
+
+def test_the_reconcile_task_on_the_sweeps_queue(liveness_db, worker, celery_app) -> None:
+    with liveness_db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workspaces (id, name, status) "
+                "SELECT gen_random_uuid(), 'r', 'online' FROM generate_series(1, 6)"
+            )
+        )
+        # Two departures no trigger wrote (a hand edit): the counts say 4.
+        conn.execute(
+            text("INSERT INTO workspace_status_changes (from_status) VALUES ('online'), ('online')")
+        )
+    result = celery_app.send_task("registry.reconcile_status_counts", queue="registry.sweeps").get(
+        timeout=20
+    )
+    assert result == {"status": "ok", "changed": 1, "drift": {"online": 2}}
