@@ -126,6 +126,7 @@ def test_the_catalog_covers_every_sweep():
         "provisioning",
         "hibernation",
         "retention",
+        "listener",
     }
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, TextClause, text
 
 from registry.config import Settings
 from registry.events.retention import PRUNE_BATCH_STATEMENT
+from registry.liveness import expiry
 from registry.liveness.selfpreservation.counts import LIVE_COUNT
 from registry.liveness.selfpreservation.measuring import (
     AT_RISK,
@@ -75,6 +76,18 @@ def sweep_statements(settings: Settings) -> list[SweepStatement]:
             table="structure_events",
         ),
         SweepStatement("self_preservation.live_count", LIVE_COUNT, {}, None),
+        SweepStatement(
+            "listener.mark_expired",
+            mark_unreachable_statement(expiry._EXPIRED_SQL),
+            {
+                "ids": some_ids,
+                "fresh_seconds": settings.liveness_ttl_seconds / 2,
+                "excluded": _excluded(LIVENESS_EXCLUDED),
+                "limit": len(some_ids),
+                "reason": "liveness_expired",
+            },
+            "workspaces_pkey",
+        ),
         SweepStatement(
             "backstop.mark_stale",
             mark_unreachable_statement(backstop.STALE_SQL, order_sql=backstop.ORDER_SQL),
