@@ -10,7 +10,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from liveness_helpers import add_fleet, fresh_liveness_state, statuses, unreachable_events
+from liveness_helpers import (
+    add_fleet,
+    fresh_liveness_state,
+    statuses,
+    unreachable_events,
+    wait_until,
+)
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
@@ -94,3 +100,18 @@ def test_a_rolled_back_batch_changes_records_publishes_and_counts_nothing(
     assert unreachable_events(liveness_db) == []
     assert redis_client.xlen(EVENT_STREAM) == 0
     assert transitions("online", "awaiting_agent") == before
+
+
+def test_the_health_task_drains_a_remote_backlog_in_batches(liveness_db, worker, celery_app):
+    quiet = add_fleet(liveness_db, 230, runtime="external", heartbeat_age="5 minutes")
+    add_fleet(liveness_db, 300, heartbeat_age="5 seconds")  # keeps the share below 0.5
+    first = celery_app.send_task("registry.sweep_health", queue="registry.sweeps").get(timeout=30)
+    assert first["remote"]["changed"] == 200
+    assert first["remote"]["more"] is True
+    # The rest follows at once, in a re-queued remote-only run, not one interval later.
+    wait_until(
+        lambda: set(statuses(liveness_db, quiet).values()) == {"awaiting_agent"},
+        timeout=30,
+        what="the whole remote backlog marked",
+    )
+    assert len(unreachable_events(liveness_db)) == 230
