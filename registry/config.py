@@ -179,6 +179,25 @@ class Settings:
     relay_events_interval: int = _opt(
         "RELAY_EVENTS_INTERVAL", positive_int, 15, "seconds between runs of the event outbox relay"
     )
+    events_retention_days: int = _opt(
+        "EVENTS_RETENTION_DAYS",
+        non_negative_int,
+        90,
+        "days structure_events rows are kept (registry.prune_events); 0 keeps them forever",
+    )
+    prune_events_interval: int = _opt(
+        "PRUNE_EVENTS_INTERVAL",
+        positive_int,
+        600,
+        "seconds between registry.prune_events runs (each re-queues itself while more is due)",
+    )
+    status_counts_reconcile_interval: int = _opt(
+        "STATUS_COUNTS_RECONCILE_INTERVAL",
+        positive_int,
+        3600,
+        "seconds between exact recounts of the workspaces per status "
+        "(registry.reconcile_status_counts; one index-only count of the fleet)",
+    )
     relay_grace_seconds: int = _opt(
         "RELAY_GRACE_SECONDS",
         positive_int,

@@ -24,6 +24,7 @@ from registry.events.outbox import (
     Event,
     delete_from_outbox,
     insert_recorded_event,
+    insert_recorded_events,
     queue_publication,
 )
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
@@ -83,6 +84,9 @@ def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> No
     if published:
         try:
             with engine.begin() as conn:
+                # Losing this in a crash only makes the relay publish once more (at least
+                # once anyway): no need to wait for the disk.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 delete_from_outbox(conn, published)
         except Exception:  # the relay would only publish them once more
             log.warning("could not clear %d published event(s) from the outbox", len(published))
@@ -95,6 +99,15 @@ def record_event_on_commit(
     event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
     uow.recorded_events.append(event)
     return event
+
+
+def record_events_on_commit(
+    uow: UnitOfWork, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+) -> list[Event]:
+    """`record_event_on_commit` for a batch: one INSERT for all of them."""
+    recorded = insert_recorded_events(uow.conn, events)
+    uow.recorded_events.extend(recorded)
+    return recorded
 
 
 def broadcast_event_on_commit(

@@ -186,10 +186,10 @@ class PeriodicTask(RegistryTask):
     max_retries = 0
     sweep = ""  # the `sweep` label of registry_sweep_* (set by periodic_task)
 
-    def send_now(self) -> None:
+    def send_now(self, **kwargs: Any) -> None:
         """Send one more run now, expiring like a beat tick (a full batch drains the
         rest at once rather than one interval later)."""
-        self.apply_async(expires=DECLARATIONS[self.name].expires(get_settings()))
+        self.apply_async(kwargs=kwargs, expires=DECLARATIONS[self.name].expires(get_settings()))
 
 
 def _timed(task_cls: type[RegistryTask], func: Callable[..., Any]) -> Callable[..., Any]:

@@ -28,6 +28,7 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.sweeps",  # backstop, health, outbox relay, heartbeat probe
     "tasks.maintenance",  # provisioning timeout, hibernation, orphans
     "tasks.access",
+    "tasks.retention",  # history retention, status-count reconciliation
 )
 
 for _module in TASK_MODULES:

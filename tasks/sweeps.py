@@ -26,7 +26,7 @@ from registry.liveness.selfpreservation import (
 )
 from registry.sweeps.backstop import sweep_backstop
 from registry.sweeps.containers import open_container_backend
-from registry.sweeps.health import sweep_health
+from registry.sweeps.health import sweep_health, sweep_remote_agents
 from registry.uow import UnitOfWork
 from tasks.base import PeriodicTask, RegistryTask, message_task, periodic_task
 from workers.app import app
@@ -71,11 +71,20 @@ def sweep_backstop_task(self: PeriodicTask) -> dict[str, Any]:
 @periodic_task(
     SWEEP_HEALTH_TASK, entry="sweep-health", every="health_sweep_interval", sweep="health"
 )
-def sweep_health_task(self: PeriodicTask) -> dict[str, Any]:
+def sweep_health_task(self: PeriodicTask, remote_only: bool = False) -> dict[str, Any]:
+    """Both passes; `remote_only` (set only by its own re-queue) drains remote agents."""
     settings = get_settings()
     send_probe_if_due(settings, _send_probe)
-    with open_container_backend(settings) as checker:
-        return sweep_health(settings, checker)
+    if remote_only:
+        remote = sweep_remote_agents(settings)
+        result = {"status": "ok", "changed": remote["changed"], "remote": remote}
+    else:
+        with open_container_backend(settings) as checker:
+            result = sweep_health(settings, checker)
+    if isinstance(result["remote"], dict) and result["remote"].get("more"):
+        # A full remote batch: drain the rest now (the container pass waits its tick).
+        self.send_now(remote_only=True)
+    return result
 
 
 def _record_probe(uow: UnitOfWork, probe: HeartbeatProbePayload) -> dict[str, Any]:

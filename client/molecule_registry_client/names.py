@@ -37,6 +37,10 @@ SWEEP_PROVISIONING_TASK = "registry.sweep_provisioning"
 SWEEP_HIBERNATION_TASK = "registry.sweep_hibernation"
 SWEEP_ORPHANS_TASK = "registry.sweep_orphans"
 RELAY_EVENTS_TASK = "registry.relay_events"
+# History retention (CONTRACT §3): deletes structure_events older than the window.
+PRUNE_EVENTS_TASK = "registry.prune_events"
+# Extension: the exact recount behind self-preservation's fleet size (rarely).
+RECONCILE_STATUS_COUNTS_TASK = "registry.reconcile_status_counts"
 SWEEP_TASKS: tuple[str, ...] = (
     SWEEP_BACKSTOP_TASK,
     SWEEP_HEALTH_TASK,
@@ -44,6 +48,8 @@ SWEEP_TASKS: tuple[str, ...] = (
     SWEEP_HIBERNATION_TASK,
     SWEEP_ORPHANS_TASK,
     RELAY_EVENTS_TASK,
+    PRUNE_EVENTS_TASK,
+    RECONCILE_STATUS_COUNTS_TASK,
 )
 
 

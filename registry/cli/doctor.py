@@ -263,7 +263,7 @@ class Doctor:
 
     def beat(self) -> Check:
         from registry.lifesigns import sweep_run_ages
-        from registry.schedule import beat_schedule
+        from tasks.schedule import beat_schedule
 
         if self.redis is None:
             return Check("beat", SKIP, "Redis unreachable")

@@ -62,3 +62,12 @@ def cache_urls(
 
 def clear_workspace_keys(pipe: redis.client.Pipeline, workspace_id: UUID) -> None:
     pipe.delete(liveness_key(workspace_id), url_key(workspace_id), internal_url_key(workspace_id))
+
+
+def clear_many_workspace_keys(pipe: redis.client.Pipeline, workspace_ids: list[UUID]) -> None:
+    """`clear_workspace_keys` for a batch: one DEL for all their keys."""
+    keys = [
+        key for ws in workspace_ids for key in (liveness_key(ws), url_key(ws), internal_url_key(ws))
+    ]
+    if keys:
+        pipe.delete(*keys)

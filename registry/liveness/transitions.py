@@ -7,17 +7,19 @@ calls `mark_unreachable`; the heartbeat path asks `heartbeat_transition`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 from registry import metrics
-from registry.liveness.keys import clear_workspace_keys
+from registry.events.outbox import Event
+from registry.liveness.keys import clear_many_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
-from registry.uow import UnitOfWork, record_event_on_commit
+from registry.uow import UnitOfWork
 
 DEGRADE_ERROR_RATE = 0.5
 RECOVER_ERROR_RATE = 0.1
@@ -127,6 +129,68 @@ class Unreachable:
     new_status: str
 
 
+_STATUS_OF_EVENT: dict[str, Status] = {str(e): s for s, e in UNREACHABLE_EVENT.items()}
+_EVENT_TYPE_SQL = (
+    "CASE c.status "
+    + " ".join(f"WHEN '{status}' THEN '{event}'" for status, event in UNREACHABLE_EVENT.items())
+    + " END"
+)
+
+
+def mark_unreachable_statement(
+    candidates_sql: str, *, target: Status | None = None, order_sql: str | None = None
+) -> TextClause:
+    """The one statement `mark_unreachable` runs (also what the plan tests EXPLAIN).
+
+    Claims the batch, updates it, and records one event per changed row in
+    structure_events and event_outbox: one UPDATE … RETURNING and one INSERT for the
+    whole batch, in one round trip, with no per-row parameters to send.
+    Parameters: the caller's, plus `:excluded` (statuses), `:limit` and `:reason`.
+    """
+    target_sql = f"'{target}'" if target else BY_RUNTIME
+    order = f"ORDER BY {order_sql}" if order_sql else ""
+    return text(
+        f"""
+        WITH cand AS (
+            SELECT w.id, w.status AS previous_status
+            FROM workspaces w
+            WHERE ({candidates_sql})
+              AND w.status <> ALL(:excluded)
+              AND w.status <> {target_sql}
+            {order}
+            LIMIT :limit
+            -- A row locked by a heartbeat in flight is alive: skip it rather than wait.
+            -- The lock re-reads a row committed meanwhile and re-tests this WHERE.
+            FOR UPDATE OF w SKIP LOCKED
+        ), changed AS (
+            UPDATE workspaces w
+            SET status = {target_sql}, updated_at = now()
+            FROM cand
+            WHERE w.id = cand.id
+              -- The batch's ids as an index condition too: the planner then fetches
+              -- the batch by primary key, never hashing the whole table against it.
+              AND w.id = ANY(ARRAY(SELECT id FROM cand))
+            RETURNING w.id, cand.previous_status, w.status
+        ), ev AS (
+            -- Only rows really changed get an event.
+            INSERT INTO structure_events (event_type, workspace_id, payload)
+            SELECT {_EVENT_TYPE_SQL}, c.id,
+                   jsonb_build_object('reason', CAST(:reason AS text),
+                                      'previous_status', c.previous_status)
+            FROM changed c
+            RETURNING id, workspace_id, event_type, payload, created_at
+        ), ob AS (
+            INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
+        )
+        -- Everything the caller needs is in the events: no join back to `changed`
+        -- (the planner cannot size CTEs and would nest-loop the batch against itself).
+        SELECT ev.workspace_id AS id, ev.payload ->> 'previous_status' AS previous_status,
+               ev.event_type, ev.payload, ev.id AS event_id, ev.created_at
+        FROM ev
+        """
+    )
+
+
 def mark_unreachable(
     uow: UnitOfWork,
     *,
@@ -136,6 +200,7 @@ def mark_unreachable(
     excluded: Collection[Status] = LIVENESS_EXCLUDED,
     target: Status | None = None,
     limit: int = 1000,
+    order_sql: str | None = None,
 ) -> list[Unreachable]:
     """Move the matching workspaces to their unreachable status; one event per change.
 
@@ -143,39 +208,34 @@ def mark_unreachable(
     the caller (e.g. "w.id = :id", or a stale-heartbeat test); it is re-checked inside
     the UPDATE's row lock, so a heartbeat that landed meanwhile wins. `target` forces
     a status (container gone → offline); by default it follows the runtime. Rows
-    already in their target, or in an excluded status, are left alone.
+    already in their target, or in an excluded status, are left alone. `order_sql`
+    (e.g. the candidate index's column) lets the scan stop after `limit` rows instead
+    of reading every candidate to sort them.
+
+    Set-based (see `mark_unreachable_statement`); the events are published and the
+    Redis keys cleared after the commit, transition metrics counted after it too.
     """
-    target_sql = f"'{target}'" if target else BY_RUNTIME
-    sql = text(
-        f"""
-        WITH cand AS (
-            SELECT w.id, w.status AS previous_status
-            FROM workspaces w
-            WHERE ({candidates_sql})
-              AND w.status <> ALL(:excluded)
-              AND w.status <> {target_sql}
-            ORDER BY w.id
-            LIMIT :limit
-            -- A row locked by a heartbeat in flight is alive: skip it rather than wait.
-            FOR UPDATE OF w SKIP LOCKED
-        )
-        UPDATE workspaces w
-        SET status = {target_sql}, updated_at = now()
-        FROM cand
-        WHERE w.id = cand.id
-        RETURNING w.id, cand.previous_status, w.status
-        """
-    )
-    bound = {**(params or {}), "excluded": [str(s) for s in excluded], "limit": limit}
+    sql = mark_unreachable_statement(candidates_sql, target=target, order_sql=order_sql)
+    bound = {
+        **(params or {}),
+        "excluded": [str(s) for s in excluded],
+        "limit": limit,
+        "reason": reason,
+    }
     rows = uow.conn.execute(sql, bound).all()
-    changed = [Unreachable(r.id, r.previous_status, r.status) for r in rows]
-    for change in changed:
-        metrics.record_transition(change.previous_status, change.new_status)
-        record_event_on_commit(
-            uow,
-            UNREACHABLE_EVENT[Status(change.new_status)],
-            change.workspace_id,
-            {"reason": reason, "previous_status": change.previous_status},
-        )
-        uow.on_commit(lambda pipe, ws=change.workspace_id: clear_workspace_keys(pipe, ws))
+    changed = [
+        Unreachable(r.id, r.previous_status, str(_STATUS_OF_EVENT[r.event_type])) for r in rows
+    ]
+    if not changed:
+        return changed
+    uow.recorded_events.extend(
+        Event(EventType(r.event_type), r.id, r.payload, timestamp=r.created_at, event_id=r.event_id)
+        for r in rows
+    )
+    ids = [c.workspace_id for c in changed]
+    uow.on_commit(lambda pipe: clear_many_workspace_keys(pipe, ids))
+    moves = Counter((c.previous_status, c.new_status) for c in changed)
+    uow.after_commit(
+        lambda: [metrics.record_transition(old, new, n) for (old, new), n in moves.items()]
+    )
     return changed

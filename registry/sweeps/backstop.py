@@ -3,7 +3,7 @@
 Expiry notifications are fire-and-forget: lost while no listener runs, and a key
 lost to a Redis restart never expires. So every `online`/`degraded` workspace whose
 `last_heartbeat_at` is older than LIVENESS_TTL_SECONDS + BACKSTOP_GRACE_SECONDS (plus
-the heartbeat queue's measured lag, see registry.selfpreservation) gets the same
+the heartbeat queue's measured lag, see registry.liveness.selfpreservation) gets the same
 transition as an expired key: `offline`, or `awaiting_agent` for external runtimes,
 reason `liveness_expired`. Candidates come from the partial index
 `ix_workspaces_live_heartbeat`, so a run costs in proportion to the stale rows.
@@ -32,6 +32,9 @@ STALE_SQL = (
     "AND w.last_heartbeat_at < now() - make_interval(secs => :stale_after)"
 )
 
+# The index's order: the scan stops after `limit` rows, however many are stale.
+ORDER_SQL = "w.last_heartbeat_at"
+
 
 def mark_stale(
     uow: UnitOfWork, *, stale_after: float, limit: int = BATCH_SIZE
@@ -43,6 +46,7 @@ def mark_stale(
         candidates_sql=STALE_SQL,
         params={"stale_after": stale_after},
         limit=limit,
+        order_sql=ORDER_SQL,
     )
 
 
@@ -66,13 +70,19 @@ def sweep_backstop(settings: Settings, *, batch_size: int = BATCH_SIZE) -> dict[
     )
     with unit_of_work() as uow:
         changed = mark_stale(uow, stale_after=stale_after, limit=batch_size)
-    for change in changed:
-        # The listener should have caught these: a missed notification or lost key.
+    if changed:
+        # The listener should have caught these: missed notifications or lost keys. One
+        # line per batch (a batch can be 500 rows); each row at INFO.
         log.warning(
-            "backstop: workspace %s %s -> %s (no heartbeat for over %.0f s)",
+            "backstop: %d workspace(s) marked unreachable (no heartbeat for over %.0f s)",
+            len(changed),
+            stale_after,
+        )
+    for change in changed:
+        log.info(
+            "backstop: workspace %s %s -> %s",
             change.workspace_id,
             change.previous_status,
             change.new_status,
-            stale_after,
         )
     return {"status": "ok", "changed": len(changed), "more": len(changed) == batch_size}

@@ -62,7 +62,7 @@ _announced_disabled = False
 HEALTH_LOCK_KEY = 0x6D6F6C6865616C74
 # The container pass stops at this share of the sweep interval (beat's `expires` is 0.9).
 DEADLINE_SHARE = 0.8
-_MAX_UUID = UUID(int=(1 << 128) - 1)
+MAX_UUID = UUID(int=(1 << 128) - 1)
 _NOT_ASKED = object()  # a candidate the deadline left for the next sweep
 
 
@@ -92,7 +92,7 @@ class ContainerPass:
         return report
 
 
-_CONTAINER_CANDIDATES = text(
+CONTAINER_CANDIDATES = text(
     f"""
     SELECT id, status_changed_at FROM workspaces
     WHERE status IN ('online', 'degraded') AND runtime <> '{EXTERNAL_RUNTIME}'
@@ -103,7 +103,7 @@ _CONTAINER_CANDIDATES = text(
 )
 
 # Still live, and still in the status spell the checker was asked about.
-_GONE_SQL = (
+GONE_SQL = (
     "w.status IN ('online', 'degraded') AND (w.id, w.status_changed_at) IN ("
     "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seen AS timestamptz[])))"
 )
@@ -114,13 +114,13 @@ def _candidate_batches(batch_size: int, start: UUID | None = None) -> Iterator[l
     each read in its own short transaction (the checker is slow)."""
     start = start or UUID(int=0)
     # (The nil UUID itself is never a workspace id.)
-    legs = [(start, _MAX_UUID)] + ([(UUID(int=0), start)] if start.int else [])
+    legs = [(start, MAX_UUID)] + ([(UUID(int=0), start)] if start.int else [])
     for leg_start, until in legs:
         after = leg_start
         while True:
             with get_engine().connect() as conn:
                 rows = conn.execute(
-                    _CONTAINER_CANDIDATES, {"after": after, "until": until, "limit": batch_size}
+                    CONTAINER_CANDIDATES, {"after": after, "until": until, "limit": batch_size}
                 ).all()
             if not rows:
                 break
@@ -193,7 +193,7 @@ def mark_gone(uow: UnitOfWork, gone: list[Candidate]) -> list[Unreachable]:
     return mark_unreachable(
         uow,
         reason=CONTAINER_GONE,
-        candidates_sql=_GONE_SQL,
+        candidates_sql=GONE_SQL,
         params={
             "ids": [c.workspace_id for c in gone],
             "seen": [c.status_changed_at for c in gone],
@@ -206,13 +206,20 @@ def mark_gone(uow: UnitOfWork, gone: list[Candidate]) -> list[Unreachable]:
 
 _EXTERNAL_LIVE = f"w.runtime = '{EXTERNAL_RUNTIME}' AND w.status IN ('online', 'degraded')"
 # COALESCE(last_heartbeat_at, updated_at) older than :stale_after, as two statements:
-# each is one range on ix_workspaces_live_heartbeat (it indexes NULLs too), so the pass
-# costs in proportion to the stale rows. Written as one OR, the planner reads the whole
-# live index instead.
-REMOTE_STALE_SQL: tuple[str, ...] = (
-    f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at < now() - make_interval(secs => :stale_after)",
-    f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at IS NULL "
-    "AND w.updated_at < now() - make_interval(secs => :stale_after)",
+# each is one range on ix_workspaces_live_heartbeat (last_heartbeat_at, runtime; it
+# indexes NULLs too) with the runtime tested inside the index, so the pass costs in
+# proportion to the stale external rows, not to every stale row. Written as one OR, the
+# planner reads the whole live index instead.
+REMOTE_STALE_SQL: tuple[tuple[str, str | None], ...] = (
+    (
+        f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at < now() - make_interval(secs => :stale_after)",
+        "w.last_heartbeat_at",
+    ),
+    (
+        f"{_EXTERNAL_LIVE} AND w.last_heartbeat_at IS NULL "
+        "AND w.updated_at < now() - make_interval(secs => :stale_after)",
+        None,
+    ),
 )
 
 
@@ -220,7 +227,7 @@ def mark_remote_stale(
     uow: UnitOfWork, *, stale_after: float, limit: int = BATCH_SIZE
 ) -> list[Unreachable]:
     changed: list[Unreachable] = []
-    for candidates_sql in REMOTE_STALE_SQL:
+    for candidates_sql, order_sql in REMOTE_STALE_SQL:
         if len(changed) >= limit:
             break
         changed += mark_unreachable(
@@ -231,6 +238,7 @@ def mark_remote_stale(
             excluded=REMOTE_EXCLUDED,
             target=Status.AWAITING_AGENT,
             limit=limit - len(changed),
+            order_sql=order_sql,
         )
     return changed
 
@@ -243,12 +251,17 @@ def sweep_remote_agents(settings: Settings, *, batch_size: int = BATCH_SIZE) -> 
     stale_after = settings.remote_liveness_stale_after + assessment.backlog_seconds
     with unit_of_work() as uow:
         changed = mark_remote_stale(uow, stale_after=stale_after, limit=batch_size)
-    for change in changed:
+    if changed:
         log.warning(
-            "health: external workspace %s %s -> awaiting_agent (no heartbeat for %.0f s)",
+            "health: %d external workspace(s) -> awaiting_agent (no heartbeat for %.0f s)",
+            len(changed),
+            stale_after,
+        )
+    for change in changed:  # one line per batch above; each row at INFO
+        log.info(
+            "health: external workspace %s %s -> awaiting_agent",
             change.workspace_id,
             change.previous_status,
-            stale_after,
         )
     return {"changed": len(changed), "more": len(changed) == batch_size}
 

@@ -64,27 +64,31 @@ DEFAULT_STUCK_AFTER_SECONDS = 600
 
 # Idle for long enough, by the database's clock. Written over alias `w`; the first
 # three terms are the predicate of ix_workspaces_idle, so the planner uses it.
-_IDLE = f"""
-    w.hibernation_idle_minutes > 0
+_IDLE_INDEXED = "w.hibernation_idle_minutes > 0"
+_IDLE_REST = f"""
     AND w.idle_since IS NOT NULL
     AND w.status IN ('online', 'degraded')
     AND w.idle_since <= now() - make_interval(mins => w.hibernation_idle_minutes)
     AND w.active_tasks = 0
     AND w.runtime <> '{EXTERNAL_RUNTIME}'
 """
+_IDLE = _IDLE_INDEXED + _IDLE_REST
 
-_FIND_CANDIDATES = text(
+FIND_CANDIDATES = text(
     f"SELECT w.id FROM workspaces w WHERE {_IDLE} ORDER BY w.idle_since LIMIT :limit"
 )
 
 # Re-tests the whole condition on the locked row: a heartbeat that made the agent busy
 # after the candidates were read (idle_since NULL, active_tasks > 0) wins, and one that
 # holds the lock right now makes the sweep pass over the row until the next tick.
-_CLAIM = text(
+# The same test, but written so that it does NOT imply ix_workspaces_idle's predicate
+# (COALESCE): a claim is one primary-key lookup. Through the idle index each claim
+# would read every idle row, and a tick of n claims would cost n x idle rows.
+CLAIM = text(
     f"""
     WITH cand AS (
         SELECT w.id, w.status FROM workspaces w
-        WHERE w.id = :id AND {_IDLE}
+        WHERE w.id = :id AND COALESCE(w.hibernation_idle_minutes, 0) > 0 {_IDLE_REST}
         FOR UPDATE OF w SKIP LOCKED
     )
     UPDATE workspaces w SET status = 'hibernating', updated_at = now()
@@ -110,7 +114,7 @@ _RELEASE = text(
     """
 )
 
-_FIND_STUCK = text(
+FIND_STUCK = text(
     """
     SELECT id FROM workspaces
     WHERE status = 'hibernating'
@@ -147,15 +151,16 @@ class Claimed:
 
 def find_candidates(conn: Connection, limit: int = DEFAULT_LIMIT) -> list[UUID]:
     """Workspaces idle for long enough, longest idle first (no lock taken)."""
-    return list(conn.execute(_FIND_CANDIDATES, {"limit": limit}).scalars())
+    return list(conn.execute(FIND_CANDIDATES, {"limit": limit}).scalars())
 
 
 def claim(uow: UnitOfWork, workspace_id: UUID) -> Claimed | None:
     """`→ hibernating` if still idle and not locked; None when the row is not claimed."""
-    row = uow.conn.execute(_CLAIM, {"id": workspace_id}).first()
+    row = uow.conn.execute(CLAIM, {"id": workspace_id}).first()
     if row is None:
         return None
-    metrics.record_transition(row.previous_status, Status.HIBERNATING)
+    previous = row.previous_status
+    uow.after_commit(lambda: metrics.record_transition(previous, Status.HIBERNATING))
     return Claimed(row.id, row.previous_status)
 
 
@@ -168,7 +173,7 @@ def finish(uow: UnitOfWork, workspace_id: UUID) -> bool:
         uow, EventType.WORKSPACE_HIBERNATED, workspace_id, {"name": row.name, "tier": row.tier}
     )
     uow.on_commit(lambda pipe: clear_workspace_keys(pipe, workspace_id))
-    metrics.record_transition(Status.HIBERNATING, Status.HIBERNATED)
+    uow.after_commit(lambda: metrics.record_transition(Status.HIBERNATING, Status.HIBERNATED))
     return True
 
 
@@ -178,7 +183,8 @@ def release(uow: UnitOfWork, claimed: Claimed) -> bool:
         _RELEASE, {"id": claimed.workspace_id, "previous": claimed.previous_status}
     ).first()
     if row is not None:
-        metrics.record_transition(Status.HIBERNATING, claimed.previous_status)
+        previous = claimed.previous_status
+        uow.after_commit(lambda: metrics.record_transition(Status.HIBERNATING, previous))
     return row is not None
 
 
@@ -186,7 +192,7 @@ def find_stuck(
     conn: Connection, stuck_after_seconds: int, limit: int = DEFAULT_LIMIT
 ) -> list[UUID]:
     return list(
-        conn.execute(_FIND_STUCK, {"stuck_after": stuck_after_seconds, "limit": limit}).scalars()
+        conn.execute(FIND_STUCK, {"stuck_after": stuck_after_seconds, "limit": limit}).scalars()
     )
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from registry import metrics
 from registry.statuses import EventType, Status
-from registry.uow import UnitOfWork, record_event_on_commit
+from registry.uow import UnitOfWork, record_events_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ DEFAULT_TIMEOUT_SECONDS = 10 * 60
 RUNTIME_TIMEOUT_SECONDS: Mapping[str, int] = {"hermes": 30 * 60}
 SOURCE = "provision_timeout_sweep"
 
-_FAIL_TIMED_OUT = text(
+FAIL_TIMED_OUT = text(
     """
     WITH cand AS (
         SELECT w.id, w.runtime,
@@ -61,6 +61,8 @@ _FAIL_TIMED_OUT = text(
         last_sample_error = format(:message, cand.timeout_secs, cand.runtime)
     FROM cand
     WHERE w.id = cand.id AND w.status = 'provisioning'
+      -- By primary key, never a hash of the whole table against the batch.
+      AND w.id = ANY(ARRAY(SELECT id FROM cand))
     RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error
     """
 )
@@ -80,6 +82,18 @@ def timeout_for(runtime: str, override: int | None) -> int:
     return per_runtime.get(runtime, default)
 
 
+def fail_params(timeout_override: int | None, limit: int) -> dict[str, Any]:
+    """The parameters of FAIL_TIMED_OUT."""
+    default, per_runtime = timeouts(timeout_override)
+    return {
+        "per_runtime": json.dumps(per_runtime),
+        "default_secs": default,
+        "shortest_secs": min([default, *per_runtime.values()]),
+        "message": _MESSAGE,
+        "limit": limit,
+    }
+
+
 def sweep_provisioning(
     uow: UnitOfWork, *, timeout_override: int | None = None, limit: int = 500
 ) -> dict[str, Any]:
@@ -88,31 +102,29 @@ def sweep_provisioning(
     `timeout_override` is PROVISION_TIMEOUT_SECONDS (None: the per-runtime defaults).
     At most `limit` rows per call; `more` says the next tick has work left.
     """
-    default, per_runtime = timeouts(timeout_override)
-    rows = uow.conn.execute(
-        _FAIL_TIMED_OUT,
-        {
-            "per_runtime": json.dumps(per_runtime),
-            "default_secs": default,
-            "shortest_secs": min([default, *per_runtime.values()]),
-            "message": _MESSAGE,
-            "limit": limit,
-        },
-    ).all()
+    rows = uow.conn.execute(FAIL_TIMED_OUT, fail_params(timeout_override, limit)).all()
+    record_events_on_commit(
+        uow,
+        [
+            (
+                EventType.WORKSPACE_PROVISION_FAILED,
+                row.id,
+                {
+                    "error": row.last_sample_error,
+                    "timeout_secs": row.timeout_secs,
+                    "runtime": row.runtime,
+                    "source": SOURCE,
+                },
+            )
+            for row in rows
+        ],
+    )
+    failed = len(rows)
+    uow.after_commit(lambda: metrics.record_transition(Status.PROVISIONING, Status.FAILED, failed))
+    if rows:  # one line per batch (up to `limit` rows); each row at INFO
+        log.warning("%d workspace(s) failed: provisioning timed out without registering", failed)
     for row in rows:
-        record_event_on_commit(
-            uow,
-            EventType.WORKSPACE_PROVISION_FAILED,
-            row.id,
-            {
-                "error": row.last_sample_error,
-                "timeout_secs": row.timeout_secs,
-                "runtime": row.runtime,
-                "source": SOURCE,
-            },
-        )
-        metrics.record_transition(Status.PROVISIONING, Status.FAILED)
-        log.warning(
+        log.info(
             "workspace %s (runtime %s) failed: no registration within %d s of provisioning",
             row.id,
             row.runtime,
