@@ -61,6 +61,7 @@ let generation = 0; // bumped by each (re)load; an older load stops adding pages
 let loading = null; // while pages arrive: { counts, total, got }
 let lastSync = null;
 let frameWanted = false;
+let versions = 0; // one counter for every change: a tile redraws when its version differs
 let frameTimer = null;
 let lastFrame = 0;
 let lastFeed = 0;
@@ -142,10 +143,10 @@ function upsert(row, overwrite) {
   if (known) {
     unlink(known);
     Object.assign(known, row);
-    known.v += 1;
+    known.v = ++versions;
     link(known);
   } else {
-    row.v = 1;
+    row.v = ++versions;
     fleet.set(row.id, row);
     link(row);
   }
@@ -652,7 +653,7 @@ function apply(ev) {
         if (ev.event === "WORKSPACE_ONLINE") ws.last_heartbeat_at = ev.timestamp;
       }
   }
-  ws.v += 1;
+  ws.v = ++versions;
   dirty.tiles = true;
   if (selected === id && (STATUS_OF_EVENT[ev.event] || ev.event === "AGENT_CARD_UPDATED")) showDetails(id);
   schedule();
