@@ -195,16 +195,55 @@ def test_event_stream_resumes_from_last_event_id_and_ignores_a_stalled_client(
         data = json.loads(one["data"])
         assert data["event"] == "WORKSPACE_DEGRADED"
         assert data["gist"] == "online → degraded (error_rate 0.90)"
-        assert json.loads(two["data"])["payload"]["active_tasks"] == 3
+        # The heartbeat in between comes from the broadcast channel (live only), not
+        # from the stream: published before this page connected, it is not replayed.
+        assert json.loads(two["data"])["event"] == "WORKSPACE_OFFLINE"
 
         # What a browser does after a drop: reconnect with the last id it saw.
         again = http.client.HTTPConnection(host, port, timeout=10)
-        again.request("GET", f"/api/events?since={start}", headers={"Last-Event-ID": two["id"]})
+        again.request("GET", f"/api/events?since={start}", headers={"Last-Event-ID": one["id"]})
         (three,) = read_sse(again.getresponse(), 1)
         again.close()
         assert json.loads(three["data"])["event"] == "WORKSPACE_OFFLINE"
     finally:
         stalled.close()
+
+
+def test_heartbeats_come_from_the_channel_newest_per_workspace(board, db, redis_client):
+    busy = make_workspace(db, "busy")
+    quiet = make_workspace(db, "quiet")
+    host, port = board.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/api/events")
+    response = conn.getresponse()
+    try:
+        beats = [
+            (EventType.WORKSPACE_HEARTBEAT, busy, {"active_tasks": n, "uptime_seconds": n})
+            for n in range(1, 6)
+        ]
+        beats.append((EventType.TASK_UPDATED, busy, {"current_task": "t", "active_tasks": 5}))
+        beats.append((EventType.WORKSPACE_HEARTBEAT, quiet, {"active_tasks": 0}))
+        # One transaction: one drain sees them all.
+        publish(db, redis_client, beats, per_transaction=len(beats))
+        publish(db, redis_client, [(EventType.WORKSPACE_DEGRADED, quiet, {"error_rate": 0.9})])
+        seen: dict[str, Any] = {}
+        while not {"registry", "beats"} <= seen.keys():
+            (message,) = read_sse(response, 1)
+            seen.setdefault(message["event"], message)
+        latest = json.loads(seen["beats"]["data"])
+        assert "id" not in seen["beats"]  # a reconnect resumes by the stream position only
+        assert sorted(
+            (b["workspace_id"], b["event"], b["payload"]["active_tasks"]) for b in latest
+        ) == sorted(
+            [
+                (busy, "WORKSPACE_HEARTBEAT", 5),
+                (busy, "TASK_UPDATED", 5),
+                (quiet, "WORKSPACE_HEARTBEAT", 0),
+            ]
+        )
+        assert json.loads(seen["registry"]["data"])["event"] == "WORKSPACE_DEGRADED"
+    finally:
+        conn.close()
 
 
 def request(

@@ -33,6 +33,7 @@ from uuid import UUID
 import redis
 from sqlalchemy import Engine
 
+from registry.board.beats import BEAT_TYPES, ChannelBeats
 from registry.board.hosts import HostCheck
 from registry.board.snapshot import (
     BadRequest,
@@ -42,7 +43,14 @@ from registry.board.snapshot import (
     parse_limit,
     parse_since,
 )
-from registry.events.subscriber import RETRYABLE_ERRORS, Item, Position, StreamGap, Subscriber
+from registry.events.subscriber import (
+    RETRYABLE_ERRORS,
+    Item,
+    Position,
+    ReceivedEvent,
+    StreamGap,
+    Subscriber,
+)
 from registry.events.text import describe
 from registry.jsontext import dumps
 
@@ -233,6 +241,8 @@ class BoardHandler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(HTTPStatus.BAD_REQUEST, f"{token!r} is not a stream position")
             return
+        beats = ChannelBeats(self.server.client)
+        beats.open()  # before the page hears "open": no heartbeat after that is missed
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
@@ -241,20 +251,29 @@ class BoardHandler(BaseHTTPRequestHandler):
         with self.server.stream_open():
             try:
                 self._write(f"retry: {RECONNECT_MS}\n\n")
-                self._follow(Subscriber(self.server.client, self.server.engine, since=start))
+                self._follow(Subscriber(self.server.client, self.server.engine, since=start), beats)
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 log.debug("board: event stream to %s closed", self.address_string())
             except Exception:  # headers are sent: end this stream, the browser reconnects
                 log.exception("board: event stream to %s failed", self.address_string())
+            finally:
+                beats.close()
 
-    def _follow(self, subscriber: Subscriber) -> None:
+    def _follow(self, subscriber: Subscriber, beats: ChannelBeats) -> None:
+        """Status changes from the stream (resumable, with ids); beats from the channel."""
         stopping = self.server.stopping
         quiet_polls = 0
         while not stopping.is_set():
             batch = subscriber.poll_with_positions(block_ms=POLL_BLOCK_MS, stop=stopping)
             for item, position in batch:
-                self._write(_sse_message(item, position))
-            quiet_polls = 0 if batch else quiet_polls + 1
+                # A stream that also keeps beats (a small fleet's setting): they come
+                # from the channel below, once.
+                if not (isinstance(item, ReceivedEvent) and item.type in BEAT_TYPES):
+                    self._write(_sse_message(item, position))
+            latest = beats.drain()
+            if latest:  # no id: a reconnecting page resumes by the stream's position
+                self._write(f"event: beats\ndata: {dumps(latest)}\n\n")
+            quiet_polls = 0 if batch or latest else quiet_polls + 1
             # A comment line now and then: proxies keep the connection, and a closed
             # browser is noticed (the write fails) even when the fleet is quiet.
             if quiet_polls * POLL_BLOCK_MS >= KEEPALIVE_SECONDS * 1000:

@@ -732,6 +732,8 @@ async function start() {
 function follow(position) {
   source = new EventSource(`/api/events?since=${encodeURIComponent(position)}`);
   source.addEventListener("registry", (msg) => apply(JSON.parse(msg.data)));
+  // Heartbeats and task updates, the newest per workspace, from the broadcast channel.
+  source.addEventListener("beats", (msg) => { for (const ev of JSON.parse(msg.data)) apply(ev); });
   source.addEventListener("gap", (msg) => {
     queueFeed({ gap: JSON.parse(msg.data).text });
     start(); // heartbeats in the gap are gone: the database has the truth
