@@ -33,6 +33,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,18 @@ def interact(page: Any, seconds: float) -> int:
     return actions
 
 
+def time_get(url: str, runs: int = 5) -> float:
+    """Median ms for a gzip GET, body read (the server's query, JSON and gzip)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
     fresh_database()
     by_status = seed_fleet(size)
@@ -253,6 +266,8 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
     thread.start()
     result: dict[str, Any] = {"fleet": size}
     try:
+        result["first_page_server_ms"] = time_get(server.url + "api/snapshot?limit=1000")
+        result["whole_snapshot_server_ms"] = time_get(server.url + "api/snapshot")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1440, "height": 900})
@@ -287,6 +302,9 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
             flood.stop.set()
             flood.join(timeout=10)
             probe = page.evaluate("window.__bench")
+            # Back to the unfiltered view (a screenful of tiles) for the memory figures.
+            page.goto(server.url)
+            page.wait_for_selector('#link[data-state="live"]', timeout=60_000)
             latencies = probe["latencies"]
             result.update(
                 flood_changes=flood.sent,
@@ -322,8 +340,9 @@ def report(results: list[dict[str, Any]], rate: float, flood_seconds: float) -> 
         f"changes/s for {flood_seconds:g} s while searching, filtering and scrolling.",
         "",
         "| fleet | first paint | live | bytes (wire) | snapshot raw | input p50 / p95 / max "
-        "| long tasks (longest) | DOM nodes | tiles in DOM | JS heap | renderer RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| long tasks (longest) | DOM nodes | tiles in DOM | JS heap | renderer RSS "
+        "| server: first page / whole snapshot |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -331,7 +350,8 @@ def report(results: list[dict[str, Any]], rate: float, flood_seconds: float) -> 
             f"| {r['load_bytes'] / 1024:.0f} KiB | {r['snapshot_bytes_raw'] / 1024:.0f} KiB "
             f"| {r['input_p50_ms']:.0f} / {r['input_p95_ms']:.0f} / {r['input_max_ms']:.0f} ms "
             f"| {r['long_tasks']} ({r['longest_task_ms']:.0f} ms) | {r['dom_nodes']:,} "
-            f"| {r['mounted_tiles']} | {r['js_heap_mb']:.1f} MiB | {r['renderer_rss_mb']:.0f} MiB |"
+            f"| {r['mounted_tiles']} | {r['js_heap_mb']:.1f} MiB | {r['renderer_rss_mb']:.0f} MiB "
+            f"| {r['first_page_server_ms']:.0f} / {r['whole_snapshot_server_ms']:.0f} ms |"
         )
     lines.append("")
     lines.append(

@@ -22,7 +22,7 @@ const STATUS_OF_EVENT = {
   WORKSPACE_PROVISION_FAILED: "failed",
   WORKSPACE_HIBERNATED: "hibernated",
 };
-const FIRST_PAGE = 2000; // the useful view: every problem fits in it on a typical fleet
+const FIRST_PAGE = 1000; // the useful view: the first screens of problems, and the counts
 const PAGE = 10000;
 const MAX_EVENTS = 200;
 const REFRESH_MS = 30000; // incremental: only rows whose status changed (no-event changes)
@@ -46,6 +46,7 @@ const FEED_ANIMATED = 3; // rows arriving in a calm moment glide in; a flood doe
 const fleet = new Map(); // id -> workspace
 const groups = new Map(STATUS_ORDER.map((s) => [s, []])); // status -> workspaces sorted by key
 const runtimes = new Map(); // runtime -> how many
+const unsorted = new Set(); // groups appended to by a page load, sorted before use
 const filters = { statuses: new Set(), runtime: "", q: "" };
 const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true };
 const feedQueue = [];
@@ -114,7 +115,15 @@ function indexIn(group, key) {
   return lo;
 }
 
+// Pages append (a sort per group per page, not a splice per row: 50,000 splices into a
+// 30,000-row group would be quadratic); everything else inserts in place.
+function sortGroups() {
+  for (const status of unsorted) groupOf(status).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  unsorted.clear();
+}
+
 function unlink(ws) {
+  sortGroups();
   const group = groupOf(ws.status);
   const at = indexIn(group, ws.key);
   if (group[at] === ws) group.splice(at, 1);
@@ -122,11 +131,17 @@ function unlink(ws) {
   if (n > 0) runtimes.set(ws.runtime, n); else { runtimes.delete(ws.runtime); dirty.runtimes = true; }
 }
 
-function link(ws) {
+function link(ws, bulk) {
   ws.key = keyOf(ws);
   ws.lname = (ws.name || "").toLowerCase();
   const group = groupOf(ws.status);
-  group.splice(indexIn(group, ws.key), 0, ws);
+  if (bulk) {
+    group.push(ws);
+    unsorted.add(ws.status);
+  } else {
+    sortGroups();
+    group.splice(indexIn(group, ws.key), 0, ws);
+  }
   if (!runtimes.has(ws.runtime)) dirty.runtimes = true;
   runtimes.set(ws.runtime, (runtimes.get(ws.runtime) || 0) + 1);
 }
@@ -137,7 +152,7 @@ function changed() {
 }
 
 // Put a row from the server in; `overwrite` false keeps what events already told us.
-function upsert(row, overwrite) {
+function upsert(row, overwrite, bulk) {
   const known = fleet.get(row.id);
   if (known && !overwrite) return;
   if (known) {
@@ -148,7 +163,7 @@ function upsert(row, overwrite) {
   } else {
     row.v = ++versions;
     fleet.set(row.id, row);
-    link(row);
+    link(row, bulk);
   }
   changed();
 }
@@ -172,6 +187,7 @@ function setStatus(ws, status) {
 function clearFleet() {
   fleet.clear();
   for (const group of groups.values()) group.length = 0;
+  unsorted.clear();
   runtimes.clear();
   dirty.runtimes = true;
   changed();
@@ -222,6 +238,7 @@ function frame(now) {
 
 function buildView() {
   dirty.view = false;
+  sortGroups();
   dirty.tiles = dirty.map = true;
   const width = geometry.listW || TILE_MIN_W;
   const cols = Math.max(1, Math.floor((width + GAP) / (TILE_MIN_W + GAP)));
@@ -705,14 +722,14 @@ async function start() {
   renderPreservation(first.self_preservation);
   clearFleet();
   loading = { counts: first.counts, total: first.total, got: first.workspaces.length };
-  for (const ws of first.workspaces) upsert(ws, false);
+  for (const ws of first.workspaces) upsert(ws, false, true);
   firstPageIn = true;
   let next = first.next;
   try {
     while (next) {
       const page = await getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(next)}`);
       if (mine !== generation) return;
-      for (const ws of page.workspaces) upsert(ws, false);
+      for (const ws of page.workspaces) upsert(ws, false, true);
       loading.got += page.workspaces.length;
       dirty.counts = true;
       next = page.next;
