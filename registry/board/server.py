@@ -265,14 +265,18 @@ class BoardHandler(BaseHTTPRequestHandler):
         quiet_polls = 0
         while not stopping.is_set():
             batch = subscriber.poll_with_positions(block_ms=POLL_BLOCK_MS, stop=stopping)
-            for item, position in batch:
-                # A stream that also keeps beats (a small fleet's setting): they come
-                # from the channel below, once.
-                if not (isinstance(item, ReceivedEvent) and item.type in BEAT_TYPES):
-                    self._write(_sse_message(item, position))
+            # A stream that also keeps beats (a small fleet's setting): they come from
+            # the channel below, once.
+            messages = [
+                _sse_message(item, position)
+                for item, position in batch
+                if not (isinstance(item, ReceivedEvent) and item.type in BEAT_TYPES)
+            ]
             latest = beats.drain()
             if latest:  # no id: a reconnecting page resumes by the stream's position
-                self._write(f"event: beats\ndata: {dumps(latest)}\n\n")
+                messages.append(f"event: beats\ndata: {dumps(latest)}\n\n")
+            if messages:  # one write per poll: a flood is a few packets, not one per event
+                self._write("".join(messages))
             quiet_polls = 0 if batch or latest else quiet_polls + 1
             # A comment line now and then: proxies keep the connection, and a closed
             # browser is noticed (the write fails) even when the fleet is quiet.
