@@ -602,6 +602,26 @@ def chip_count(page: Page, status: str) -> str:
     return page.inner_text(f'#legend .chip[data-status="{status}"] b')
 
 
+def map_colours(page: Page) -> dict[str, Any]:
+    """How many cells of the map are painted in each colour ("r,g,b")."""
+    return page.evaluate(
+        """() => {
+            const {size, cols} = mapLayout;
+            const rows = Math.ceil(everyone.length / cols);
+            const width = cols * size;
+            const data = document.getElementById("map").getContext("2d")
+                .getImageData(0, 0, width, rows * size).data;
+            const colours = {};
+            for (let i = 0; i < everyone.length; i += 1) {
+                const at = ((Math.floor(i / cols) * size) * width + (i % cols) * size) * 4;
+                const key = `${data[at]},${data[at + 1]},${data[at + 2]}`;
+                colours[key] = (colours[key] || 0) + 1;
+            }
+            return {cells: everyone.length, size, colours};
+        }"""
+    )
+
+
 def test_5000_problems_first_with_counts_and_a_map(browser, board, fleet_5000):
     with opened(browser, board.url) as page:
         assert page.inner_text("#total") == "5000"
@@ -618,41 +638,28 @@ def test_5000_problems_first_with_counts_and_a_map(browser, board, fleet_5000):
         assert 12 < len(tiles) < 150
 
         # The map: one cell per workspace, problems first, coloured by status.
-        cells = page.evaluate(
-            """() => {
-                const {size, cols} = mapLayout;
-                const data = document.getElementById("map").getContext("2d")
-                    .getImageData(0, 0, cols * size, Math.ceil(view.mapOrder.length / cols) * size).data;
-                const width = cols * size;
-                const colours = {};
-                for (let i = 0; i < view.mapOrder.length; i += 1) {
-                    const at = ((Math.floor(i / cols) * size) * width + (i % cols) * size) * 4;
-                    const key = `${data[at]},${data[at + 1]},${data[at + 2]}`;
-                    colours[key] = (colours[key] || 0) + 1;
-                }
-                return {cells: view.mapOrder.length, size, colours};
-            }"""
-        )
+        cells = map_colours(page)
         assert cells["cells"] == 5000
         assert cells["colours"]["219,39,119"] == 12
         assert cells["colours"]["239,68,68"] == 600
         assert cells["colours"]["34,197,94"] == 3000
 
-        # Hover the first cell for its name, click it for the details.
-        first_failed = min(fleet_5000["failed"], key=lambda w: w["name"])
+        # Hover the first cell (the map is in name order, stable) for its name, click
+        # it for the details.
+        first = min((w for rows in fleet_5000.values() for w in rows), key=lambda w: w["name"])
         page.hover("#map", position={"x": 1, "y": 1})
         page.wait_for_selector("#map-tip:not([hidden])")
-        assert page.inner_text("#map-tip") == f"{first_failed['name']} · failed"
+        assert (
+            page.inner_text("#map-tip") == f"{first['name']} · {first['status'].replace('_', ' ')}"
+        )
         page.click("#map", position={"x": 1, "y": 1})
         page.wait_for_function(
             "(id) => document.getElementById('details-facts').textContent.includes(id)",
-            arg=first_failed["id"],
+            arg=first["id"],
         )
-        assert page.inner_text("#details-name") == first_failed["name"]
-        assert f"ws={first_failed['id']}" in page.url
-        assert page.get_attribute(f'.tile[data-id="{first_failed["id"]}"]', "class") == (
-            "tile selected"
-        )
+        assert page.inner_text("#details-name") == first["name"]
+        assert f"ws={first['id']}" in page.url
+        assert page.get_attribute(f'.tile[data-id="{first["id"]}"]', "class") == ("tile selected")
 
 
 def test_5000_search_filters_and_a_shareable_url(browser, board, fleet_5000):
@@ -747,3 +754,8 @@ def test_5000_live_changes_move_tiles_and_keep_counts(browser, board, db, redis_
         assert len(listed) > 12
         assert listed == failed_names[: len(listed)]
         assert page.inner_text('#tiles .group[data-status="failed"] b') == str(expected["failed"])
+        # The map repainted just those cells (drawn in the same frame as the counts).
+        colours = map_colours(page)["colours"]
+        assert colours["219,39,119"] == expected["failed"]
+        assert colours["239,68,68"] == expected["offline"]
+        assert colours["34,197,94"] == expected["online"]

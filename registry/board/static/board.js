@@ -47,12 +47,16 @@ const fleet = new Map(); // id -> workspace
 const groups = new Map(STATUS_ORDER.map((s) => [s, []])); // status -> workspaces sorted by key
 const runtimes = new Map(); // runtime -> how many
 const unsorted = new Set(); // groups appended to by a page load, sorted before use
+// The map's order: everyone by name, stable, so a status change repaints one cell.
+const everyone = [];
+let everyoneUnsorted = false;
+const mapCells = new Set(); // workspaces whose cell needs repainting (status changed)
 const filters = { statuses: new Set(), runtime: "", q: "" };
 const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true };
 const feedQueue = [];
 const fetching = new Set();
 const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
-let view = { rows: [], height: 0, mapOrder: [], cols: 1, tileW: TILE_MIN_W };
+let view = { rows: [], height: 0, cols: 1, tileW: TILE_MIN_W };
 let geometry = { listW: 0, listH: 0, mapW: 0 };
 let mapLayout = { size: 6, cols: 1, rows: 0 };
 let selected = null;
@@ -117,9 +121,24 @@ function indexIn(group, key) {
 
 // Pages append (a sort per group per page, not a splice per row: 50,000 splices into a
 // 30,000-row group would be quadratic); everything else inserts in place.
+const byKey = (a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+
 function sortGroups() {
-  for (const status of unsorted) groupOf(status).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  for (const status of unsorted) groupOf(status).sort(byKey);
   unsorted.clear();
+  if (everyoneUnsorted) { everyone.sort(byKey); everyoneUnsorted = false; }
+}
+
+function enlist(ws, bulk) {
+  if (bulk) { everyone.push(ws); everyoneUnsorted = true; return; }
+  sortGroups();
+  everyone.splice(indexIn(everyone, ws.key), 0, ws);
+}
+
+function delist(ws) {
+  sortGroups();
+  const at = indexIn(everyone, ws.key);
+  if (everyone[at] === ws) everyone.splice(at, 1);
 }
 
 function unlink(ws) {
@@ -157,13 +176,16 @@ function upsert(row, overwrite, bulk) {
   if (known && !overwrite) return;
   if (known) {
     unlink(known);
+    delist(known);
     Object.assign(known, row);
     known.v = ++versions;
     link(known);
+    enlist(known);
   } else {
     row.v = ++versions;
     fleet.set(row.id, row);
     link(row, bulk);
+    enlist(row, bulk);
   }
   changed();
 }
@@ -172,6 +194,7 @@ function drop(id) {
   const ws = fleet.get(id);
   if (!ws) return;
   unlink(ws);
+  delist(ws);
   fleet.delete(id);
   changed();
 }
@@ -181,13 +204,17 @@ function setStatus(ws, status) {
   unlink(ws);
   ws.status = status;
   link(ws);
-  changed();
+  mapCells.add(ws); // the map's order is by name: only this cell changes
+  dirty.view = dirty.counts = dirty.tiles = true;
+  schedule();
 }
 
 function clearFleet() {
   fleet.clear();
   for (const group of groups.values()) group.length = 0;
   unsorted.clear();
+  everyone.length = 0;
+  everyoneUnsorted = false;
   runtimes.clear();
   dirty.runtimes = true;
   changed();
@@ -224,7 +251,7 @@ function frame(now) {
   if (dirty.view) buildView();
   if (dirty.counts) renderCounts();
   if (dirty.runtimes) renderRuntimes();
-  if (dirty.map) drawMap();
+  if (dirty.map) drawMap(); else if (mapCells.size) paintCells();
   if (dirty.tiles) renderTiles(scrollTop);
   if (feedQueue.length) {
     if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(); } else schedule();
@@ -239,17 +266,15 @@ function frame(now) {
 function buildView() {
   dirty.view = false;
   sortGroups();
-  dirty.tiles = dirty.map = true;
+  dirty.tiles = true;
   const width = geometry.listW || TILE_MIN_W;
   const cols = Math.max(1, Math.floor((width + GAP) / (TILE_MIN_W + GAP)));
   const tileW = (width - GAP * (cols - 1)) / cols;
   const rows = [];
-  const mapOrder = [];
   const narrowed = Boolean(filters.runtime || filters.q);
   let y = 0;
   for (const [status, group] of groups) {
     if (!group.length) continue;
-    for (let i = 0; i < group.length; i += 1) mapOrder.push(group[i]);
     if (filters.statuses.size && !filters.statuses.has(status)) continue;
     const shown = narrowed ? group.filter(matches) : group;
     if (!shown.length) continue;
@@ -260,7 +285,7 @@ function buildView() {
       y += ROW_H;
     }
   }
-  view = { rows, height: y, mapOrder, cols, tileW };
+  view = { rows, height: y, cols, tileW };
 }
 
 function firstRowFrom(top) {
@@ -495,10 +520,46 @@ function layoutMap(count) {
   return mapLayout;
 }
 
+function cellColour(ws) {
+  const filtering = filters.statuses.size || filters.runtime || filters.q;
+  const shown = !filtering || ((!filters.statuses.size || filters.statuses.has(ws.status)) && matches(ws));
+  return colours[shown ? ws.status : `${ws.status}:dim`] || colours.unknown;
+}
+
+function outlineSelected(ctx) {
+  const at = selected ? everyone.findIndex((ws) => ws.id === selected) : -1;
+  if (at < 0) return;
+  const { size, cols } = mapLayout;
+  ctx.strokeStyle = "#ffffff";
+  ctx.lineWidth = 2;
+  ctx.strokeRect((at % cols) * size - 1, Math.floor(at / cols) * size - 1, size + 1, size + 1);
+}
+
+// A flood of status changes repaints only the cells that changed (a rectangle each).
+function paintCells() {
+  sortGroups();
+  const { size, cols } = mapLayout;
+  const cell = size >= 4 ? size - 1 : size;
+  const ctx = $("map").getContext("2d");
+  let outline = false;
+  for (const ws of mapCells) {
+    const at = indexIn(everyone, ws.key);
+    if (everyone[at] !== ws) continue;
+    const c = cellColour(ws);
+    ctx.fillStyle = `rgb(${c & 255}, ${(c >>> 8) & 255}, ${(c >>> 16) & 255})`;
+    ctx.fillRect((at % cols) * size, Math.floor(at / cols) * size, cell, cell);
+    outline = outline || ws.id === selected;
+  }
+  mapCells.clear();
+  if (outline) outlineSelected(ctx);
+}
+
 function drawMap() {
   dirty.map = false;
+  mapCells.clear();
+  sortGroups();
   const canvas = $("map");
-  const order = view.mapOrder;
+  const order = everyone;
   mapLayout = layoutMap(order.length);
   const { size, cols, rows, width } = mapLayout;
   const height = rows * size;
@@ -515,24 +576,14 @@ function drawMap() {
   const pixels = new Uint32Array(image.data.buffer);
   pixels.fill(colours.bg);
   const cell = size >= 4 ? size - 1 : size; // a 1 px gutter when cells are big enough
-  const filtering = filters.statuses.size || filters.runtime || filters.q;
   for (let i = 0; i < order.length; i += 1) {
-    const ws = order[i];
-    const shown = !filtering || ((!filters.statuses.size || filters.statuses.has(ws.status)) && matches(ws));
-    const colour = colours[shown ? ws.status : `${ws.status}:dim`] || colours.unknown;
+    const colour = cellColour(order[i]);
     const x0 = (i % cols) * size;
     const y0 = Math.floor(i / cols) * size;
     for (let y = y0; y < y0 + cell; y += 1) pixels.fill(colour, y * width + x0, y * width + x0 + cell);
   }
   ctx.putImageData(image, 0, 0);
-  if (selected) {
-    const at = order.findIndex((ws) => ws.id === selected);
-    if (at >= 0) {
-      ctx.strokeStyle = "#ffffff";
-      ctx.lineWidth = 2;
-      ctx.strokeRect((at % cols) * size - 1, Math.floor(at / cols) * size - 1, size + 1, size + 1);
-    }
-  }
+  outlineSelected(ctx);
 }
 
 function cellAt(event) {
@@ -540,7 +591,7 @@ function cellAt(event) {
   const col = Math.floor(event.offsetX / size);
   const row = Math.floor(event.offsetY / size);
   if (col < 0 || col >= cols || row < 0) return null;
-  return view.mapOrder[row * cols + col] || null;
+  return everyone[row * cols + col] || null;
 }
 
 function hoverMap(event) {
