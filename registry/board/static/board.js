@@ -22,6 +22,7 @@ const STATUS_OF_EVENT = {
   WORKSPACE_PROVISION_FAILED: "failed",
   WORKSPACE_HIBERNATED: "hibernated",
 };
+const BEATS = new Set(["WORKSPACE_HEARTBEAT", "TASK_UPDATED"]);
 const FIRST_PAGE = 1000; // the useful view: the first screens of problems, and the counts
 const PAGE = 10000;
 const MAX_EVENTS = 200;
@@ -703,7 +704,12 @@ function apply(ev) {
   if (!id) return;
   if (ev.event === "WORKSPACE_REMOVED") { drop(id); return; }
   const ws = fleet.get(id);
-  if (!ws) { fetchWorkspace(id); return; } // created or registered since the snapshot
+  if (!ws) {
+    // Created or registered since the snapshot (that publishes a recorded event). A beat
+    // alone is not enough: pub/sub is server-wide, another database's beats reach us too.
+    if (!BEATS.has(ev.event)) fetchWorkspace(id);
+    return;
+  }
   const p = ev.payload || {};
   switch (ev.event) {
     case "WORKSPACE_HEARTBEAT":
