@@ -333,6 +333,37 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
     return result
 
 
+def screenshot(size: int, path: Path) -> None:
+    """docs/board.png: the board on a seeded fleet, a few changes in its event list."""
+    fresh_database()
+    by_status = seed_fleet(size)
+    server = BoardServer(("127.0.0.1", 0), get_engine(), get_redis())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
+    thread.start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(server.url)
+            page.wait_for_selector('#link[data-state="live"]', timeout=60_000)
+            flood = Flood(by_status["online"], rate=10)
+            flood.start()
+            time.sleep(2.5)
+            flood.stop.set()
+            flood.join(timeout=10)
+            page.wait_for_timeout(500)
+            box = page.locator("#map").bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+            page.wait_for_selector("#map-tip:not([hidden])")
+            page.screenshot(path=str(path))
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def report(results: list[dict[str, Any]], rate: float, flood_seconds: float) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this machine "
@@ -381,7 +412,11 @@ def main() -> None:
     parser.add_argument("--flood", type=float, default=20.0, help="seconds of flood")
     parser.add_argument("--rate", type=float, default=100.0, help="status changes per second")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--screenshot", type=Path, help="only take the screenshot, to this path")
     args = parser.parse_args()
+    if args.screenshot:
+        screenshot(int(args.fleet.split(",")[0]), args.screenshot)
+        return
     results = []
     for size in (int(s) for s in args.fleet.split(",")):
         result = measure(size, args.flood, args.rate)
