@@ -33,6 +33,51 @@ def make_workspace(
     return workspace_id
 
 
+# The issue's fleet of 5,000 (3,000 online, 400 degraded, 600 offline, 300 awaiting
+# agent, 12 failed, the rest provisioning, paused and hibernated).
+FLEET_5000 = {
+    "online": 3000,
+    "degraded": 400,
+    "offline": 600,
+    "awaiting_agent": 300,
+    "failed": 12,
+    "provisioning": 88,
+    "paused": 100,
+    "hibernated": 500,
+}
+RUNTIMES = ("langgraph", "crewai", "autogen", "external")
+
+
+def seed_fleet(engine: Engine, counts: dict[str, int]) -> dict[str, list[dict[str, str]]]:
+    """Insert many workspaces in one statement: status -> rows (id, name, runtime).
+
+    Names are `<status>-<nnnnn>` (nnnnn counts across the fleet), runtimes cycle
+    through RUNTIMES, so a test can tell what it should see.
+    """
+    rows: list[dict[str, str]] = []
+    by_status: dict[str, list[dict[str, str]]] = {}
+    for status, count in counts.items():
+        for _ in range(count):
+            n = len(rows)
+            row = {
+                "id": str(uuid.uuid4()),
+                "name": f"{status}-{n:05d}",
+                "status": status,
+                "runtime": RUNTIMES[n % len(RUNTIMES)],
+            }
+            rows.append(row)
+            by_status.setdefault(status, []).append(row)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workspaces (id, name, status, runtime, last_heartbeat_at) "
+                "VALUES (:id, :name, :status, :runtime, now())"
+            ),
+            rows,
+        )
+    return by_status
+
+
 def publish(
     engine: Engine, client: redis.Redis, events: Iterable[EventSpec], per_transaction: int = 1
 ) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -144,6 +146,11 @@ def test_demo_shows_every_status_and_leaves_no_process(test_env, tmp_path):
             )  # fmt: skip
         try:
             first, second = _scrape_twice(f"http://127.0.0.1:{port}/metrics", demo)
+            # The demo serves the fleet board too, at the URL it printed.
+            board_url = re.search(r"fleet board: (http://\S+)", output_path.read_text())
+            assert board_url is not None, output_path.read_text()[-4000:]
+            with urllib.request.urlopen(board_url[1] + "api/snapshot", timeout=10) as response:
+                board_fleet = json.loads(response.read())
             returncode = demo.wait(timeout=DEMO_SECONDS + 90)
         finally:
             if demo.poll() is None:
@@ -160,6 +167,7 @@ def test_demo_shows_every_status_and_leaves_no_process(test_env, tmp_path):
             assert status.value in entry["reached"], (behaviour, entry, output[-4000:])
             assert f"{status.value:<15} ✓" in output, behaviour
         assert summary["missing"] == []
+        assert board_fleet["total"] > 0 and summary["board_url"] == board_url[1]
         assert summary["heartbeats_sent"] > 100
         assert summary["send_errors"] == 0
         for line in ("WORKSPACE_OFFLINE", "WORKSPACE_DEGRADED", "WORKSPACE_HIBERNATED",

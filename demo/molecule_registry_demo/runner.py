@@ -7,6 +7,8 @@ them first, one clear line per problem. Then it migrates DATABASE_URL, starts
   PROMETHEUS_MULTIPROC_DIR set, Prometheus endpoint on 127.0.0.1),
 - the liveness listener (`python -m workers.liveness`),
 - a simulated Docker engine in this process (CONTAINER_BACKEND=docker for the worker),
+- the fleet board (`molecule-registry board`) in this process, on 127.0.0.1 (port
+  8765, or any free one if that is taken); its URL is printed and kept in the header,
 
 and runs a simulated fleet (registry/simulator) that registers and heartbeats
 through the real queue with the producer client, while a live summary shows
@@ -89,6 +91,7 @@ HIBERNATION_IDLE_MINUTES = 1  # the smallest the contract allows
 HIBERNATION_SHOWS_AFTER = 60 * HIBERNATION_IDLE_MINUTES + 6
 WORKER_START_TIMEOUT = 90.0
 LINE_EVERY_SECONDS = 5.0
+BOARD_PORT = 8765  # the `molecule-registry board` default; any free port if taken
 
 Out = Callable[[str], None]
 
@@ -276,6 +279,7 @@ class Demo:
         self.supervisor = Supervisor(self.log_dir)
         self.client: RegistryClient | None = None
         self.fleet: Fleet | None = None
+        self.board: Any = None
         self.result: dict[str, Any] = {"log_dir": str(self.log_dir)}
 
     def run(self) -> int:
@@ -293,6 +297,7 @@ class Demo:
         retired = retire_earlier_fleets(_engine(self.settings))
         if retired:
             self.out(f"removed {retired} simulated workspace(s) left by earlier demo runs")
+        self._serve_board()
         multiproc_dir = self.log_dir / "prometheus"
         shutil.rmtree(multiproc_dir, ignore_errors=True)
         multiproc_dir.mkdir(parents=True)
@@ -331,6 +336,22 @@ class Demo:
         logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
         self.out(f"migrating {safe_url(self.settings.database_url)} …")
         migrate.upgrade(self.settings.database_url)
+
+    def _serve_board(self) -> None:
+        """The fleet board beside the terminal summary: the fleet in a browser too."""
+        from registry.board.server import serve
+
+        engine, client = _engine(self.settings), _redis(self.settings)
+        try:
+            board = serve("127.0.0.1", BOARD_PORT, engine, client)
+        except OSError:
+            board = serve("127.0.0.1", 0, engine, client)
+        threading.Thread(
+            target=board.serve_forever, kwargs={"poll_interval": 0.5}, name="board", daemon=True
+        ).start()
+        self.board = board
+        self.result["board_url"] = board.url
+        self.out(f"fleet board: {board.url}")
 
     def _start_processes(self, env: dict[str, str]) -> None:
         verbose = self.options.fleet <= 200  # per-task log lines cost throughput in big fleets
@@ -373,7 +394,14 @@ class Demo:
             stats=fleet.stats,
         )
         fleet.start(progress=_progress(self.out, options.fleet, self.stop))
-        exit_code = _watch(self.out, options, summary, self.supervisor, self.stop)
+        exit_code = _watch(
+            self.out,
+            options,
+            summary,
+            self.supervisor,
+            self.stop,
+            board_url=self.result.get("board_url"),
+        )
         fleet.stop()
         self._report(summary, fleet)
         return exit_code
@@ -414,6 +442,9 @@ class Demo:
         killed = self.supervisor.stop_all()
         self.result["killed"] = killed
         engine.close()
+        if self.board is not None:
+            self.board.shutdown()
+            self.board.server_close()
         if self.options.summary_json is not None:
             self.options.summary_json.write_text(json.dumps(self.result, indent=2, sort_keys=True))
         if killed:
@@ -475,6 +506,8 @@ def _watch(
     summary: LiveSummary,
     supervisor: Supervisor,
     stop: threading.Event,
+    *,
+    board_url: str | None = None,
 ) -> int:
     """Show the live summary until the duration ends, Ctrl-C, or a child dies."""
     tty = sys.stdout.isatty()
@@ -491,7 +524,7 @@ def _watch(
         if tty:
             header = (
                 f"molecule-registry demo — {options.fleet} agents — {clock(snapshot.elapsed)} — "
-                f"{header_end}"
+                f"{header_end}" + (f"\nfleet board: {board_url}" if board_url else "")
             )
             sys.stdout.write(
                 "\x1b[H\x1b[2J" + render_board(snapshot, summary.recent, header) + "\n"

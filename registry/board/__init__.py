@@ -1,7 +1,10 @@
-"""The live fleet board: a small local web page showing every workspace's status.
+"""The live fleet board: a local web page for a fleet of 5,000 to 50,000 workspaces.
 
-`server.py` serves the page (static files in `static/`, no build step), a snapshot
-of the fleet read from PostgreSQL, and the event stream as server-sent events fed
-by a `registry.events.subscriber.Subscriber`; the page applies events from the snapshot's
-position on, so it is right even when opened late.
+`server.py` serves the page (static files in `static/`, no build step), the fleet
+in gzipped pages, problems first (`snapshot.py`), and the events as server-sent
+events: status changes from the stream through a `registry.events.subscriber.Subscriber`
+(resumable by position), heartbeats from the pub/sub channel, coalesced (`beats.py`).
+Every request must name the board's own address in its Host header (`hosts.py`).
+The page paints the first page at once and applies events from its position on,
+so it is right even when opened late.
 """

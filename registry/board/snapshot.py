@@ -1,12 +1,26 @@
-"""What the board loads first: every workspace that is not removed, and where to read on.
+"""What the board loads: the fleet in pages, problems first, and where to read events on.
 
-The stream position is taken *before* the rows are read, so every change after the
-snapshot is in the events read from that position (applying an event the snapshot
-already shows is harmless: events say where a workspace ends up).
+The first page carries the stream position, taken *before* the rows are read, so
+every change after it is in the events read from that position (applying an event
+the page already shows is harmless: events say where a workspace ends up, in order).
+Later pages continue by keyset (`after` = the cursor the previous page returned);
+a row that moves past the cursor between pages is caught by its status event,
+which the page follows from the first page's position.
+
+Pages are ordered problems first (`STATUS_ORDER`), then by name: the first page
+is the useful view, painted before the healthy rest arrives.
+
+`changes_since` is the incremental refresh: rows whose status changed (or that
+were created or removed) since a time, for the few changes that publish no event
+(a workspace created in provisioning, a pause).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -17,13 +31,45 @@ from sqlalchemy import Connection, Engine, RowMapping, text
 from registry.events.outbox import rfc3339
 from registry.events.subscriber import Position, stream_head
 
-_COLUMNS = """
+# Problems first, then what is on its way, then the healthy bulk.
+STATUS_ORDER = (
+    "failed",
+    "offline",
+    "degraded",
+    "awaiting_agent",
+    "provisioning",
+    "paused",
+    "hibernating",
+    "hibernated",
+    "online",
+)
+MAX_PAGE = 20_000
+
+# What a tile shows; the rest of a row is fetched when it is opened (`one_workspace`).
+_TILE_COLUMNS = """
+    id, name, status, runtime, tier, active_tasks, max_concurrent_tasks, current_task,
+    last_heartbeat_at
+"""
+_DETAIL_COLUMNS = """
     id, name, status, runtime, tier, delivery_mode, parent_id, active_tasks,
     max_concurrent_tasks, current_task, last_heartbeat_at, last_error_rate,
     last_sample_error, uptime_seconds, status_changed_at, agent_card->>'name' AS card_name
 """
-_FLEET = text(f"SELECT {_COLUMNS} FROM workspaces WHERE status <> 'removed' ORDER BY name, id")
-_ONE = text(f"SELECT {_COLUMNS} FROM workspaces WHERE id = :id")
+_RANK = "CASE status " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STATUS_ORDER))
+_RANK += f" ELSE {len(STATUS_ORDER)} END"
+_PAGE = f"""
+    SELECT {_TILE_COLUMNS}, {_RANK} AS rank FROM workspaces
+    WHERE status <> 'removed' {{after}}
+    ORDER BY {_RANK}, name, id
+    LIMIT :limit
+"""
+_FIRST_PAGE = text(_PAGE.format(after=""))
+_NEXT_PAGE = text(_PAGE.format(after=f"AND ({_RANK}, name, id) > (:rank, :name, :id)"))
+_COUNTS = text("SELECT status, count(*) AS n FROM workspaces WHERE status <> 'removed' GROUP BY 1")
+_ONE = text(f"SELECT {_DETAIL_COLUMNS} FROM workspaces WHERE id = :id")
+_CHANGED = text(
+    f"SELECT {_TILE_COLUMNS} FROM workspaces WHERE status_changed_at >= :since ORDER BY name, id"
+)
 # Fleet-wide events are the self-preservation ones; the (workspace_id, id) index
 # finds the latest without scanning the table.
 _SELF_PRESERVATION = text(
@@ -37,6 +83,32 @@ _SELF_PRESERVATION = text(
 _CLOCK = text("SELECT now() AS now, (SELECT max(id) FROM structure_events) AS last_event_id")
 
 
+class BadRequest(ValueError):
+    """A query parameter the board cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: (rank, name, id) of its last row, opaque to the page."""
+
+    rank: int
+    name: str
+    id: str
+
+    def token(self) -> str:
+        raw = json.dumps([self.rank, self.name, self.id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def from_token(cls, token: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            rank, name, ws = json.loads(raw)
+            return cls(int(rank), str(name), str(UUID(str(ws))))
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise BadRequest(f"{token!r} is not a page cursor") from exc
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return rfc3339(value)
@@ -46,24 +118,84 @@ def _json_value(value: Any) -> Any:
 
 
 def workspace_json(row: RowMapping) -> dict[str, Any]:
-    return {key: _json_value(value) for key, value in row.items()}
+    return {key: _json_value(value) for key, value in row.items() if key != "rank"}
 
 
-def fleet_snapshot(engine: Engine, client: redis.Redis) -> dict[str, Any]:
-    """Every non-removed workspace, the server's clock and the position to read from."""
+def parse_limit(raw: str | None) -> int | None:
+    """`limit` as given, or None for the whole fleet in one page."""
+    if raw is None or raw == "":
+        return None
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit {raw!r} is not a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def parse_since(raw: str) -> datetime:
+    try:
+        since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"changed_since {raw!r} is not an RFC 3339 time") from None
+    if since.tzinfo is None:
+        raise BadRequest(f"changed_since {raw!r} has no time zone")
+    return since
+
+
+def _page(conn: Connection, after: Cursor | None, limit: int | None) -> dict[str, Any]:
+    # No limit: the whole fleet (what scripts and small fleets want).
+    size = limit if limit is not None else 2**31 - 1
+    if after is None:
+        rows = conn.execute(_FIRST_PAGE, {"limit": size}).mappings().all()
+    else:
+        params = {"rank": after.rank, "name": after.name, "id": after.id, "limit": size}
+        rows = conn.execute(_NEXT_PAGE, params).mappings().all()
+    following = None
+    if limit is not None and len(rows) == limit:
+        last = rows[-1]
+        following = Cursor(last["rank"], last["name"], str(last["id"])).token()
+    return {"workspaces": [workspace_json(row) for row in rows], "next": following}
+
+
+def fleet_snapshot(
+    engine: Engine, client: redis.Redis, *, limit: int | None = None, after: str | None = None
+) -> dict[str, Any]:
+    """One page of the fleet, problems first; the first page also says where to read on.
+
+    First page: `workspaces`, `next` (cursor, or null when this was all), `counts`
+    (per status, whole fleet), `total`, `server_time`, `position`, `self_preservation`.
+    Later pages (`after` given): `workspaces` and `next`.
+    """
+    cursor = Cursor.from_token(after) if after else None
+    if cursor is not None:
+        with engine.connect() as conn:
+            return _page(conn, cursor, limit)
     head = stream_head(client)
-    # One snapshot of the database for the rows, the clock and the last event id.
+    # One snapshot of the database for the rows, the counts, the clock and the last event.
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        rows = conn.execute(_FLEET).mappings().all()
+        page = _page(conn, None, limit)
+        counts = {row.status: row.n for row in conn.execute(_COUNTS)}
         clock = conn.execute(_CLOCK).one()
         preservation = conn.execute(_SELF_PRESERVATION).scalar()
     position = Position(head.stream_id, clock.last_event_id, head.redis_run_id)
     return {
-        "workspaces": [workspace_json(row) for row in rows],
+        **page,
+        "counts": counts,
+        "total": sum(counts.values()),
         "server_time": rfc3339(clock.now),
         "position": position.token(),
         "self_preservation": preservation or {"active": False},
     }
+
+
+def changes_since(engine: Engine, since: datetime) -> dict[str, Any]:
+    """Rows whose status changed at or after `since` (removed ones too), and the clock."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        rows = conn.execute(_CHANGED, {"since": since}).mappings().all()
+        clock = conn.execute(_CLOCK).one()
+    return {"workspaces": [workspace_json(r) for r in rows], "server_time": rfc3339(clock.now)}
 
 
 def one_workspace(conn: Connection, workspace_id: UUID) -> dict[str, Any] | None:

@@ -23,18 +23,28 @@ def _is_loopback(host: str) -> bool:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free."
 )
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another Host name the board answers to (a DNS name in front of it); repeatable. "
+    "Requests naming any other host are refused (DNS-rebinding defence).",
+)
 @friendly_errors
-def board(host: str, port: int) -> None:
-    """Serve the live fleet board: every workspace as a tile coloured by status.
+def board(host: str, port: int, allowed_hosts: tuple[str, ...]) -> None:
+    """Serve the live fleet board: problems first, a map of the whole fleet, live.
 
-    The page loads the fleet from PostgreSQL, then follows the event stream. It has
-    no authentication: keep it on localhost (or behind an authenticating proxy).
+    The page loads the fleet from PostgreSQL (in pages, problems first), then follows
+    the event stream. It answers only requests naming its own address (or an
+    --allow-host name). It has no authentication: keep it on localhost (or behind an
+    authenticating proxy).
     """
     from registry.board.server import serve
 
     engine, client = reachable_stores()
     try:
-        server = serve(host, port, engine, client)
+        server = serve(host, port, engine, client, allowed_hosts)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     if not _is_loopback(host):

@@ -1,11 +1,19 @@
-// Fleet board: load the fleet, then apply the registry's events from the snapshot's
-// position on (server-sent events). Plain JS, no build step; text only via textContent.
+// Fleet board: load the fleet in pages (problems first), then apply the registry's
+// events from the first page's position on (server-sent events).
+//
+// Built for 5,000-50,000 workspaces: events only change state and mark what is dirty;
+// one animation frame per batch redraws the counts, the map (a canvas, one cell per
+// workspace) and the tiles actually in view (virtualised: the DOM holds a screenful).
+// Layout is never read after a write within a frame. Plain JS, no build step; text
+// only via textContent.
 "use strict";
 
-const STATUSES = [
-  "online", "degraded", "offline", "awaiting_agent", "provisioning",
-  "failed", "paused", "hibernating", "hibernated",
+// Problems first, then what is on its way, then the healthy bulk (as the server pages).
+const STATUS_ORDER = [
+  "failed", "offline", "degraded", "awaiting_agent", "provisioning",
+  "paused", "hibernating", "hibernated", "online",
 ];
+const PROBLEMS = new Set(["failed", "offline", "degraded", "awaiting_agent"]);
 const STATUS_OF_EVENT = {
   WORKSPACE_ONLINE: "online",
   WORKSPACE_DEGRADED: "degraded",
@@ -14,15 +22,59 @@ const STATUS_OF_EVENT = {
   WORKSPACE_PROVISION_FAILED: "failed",
   WORKSPACE_HIBERNATED: "hibernated",
 };
-const MAX_EVENTS = 200;
-const RESYNC_MS = 30000; // changes that publish no event (a new provisioning row, a pause)
+const BEATS = new Set(["WORKSPACE_HEARTBEAT", "TASK_UPDATED"]);
+const FIRST_PAGE = 1000; // the useful view: the first screens of problems, and the counts
+const PAGE = 10000;
+const MAX_EVENTS = 100;
+const REFRESH_MS = 30000; // incremental: only rows whose status changed (no-event changes)
+const REFRESH_OVERLAP_MS = 60000; // a transaction may commit after our last read began
 const STALE_AFTER_S = 90;
+// Tile geometry (board.css agrees): fixed sizes make the virtual list pure arithmetic.
+const TILE_MIN_W = 210;
+const TILE_H = 120;
+const GAP = 12;
+const ROW_H = TILE_H + GAP;
+const HEAD_H = 34;
+const OVERSCAN_PX = 300;
+const MAP_MAX_H = 220;
+const MAP_SIZES = [14, 12, 10, 8, 7, 6, 5, 4, 3, 2];
+// Frames caused by the fleet changing are at most this often (a flood of events is drawn
+// ten times a second); frames caused by the operator's input are drawn at once.
+const DATA_FRAME_MS = 100;
+const FEED_EVERY_MS = 250; // the event list is for reading, not for 100 rows a second
+const FEED_ANIMATED = 3; // rows arriving in a calm moment glide in; a flood does not
 
-const fleet = new Map(); // id -> workspace (as /api/snapshot gives it)
-const tiles = new Map(); // id -> tile element
+const fleet = new Map(); // id -> workspace
+const groups = new Map(STATUS_ORDER.map((s) => [s, []])); // status -> workspaces sorted by key
+const runtimes = new Map(); // runtime -> how many
+const unsorted = new Set(); // groups appended to by a page load, sorted before use
+// The map's order: everyone by name, stable, so a status change repaints one cell.
+const everyone = [];
+let everyoneUnsorted = false;
+const mapCells = new Set(); // workspaces whose cell needs repainting (status changed)
+const filters = { statuses: new Set(), runtime: "", q: "" };
+const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true };
+const feedQueue = [];
 const fetching = new Set();
+const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
+let view = { rows: [], height: 0, cols: 1, tileW: TILE_MIN_W };
+let geometry = { listW: 0, listH: 0, mapW: 0 };
+let mapLayout = { size: 6, cols: 1, rows: 0 };
+let selected = null;
 let clockOffsetMs = 0; // server clock minus ours: heartbeat ages use the server's clock
 let source = null;
+let generation = 0; // bumped by each (re)load; an older load stops adding pages
+let loading = null; // while pages arrive: { counts, total, got }
+let lastSync = null;
+let frameWanted = false;
+let versions = 0; // one counter for every change: a tile redraws when its version differs
+let frameTimer = null;
+let lastFrame = 0;
+let lastFeed = 0;
+let mapImage = null; // reused between frames (same size): no 1 MB allocation per frame
+let painted = false;
+let firstPageIn = false; // the first paint that counts is the first with the fleet's problems
+let colours = {};
 
 const $ = (id) => document.getElementById(id);
 
@@ -48,7 +100,264 @@ function isStale(iso) {
   return !iso || (Date.now() + clockOffsetMs - Date.parse(iso)) / 1000 > STALE_AFTER_S;
 }
 
-// ---- rendering -------------------------------------------------------------
+// ---- state: the fleet, kept grouped by status and sorted by name ------------------
+
+function groupOf(status) {
+  let group = groups.get(status);
+  if (!group) { group = []; groups.set(status, group); } // a status this page does not know
+  return group;
+}
+
+function keyOf(ws) { return `${ws.name || ""}\u0000${ws.id}`; }
+
+function indexIn(group, key) {
+  let lo = 0;
+  let hi = group.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (group[mid].key < key) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// Pages append (a sort per group per page, not a splice per row: 50,000 splices into a
+// 30,000-row group would be quadratic); everything else inserts in place.
+const byKey = (a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+
+function sortGroups() {
+  for (const status of unsorted) groupOf(status).sort(byKey);
+  unsorted.clear();
+  if (everyoneUnsorted) { everyone.sort(byKey); everyoneUnsorted = false; }
+}
+
+function enlist(ws, bulk) {
+  if (bulk) { everyone.push(ws); everyoneUnsorted = true; return; }
+  sortGroups();
+  everyone.splice(indexIn(everyone, ws.key), 0, ws);
+}
+
+function delist(ws) {
+  sortGroups();
+  const at = indexIn(everyone, ws.key);
+  if (everyone[at] === ws) everyone.splice(at, 1);
+}
+
+function unlink(ws) {
+  sortGroups();
+  const group = groupOf(ws.status);
+  const at = indexIn(group, ws.key);
+  if (group[at] === ws) group.splice(at, 1);
+  const n = (runtimes.get(ws.runtime) || 1) - 1;
+  if (n > 0) runtimes.set(ws.runtime, n); else { runtimes.delete(ws.runtime); dirty.runtimes = true; }
+}
+
+function link(ws, bulk) {
+  ws.key = keyOf(ws);
+  ws.lname = (ws.name || "").toLowerCase();
+  const group = groupOf(ws.status);
+  if (bulk) {
+    group.push(ws);
+    unsorted.add(ws.status);
+  } else {
+    sortGroups();
+    group.splice(indexIn(group, ws.key), 0, ws);
+  }
+  if (!runtimes.has(ws.runtime)) dirty.runtimes = true;
+  runtimes.set(ws.runtime, (runtimes.get(ws.runtime) || 0) + 1);
+}
+
+function changed() {
+  dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
+  schedule();
+}
+
+// Put a row from the server in; `overwrite` false keeps what events already told us.
+function upsert(row, overwrite, bulk) {
+  const known = fleet.get(row.id);
+  if (known && !overwrite) return;
+  if (known) {
+    unlink(known);
+    delist(known);
+    Object.assign(known, row);
+    known.v = ++versions;
+    link(known);
+    enlist(known);
+  } else {
+    row.v = ++versions;
+    fleet.set(row.id, row);
+    link(row, bulk);
+    enlist(row, bulk);
+  }
+  changed();
+}
+
+function drop(id) {
+  const ws = fleet.get(id);
+  if (!ws) return;
+  unlink(ws);
+  delist(ws);
+  fleet.delete(id);
+  changed();
+}
+
+function setStatus(ws, status) {
+  if (ws.status === status) return;
+  unlink(ws);
+  ws.status = status;
+  link(ws);
+  mapCells.add(ws); // the map's order is by name: only this cell changes
+  dirty.view = dirty.counts = dirty.tiles = true;
+  schedule();
+}
+
+function clearFleet() {
+  fleet.clear();
+  for (const group of groups.values()) group.length = 0;
+  unsorted.clear();
+  everyone.length = 0;
+  everyoneUnsorted = false;
+  runtimes.clear();
+  dirty.runtimes = true;
+  changed();
+}
+
+function matches(ws) {
+  if (filters.runtime && ws.runtime !== filters.runtime) return false;
+  const q = filters.q;
+  return !q || ws.lname.includes(q) || ws.id.includes(q);
+}
+
+// ---- the frame: everything drawn once per animation frame, reads before writes -----------
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function schedule(urgent) {
+  if (frameWanted) return;
+  const wait = urgent ? 0 : lastFrame + DATA_FRAME_MS - performance.now();
+  if (wait <= 0) {
+    if (frameTimer !== null) { clearTimeout(frameTimer); frameTimer = null; }
+    frameWanted = true;
+    requestAnimationFrame(frame);
+  } else if (frameTimer === null) {
+    frameTimer = setTimeout(() => { frameTimer = null; schedule(true); }, wait);
+  }
+}
+
+function frame(now) {
+  frameWanted = false;
+  lastFrame = now;
+  const scrollTop = $("tiles").scrollTop; // the only layout read, before any write
+  if (dirty.view) buildView();
+  if (dirty.counts) renderCounts();
+  if (dirty.runtimes) renderRuntimes();
+  if (dirty.map) drawMap(); else if (mapCells.size) paintCells();
+  if (dirty.tiles) renderTiles(scrollTop);
+  if (feedQueue.length) {
+    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(); } else schedule();
+  }
+  if (!painted && firstPageIn) {
+    painted = true;
+    performance.mark("board-painted");
+    document.documentElement.dataset.painted = "1";
+  }
+}
+
+function buildView() {
+  dirty.view = false;
+  sortGroups();
+  dirty.tiles = true;
+  const width = geometry.listW || TILE_MIN_W;
+  const cols = Math.max(1, Math.floor((width + GAP) / (TILE_MIN_W + GAP)));
+  const tileW = (width - GAP * (cols - 1)) / cols;
+  const rows = [];
+  const narrowed = Boolean(filters.runtime || filters.q);
+  let y = 0;
+  for (const [status, group] of groups) {
+    if (!group.length) continue;
+    if (filters.statuses.size && !filters.statuses.has(status)) continue;
+    const shown = narrowed ? group.filter(matches) : group;
+    if (!shown.length) continue;
+    rows.push({ kind: "head", status, count: shown.length, of: group.length, top: y });
+    y += HEAD_H;
+    for (let i = 0; i < shown.length; i += cols) {
+      rows.push({ kind: "tiles", list: shown, start: i, top: y });
+      y += ROW_H;
+    }
+  }
+  view = { rows, height: y, cols, tileW };
+}
+
+function firstRowFrom(top) {
+  const rows = view.rows;
+  let lo = 0;
+  let hi = rows.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const bottom = rows[mid].top + (rows[mid].kind === "head" ? HEAD_H : ROW_H);
+    if (bottom <= top) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+function renderTiles(scrollTop) {
+  dirty.tiles = false;
+  const inner = $("tiles-inner");
+  const from = scrollTop - OVERSCAN_PX;
+  const to = scrollTop + (geometry.listH || 600) + OVERSCAN_PX;
+  const wanted = [];
+  for (let r = firstRowFrom(from); r < view.rows.length && view.rows[r].top < to; r += 1) {
+    const row = view.rows[r];
+    if (row.kind === "head") {
+      wanted.push(headNode(row));
+      continue;
+    }
+    const end = Math.min(row.start + view.cols, row.list.length);
+    for (let i = row.start; i < end; i += 1) {
+      wanted.push(tileNode(row.list[i], (i - row.start) * (view.tileW + GAP), row.top));
+    }
+  }
+  const keep = new Set(wanted);
+  for (const [key, node] of mounted) {
+    if (!keep.has(node)) { node.remove(); mounted.delete(key); }
+  }
+  // DOM order follows the visual order (screen readers, find-in-page); only when it differs.
+  let inOrder = inner.childElementCount === wanted.length;
+  for (let i = 0, child = inner.firstElementChild; inOrder && i < wanted.length; i += 1) {
+    inOrder = child === wanted[i];
+    child = child && child.nextElementSibling;
+  }
+  if (!inOrder) inner.replaceChildren(...wanted);
+  const height = `${view.height}px`;
+  if (inner.style.height !== height) inner.style.height = height;
+  $("empty").hidden = fleet.size > 0 || Boolean(loading);
+}
+
+function place(node, x, y, width) {
+  const transform = `translate(${x}px, ${y}px)`;
+  if (node.style.transform !== transform) node.style.transform = transform;
+  if (width !== undefined) {
+    const w = `${width}px`;
+    if (node.style.width !== w) node.style.width = w;
+  }
+}
+
+function headNode(row) {
+  const key = `h:${row.status}`;
+  let node = mounted.get(key);
+  if (!node) {
+    node = el("h3", "group");
+    node.dataset.status = row.status;
+    node.append(el("span", "swatch"), el("span", "group-name", label(row.status)), el("b"));
+    mounted.set(key, node);
+  }
+  const text = row.count === row.of ? String(row.of) : `${row.count} of ${row.of}`;
+  setText(node.lastChild, text);
+  node.classList.toggle("problem", PROBLEMS.has(row.status));
+  place(node, 0, row.top);
+  return node;
+}
 
 function buildTile(ws) {
   const tile = el("article", "tile");
@@ -61,75 +370,287 @@ function buildTile(ws) {
   return tile;
 }
 
-function renderTile(ws, flash) {
-  let tile = tiles.get(ws.id);
+function tileNode(ws, x, y) {
+  const key = `t:${ws.id}`;
+  let tile = mounted.get(key);
   if (!tile) {
     tile = buildTile(ws);
-    tiles.set(ws.id, tile);
-    placeTile(ws, tile);
+    tile.v = 0;
+    mounted.set(key, tile);
   }
-  if (tile.dataset.status !== ws.status) {
-    tile.dataset.status = ws.status;
-    if (flash) { tile.classList.remove("flash"); void tile.offsetWidth; tile.classList.add("flash"); }
-  }
-  tile.querySelector(".status").textContent = label(ws.status);
-  tile.querySelector(".runtime").textContent = ws.runtime || "";
-  tile.querySelector(".name").textContent = ws.name || ws.id;
-  tile.querySelector(".name").title = ws.name || ws.id;
-  tile.querySelector(".wsid").textContent = `${ws.id.slice(0, 8)} · tier ${ws.tier ?? "–"}`;
-  const max = ws.max_concurrent_tasks || 1;
-  tile.querySelector(".tasks").textContent = `${ws.active_tasks ?? 0}/${max} active`;
-  tile.querySelector(".task").textContent = ws.current_task ? `▸ ${ws.current_task}` : "";
-  renderAge(ws, tile);
+  if (tile.v !== ws.v) fillTile(tile, ws);
+  tile.classList.toggle("selected", ws.id === selected);
+  place(tile, x, y, view.tileW);
+  return tile;
 }
 
-function renderAge(ws, tile) {
-  const beat = tile.querySelector(".beat");
-  beat.textContent = `♥ ${age(ws.last_heartbeat_at)}`;
+function fillTile(tile, ws) {
+  if (tile.dataset.status !== ws.status) {
+    // A status change on a tile already shown flashes it; two names restart the animation
+    // without reading layout.
+    if (tile.dataset.status) tile.dataset.flash = tile.dataset.flash === "a" ? "b" : "a";
+    tile.dataset.status = ws.status;
+  }
+  tile.v = ws.v;
+  const [head, name, wsid, facts, task] = tile.children;
+  setText(head.firstChild, label(ws.status));
+  setText(head.lastChild, ws.runtime || "");
+  setText(name, ws.name || ws.id);
+  if (name.title !== name.textContent) name.title = name.textContent;
+  setText(wsid, `${ws.id.slice(0, 8)} · tier ${ws.tier ?? "–"}`);
+  setText(facts.firstChild, `${ws.active_tasks ?? 0}/${ws.max_concurrent_tasks || 1} active`);
+  setText(task, ws.current_task ? `▸ ${ws.current_task}` : "");
+  renderAge(ws, facts.lastChild);
+}
+
+function renderAge(ws, beat) {
+  setText(beat, `♥ ${age(ws.last_heartbeat_at)}`);
   const live = ws.status === "online" || ws.status === "degraded";
   beat.classList.toggle("stale", live && isStale(ws.last_heartbeat_at));
 }
 
-function byName(a, b) {
-  return (a.name || "").localeCompare(b.name || "") || a.id.localeCompare(b.id);
-}
+// ---- counts, filters and the URL --------------------------------------------------------
 
-function placeTile(ws, tile) {
-  const grid = $("tiles");
-  const after = [...fleet.values()].filter((o) => o.id !== ws.id && byName(ws, o) < 0).sort(byName)[0];
-  const before = after && tiles.get(after.id);
-  grid.insertBefore(tile, before && before.parentNode === grid ? before : null);
-}
-
-function dropTile(id) {
-  const tile = tiles.get(id);
-  if (tile) tile.remove();
-  tiles.delete(id);
-  fleet.delete(id);
-}
-
-function renderAll() {
-  const grid = $("tiles");
-  grid.replaceChildren();
-  tiles.clear();
-  [...fleet.values()].sort(byName).forEach((ws) => renderTile(ws, false));
-  renderCounts();
+function buildLegend() {
+  const legend = $("legend");
+  legend.replaceChildren(...STATUS_ORDER.map((status) => {
+    const chip = el("button", PROBLEMS.has(status) ? "chip problem" : "chip");
+    chip.type = "button";
+    chip.dataset.status = status;
+    chip.setAttribute("aria-pressed", "false");
+    chip.append(el("span", "swatch"), el("span", "", label(status)), el("b", "", "0"));
+    chip.addEventListener("click", () => toggleStatus(status));
+    return chip;
+  }));
 }
 
 function renderCounts() {
-  const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
-  for (const ws of fleet.values()) counts[ws.status] = (counts[ws.status] || 0) + 1;
-  const legend = $("legend");
-  legend.replaceChildren(...STATUSES.map((status) => {
-    const chip = el("span", counts[status] ? "chip" : "chip zero");
-    chip.dataset.status = status;
-    chip.style.setProperty("--c", `var(--${status})`);
-    chip.append(el("span", "swatch"), el("span", "", label(status)), el("b", "", String(counts[status])));
-    return chip;
-  }));
-  $("total").textContent = String(fleet.size);
-  $("empty").hidden = fleet.size > 0;
+  dirty.counts = false;
+  for (const chip of $("legend").children) {
+    const status = chip.dataset.status;
+    const n = loading ? loading.counts[status] || 0 : groupOf(status).length;
+    setText(chip.lastChild, String(n));
+    chip.classList.toggle("zero", n === 0);
+    const pressed = String(filters.statuses.has(status));
+    if (chip.getAttribute("aria-pressed") !== pressed) chip.setAttribute("aria-pressed", pressed);
+  }
+  setText($("total"), String(loading ? loading.total : fleet.size));
+  setText($("loading"), loading ? ` · loading ${loading.got}/${loading.total}` : "");
+  const clear = !(filters.statuses.size || filters.runtime || filters.q);
+  if ($("clear").hidden !== clear) $("clear").hidden = clear;
 }
+
+function renderRuntimes() {
+  dirty.runtimes = false;
+  const select = $("runtime");
+  const names = new Set(runtimes.keys());
+  if (filters.runtime) names.add(filters.runtime); // keep a shared view's choice
+  const wanted = ["", ...[...names].sort()];
+  const have = [...select.options].map((o) => o.value);
+  if (have.join("\u0000") === wanted.join("\u0000")) return;
+  select.replaceChildren(...wanted.map((value) => {
+    const option = el("option", "", value || "all runtimes");
+    option.value = value;
+    return option;
+  }));
+  select.value = filters.runtime;
+}
+
+function toggleStatus(status) {
+  if (filters.statuses.has(status)) filters.statuses.delete(status);
+  else filters.statuses.add(status);
+  filtersChanged();
+}
+
+function filtersChanged() {
+  writeURL();
+  $("tiles").scrollTop = 0;
+  dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
+  schedule(true);
+}
+
+function readURL() {
+  const params = new URLSearchParams(location.search);
+  filters.statuses = new Set((params.get("status") || "").split(",").filter(Boolean));
+  filters.runtime = params.get("runtime") || "";
+  filters.q = (params.get("q") || "").trim().toLowerCase();
+  selected = params.get("ws") || null;
+  $("search").value = params.get("q") || "";
+}
+
+function writeURL() {
+  const params = new URLSearchParams();
+  if (filters.statuses.size) {
+    params.set("status", STATUS_ORDER.filter((s) => filters.statuses.has(s)).join(","));
+  }
+  if (filters.runtime) params.set("runtime", filters.runtime);
+  if (filters.q) params.set("q", $("search").value.trim());
+  if (selected) params.set("ws", selected);
+  const query = params.toString();
+  history.replaceState(null, "", query ? `?${query}` : location.pathname);
+}
+
+// ---- the map: one cell per workspace, problems first -----------------------------------
+
+function parseColour(css) {
+  const hex = css.trim().replace("#", "");
+  return [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+function loadColours() {
+  const style = getComputedStyle(document.documentElement);
+  const bg = parseColour(style.getPropertyValue("--panel"));
+  const pack = ([r, g, b]) => ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
+  const dim = (rgb) => rgb.map((c, i) => Math.round(c * 0.22 + bg[i] * 0.78));
+  colours = { bg: pack(bg), unknown: pack([120, 130, 150]) };
+  for (const status of STATUS_ORDER) {
+    const rgb = parseColour(style.getPropertyValue(`--${status}`));
+    colours[status] = pack(rgb);
+    colours[`${status}:dim`] = pack(dim(rgb));
+  }
+}
+
+function layoutMap(count) {
+  const width = Math.max(40, Math.floor(geometry.mapW));
+  for (const size of MAP_SIZES) {
+    const cols = Math.floor(width / size);
+    if (Math.ceil(count / cols) * size <= MAP_MAX_H || size === MAP_SIZES.at(-1)) {
+      return { size, cols, rows: Math.max(1, Math.ceil(count / cols)), width };
+    }
+  }
+  return mapLayout;
+}
+
+function cellColour(ws) {
+  const filtering = filters.statuses.size || filters.runtime || filters.q;
+  const shown = !filtering || ((!filters.statuses.size || filters.statuses.has(ws.status)) && matches(ws));
+  return colours[shown ? ws.status : `${ws.status}:dim`] || colours.unknown;
+}
+
+function outlineSelected(ctx) {
+  const at = selected ? everyone.findIndex((ws) => ws.id === selected) : -1;
+  if (at < 0) return;
+  const { size, cols } = mapLayout;
+  ctx.strokeStyle = "#ffffff";
+  ctx.lineWidth = 2;
+  ctx.strokeRect((at % cols) * size - 1, Math.floor(at / cols) * size - 1, size + 1, size + 1);
+}
+
+// A flood of status changes repaints only the cells that changed (a rectangle each).
+function paintCells() {
+  sortGroups();
+  const { size, cols } = mapLayout;
+  const cell = size >= 4 ? size - 1 : size;
+  const ctx = $("map").getContext("2d");
+  let outline = false;
+  for (const ws of mapCells) {
+    const at = indexIn(everyone, ws.key);
+    if (everyone[at] !== ws) continue;
+    const c = cellColour(ws);
+    ctx.fillStyle = `rgb(${c & 255}, ${(c >>> 8) & 255}, ${(c >>> 16) & 255})`;
+    ctx.fillRect((at % cols) * size, Math.floor(at / cols) * size, cell, cell);
+    outline = outline || ws.id === selected;
+  }
+  mapCells.clear();
+  if (outline) outlineSelected(ctx);
+}
+
+function drawMap() {
+  dirty.map = false;
+  mapCells.clear();
+  sortGroups();
+  const canvas = $("map");
+  const order = everyone;
+  mapLayout = layoutMap(order.length);
+  const { size, cols, rows, width } = mapLayout;
+  const height = rows * size;
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+    canvas.style.height = `${height}px`;
+  }
+  const ctx = canvas.getContext("2d");
+  if (!mapImage || mapImage.width !== width || mapImage.height !== height) {
+    mapImage = ctx.createImageData(width, height);
+  }
+  const image = mapImage;
+  const pixels = new Uint32Array(image.data.buffer);
+  pixels.fill(colours.bg);
+  const cell = size >= 4 ? size - 1 : size; // a 1 px gutter when cells are big enough
+  for (let i = 0; i < order.length; i += 1) {
+    const colour = cellColour(order[i]);
+    const x0 = (i % cols) * size;
+    const y0 = Math.floor(i / cols) * size;
+    for (let y = y0; y < y0 + cell; y += 1) pixels.fill(colour, y * width + x0, y * width + x0 + cell);
+  }
+  ctx.putImageData(image, 0, 0);
+  outlineSelected(ctx);
+}
+
+function cellAt(event) {
+  const { size, cols } = mapLayout;
+  const col = Math.floor(event.offsetX / size);
+  const row = Math.floor(event.offsetY / size);
+  if (col < 0 || col >= cols || row < 0) return null;
+  return everyone[row * cols + col] || null;
+}
+
+function hoverMap(event) {
+  const ws = cellAt(event);
+  const tip = $("map-tip");
+  if (!ws) { tip.hidden = true; return; }
+  tip.textContent = `${ws.name || ws.id} · ${label(ws.status)}`;
+  tip.hidden = false;
+  tip.style.transform = `translate(${event.offsetX + 12}px, ${event.offsetY + 14}px)`;
+}
+
+// ---- details of one workspace ----------------------------------------------------------
+
+function select(id, scroll) {
+  selected = id;
+  writeURL();
+  dirty.tiles = dirty.map = true;
+  schedule(true);
+  if (!id) { $("details").hidden = true; return; }
+  if (scroll) scrollTo(id);
+  showDetails(id);
+}
+
+function scrollTo(id) {
+  if (dirty.view) buildView();
+  const row = view.rows.find((r) => r.kind === "tiles"
+    && r.list.slice(r.start, r.start + view.cols).some((ws) => ws.id === id));
+  if (row) $("tiles").scrollTop = Math.max(0, row.top - HEAD_H);
+}
+
+async function showDetails(id) {
+  const panel = $("details");
+  const known = fleet.get(id);
+  $("details-name").textContent = (known && known.name) || id;
+  panel.hidden = false;
+  let ws;
+  try {
+    ws = await getJSON(`/api/workspaces/${encodeURIComponent(id)}`);
+  } catch (err) {
+    $("details-facts").replaceChildren(el("dd", "", `could not load: ${err.message}`));
+    return;
+  }
+  if (selected !== id) return;
+  const facts = [
+    ["status", label(ws.status)], ["runtime", ws.runtime], ["id", ws.id],
+    ["tier", ws.tier], ["delivery", ws.delivery_mode || "–"],
+    ["tasks", `${ws.active_tasks ?? 0}/${ws.max_concurrent_tasks || 1} active`],
+    ["current task", ws.current_task || "–"], ["last heartbeat", age(ws.last_heartbeat_at)],
+    ["error rate", ws.last_error_rate ?? "–"], ["last error", ws.last_sample_error || "–"],
+    ["uptime", ws.uptime_seconds ? `${ws.uptime_seconds} s` : "–"],
+    ["status since", ws.status_changed_at ? new Date(ws.status_changed_at).toLocaleString() : "–"],
+    ["agent card", ws.card_name || "–"], ["parent", ws.parent_id || "–"],
+  ];
+  $("details-name").textContent = ws.name || ws.id;
+  $("details-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", "", k), el("dd", "", String(v))]));
+}
+
+// ---- events --------------------------------------------------------------------------
 
 function renderPreservation(payload) {
   const banner = $("preservation");
@@ -140,10 +661,9 @@ function renderPreservation(payload) {
   }
 }
 
-function addEventRow(ev) {
-  if (ev.event === "WORKSPACE_HEARTBEAT" && !$("show-heartbeats").checked) return;
+function eventRow(ev) {
   const ws = ev.workspace_id && fleet.get(ev.workspace_id);
-  const row = el("li", "new");
+  const row = el("li");
   const status = STATUS_OF_EVENT[ev.event] || (ev.event === "WORKSPACE_REMOVED" ? "removed" : null);
   row.style.setProperty("--c", status ? `var(--${status})` : "var(--muted)");
   const what = el("div", "what");
@@ -152,57 +672,65 @@ function addEventRow(ev) {
   time.dateTime = ev.timestamp;
   what.append(el("span", "who", who), time);
   row.append(el("span", "dot"), what, el("div", "gist", ev.gist || ""), el("div", "type", ev.event));
-  prependRow(row);
+  return row;
 }
 
-function prependRow(row) {
+function flushFeed() {
+  const newest = feedQueue.splice(0).slice(-MAX_EVENTS);
+  const rows = document.createDocumentFragment();
+  const calm = newest.length <= FEED_ANIMATED;
+  for (let i = newest.length - 1; i >= 0; i -= 1) {
+    const row = newest[i].gap ? el("li", "gap", `⚠ ${newest[i].gap}`) : eventRow(newest[i]);
+    if (calm) row.classList.add("new");
+    rows.append(row);
+  }
   const list = $("events");
-  list.prepend(row);
-  while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+  list.prepend(rows);
+  for (let extra = list.childElementCount - MAX_EVENTS; extra > 0; extra -= 1) {
+    list.lastElementChild.remove();
+  }
 }
 
-// ---- applying events -----------------------------------------------------------
+function queueFeed(item) {
+  feedQueue.push(item);
+  schedule();
+}
 
 function apply(ev) {
   if (ev.event === "REGISTRY_SELF_PRESERVATION") renderPreservation(ev.payload);
+  const beat = ev.event === "WORKSPACE_HEARTBEAT";
+  if (!beat || $("show-heartbeats").checked) queueFeed(ev);
   const id = ev.workspace_id;
-  const ws = id && fleet.get(id);
-  addEventRow(ev);
   if (!id) return;
-  if (ev.event === "WORKSPACE_REMOVED") {
-    dropTile(id);
-    renderCounts();
-    return;
-  }
+  if (ev.event === "WORKSPACE_REMOVED") { drop(id); return; }
+  const ws = fleet.get(id);
   if (!ws) {
-    fetchWorkspace(id); // created or registered since the snapshot
+    // Created or registered since the snapshot (that publishes a recorded event). A beat
+    // alone is not enough: pub/sub is server-wide, another database's beats reach us too.
+    if (!BEATS.has(ev.event)) fetchWorkspace(id);
     return;
   }
   const p = ev.payload || {};
-  let flash = false;
   switch (ev.event) {
     case "WORKSPACE_HEARTBEAT":
       ws.last_heartbeat_at = ev.timestamp;
       if (p.active_tasks !== undefined) ws.active_tasks = p.active_tasks;
-      if (p.uptime_seconds !== undefined) ws.uptime_seconds = p.uptime_seconds;
       break;
     case "TASK_UPDATED":
       ws.current_task = p.current_task || null;
       if (p.active_tasks !== undefined) ws.active_tasks = p.active_tasks;
       break;
-    case "AGENT_CARD_UPDATED":
-      if (p.agent_card && p.agent_card.name) ws.card_name = p.agent_card.name;
-      break;
     default:
       if (STATUS_OF_EVENT[ev.event]) {
-        flash = ws.status !== STATUS_OF_EVENT[ev.event];
-        ws.status = STATUS_OF_EVENT[ev.event];
+        setStatus(ws, STATUS_OF_EVENT[ev.event]);
         ws.status_changed_at = ev.timestamp;
         if (ev.event === "WORKSPACE_ONLINE") ws.last_heartbeat_at = ev.timestamp;
       }
   }
-  renderTile(ws, flash);
-  renderCounts();
+  ws.v = ++versions;
+  dirty.tiles = true;
+  if (selected === id && (STATUS_OF_EVENT[ev.event] || ev.event === "AGENT_CARD_UPDATED")) showDetails(id);
+  schedule();
 }
 
 async function getJSON(url) {
@@ -216,9 +744,7 @@ async function fetchWorkspace(id) {
   fetching.add(id);
   try {
     const ws = await getJSON(`/api/workspaces/${id}`);
-    if (ws.status === "removed") dropTile(id);
-    else { fleet.set(id, ws); renderTile(ws, true); }
-    renderCounts();
+    if (ws.status === "removed") drop(id); else upsert(ws, true);
   } catch (err) {
     console.warn("board: could not fetch workspace", id, err);
   } finally {
@@ -226,75 +752,153 @@ async function fetchWorkspace(id) {
   }
 }
 
-// ---- loading and following ---------------------------------------------------------
+// ---- loading and following ---------------------------------------------------------------
 
 function setLink(state, text) {
   $("link").dataset.state = state;
   $("link-text").textContent = text;
 }
 
-async function loadSnapshot() {
-  const snap = await getJSON("/api/snapshot");
-  clockOffsetMs = Date.parse(snap.server_time) - Date.now();
-  fleet.clear();
-  for (const ws of snap.workspaces) fleet.set(ws.id, ws);
-  renderAll();
-  renderPreservation(snap.self_preservation);
-  return snap.position;
-}
-
-// Load the fleet, then follow the events from the position the snapshot was taken at.
+// The first page (problems first) is painted at once; the rest follows in pages, and the
+// events are read from the first page's position once the fleet is in.
 async function start() {
+  const mine = ++generation;
   if (source) { source.close(); source = null; }
   setLink("connecting", "loading…");
-  let position;
+  let first;
   try {
-    position = await loadSnapshot();
+    first = await getJSON(`/api/snapshot?limit=${FIRST_PAGE}`);
   } catch (err) {
     setLink("down", "registry unreachable, retrying…");
-    setTimeout(start, 3000);
+    setTimeout(() => { if (mine === generation) start(); }, 3000);
     return;
   }
+  if (mine !== generation) return;
+  clockOffsetMs = Date.parse(first.server_time) - Date.now();
+  lastSync = first.server_time;
+  renderPreservation(first.self_preservation);
+  clearFleet();
+  loading = { counts: first.counts, total: first.total, got: first.workspaces.length };
+  for (const ws of first.workspaces) upsert(ws, false, true);
+  firstPageIn = true;
+  let next = first.next;
+  try {
+    while (next) {
+      const page = await getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(next)}`);
+      if (mine !== generation) return;
+      for (const ws of page.workspaces) upsert(ws, false, true);
+      loading.got += page.workspaces.length;
+      dirty.counts = true;
+      next = page.next;
+    }
+  } catch (err) {
+    if (mine !== generation) return;
+    setLink("down", "registry unreachable, retrying…");
+    setTimeout(() => { if (mine === generation) start(); }, 3000);
+    return;
+  }
+  loading = null;
+  changed();
+  if (selected && fleet.has(selected)) select(selected, true);
+  follow(first.position);
+}
+
+function follow(position) {
   source = new EventSource(`/api/events?since=${encodeURIComponent(position)}`);
   source.addEventListener("registry", (msg) => apply(JSON.parse(msg.data)));
+  // Heartbeats and task updates, the newest per workspace, from the broadcast channel.
+  source.addEventListener("beats", (msg) => { for (const ev of JSON.parse(msg.data)) apply(ev); });
   source.addEventListener("gap", (msg) => {
-    const gap = JSON.parse(msg.data);
-    const row = el("li", "gap new", `⚠ ${gap.text}`);
-    prependRow(row);
+    queueFeed({ gap: JSON.parse(msg.data).text });
     start(); // heartbeats in the gap are gone: the database has the truth
   });
   source.onopen = () => setLink("live", "live");
   source.onerror = () => setLink("down", "reconnecting…"); // EventSource retries by itself
 }
 
-// Pick up what publishes no event (a workspace created in provisioning, a pause).
-async function resync() {
+// Pick up what publishes no event (a workspace created in provisioning, a pause): only
+// the rows whose status changed since the last look, not the fleet.
+async function refresh() {
+  if (!lastSync || loading) return;
+  const since = new Date(Date.parse(lastSync) - REFRESH_OVERLAP_MS).toISOString();
   try {
-    const snap = await getJSON("/api/snapshot");
-    clockOffsetMs = Date.parse(snap.server_time) - Date.now();
-    const seen = new Set();
-    for (const ws of snap.workspaces) {
-      seen.add(ws.id);
-      const known = fleet.get(ws.id);
-      fleet.set(ws.id, ws);
-      renderTile(ws, Boolean(known) && known.status !== ws.status);
+    const delta = await getJSON(`/api/snapshot?changed_since=${encodeURIComponent(since)}`);
+    clockOffsetMs = Date.parse(delta.server_time) - Date.now();
+    lastSync = delta.server_time;
+    for (const row of delta.workspaces) {
+      if (row.status === "removed") { drop(row.id); continue; }
+      const known = fleet.get(row.id);
+      if (!known || known.status !== row.status || known.name !== row.name) upsert(row, true);
     }
-    for (const id of [...fleet.keys()]) if (!seen.has(id)) dropTile(id);
-    renderCounts();
   } catch (err) {
-    console.warn("board: resync failed", err);
+    console.warn("board: refresh failed", err);
   }
 }
 
+// Heartbeat ages of the tiles on screen only: a screenful, not the fleet.
 function tick() {
-  for (const [id, tile] of tiles) {
-    const ws = fleet.get(id);
-    if (ws) renderAge(ws, tile);
+  for (const [key, tile] of mounted) {
+    if (!key.startsWith("t:")) continue;
+    const ws = fleet.get(tile.dataset.id);
+    if (ws) renderAge(ws, tile.querySelector(".beat"));
   }
+}
+
+function watchGeometry() {
+  new ResizeObserver(([entry]) => {
+    const box = entry.contentRect;
+    if (Math.round(box.width) !== Math.round(geometry.listW)) dirty.view = true;
+    geometry.listW = box.width;
+    geometry.listH = box.height;
+    dirty.tiles = true;
+    schedule(true);
+  }).observe($("tiles"));
+  new ResizeObserver(([entry]) => {
+    geometry.mapW = entry.contentRect.width;
+    dirty.map = true;
+    schedule(true);
+  }).observe(document.querySelector(".map-wrap"));
+}
+
+function wire() {
+  buildLegend();
+  loadColours();
+  readURL();
+  watchGeometry();
+  $("tiles").addEventListener("scroll", () => { dirty.tiles = true; schedule(true); }, { passive: true });
+  $("tiles").addEventListener("click", (event) => {
+    const tile = event.target.closest(".tile");
+    if (tile) select(tile.dataset.id, false);
+  });
+  $("search").addEventListener("input", () => {
+    filters.q = $("search").value.trim().toLowerCase();
+    filtersChanged();
+  });
+  $("runtime").addEventListener("change", () => {
+    filters.runtime = $("runtime").value;
+    filtersChanged();
+  });
+  $("clear").addEventListener("click", () => {
+    filters.statuses.clear();
+    filters.runtime = "";
+    filters.q = "";
+    $("search").value = "";
+    $("runtime").value = "";
+    filtersChanged();
+  });
+  $("details-close").addEventListener("click", () => select(null, false));
+  const map = $("map");
+  map.addEventListener("mousemove", hoverMap);
+  map.addEventListener("mouseleave", () => { $("map-tip").hidden = true; });
+  map.addEventListener("click", (event) => {
+    const ws = cellAt(event);
+    if (ws) select(ws.id, true);
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  wire();
   start();
   setInterval(tick, 1000);
-  setInterval(resync, RESYNC_MS);
+  setInterval(refresh, REFRESH_MS);
 });
