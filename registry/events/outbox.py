@@ -137,17 +137,29 @@ def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:
     conn.execute(text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": event_ids})
 
 
-def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
-    """Add PUBLISH (+ XADD for recorded events) for each event to a pipeline.
+# One command publishes a whole batch's events in order: at fleet scale a batch carries a
+# WORKSPACE_HEARTBEAT per heartbeat, and a thousand PUBLISH commands cost the client
+# several times what one script call does (docs/ARCHITECTURE.md, heartbeat path).
+_PUBLISH_ALL = "for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end return #ARGV"
 
-    The stream carries recorded events only (CONTRACT §7): broadcast-only events
-    (heartbeats, task updates) would outnumber status changes a thousand to one and push
-    them out of the capped window. EVENTS_STREAM_BROADCASTS adds them for small fleets.
+
+def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
+    """Add the publication of `events` to a pipeline (one round trip for all).
+
+    Every event goes to the channel, in order; the stream carries recorded events only
+    (CONTRACT §7): broadcast-only events (heartbeats, task updates) would outnumber
+    status changes a thousand to one and push them out of the capped window.
+    EVENTS_STREAM_BROADCASTS adds them for small fleets.
     """
+    if not events:
+        return
     with_broadcasts = get_settings().events_stream_broadcasts
-    for event in events:
-        body = event.to_json()
-        pipe.publish(BROADCAST_CHANNEL, body)
+    bodies = [event.to_json() for event in events]
+    if len(bodies) == 1:
+        pipe.publish(BROADCAST_CHANNEL, bodies[0])
+    else:
+        pipe.eval(_PUBLISH_ALL, 1, BROADCAST_CHANNEL, *bodies)
+    for event, body in zip(events, bodies, strict=True):
         if with_broadcasts or event.type not in BROADCAST_ONLY_EVENTS:
             # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
             pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)

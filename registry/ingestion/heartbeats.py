@@ -23,10 +23,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import text
+
+if TYPE_CHECKING:
+    import redis
 
 from registry import metrics
 from registry.config import get_settings
@@ -38,7 +41,7 @@ from registry.ingestion.tokens import (
     is_authorized,
     touch_tokens,
 )
-from registry.liveness.keys import set_liveness
+from registry.liveness.keys import liveness_key
 from registry.liveness.transitions import HeartbeatFacts, heartbeat_transition
 from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
 from registry.statuses import EventType, Status
@@ -255,20 +258,35 @@ def apply_heartbeats(
             used_tokens.add(matched)
         results.append({"status": "ok", "workspace_status": state.status})
 
+    # The rows are already locked (in id order), so the writes need no order of their own.
     _write_rows(uow, writes)
     record_events_on_commit(uow, to_record)
-    touch_tokens(uow.conn, sorted(used_tokens))
+    touch_tokens(uow.conn, list(used_tokens))
     if writes:
-        keys = sorted((ws, w.key_ttl) for ws, w in writes.items())
-        uow.on_commit(lambda pipe: [set_liveness(pipe, ws, t) for ws, t in keys])
+        keys = [(liveness_key(ws), w.key_ttl) for ws, w in writes.items()]
+        uow.on_commit(lambda pipe: _refresh_liveness(pipe, keys))
     uow.after_commit(lambda: _count(results, transitions))
     return results
 
 
+# (Re)create every liveness key of the batch in one command (see _PUBLISH_ALL in the outbox).
+_SET_KEYS = (
+    "for i = 1, #KEYS do redis.call('SET', KEYS[i], 'online', 'EX', ARGV[i]) end return #KEYS"
+)
+
+
+def _refresh_liveness(pipe: redis.client.Pipeline, keys: list[tuple[str, int]]) -> None:
+    # SET with EX (re)creates the key: a key lost to a Redis restart comes back.
+    if len(keys) == 1:
+        pipe.set(keys[0][0], "online", ex=keys[0][1])
+    else:
+        pipe.eval(_SET_KEYS, len(keys), *[k for k, _ in keys], *[t for _, t in keys])
+
+
 def _write_rows(uow: UnitOfWork, writes: dict[UUID, _RowWrite]) -> None:
     """At most two UPDATEs for the whole batch: rows keeping their status, rows changing it."""
-    same = [(ws, w) for ws, w in sorted(writes.items()) if w.new_status == w.expected]
-    changed = [(ws, w) for ws, w in sorted(writes.items()) if w.new_status != w.expected]
+    same = [(ws, w) for ws, w in writes.items() if w.new_status == w.expected]
+    changed = [(ws, w) for ws, w in writes.items() if w.new_status != w.expected]
     for statement, rows in ((_UPDATE_SAME_STATUS, same), (_UPDATE_WITH_TRANSITION, changed)):
         if rows:
             uow.conn.execute(statement, _columns(rows))
