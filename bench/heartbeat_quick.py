@@ -173,10 +173,15 @@ def end_to_end(fleet: dict[str, str], broker: str, count: int) -> dict[str, floa
 
     def applied() -> int:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT coalesce(sum(uptime_seconds), 0) FROM workspaces")).scalar_one()
+            return conn.execute(
+                text("SELECT coalesce(sum(uptime_seconds), 0) FROM workspaces")
+            ).scalar_one()
 
-    with managed_process(argv, env=env, log_dir=Path("/tmp"), ready=r"ready\.", name="quick") as worker:
+    with managed_process(
+        argv, env=env, log_dir=Path("/tmp"), ready=r"ready\.", name="quick"
+    ) as worker:
         with producer.connection_for_write() as conn, producer.producer_or_acquire(conn) as prod:
+
             def send(name: str, payload: Any) -> None:
                 producer.send_task(name, args=[payload], queue=HEARTBEAT_QUEUE, producer=prod)
 
@@ -186,10 +191,15 @@ def end_to_end(fleet: dict[str, str], broker: str, count: int) -> dict[str, floa
             for n in range(50):
                 marker = 10_000_000 + n
                 started = time.perf_counter()
-                send(HEARTBEAT_TASK, {"workspace_id": ws, "auth_token": fleet[ws], "uptime_seconds": marker})
+                send(
+                    HEARTBEAT_TASK,
+                    {"workspace_id": ws, "auth_token": fleet[ws], "uptime_seconds": marker},
+                )
                 while True:
                     with engine.connect() as c:
-                        got = c.execute(text("SELECT uptime_seconds FROM workspaces WHERE id = :id"), {"id": ws}).scalar_one()
+                        got = c.execute(
+                            text("SELECT uptime_seconds FROM workspaces WHERE id = :id"), {"id": ws}
+                        ).scalar_one()
                     if got == marker:
                         break
                     time.sleep(0.001)
@@ -203,7 +213,11 @@ def end_to_end(fleet: dict[str, str], broker: str, count: int) -> dict[str, floa
                 ("registry.heartbeat_batch of 1,000, heartbeats/s", HEARTBEAT_BATCH_TASK, 1000),
             ):
                 with engine.begin() as c:
-                    c.execute(text("UPDATE workspaces SET uptime_seconds = 0, last_heartbeat_sent_at = NULL"))
+                    c.execute(
+                        text(
+                            "UPDATE workspaces SET uptime_seconds = 0, last_heartbeat_sent_at = NULL"
+                        )
+                    )
                 messages = max(1, count // per_message)
                 raw = payloads(fleet, messages * per_message)
                 for item in raw:

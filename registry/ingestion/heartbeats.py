@@ -117,7 +117,19 @@ _UPDATE_WITH_TRANSITION = text(
     "WHERE w.id = v.id AND w.status = v.expected"
 )
 
+UNKNOWN_ERROR = "workspace_id: unknown workspace"
+REMOVED_REASON = "workspace was removed"
+OLDER_REASON = "older than the last heartbeat applied (sent_at)"
 STALE_REASON = "stale: sent longer ago than the liveness TTL (sent_at)"
+# Metric label (registry_heartbeats_rejected_total{reason}) of each way a heartbeat that
+# passed validation can be refused; "invalid" is the validation failure itself.
+_REASONS = {
+    UNKNOWN_ERROR: "unknown_workspace",
+    UNAUTHORIZED_ERROR: "unauthorized",
+    REMOVED_REASON: "removed",
+    OLDER_REASON: "out_of_order",
+    STALE_REASON: "stale",
+}
 
 
 @dataclass
@@ -325,7 +337,7 @@ def _refusal(
 ) -> MessageRefused | None:
     """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4, freshness), or None."""
     if state is None:
-        return Rejected("workspace_id: unknown workspace")
+        return Rejected(UNKNOWN_ERROR)
     if hb.sent_at is not None:
         # A producer clock far ahead would block every later heartbeat by the
         # ordering guard; "ahead" is judged by the database's clock, not the worker's.
@@ -342,12 +354,22 @@ def _refusal(
 def _moot(hb: HeartbeatPayload, state: _Locked, ttl: int) -> Ignored | None:
     """Valid and authorized, but there is nothing it may change."""
     if state.status == Status.REMOVED:
-        return Ignored("workspace was removed")
+        return Ignored(REMOVED_REASON)
     if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
-        return Ignored("older than the last heartbeat applied (sent_at)")
+        return Ignored(OLDER_REASON)
     if _age_seconds(hb, state.db_now) >= ttl:
         # Evidence of life older than the liveness TTL: it may not bring back a workspace
         # marked unreachable since, nor refresh its key (CONTRACT §4.2, freshness). It
         # changes nothing at all, which also covers a workspace still marked online.
         return Ignored(STALE_REASON)
     return None
+
+
+def refusal_reason(result: dict[str, Any]) -> str | None:
+    """The metric label of a refused heartbeat's result (None when it applied)."""
+    if result["status"] == "ok":
+        return None
+    text = result.get("error") or result.get("reason") or ""
+    if text.startswith("sent_at:"):
+        return "sent_at_in_future"
+    return _REASONS.get(text, str(result["status"]))
