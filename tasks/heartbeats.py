@@ -81,7 +81,7 @@ def _retry_within_ttl(
         factor=task.retry_backoff,
         retries=task.request.retries,
         maximum=task.retry_backoff_max,
-        full=True,
+        full_jitter=True,
     )
     raise task.retry(
         exc=exc,
