@@ -13,16 +13,21 @@ concurrency is the largest batch; with prefork each process has a batcher of its
 and batches stay small, which is still correct.
 
 Guarantees: nothing is acknowledged before its commit (a SIGKILLed worker's messages
-are redelivered; `sent_at` makes the second application moot); a batch failing on the
-database raises in every waiting task, which retries its own message; a batch failing
-for any other reason is split and each heartbeat applied alone, so one heartbeat the
-database refuses cannot fail its neighbours.
+are redelivered; `sent_at` makes the second application moot). A batch failing on a
+dependency (database or Redis down, connection killed) is tried again with backoff
+while its messages stay unacknowledged, for as long as its heartbeats can still count
+(CONTRACT §4.2, freshness: `sent_at` + LIVENESS_TTL_SECONDS, else first seen + TTL, on
+the worker's clock since the database's cannot be read then); a heartbeat past that is
+given up (`ignored`, stale). A batch failing for any other reason is split and each
+heartbeat applied alone, so one heartbeat the database refuses cannot fail its
+neighbours.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections import deque
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry.config import get_settings
-from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.heartbeats import STALE_REASON, apply_heartbeats
 from registry.ingestion.payloads import HeartbeatPayload
 from registry.uow import unit_of_work
 
@@ -39,15 +44,67 @@ log = logging.getLogger(__name__)
 
 Apply = Callable[[Sequence[HeartbeatPayload]], list[dict[str, Any]]]
 
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+STALE_RESULT = {"status": "ignored", "reason": STALE_REASON}
+
 
 def apply_in_one_transaction(heartbeats: Sequence[HeartbeatPayload]) -> list[dict[str, Any]]:
     with unit_of_work() as uow:
         return apply_heartbeats(uow, heartbeats)
 
 
+def count_until(heartbeat: HeartbeatPayload, first_seen: float, ttl: int) -> float:
+    """Epoch seconds after which trying again cannot make `heartbeat` count any more."""
+    start = heartbeat.sent_at.timestamp() if heartbeat.sent_at is not None else first_seen
+    return start + ttl
+
+
+def apply_until_committed(
+    heartbeats: Sequence[HeartbeatPayload],
+    deadlines: Sequence[float],
+    *,
+    apply: Apply = apply_in_one_transaction,
+    transient: tuple[type[BaseException], ...],
+) -> list[dict[str, Any]]:
+    """Apply in one transaction; on a dependency failure wait and try again with the
+    heartbeats that can still count. Returns one result per heartbeat."""
+    results: list[dict[str, Any]] = [STALE_RESULT] * len(heartbeats)
+    waiting = list(range(len(heartbeats)))
+    attempt = 0
+    while True:
+        now = time.time()
+        expired = [i for i in waiting if deadlines[i] <= now]
+        if expired:
+            # Counted by the task, as any refusal (reason "stale").
+            log.warning("%d heartbeat(s) given up: they could no longer count", len(expired))
+            waiting = [i for i in waiting if deadlines[i] > now]
+        if not waiting:
+            return results
+        try:
+            applied = apply([heartbeats[i] for i in waiting])
+        except transient as exc:
+            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt)
+            delay = min(random.uniform(delay / 2, delay), max(deadlines[i] for i in waiting) - now)
+            log.warning(
+                "%d heartbeat(s) waiting for a dependency (%s: %s); retry in %.1f s",
+                len(waiting),
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                max(delay, 0),
+            )
+            time.sleep(max(delay, 0))
+            attempt += 1
+            continue
+        for i, result in zip(waiting, applied, strict=True):
+            results[i] = result
+        return results
+
+
 @dataclass
 class _Pending:
     heartbeat: HeartbeatPayload
+    count_until: float
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
     error: BaseException | None = None
@@ -68,17 +125,16 @@ class HeartbeatBatcher:
         self.max_items = max_items
         self.max_wait_seconds = max_wait_seconds
         self._transient = transient
+        self._ttl = get_settings().liveness_ttl_seconds
         self._cond = threading.Condition()
         self._waiting: deque[_Pending] = deque()
         self._pid: int | None = None
         self.batches = 0  # how many batches were applied (tests, diagnostics)
 
     def submit(self, heartbeat: HeartbeatPayload) -> dict[str, Any]:
-        """Apply `heartbeat` with whatever else is waiting; returns once it committed.
-
-        Raises what the batch raised (a database outage): the caller retries its message.
-        """
-        pending = _Pending(heartbeat)
+        """Apply `heartbeat` with whatever else is waiting; returns once it committed
+        (or was given up as stale after a dependency stayed down for its whole life)."""
+        pending = _Pending(heartbeat, count_until(heartbeat, time.time(), self._ttl))
         with self._cond:
             self._start_if_needed()
             self._waiting.append(pending)
@@ -124,13 +180,12 @@ class HeartbeatBatcher:
     def _flush(self, batch: list[_Pending]) -> None:
         self.batches += 1
         try:
-            results = self._apply([p.heartbeat for p in batch])
-        except self._transient as exc:
-            # The database (or Redis) is down: every heartbeat of the batch retries.
-            for pending in batch:
-                pending.error = exc
-                pending.done.set()
-            return
+            results = apply_until_committed(
+                [p.heartbeat for p in batch],
+                [p.count_until for p in batch],
+                apply=self._apply,
+                transient=self._transient,
+            )
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].error = exc
