@@ -44,7 +44,7 @@ os.environ.update(
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from registry import migrate  # noqa: E402
-from registry.db import get_engine, reset_connections  # noqa: E402
+from registry.db import get_engine, get_redis, reset_connections  # noqa: E402
 from registry.ingestion.heartbeats import apply_heartbeats  # noqa: E402
 from registry.ingestion.payloads import HeartbeatPayload, parse_payload  # noqa: E402
 from registry.ingestion.tokens import hash_token  # noqa: E402
@@ -162,6 +162,7 @@ def _drain(broker_url: str, worker_args: list[str], name: str, bodies: list[Any]
     from molecule_registry_client.names import HEARTBEAT_QUEUE
 
     _purge(broker_url)
+    get_redis().delete("quick:first", "quick:done")
     producer = Celery("quick", broker=broker_url)
     producer.conf.broker_write_url = broker_url
     with producer.producer_or_acquire() as prod:
