@@ -102,9 +102,9 @@ def record_event_on_commit(
 
 
 def record_events_on_commit(
-    uow: UnitOfWork, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+    uow: UnitOfWork, events: list[tuple[EventType, UUID | str | None, dict[str, Any]]]
 ) -> list[Event]:
-    """`record_event_on_commit` for a batch: one INSERT for all of them."""
+    """`record_event_on_commit` for many events in one statement (batched paths)."""
     recorded = insert_recorded_events(uow.conn, events)
     uow.recorded_events.extend(recorded)
     return recorded

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, text
 
+from registry.config import get_settings
 from registry.jsontext import dumps
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
@@ -33,10 +34,24 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The events of one heartbeat batch share a timestamp: format it once, not per event.
+_last_stamp: tuple[datetime | None, str] = (None, "")
+
+
+def _stamp(ts: datetime) -> str:
+    global _last_stamp  # noqa: PLW0603 - a one-entry cache; a race only costs a recompute
+    last = _last_stamp
+    if last[0] is ts:
+        return last[1]
+    text = rfc3339(ts)
+    _last_stamp = (ts, text)
+    return text
+
+
 @dataclass
 class Event:
     type: EventType
-    workspace_id: UUID | None
+    workspace_id: UUID | str | None  # text on hot paths: formatting UUIDs adds up
     payload: dict[str, Any]
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     # structure_events.id for recorded events; lets subscribers de-duplicate and
@@ -47,7 +62,7 @@ class Event:
         body: dict[str, Any] = {
             "event": str(self.type),
             "workspace_id": str(self.workspace_id) if self.workspace_id else None,
-            "timestamp": rfc3339(self.timestamp),
+            "timestamp": _stamp(self.timestamp),
             "payload": self.payload,
         }
         if self.event_id is not None:
@@ -89,16 +104,16 @@ def insert_recorded_event(
     return Event(event_type, workspace_id, payload, timestamp=row.created_at, event_id=row.id)
 
 
-# One statement for a whole batch (a sweep marking hundreds of rows): the events keep
-# the order of the list (WITH ORDINALITY), so ids follow it.
+# Many events in one statement: structure_events rows are produced in input order (ORDER BY
+# ord), so their serial ids ascend in that order; the outbox rows ride along in the CTE.
 _INSERT_EVENTS = text(
     """
     WITH ev AS (
         INSERT INTO structure_events (event_type, workspace_id, payload)
-        SELECT t, w, CAST(p AS jsonb)
+        SELECT u.event_type, u.workspace_id, CAST(u.payload AS jsonb)
         FROM unnest(CAST(:types AS text[]), CAST(:workspaces AS uuid[]), CAST(:payloads AS text[]))
-             WITH ORDINALITY AS v(t, w, p, i)
-        ORDER BY i
+             WITH ORDINALITY AS u(event_type, workspace_id, payload, ord)
+        ORDER BY u.ord
         RETURNING id, created_at
     ), ob AS (
         INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
@@ -109,9 +124,9 @@ _INSERT_EVENTS = text(
 
 
 def insert_recorded_events(
-    conn: Connection, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+    conn: Connection, events: list[tuple[EventType, UUID | str | None, dict[str, Any]]]
 ) -> list[Event]:
-    """`insert_recorded_event` for many events in one statement; same order as given."""
+    """`insert_recorded_event` for many events in one round trip, ids in list order."""
     if not events:
         return []
     for event_type, _, _ in events:
@@ -121,13 +136,13 @@ def insert_recorded_events(
         _INSERT_EVENTS,
         {
             "types": [str(t) for t, _, _ in events],
-            "workspaces": [w for _, w, _ in events],
+            "workspaces": [ws for _, ws, _ in events],
             "payloads": [dumps(p) for _, _, p in events],
         },
     ).all()
     return [
-        Event(t, w, p, timestamp=row.created_at, event_id=row.id)
-        for (t, w, p), row in zip(events, rows, strict=True)
+        Event(t, ws, p, timestamp=row.created_at, event_id=row.id)
+        for (t, ws, p), row in zip(events, rows, strict=True)
     ]
 
 
@@ -136,13 +151,40 @@ def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:
     conn.execute(text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": event_ids})
 
 
+# One command publishes a whole batch's events in order: at fleet scale a batch carries a
+# WORKSPACE_HEARTBEAT per heartbeat, and a thousand PUBLISH commands (or a thousand
+# script arguments) cost the client several times what one argument does. Event JSON
+# never holds a raw newline (json.dumps escapes it), so the bodies travel joined by one.
+_PUBLISH_ALL = """
+local n = 0
+for body in string.gmatch(ARGV[1], "[^\\n]+") do
+    redis.call('PUBLISH', KEYS[1], body)
+    n = n + 1
+end
+return n
+"""
+
+
 def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
-    """Add PUBLISH + XADD for each event to a pipeline (one round trip for all)."""
-    for event in events:
-        body = event.to_json()
-        pipe.publish(BROADCAST_CHANNEL, body)
-        # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
-        pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)
+    """Add the publication of `events` to a pipeline (one round trip for all).
+
+    Every event goes to the channel, in order; the stream carries recorded events only
+    (CONTRACT §7): broadcast-only events (heartbeats, task updates) would outnumber
+    status changes a thousand to one and push them out of the capped window.
+    EVENTS_STREAM_BROADCASTS adds them for small fleets.
+    """
+    if not events:
+        return
+    with_broadcasts = get_settings().events_stream_broadcasts
+    bodies = [event.to_json() for event in events]
+    if len(bodies) == 1:
+        pipe.publish(BROADCAST_CHANNEL, bodies[0])
+    else:
+        pipe.eval(_PUBLISH_ALL, 1, BROADCAST_CHANNEL, "\n".join(bodies))
+    for event, body in zip(events, bodies, strict=True):
+        if with_broadcasts or event.type not in BROADCAST_ONLY_EVENTS:
+            # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
+            pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)
 
 
 _CLAIM_UNPUBLISHED = text(

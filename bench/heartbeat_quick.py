@@ -1,0 +1,286 @@
+"""Quick local measurement of the heartbeat path (not the official benchmark).
+
+Domain level, in one run on one fleet: `apply_heartbeats` (validation, one transaction,
+one Redis pipeline) in batches of 1, 100 and 1,000, against a raw set-based
+`UPDATE ... FROM unnest(...)` of the same rows in batches of 1,000. With `--broker`,
+also end to end through a real worker subprocess: a no-op task, per-message
+`registry.heartbeat` and `registry.heartbeat_batch` (1,000 per message), with the
+heartbeat worker command line of docs/OPERATIONS.md, plus the latency of a lone
+heartbeat on the idle worker.
+
+Run: `.venv/bin/python bench/heartbeat_quick.py [--fleet 2000] [--seconds 5]
+[--broker redis|amqp|both]` (a database and Redis databases of its own, dropped after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import REDIS_BASE, _reserve_redis_dbs  # noqa: E402
+
+DATA_DB, BROKER_DB, _LOCK = _reserve_redis_dbs()
+DB_NAME = f"molecule_registry_quick_{secrets.token_hex(4)}"
+ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+os.environ.update(
+    DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}",
+    REDIS_URL=f"{REDIS_BASE}/{DATA_DB}",
+    CELERY_BROKER_URL=f"{REDIS_BASE}/{BROKER_DB}",
+    CELERY_RESULT_BACKEND=f"{REDIS_BASE}/{BROKER_DB}",
+    METRICS_PORT="0",
+)
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from registry import migrate  # noqa: E402
+from registry.db import get_engine, get_redis, reset_connections  # noqa: E402
+from registry.ingestion.heartbeats import apply_heartbeats  # noqa: E402
+from registry.ingestion.payloads import HeartbeatPayload, parse_payload  # noqa: E402
+from registry.ingestion.tokens import hash_token  # noqa: E402
+from registry.uow import unit_of_work  # noqa: E402
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def setup_fleet(size: int) -> dict[str, str]:
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+    admin.dispose()
+    migrate.upgrade(os.environ["DATABASE_URL"])
+    fleet = {str(uuid.uuid4()): secrets.token_urlsafe(32) for _ in range(size)}
+    with get_engine().begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workspaces (id, name, status, registered_at, last_heartbeat_at) "
+                "SELECT id, id::text, 'online', now(), now() FROM unnest(CAST(:ids AS uuid[])) id"
+            ),
+            {"ids": list(fleet)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO workspace_auth_tokens (workspace_id, token_hash, prefix, last_used_at) "
+                "SELECT ws, h, left(h, 8), now() "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS t(ws, h)"
+            ),
+            {"ids": list(fleet), "hashes": [hash_token(t) for t in fleet.values()]},
+        )
+    return fleet
+
+
+def drop_database() -> None:
+    reset_connections()
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def payloads(fleet: dict[str, str], count: int) -> list[dict[str, Any]]:
+    ids = list(fleet)
+    now = time.time()
+    return [
+        {
+            "workspace_id": ids[i % len(ids)],
+            "auth_token": fleet[ids[i % len(ids)]],
+            "active_tasks": i % 3,
+            "uptime_seconds": i,
+            "current_task": "task" if i % 3 else None,
+            "sent_at": now + i * 1e-6,
+        }
+        for i in range(count)
+    ]
+
+
+def rate(seconds: float, work: Any) -> float:
+    """Run `work()` (which returns how many heartbeats it handled) for `seconds`."""
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += work()
+    return done / (time.perf_counter() - started)
+
+
+def domain(fleet: dict[str, str], seconds: float) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for size in (1, 100, 1000):
+        raw = payloads(fleet, size)
+
+        def one_batch(raw: list[dict[str, Any]] = raw) -> int:
+            batch = [parse_payload(HeartbeatPayload, r) for r in raw]
+            with unit_of_work() as uow:
+                apply_heartbeats(uow, batch)
+            return len(batch)
+
+        figures[f"apply_heartbeats, batches of {size}"] = rate(seconds, one_batch)
+    ids = sorted(fleet)[:1000]
+    raw_update = text(
+        "UPDATE workspaces w SET last_heartbeat_at = now(), updated_at = now(), "
+        "active_tasks = v.a, uptime_seconds = v.u, current_task = v.c "
+        "FROM unnest(CAST(:ids AS uuid[]), CAST(:a AS int[]), CAST(:u AS int[]), "
+        "CAST(:c AS text[])) AS v(id, a, u, c) WHERE w.id = v.id"
+    )
+
+    def raw_batch() -> int:
+        with get_engine().begin() as conn:
+            conn.execute(
+                raw_update,
+                {"ids": ids, "a": [1] * len(ids), "u": [2] * len(ids), "c": ["t"] * len(ids)},
+            )
+        return len(ids)
+
+    figures["raw UPDATE ... FROM unnest, 1,000 rows per transaction"] = rate(seconds, raw_batch)
+    return figures
+
+
+def _purge(broker_url: str) -> None:
+    from kombu import Connection
+
+    from molecule_registry_client.names import HEARTBEAT_QUEUE
+
+    with Connection(broker_url, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        channel.queue_declare(queue=HEARTBEAT_QUEUE, durable=True, auto_delete=False)
+        channel.queue_purge(HEARTBEAT_QUEUE)
+
+
+def _drain(broker_url: str, worker_args: list[str], name: str, bodies: list[Any]) -> float:
+    """Queue `bodies` as `name` messages, then start a worker and time it draining them."""
+    from celery import Celery
+    from workerproc import managed_process, process_env
+
+    from molecule_registry_client.names import HEARTBEAT_QUEUE
+
+    _purge(broker_url)
+    get_redis().delete("quick:first", "quick:done")
+    producer = Celery("quick", broker=broker_url)
+    producer.conf.broker_write_url = broker_url
+    with producer.producer_or_acquire() as prod:
+        for body in bodies:
+            producer.send_task(name, args=[body], queue=HEARTBEAT_QUEUE, producer=prod)
+    producer.close()
+    env = process_env(dict(os.environ), CELERY_BROKER_URL=broker_url, QUICK_EXPECT=str(len(bodies)))
+    env["PYTHONPATH"] = f"{ROOT / 'bench'}:{ROOT}"
+    argv = [*_worker_argv(worker_args)]
+    with managed_process(argv, env=env, log_dir=Path("/tmp"), name="quick") as worker:
+        worker.wait_for_log(r"QUICK done", timeout=900)
+        return float(worker.log().rsplit("QUICK done ", 1)[1].split()[2])
+
+
+def _worker_argv(worker_args: list[str]) -> list[str]:
+    from molecule_registry_client.names import HEARTBEAT_QUEUE
+
+    return [
+        sys.executable, "-m", "celery", "-A", "heartbeat_quick_app", "worker",
+        "-Q", HEARTBEAT_QUEUE, *worker_args, "-l", "WARNING",
+        "--without-mingle", "--without-gossip", "-n", f"quick-{uuid.uuid4().hex[:6]}@%h",
+    ]  # fmt: skip
+
+
+def lone_latency(fleet: dict[str, str], broker_url: str, worker_args: list[str]) -> float:
+    """Median ms from sending one heartbeat to its row being written, on an idle worker."""
+    from celery import Celery
+    from workerproc import managed_process, process_env
+
+    from molecule_registry_client.names import HEARTBEAT_QUEUE, HEARTBEAT_TASK
+
+    _purge(broker_url)
+    env = process_env(dict(os.environ), CELERY_BROKER_URL=broker_url)
+    env["PYTHONPATH"] = f"{ROOT / 'bench'}:{ROOT}"
+    producer = Celery("quick", broker=broker_url)
+    producer.conf.broker_write_url = broker_url
+    ws = next(iter(fleet))
+    engine = get_engine()
+    latencies = []
+    argv = _worker_argv(worker_args)
+    with (
+        managed_process(argv, env=env, log_dir=Path("/tmp"), ready=None, name="lone"),
+        producer.producer_or_acquire() as prod,
+    ):
+        time.sleep(5)  # the worker starts and goes idle
+        for n in range(50):
+            marker = 1_000_000 + n
+            payload = {"workspace_id": ws, "auth_token": fleet[ws], "uptime_seconds": marker}
+            started = time.perf_counter()
+            producer.send_task(HEARTBEAT_TASK, args=[payload], queue=HEARTBEAT_QUEUE, producer=prod)
+            with engine.connect() as db:
+                while (
+                    db.execute(
+                        text("SELECT uptime_seconds FROM workspaces WHERE id = :id"), {"id": ws}
+                    ).scalar_one()
+                    != marker
+                ):
+                    db.rollback()
+                    time.sleep(0.0005)
+            latencies.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.1)
+    producer.close()
+    return statistics.median(latencies)
+
+
+def end_to_end(
+    fleet: dict[str, str], broker: str, count: int, worker_args: list[str]
+) -> dict[str, float]:
+    """Through a real worker subprocess with `worker_args` (pool, concurrency, prefetch)."""
+    from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_TASK
+
+    broker_url = AMQP_URL if broker == "amqp" else os.environ["CELERY_BROKER_URL"]
+    raw = payloads(fleet, count)
+    noop = _drain(broker_url, worker_args, "quick.noop", [{"n": i} for i in range(count)])
+    per_message = _drain(broker_url, worker_args, HEARTBEAT_TASK, raw)
+    batches = [{"heartbeats": raw[i : i + 1000]} for i in range(0, len(raw), 1000)]
+    batched = _drain(broker_url, worker_args, HEARTBEAT_BATCH_TASK, batches)
+    figures = {
+        "no-op task, messages/s": count / noop,
+        "registry.heartbeat per message, heartbeats/s": count / per_message,
+        "per message / no-op": noop / per_message,
+        "registry.heartbeat_batch of 1,000, heartbeats/s": count / batched,
+    }
+    figures["lone heartbeat applied, ms (median of 50)"] = lone_latency(
+        fleet, broker_url, worker_args
+    )
+    return figures
+
+
+# The heartbeat worker's command line (docs/OPERATIONS.md).
+HEARTBEAT_WORKER_ARGS = ["--pool", "threads", "-c", "64", "--prefetch-multiplier", "4"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fleet", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--broker", choices=("none", "redis", "amqp", "both"), default="none")
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument(
+        "--worker-args",
+        default=" ".join(HEARTBEAT_WORKER_ARGS),
+        help="pool, concurrency, prefetch of the worker (default: the heartbeat worker's)",
+    )
+    args = parser.parse_args()
+    try:
+        fleet = setup_fleet(args.fleet)
+        figures = domain(fleet, args.seconds) if args.seconds > 0 else {}
+        brokers = {"none": [], "both": ["redis", "amqp"]}.get(args.broker, [args.broker])
+        for broker in brokers:
+            measured = end_to_end(fleet, broker, args.messages, args.worker_args.split())
+            for label, value in measured.items():
+                figures[f"{broker}: {label}"] = value
+        for label, value in figures.items():
+            print(f"{value:12,.1f}  {label}")
+    finally:
+        drop_database()
+
+
+if __name__ == "__main__":
+    main()
