@@ -114,10 +114,11 @@ class WorkerCommand:
 
 
 def reserve_redis_dbs() -> tuple[int, int, IO[str]]:
-    """A pair of Redis databases no test run or other benchmark on this host holds.
+    """A pair of empty Redis databases no test run or other benchmark on this host holds.
 
-    The same lock files as tests/conftest.py, so a benchmark and a test run never
-    share a database.
+    The same lock files as tests/conftest.py, so a benchmark and a test run never share
+    a database; a pair that is not empty is in use by something that does not take
+    the lock (another benchmark or a demo) and is passed over.
     """
     import redis
 
@@ -125,15 +126,18 @@ def reserve_redis_dbs() -> tuple[int, int, IO[str]]:
         count = int(redis.Redis.from_url(f"{REDIS_BASE}/0").config_get("databases")["databases"])
     except Exception:
         count = 16
-    for first in range(count - 2, 1, -2):  # from the top: test runs take from the bottom
+    for first in range(2, count - 1, 2):
         handle = (LOCK_DIR / f"molecule-registry-redis-{first}.lock").open("w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             continue
+        if any(redis.Redis.from_url(f"{REDIS_BASE}/{db}").dbsize() for db in (first, first + 1)):
+            handle.close()
+            continue
         return first, first + 1, handle
-    raise RuntimeError(f"no free pair of Redis databases ({count} databases)")
+    raise RuntimeError(f"no free pair of empty Redis databases ({count} databases)")
 
 
 def rabbitmqctl(*args: str, check: bool = True) -> None:
@@ -296,6 +300,27 @@ class Phase:
     cpu: dict[str, float] = field(default_factory=dict)
 
 
+class CpuWindow:
+    """CPU used per process role between start() and stop(); start() may be re-armed.
+
+    Worker phases re-arm it when the first message is applied, so a worker's start-up
+    (imports, forking its pool) is not counted against the drain it measures.
+    """
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.shares: dict[str, float] = {}
+        self._before: procstats.Snapshot | None = None
+
+    def start(self) -> None:
+        self._before = procstats.snapshot()
+
+    def stop(self) -> None:
+        assert self._before is not None
+        after = procstats.snapshot()
+        self.shares = procstats.cpu_shares(self._before, after, set(self.bench.worker_pgids))
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, command: WorkerCommand) -> None:
         self.args = args
@@ -361,14 +386,12 @@ class Bench:
             publisher.close()
 
     @contextmanager
-    def measured(self) -> Iterator[dict[str, float]]:
-        """CPU shares per process role over the block (filled in when it ends)."""
-        shares: dict[str, float] = {}
-        before = procstats.snapshot()
-        pgids = set(self.worker_pgids)
-        yield shares
-        after = procstats.snapshot()
-        shares.update(procstats.cpu_shares(before, after, pgids | self.worker_pgids))
+    def measured(self) -> Iterator[CpuWindow]:
+        """CPU shares per process role from `window.start()` (or the block's start) to its end."""
+        window = CpuWindow(self)
+        window.start()
+        yield window
+        window.stop()
 
     # -- 1. raw kombu ------------------------------------------------------------
 
@@ -393,7 +416,7 @@ class Bench:
             seen["last"] = time.perf_counter()
 
         queue = Queue(RAW_QUEUE, routing_key=RAW_QUEUE, durable=True)
-        with self.measured() as cpu, Connection(url) as conn, conn.channel() as channel:
+        with self.measured() as window, Connection(url) as conn, conn.channel() as channel:
             consumer = Consumer(
                 channel,
                 [queue],
@@ -409,7 +432,7 @@ class Bench:
         if seen["n"] < count:
             raise RuntimeError(f"raw kombu consumed {seen['n']} of {count}")
         seconds = seen["last"] - seen["first"]
-        return Phase((count - 1) / seconds, seconds, cpu)
+        return Phase((count - 1) / seconds, seconds, window.shares)
 
     # -- 2. no-op Celery -----------------------------------------------------------
 
@@ -428,8 +451,13 @@ class Bench:
                 payload["bench_mark"] = "first" if n == 0 else "last"
             publisher.send(NOOP_TASK, payload)
         publisher.close()
-        with self.worker("bench.noop_app", broker), self.measured() as cpu:
+        with self.worker("bench.noop_app", broker), self.measured() as window:
             deadline = time.monotonic() + self.args.timeout
+            while not marks.exists(MARK_KEY.format(mark="first")):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no-op worker did not start")
+                time.sleep(0.01)
+            window.start()
             while not marks.exists(MARK_KEY.format(mark="last")):
                 if time.monotonic() > deadline:
                     raise RuntimeError("no-op worker did not reach the last message")
@@ -437,7 +465,7 @@ class Bench:
             first = float(marks.get(MARK_KEY.format(mark="first")) or 0)
             last = float(marks.get(MARK_KEY.format(mark="last")) or 0)
         seconds = last - first
-        return Phase((count - 1) / seconds, seconds, cpu)
+        return Phase((count - 1) / seconds, seconds, window.shares)
 
     # -- 3 and 4. the registry -----------------------------------------------------
 
@@ -457,11 +485,11 @@ class Bench:
             for i in range(count):
                 publisher.send(HEARTBEAT_TASK, fleet.heartbeat(i, marker))
         publisher.close()
-        with self.worker("workers.app", broker), self.measured() as cpu:
-            seconds = self.wait_applied(fleet.ids[:count], marker)
-        return Phase(count / seconds, seconds, cpu)
+        with self.worker("workers.app", broker), self.measured() as window:
+            seconds = self.wait_applied(fleet.ids[:count], marker, window)
+        return Phase(count / seconds, seconds, window.shares)
 
-    def wait_applied(self, ids: Sequence[str], marker: int) -> float:
+    def wait_applied(self, ids: Sequence[str], marker: int, window: CpuWindow) -> float:
         """Seconds from the first heartbeat applied to the last, on the database clock.
 
         Start: the earliest `last_heartbeat_at` of the phase (its transaction's start).
@@ -476,6 +504,21 @@ class Bench:
         tail = list(ids[-64:])
         deadline = time.monotonic() + self.args.timeout
         with get_engine().connect() as conn:
+            # The CPU window opens when the first of the head rows is applied.
+            head = list(ids[:64])
+            while not conn.execute(
+                text(
+                    "SELECT count(*) FROM workspaces "
+                    "WHERE id = ANY(CAST(:head AS uuid[])) AND uptime_seconds = :m"
+                ),
+                {"m": marker, "head": head},
+            ).scalar():
+                conn.commit()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no heartbeat applied within {self.args.timeout} s")
+                time.sleep(0.01)
+            conn.commit()
+            window.start()
             while True:
                 done, db_now = conn.execute(
                     text(
@@ -529,7 +572,7 @@ class Bench:
             """
         )
         engine = get_engine()
-        with self.measured() as cpu:
+        with self.measured() as window:
             started = time.perf_counter()
             for start in range(0, count, BATCH_SIZE):
                 items = [fleet.heartbeat(i, marker) for i in range(start, start + BATCH_SIZE)]
@@ -546,7 +589,7 @@ class Bench:
                         },
                     )
             seconds = time.perf_counter() - started
-        return Phase(count / seconds, seconds, cpu)
+        return Phase(count / seconds, seconds, window.shares)
 
     # -- 6. lone heartbeat ---------------------------------------------------------
 
@@ -630,7 +673,7 @@ class Bench:
         feeder.start()
         samples: list[tuple[float, int]] = []
         interval = max(1.0, seconds / 60)
-        with self.worker("workers.app", broker) as proc, self.measured() as cpu:
+        with self.worker("workers.app", broker) as proc, self.measured() as window:
             started = time.monotonic()
             while time.monotonic() - started < seconds:
                 time.sleep(interval)
@@ -654,7 +697,7 @@ class Bench:
             "published": published["heartbeats"],
             "backlog_messages": backlog,
             "batches_mixed_in": use_batches,
-            "cpu": cpu,
+            "cpu": window.shares,
         }
 
     def fleet_or_fail(self) -> Fleet:
@@ -773,7 +816,55 @@ def render(
             lines.append(f"- {label}: {procstats.format_shares(phase.cpu)}")
     if rss and rss.get("cpu"):
         lines.append(f"- memory run: {procstats.format_shares(rss['cpu'])}")
+    lines += capacity_lines(results, brokers)
     return "\n".join(lines)
+
+
+FLEETS = (10_000, 100_000, 1_000_000)
+HEARTBEAT_INTERVAL_SECONDS = 30
+
+
+def capacity_lines(results: dict[str, Any], brokers: Sequence[str]) -> list[str]:
+    """CPU cost per heartbeat as measured, scaled linearly to fleets at one per 30 s.
+
+    Measured: cores each process role used per 1,000 heartbeats/s during a drain.
+    Extrapolated: that the cost per heartbeat stays the same on more cores and boxes.
+    """
+    lines = [
+        "",
+        "Capacity model (cores per role = heartbeats/s times cores used per heartbeat/s, the "
+        "latter measured in the median drain above; everything beyond this box's "
+        "figures is a linear extrapolation, see docs/OPERATIONS.md):",
+        "",
+        "| path, broker | measured cores per 1,000 hb/s (worker / PostgreSQL / broker) | "
+        + " | ".join(f"{f:,} agents ({f // HEARTBEAT_INTERVAL_SECONDS:,} hb/s)" for f in FLEETS)
+        + " |",
+        "|---|---|" + "---|" * len(FLEETS),
+    ]
+    for key_prefix, label in (("per_msg", "per message"), ("batch", "batch of 1,000")):
+        for broker in brokers:
+            phase = results.get(f"{key_prefix}_{broker}")
+            if not isinstance(phase, Phase) or not phase.cpu or phase.rate <= 0:
+                continue
+            broker_role = "rabbitmq" if broker == "amqp" else "redis"
+            per_khb = {
+                role: phase.cpu.get(role, 0.0) / phase.rate * 1000
+                for role in ("worker", "postgres", broker_role)
+            }
+            cells = []
+            for fleet in FLEETS:
+                load = fleet / HEARTBEAT_INTERVAL_SECONDS / 1000
+                cells.append(
+                    f"{per_khb['worker'] * load:.1f} / {per_khb['postgres'] * load:.1f} / "
+                    f"{per_khb[broker_role] * load:.1f}"
+                )
+            lines.append(
+                f"| {label}, {BROKER_LABELS[broker]} | {per_khb['worker']:.2f} / "
+                f"{per_khb['postgres']:.2f} / {per_khb[broker_role]:.2f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return lines
 
 
 def _phase_labels(brokers: Sequence[str]) -> list[tuple[str, str]]:
@@ -823,7 +914,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lone-samples", type=int, default=50)
     parser.add_argument("--rss-seconds", type=float, help="memory run length")
     parser.add_argument("--rss-broker", default="amqp", choices=["amqp", "redis"])
-    parser.add_argument("--timeout", type=float, default=600, help="per phase")
+    parser.add_argument("--timeout", type=float, default=300, help="per phase")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
     args = parser.parse_args(argv)
     quick = args.quick
