@@ -48,6 +48,22 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def non_negative_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not value >= 0 or value == float("inf"):  # also rejects NaN
+        raise ValueError("must be zero or a positive number")
+    return value
+
+
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def text(raw: str) -> str:
     return raw.strip()
 
@@ -154,6 +170,26 @@ class Settings:
     )
     events_stream_maxlen: int = _opt(
         "EVENTS_STREAM_MAXLEN", positive_int, 100_000, "approximate cap of the events:stream length"
+    )
+    events_stream_broadcasts: bool = _opt(
+        "EVENTS_STREAM_BROADCASTS",
+        boolean,
+        False,
+        "also append broadcast-only events (WORKSPACE_HEARTBEAT, TASK_UPDATED) to "
+        "events:stream; for small fleets only (CONTRACT §7)",
+    )
+    heartbeat_batch_max_items: int = _opt(
+        "HEARTBEAT_BATCH_MAX_ITEMS",
+        positive_int,
+        200,
+        "per-message heartbeats a worker process applies in one transaction at most",
+    )
+    heartbeat_batch_max_wait_ms: float = _opt(
+        "HEARTBEAT_BATCH_MAX_WAIT_MS",
+        non_negative_float,
+        2.0,
+        "how long a per-message heartbeat batch waits for company once the previous "
+        "batch committed; 0 applies whatever is waiting at once",
     )
     container_backend: str = _opt(
         "CONTAINER_BACKEND", text, "none", "`docker` or `none`: container checker/stopper/reaper"

@@ -24,6 +24,7 @@ from registry.events.outbox import (
     Event,
     delete_from_outbox,
     insert_recorded_event,
+    insert_recorded_events,
     queue_publication,
 )
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
@@ -95,6 +96,15 @@ def record_event_on_commit(
     event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
     uow.recorded_events.append(event)
     return event
+
+
+def record_events_on_commit(
+    uow: UnitOfWork, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+) -> list[Event]:
+    """`record_event_on_commit` for many events in one statement (batched paths)."""
+    recorded = insert_recorded_events(uow.conn, events)
+    uow.recorded_events.extend(recorded)
+    return recorded
 
 
 def broadcast_event_on_commit(

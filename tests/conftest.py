@@ -167,3 +167,16 @@ def worker(celery_app) -> Iterator[Any]:
         loglevel="WARNING",
     ) as w:
         yield w
+
+
+@pytest.fixture
+def events_stream_broadcasts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """EVENTS_STREAM_BROADCASTS on (CONTRACT §7's small-fleet option): heartbeats and task
+    updates are appended to events:stream too, for tests of readers that follow the stream."""
+    from registry.config import reload_settings
+
+    monkeypatch.setenv("EVENTS_STREAM_BROADCASTS", "true")
+    reload_settings()
+    yield
+    monkeypatch.delenv("EVENTS_STREAM_BROADCASTS", raising=False)
+    reload_settings()

@@ -25,7 +25,8 @@ from registry.board.server import BoardServer
 from registry.events.subscriber import Position, stream_head
 from registry.statuses import EventType
 
-pytestmark = pytest.mark.integration
+# Heartbeats reach the stream only with EVENTS_STREAM_BROADCASTS on (CONTRACT §7).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("events_stream_broadcasts")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -23,6 +23,9 @@ from registry.events.subscriber import stream_head
 from registry.events.text import describe
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
+# Heartbeats reach the stream only with EVENTS_STREAM_BROADCASTS on (CONTRACT §7).
+pytestmark = pytest.mark.usefixtures("events_stream_broadcasts")
+
 # Every event type with a payload as the registry (or its sweeps) records it, and the
 # gist a person reads.
 KNOWN_EVENTS: list[tuple[EventType, dict[str, Any], str]] = [

@@ -34,7 +34,8 @@ from registry.events.subscriber import (
 )
 from registry.statuses import EventType
 
-pytestmark = pytest.mark.integration
+# Heartbeats reach the stream only with EVENTS_STREAM_BROADCASTS on (CONTRACT §7).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("events_stream_broadcasts")]
 
 
 def numbers(items) -> list[int]:

@@ -8,6 +8,9 @@ SWEEP_QUEUE = "registry.sweeps"
 QUEUE_NAMES: tuple[str, ...] = (DEFAULT_QUEUE, HEARTBEAT_QUEUE, SWEEP_QUEUE)
 
 HEARTBEAT_TASK = "registry.heartbeat"
+# Up to MAX_HEARTBEAT_BATCH heartbeats in one message (gateways, agent hosts).
+HEARTBEAT_BATCH_TASK = "registry.heartbeat_batch"
+MAX_HEARTBEAT_BATCH = 1000
 # Measures the heartbeat queue's lag (registry.selfpreservation): it must travel the
 # same queue as the heartbeats.
 HEARTBEAT_PROBE_TASK = "registry.heartbeat_probe"
@@ -36,7 +39,7 @@ SWEEP_TASKS: tuple[str, ...] = (
 
 def queue_for(task_name: str) -> str:
     """The queue a task is routed to (a heartbeat flood never starves the others)."""
-    if task_name in (HEARTBEAT_TASK, HEARTBEAT_PROBE_TASK):
+    if task_name in (HEARTBEAT_TASK, HEARTBEAT_BATCH_TASK, HEARTBEAT_PROBE_TASK):
         return HEARTBEAT_QUEUE
     if task_name in SWEEP_TASKS:
         return SWEEP_QUEUE

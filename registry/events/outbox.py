@@ -17,6 +17,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, text
 
+from registry.config import get_settings
 from registry.jsontext import dumps
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
@@ -89,18 +90,79 @@ def insert_recorded_event(
     return Event(event_type, workspace_id, payload, timestamp=row.created_at, event_id=row.id)
 
 
+# Many events in one statement: structure_events rows are produced in input order (ORDER BY
+# ord), so their serial ids ascend in that order; the outbox rows ride along in the CTE.
+_INSERT_EVENTS = text(
+    """
+    WITH ev AS (
+        INSERT INTO structure_events (event_type, workspace_id, payload)
+        SELECT u.event_type, u.workspace_id, CAST(u.payload AS jsonb)
+        FROM unnest(CAST(:types AS text[]), CAST(:workspaces AS uuid[]), CAST(:payloads AS text[]))
+             WITH ORDINALITY AS u(event_type, workspace_id, payload, ord)
+        ORDER BY u.ord
+        RETURNING id, created_at
+    ), ob AS (
+        INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
+    )
+    SELECT id, created_at FROM ev ORDER BY id
+    """
+)
+
+
+def insert_recorded_events(
+    conn: Connection, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+) -> list[Event]:
+    """`insert_recorded_event` for many events in one round trip, ids in list order."""
+    if not events:
+        return []
+    for event_type, _, _ in events:
+        if event_type in BROADCAST_ONLY_EVENTS:
+            raise ValueError(f"{event_type} is broadcast-only and is never recorded")
+    rows = conn.execute(
+        _INSERT_EVENTS,
+        {
+            "types": [str(t) for t, _, _ in events],
+            "workspaces": [ws for _, ws, _ in events],
+            "payloads": [dumps(p) for _, _, p in events],
+        },
+    ).all()
+    return [
+        Event(t, ws, p, timestamp=row.created_at, event_id=row.id)
+        for (t, ws, p), row in zip(events, rows, strict=True)
+    ]
+
+
 def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:
     """Forget events whose publication Redis has accepted."""
     conn.execute(text("DELETE FROM event_outbox WHERE event_id = ANY(:ids)"), {"ids": event_ids})
 
 
+# One command publishes a whole batch's events in order: at fleet scale a batch carries a
+# WORKSPACE_HEARTBEAT per heartbeat, and a thousand PUBLISH commands cost the client
+# several times what one script call does (docs/ARCHITECTURE.md, heartbeat path).
+_PUBLISH_ALL = "for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end return #ARGV"
+
+
 def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
-    """Add PUBLISH + XADD for each event to a pipeline (one round trip for all)."""
-    for event in events:
-        body = event.to_json()
-        pipe.publish(BROADCAST_CHANNEL, body)
-        # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
-        pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)
+    """Add the publication of `events` to a pipeline (one round trip for all).
+
+    Every event goes to the channel, in order; the stream carries recorded events only
+    (CONTRACT §7): broadcast-only events (heartbeats, task updates) would outnumber
+    status changes a thousand to one and push them out of the capped window.
+    EVENTS_STREAM_BROADCASTS adds them for small fleets.
+    """
+    if not events:
+        return
+    with_broadcasts = get_settings().events_stream_broadcasts
+    bodies = [event.to_json() for event in events]
+    if len(bodies) == 1:
+        pipe.publish(BROADCAST_CHANNEL, bodies[0])
+    else:
+        pipe.eval(_PUBLISH_ALL, 1, BROADCAST_CHANNEL, *bodies)
+    for event, body in zip(events, bodies, strict=True):
+        if with_broadcasts or event.type not in BROADCAST_ONLY_EVENTS:
+            # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
+            pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)
 
 
 _CLAIM_UNPUBLISHED = text(

@@ -1,21 +1,35 @@
-"""Apply heartbeats (CONTRACT §4.2), a list at a time.
+"""Apply heartbeats (CONTRACT §4.2), a list at a time, set-based.
 
-One batch costs a fixed number of statements whatever its size: one SELECT that
-locks the rows and reads their tokens, one executemany UPDATE for plain heartbeats,
-one for heartbeats that change the status, one INSERT per recorded event (rare),
-and one Redis pipeline after the commit.
+A batch costs a fixed number of statements whatever its size N:
+
+1. one SELECT that locks the rows (in id order) and reads their tokens;
+2. one `UPDATE workspaces ... FROM unnest(...)` for every workspace that keeps its
+   status, and one for those whose status changes (only when some do), each row
+   still conditional on `status = <status read under the lock>`;
+3. one INSERT of every recorded event (structure_events + outbox; only when some);
+4. one UPDATE of the tokens whose last_used_at is due (at most once a minute each);
+5. after the commit, one Redis pipeline (liveness keys and event publication).
+
+The heartbeats are judged one by one, in list order (refusals, ordering guard,
+transitions, events and results), so the same workspace twice in one batch behaves
+exactly as two messages would; only the row write is collapsed per workspace to
+what the last applicable heartbeat leaves behind.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
+
+if TYPE_CHECKING:
+    import redis
 
 from registry import metrics
 from registry.config import get_settings
@@ -27,11 +41,11 @@ from registry.ingestion.tokens import (
     is_authorized,
     touch_tokens,
 )
-from registry.liveness.keys import set_liveness
+from registry.liveness.keys import liveness_key
 from registry.liveness.transitions import HeartbeatFacts, heartbeat_transition
 from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
 from registry.statuses import EventType, Status
-from registry.uow import UnitOfWork, broadcast_event_on_commit, record_event_on_commit
+from registry.uow import UnitOfWork, broadcast_event_on_commit, record_events_on_commit
 
 _LOCK_AND_READ = text(
     """
@@ -59,30 +73,63 @@ _LOCK_AND_READ = text(
     """
 )
 
+# The row each workspace ends with, for all rows of the batch at once. Arrays are bound
+# as lists and unnested side by side (one element per workspace).
+_ROWS = """
+    unnest(
+        CAST(:ids AS uuid[]), CAST(:expected AS text[]), CAST(:new_status AS text[]),
+        CAST(:error_rate AS float8[]), CAST(:sample_error AS text[]),
+        CAST(:active_tasks AS int[]), CAST(:uptime_seconds AS int[]),
+        CAST(:current_task AS text[]), CAST(:monthly_spend AS bigint[]),
+        CAST(:runtime_metadata AS text[]), CAST(:sent_at AS timestamptz[]),
+        CAST(:busy_before AS boolean[])
+    ) AS v(id, expected, new_status, error_rate, sample_error, active_tasks, uptime_seconds,
+           current_task, monthly_spend, runtime_metadata, sent_at, busy_before)
+"""
+
 _SET_HEARTBEAT_COLUMNS = """
     last_heartbeat_at = now(),
     updated_at = now(),
-    last_error_rate = :error_rate,
-    last_sample_error = :sample_error,
-    active_tasks = :active_tasks,
-    uptime_seconds = :uptime_seconds,
-    current_task = :current_task,
-    monthly_spend = CASE WHEN :monthly_spend > 0 THEN :monthly_spend ELSE monthly_spend END,
-    runtime_metadata = CAST(:runtime_metadata AS jsonb),
-    last_heartbeat_sent_at = GREATEST(last_heartbeat_sent_at, CAST(:sent_at AS timestamptz)),
-    -- Idle time is tracked from the first idle heartbeat; further idle ones keep it.
-    idle_since = CASE WHEN :active_tasks > 0 THEN NULL ELSE COALESCE(idle_since, now()) END
+    last_error_rate = v.error_rate,
+    last_sample_error = v.sample_error,
+    active_tasks = v.active_tasks,
+    uptime_seconds = v.uptime_seconds,
+    current_task = v.current_task,
+    -- 0 means "no update": the batch carries the last non-zero spend it saw, or 0.
+    monthly_spend = CASE WHEN v.monthly_spend > 0 THEN v.monthly_spend ELSE w.monthly_spend END,
+    runtime_metadata = CAST(v.runtime_metadata AS jsonb),
+    last_heartbeat_sent_at = GREATEST(w.last_heartbeat_sent_at, v.sent_at),
+    -- Idle time is tracked from the first idle heartbeat; further idle ones keep it. A
+    -- busy heartbeat earlier in the batch ended the previous idle spell.
+    idle_since = CASE WHEN v.active_tasks > 0 THEN NULL
+                      WHEN v.busy_before THEN now()
+                      ELSE COALESCE(w.idle_since, now()) END
 """
 
 _UPDATE_SAME_STATUS = text(
-    f"UPDATE workspaces SET {_SET_HEARTBEAT_COLUMNS} WHERE id = :id AND status = :expected"
+    f"UPDATE workspaces w SET {_SET_HEARTBEAT_COLUMNS} FROM {_ROWS} "
+    "WHERE w.id = v.id AND w.status = v.expected"
 )
 # A transition is the same UPDATE plus the status, still conditional on the status
 # read under the row lock: a concurrent delete or sweep can never be overwritten.
 _UPDATE_WITH_TRANSITION = text(
-    f"UPDATE workspaces SET {_SET_HEARTBEAT_COLUMNS}, status = :new_status "
-    "WHERE id = :id AND status = :expected"
+    f"UPDATE workspaces w SET {_SET_HEARTBEAT_COLUMNS}, status = v.new_status FROM {_ROWS} "
+    "WHERE w.id = v.id AND w.status = v.expected"
 )
+
+UNKNOWN_ERROR = "workspace_id: unknown workspace"
+REMOVED_REASON = "workspace was removed"
+OLDER_REASON = "older than the last heartbeat applied (sent_at)"
+STALE_REASON = "stale: sent longer ago than the liveness TTL (sent_at)"
+# Metric label (registry_heartbeats_rejected_total{reason}) of each way a heartbeat that
+# passed validation can be refused; "invalid" is the validation failure itself.
+_REASONS = {
+    UNKNOWN_ERROR: "unknown_workspace",
+    UNAUTHORIZED_ERROR: "unauthorized",
+    REMOVED_REASON: "removed",
+    OLDER_REASON: "out_of_order",
+    STALE_REASON: "stale",
+}
 
 
 @dataclass
@@ -97,6 +144,28 @@ class _Locked:
     matched_token: dict[int, UUID | None]  # by position in the batch
     touch_due: set[UUID]  # matched tokens whose last_used_at is due a refresh
     db_now: datetime  # the database's clock: every time comparison uses it (CONTRACT §3)
+
+
+@dataclass
+class _RowWrite:
+    """What the batch writes to one workspace row: its last applicable heartbeat."""
+
+    expected: str  # the status read under the lock
+    new_status: str
+    last: HeartbeatPayload
+    spend: int  # last non-zero monthly_spend of the batch (0: keep the stored one)
+    busy_before: bool  # a heartbeat before `last` reported active tasks
+    sent_at: datetime | None  # newest sent_at applied
+    key_ttl: int  # liveness key TTL the freshest heartbeat allows
+
+    def absorb(self, hb: HeartbeatPayload, key_ttl: int) -> None:
+        self.busy_before = self.busy_before or self.last.active_tasks > 0
+        self.last = hb
+        if hb.monthly_spend > 0:
+            self.spend = hb.monthly_spend
+        if hb.sent_at is not None and (self.sent_at is None or hb.sent_at > self.sent_at):
+            self.sent_at = hb.sent_at
+        self.key_ttl = max(self.key_ttl, key_ttl)
 
 
 def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[UUID, _Locked]:
@@ -129,21 +198,11 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
     return locked
 
 
-def _params(hb: HeartbeatPayload, expected: str) -> dict[str, Any]:
-    return {
-        "id": hb.workspace_id,
-        "expected": expected,
-        "error_rate": hb.error_rate,
-        "sample_error": hb.sample_error,
-        "active_tasks": hb.active_tasks,
-        "uptime_seconds": hb.uptime_seconds,
-        "current_task": hb.current_task,
-        "monthly_spend": hb.monthly_spend,
-        "runtime_metadata": (
-            hb.runtime_metadata.model_dump_json() if hb.runtime_metadata is not None else None
-        ),
-        "sent_at": hb.sent_at,
-    }
+def _age_seconds(hb: HeartbeatPayload, db_now: datetime) -> float:
+    """How long ago the heartbeat was sent, on the database clock (0 without sent_at)."""
+    if hb.sent_at is None:
+        return 0.0
+    return max(0.0, (db_now - hb.sent_at).total_seconds())
 
 
 def apply_heartbeats(
@@ -155,12 +214,14 @@ def apply_heartbeats(
     locked = _lock_rows(uow, heartbeats)
     ttl = get_settings().liveness_ttl_seconds
     results: list[dict[str, Any]] = []
-    writes: list[tuple[TextClause, dict[str, Any]]] = []
-    used_tokens: list[UUID] = []
+    writes: dict[UUID, _RowWrite] = {}
+    to_record: list[tuple[EventType, UUID | None, dict[str, Any]]] = []
+    transitions: list[tuple[str, str]] = []
+    used_tokens: set[UUID] = set()
 
     for position, hb in enumerate(heartbeats):
         state = locked.get(hb.workspace_id)
-        refusal = _refusal(hb, state, position)
+        refusal = _refusal(hb, state, position, ttl)
         if refusal is not None:
             results.append(refusal.as_result())
             continue
@@ -174,14 +235,19 @@ def apply_heartbeats(
             registered_before=state.registered_before,
         )
         rule = heartbeat_transition(state.status, facts)
-        params = _params(hb, state.status)
-        if rule is None:
-            writes.append((_UPDATE_SAME_STATUS, params))
+        # The key lives no longer than the heartbeat's evidence: TTL minus its age.
+        key_ttl = max(1, math.ceil(ttl - _age_seconds(hb, state.db_now)))
+        write = writes.get(hb.workspace_id)
+        if write is None:
+            write = writes[hb.workspace_id] = _RowWrite(
+                state.status, state.status, hb, hb.monthly_spend, False, hb.sent_at, key_ttl
+            )
         else:
-            writes.append((_UPDATE_WITH_TRANSITION, {**params, "new_status": str(rule.to_status)}))
-            record_event_on_commit(uow, rule.event, hb.workspace_id, rule.payload(facts))
-            metrics.record_transition(state.status, rule.to_status)
-            state.status = str(rule.to_status)
+            write.absorb(hb, key_ttl)
+        if rule is not None:
+            to_record.append((rule.event, hb.workspace_id, rule.payload(facts)))
+            transitions.append((state.status, str(rule.to_status)))
+            state.status = write.new_status = str(rule.to_status)
 
         if (state.current_task or "") != (hb.current_task or ""):
             broadcast_event_on_commit(
@@ -200,25 +266,78 @@ def apply_heartbeats(
         if hb.sent_at and (state.last_sent_at is None or hb.sent_at > state.last_sent_at):
             state.last_sent_at = hb.sent_at
         matched = state.matched_token.get(position)
-        if matched in state.touch_due:
-            used_tokens.append(matched)
-        uow.on_commit(lambda pipe, ws=hb.workspace_id: set_liveness(pipe, ws, ttl))
+        if matched is not None and matched in state.touch_due:
+            used_tokens.add(matched)
         results.append({"status": "ok", "workspace_status": state.status})
 
-    # Runs of the same statement go out as one executemany; the order of the batch is
-    # kept, so the same workspace twice in one batch applies in order.
-    for statement, run in groupby(writes, key=lambda write: write[0]):
-        uow.conn.execute(statement, [params for _, params in run])
-    touch_tokens(uow.conn, sorted(set(used_tokens)))
-    for result in results:
-        metrics.HEARTBEATS.labels(result["status"]).inc()
+    # The rows are already locked (in id order), so the writes need no order of their own.
+    _write_rows(uow, writes)
+    record_events_on_commit(uow, to_record)
+    touch_tokens(uow.conn, list(used_tokens))
+    if writes:
+        keys = [(liveness_key(ws), w.key_ttl) for ws, w in writes.items()]
+        uow.on_commit(lambda pipe: _refresh_liveness(pipe, keys))
+    uow.after_commit(lambda: _count(results, transitions))
     return results
 
 
-def _refusal(hb: HeartbeatPayload, state: _Locked | None, position: int) -> MessageRefused | None:
-    """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4), or None."""
+# (Re)create every liveness key of the batch in one command (see _PUBLISH_ALL in the outbox).
+_SET_KEYS = (
+    "for i = 1, #KEYS do redis.call('SET', KEYS[i], 'online', 'EX', ARGV[i]) end return #KEYS"
+)
+
+
+def _refresh_liveness(pipe: redis.client.Pipeline, keys: list[tuple[str, int]]) -> None:
+    # SET with EX (re)creates the key: a key lost to a Redis restart comes back.
+    if len(keys) == 1:
+        pipe.set(keys[0][0], "online", ex=keys[0][1])
+    else:
+        pipe.eval(_SET_KEYS, len(keys), *[k for k, _ in keys], *[t for _, t in keys])
+
+
+def _write_rows(uow: UnitOfWork, writes: dict[UUID, _RowWrite]) -> None:
+    """At most two UPDATEs for the whole batch: rows keeping their status, rows changing it."""
+    same = [(ws, w) for ws, w in writes.items() if w.new_status == w.expected]
+    changed = [(ws, w) for ws, w in writes.items() if w.new_status != w.expected]
+    for statement, rows in ((_UPDATE_SAME_STATUS, same), (_UPDATE_WITH_TRANSITION, changed)):
+        if rows:
+            uow.conn.execute(statement, _columns(rows))
+
+
+def _columns(rows: list[tuple[UUID, _RowWrite]]) -> dict[str, list[Any]]:
+    return {
+        "ids": [ws for ws, _ in rows],
+        "expected": [w.expected for _, w in rows],
+        "new_status": [w.new_status for _, w in rows],
+        "error_rate": [w.last.error_rate for _, w in rows],
+        "sample_error": [w.last.sample_error for _, w in rows],
+        "active_tasks": [w.last.active_tasks for _, w in rows],
+        "uptime_seconds": [w.last.uptime_seconds for _, w in rows],
+        "current_task": [w.last.current_task for _, w in rows],
+        "monthly_spend": [w.spend for _, w in rows],
+        "runtime_metadata": [
+            w.last.runtime_metadata.model_dump_json() if w.last.runtime_metadata else None
+            for _, w in rows
+        ],
+        "sent_at": [w.sent_at for _, w in rows],
+        "busy_before": [w.busy_before for _, w in rows],
+    }
+
+
+def _count(results: list[dict[str, Any]], transitions: list[tuple[str, str]]) -> None:
+    """Metrics, once the batch committed (rolled-back work is never counted)."""
+    for status, n in Counter(r["status"] for r in results).items():
+        metrics.HEARTBEATS.labels(status).inc(n)
+    for (before, after), n in Counter(transitions).items():
+        metrics.record_transition(before, after, n)
+
+
+def _refusal(
+    hb: HeartbeatPayload, state: _Locked | None, position: int, ttl: int
+) -> MessageRefused | None:
+    """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4, freshness), or None."""
     if state is None:
-        return Rejected("workspace_id: unknown workspace")
+        return Rejected(UNKNOWN_ERROR)
     if hb.sent_at is not None:
         # A producer clock far ahead would block every later heartbeat by the
         # ordering guard; "ahead" is judged by the database's clock, not the worker's.
@@ -229,8 +348,28 @@ def _refusal(hb: HeartbeatPayload, state: _Locked | None, position: int) -> Mess
             )
     if not is_authorized(state.has_live_token, state.matched_token.get(position)):
         return Unauthorized(UNAUTHORIZED_ERROR)
+    return _moot(hb, state, ttl)
+
+
+def _moot(hb: HeartbeatPayload, state: _Locked, ttl: int) -> Ignored | None:
+    """Valid and authorized, but there is nothing it may change."""
     if state.status == Status.REMOVED:
-        return Ignored("workspace was removed")
+        return Ignored(REMOVED_REASON)
     if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
-        return Ignored("older than the last heartbeat applied (sent_at)")
+        return Ignored(OLDER_REASON)
+    if _age_seconds(hb, state.db_now) >= ttl:
+        # Evidence of life older than the liveness TTL: it may not bring back a workspace
+        # marked unreachable since, nor refresh its key (CONTRACT §4.2, freshness). It
+        # changes nothing at all, which also covers a workspace still marked online.
+        return Ignored(STALE_REASON)
     return None
+
+
+def refusal_reason(result: dict[str, Any]) -> str | None:
+    """The metric label of a refused heartbeat's result (None when it applied)."""
+    if result["status"] == "ok":
+        return None
+    text = result.get("error") or result.get("reason") or ""
+    if text.startswith("sent_at:"):
+        return "sent_at_in_future"
+    return _REASONS.get(text, str(result["status"]))

@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
 )
 
+from molecule_registry_client.names import MAX_HEARTBEAT_BATCH
 from registry.outcomes import Rejected
 from registry.statuses import DEFAULT_RUNTIME
 
@@ -247,3 +248,27 @@ def parse_payload(model: type[P], raw: Any) -> P:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise PayloadError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def parse_heartbeat_batch(raw: Any) -> list[HeartbeatPayload | PayloadError]:
+    """The items of a `registry.heartbeat_batch` envelope (CONTRACT §4.2a), each validated
+    on its own: a bad item comes back as its PayloadError (naming `heartbeats[i].field`)
+    and is refused alone. A bad envelope raises PayloadError: it is rejected whole."""
+    if not isinstance(raw, dict):
+        raise PayloadError(f"payload: must be a JSON object, not {type(raw).__name__}")
+    items = raw.get("heartbeats")
+    if items is None:
+        raise PayloadError("heartbeats: is required")
+    if not isinstance(items, list):
+        raise PayloadError(f"heartbeats: must be a list, not {type(items).__name__}")
+    if not 1 <= len(items) <= MAX_HEARTBEAT_BATCH:
+        raise PayloadError(
+            f"heartbeats: must hold 1 to {MAX_HEARTBEAT_BATCH} items, not {len(items)}"
+        )
+    parsed: list[HeartbeatPayload | PayloadError] = []
+    for index, item in enumerate(items):
+        try:
+            parsed.append(parse_payload(HeartbeatPayload, item))
+        except PayloadError as exc:
+            parsed.append(PayloadError(f"heartbeats[{index}].{exc.error}"))
+    return parsed

@@ -1,0 +1,220 @@
+"""Group commit for per-message heartbeats (CONTRACT §4.2; docs/ARCHITECTURE.md, heartbeat path).
+
+Every `registry.heartbeat` task running in this process hands its validated heartbeat
+to one batcher and blocks until the transaction holding it has committed; then the task
+returns and Celery acknowledges the message (acks late). One flusher thread takes
+whatever is waiting — up to HEARTBEAT_BATCH_MAX_ITEMS, after waiting at most
+HEARTBEAT_BATCH_MAX_WAIT_MS for company — and applies it with one `apply_heartbeats`:
+a fixed number of statements for the lot. Under load the next batch gathers while the
+previous one commits; a lone heartbeat waits only the few milliseconds of the wait.
+
+With the threads pool (the heartbeat worker's command line, docs/OPERATIONS.md) the
+concurrency is the largest batch; with prefork each process has a batcher of its own
+and batches stay small, which is still correct.
+
+Guarantees: nothing is acknowledged before its commit (a SIGKILLed worker's messages
+are redelivered; `sent_at` makes the second application moot). A batch failing on a
+dependency (database or Redis down, connection killed) is tried again with backoff
+while its messages stay unacknowledged, for as long as its heartbeats can still count
+(CONTRACT §4.2, freshness: `sent_at` + LIVENESS_TTL_SECONDS, else first seen + TTL, on
+the worker's clock since the database's cannot be read then); a heartbeat past that is
+given up (`ignored`, stale). A batch failing for any other reason is split and each
+heartbeat applied alone, so one heartbeat the database refuses cannot fail its
+neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.config import get_settings
+from registry.ingestion.heartbeats import STALE_REASON, apply_heartbeats
+from registry.ingestion.payloads import HeartbeatPayload
+from registry.uow import unit_of_work
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[Sequence[HeartbeatPayload]], list[dict[str, Any]]]
+
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+STALE_RESULT = {"status": "ignored", "reason": STALE_REASON}
+
+
+def apply_in_one_transaction(heartbeats: Sequence[HeartbeatPayload]) -> list[dict[str, Any]]:
+    with unit_of_work() as uow:
+        return apply_heartbeats(uow, heartbeats)
+
+
+def count_until(heartbeat: HeartbeatPayload, first_seen: float, ttl: int) -> float:
+    """Epoch seconds after which trying again cannot make `heartbeat` count any more."""
+    start = heartbeat.sent_at.timestamp() if heartbeat.sent_at is not None else first_seen
+    return start + ttl
+
+
+def apply_until_committed(
+    heartbeats: Sequence[HeartbeatPayload],
+    deadlines: Sequence[float],
+    *,
+    apply: Apply = apply_in_one_transaction,
+    transient: tuple[type[BaseException], ...],
+) -> list[dict[str, Any]]:
+    """Apply in one transaction; on a dependency failure wait and try again with the
+    heartbeats that can still count. Returns one result per heartbeat."""
+    results: list[dict[str, Any]] = [STALE_RESULT] * len(heartbeats)
+    waiting = list(range(len(heartbeats)))
+    attempt = 0
+    while True:
+        now = time.time()
+        expired = [i for i in waiting if deadlines[i] <= now]
+        if expired:
+            # Counted by the task, as any refusal (reason "stale").
+            log.warning("%d heartbeat(s) given up: they could no longer count", len(expired))
+            waiting = [i for i in waiting if deadlines[i] > now]
+        if not waiting:
+            return results
+        try:
+            applied = apply([heartbeats[i] for i in waiting])
+        except transient as exc:
+            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt)
+            delay = min(random.uniform(delay / 2, delay), max(deadlines[i] for i in waiting) - now)
+            log.warning(
+                "%d heartbeat(s) waiting for a dependency (%s: %s); retry in %.1f s",
+                len(waiting),
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                max(delay, 0),
+            )
+            time.sleep(max(delay, 0))
+            attempt += 1
+            continue
+        for i, result in zip(waiting, applied, strict=True):
+            results[i] = result
+        return results
+
+
+@dataclass
+class _Pending:
+    heartbeat: HeartbeatPayload
+    count_until: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+class HeartbeatBatcher:
+    """Gathers heartbeats from concurrent callers and applies them together."""
+
+    def __init__(
+        self,
+        apply: Apply = apply_in_one_transaction,
+        *,
+        max_items: int,
+        max_wait_seconds: float,
+        transient: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._apply = apply
+        self.max_items = max_items
+        self.max_wait_seconds = max_wait_seconds
+        self._transient = transient
+        self._ttl = get_settings().liveness_ttl_seconds
+        self._cond = threading.Condition()
+        self._waiting: deque[_Pending] = deque()
+        self._pid: int | None = None
+        self.batches = 0  # how many batches were applied (tests, diagnostics)
+
+    def submit(self, heartbeat: HeartbeatPayload) -> dict[str, Any]:
+        """Apply `heartbeat` with whatever else is waiting; returns once it committed
+        (or was given up as stale after a dependency stayed down for its whole life)."""
+        pending = _Pending(heartbeat, count_until(heartbeat, time.time(), self._ttl))
+        with self._cond:
+            self._start_if_needed()
+            self._waiting.append(pending)
+            self._cond.notify()
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _start_if_needed(self) -> None:
+        # After a fork (prefork pool) the parent's flusher thread does not exist here.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._waiting.clear()
+            threading.Thread(target=self._run, name="heartbeat-batcher", daemon=True).start()
+
+    def _take_batch(self) -> list[_Pending]:
+        with self._cond:
+            while not self._waiting:
+                self._cond.wait()
+            deadline = time.monotonic() + self.max_wait_seconds
+            while len(self._waiting) < self.max_items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            count = min(self.max_items, len(self._waiting))
+            return [self._waiting.popleft() for _ in range(count)]
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            try:
+                self._flush(batch)
+            except BaseException as exc:  # never leave a caller waiting forever
+                log.exception("heartbeat batcher failed")
+                for pending in batch:
+                    if not pending.done.is_set():
+                        pending.error = exc
+                        pending.done.set()
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        self.batches += 1
+        try:
+            results = apply_until_committed(
+                [p.heartbeat for p in batch],
+                [p.count_until for p in batch],
+                apply=self._apply,
+                transient=self._transient,
+            )
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+                batch[0].done.set()
+                return
+            # Something in the batch the database refuses: apply each alone, so it
+            # fails by itself and its neighbours commit.
+            log.warning("heartbeat batch of %d failed (%s); applying one by one", len(batch), exc)
+            for pending in batch:
+                self._flush([pending])
+            return
+        for pending, result in zip(batch, results, strict=True):
+            pending.result = result
+            pending.done.set()
+
+
+_lock = threading.Lock()
+_batcher: HeartbeatBatcher | None = None
+
+
+def get_batcher(transient: tuple[type[BaseException], ...] = ()) -> HeartbeatBatcher:
+    """This process's batcher, configured from the settings on first use."""
+    global _batcher  # noqa: PLW0603 - one batcher per process is the point
+    with _lock:
+        if _batcher is None:
+            settings = get_settings()
+            _batcher = HeartbeatBatcher(
+                max_items=settings.heartbeat_batch_max_items,
+                max_wait_seconds=settings.heartbeat_batch_max_wait_ms / 1000,
+                transient=transient,
+            )
+        return _batcher
