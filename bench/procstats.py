@@ -34,6 +34,9 @@ class Snapshot:
     ticks: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # pid: comm, pgid, t
     started: dict[int, int] = field(default_factory=dict)  # pid: start, ticks after boot
     uptime_ticks: float = 0.0
+    # Run-queue figures of the processes under study: pid: (ns on a CPU, ns waiting for one).
+    sched: dict[int, tuple[int, int]] = field(default_factory=dict)
+    psi_some_us: int | None = None  # /proc/pressure/cpu: time some task waited for a CPU
     machine_busy: int = 0
     machine_total: int = 0
 
@@ -51,8 +54,38 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
     return comm, pgid, utime + stime, start
 
 
-def snapshot() -> Snapshot:
+def _sched(pid: int) -> tuple[int, int]:
+    """Nanoseconds on a CPU and waiting in the run queue, summed over the threads."""
+    run = wait = 0
+    with_tasks = Path(f"/proc/{pid}/task")
+    try:
+        tids = os.listdir(with_tasks)
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            fields = (with_tasks / tid / "schedstat").read_text().split()
+        except OSError:
+            continue
+        run += int(fields[0])
+        wait += int(fields[1])
+    return run, wait
+
+
+def _psi_some_us() -> int | None:
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first.rsplit("total=", 1)[1])
+
+
+def snapshot(detail_pgids: set[int] | None = None) -> Snapshot:
+    """CPU ticks of every process; run-queue waits of those in `detail_pgids` and this one."""
+    detail = detail_pgids or set()
+    me = os.getpid()
     snap = Snapshot()
+    snap.psi_some_us = _psi_some_us()
     snap.uptime_ticks = float(Path("/proc/uptime").read_text().split()[0]) * CLOCK_TICKS
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -61,6 +94,8 @@ def snapshot() -> Snapshot:
                 comm, pgid, ticks, start = stat
                 snap.ticks[int(entry)] = (comm, pgid, ticks)
                 snap.started[int(entry)] = start
+                if pgid in detail or int(entry) == me:
+                    snap.sched[int(entry)] = _sched(int(entry))
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     snap.machine_total = sum(fields[:8])
@@ -99,13 +134,36 @@ def cpu_shares(before: Snapshot, after: Snapshot, worker_pgids: set[int]) -> dic
         used[role] = used.get(role, 0.0) + delta
     shares = {role: ticks / wall_ticks for role, ticks in used.items()}
     shares["machine"] = (after.machine_busy - before.machine_busy) / wall_ticks
+    waiting = _waiting_share(before, after, worker_pgids)
+    if waiting is not None:
+        shares["worker_wait"] = waiting
+    if before.psi_some_us is not None and after.psi_some_us is not None:
+        wall_us = wall_ticks / CLOCK_TICKS * 1_000_000
+        shares["psi_some"] = (after.psi_some_us - before.psi_some_us) / wall_us
     return shares
+
+
+def _waiting_share(before: Snapshot, after: Snapshot, pgids: set[int]) -> float | None:
+    """How much of the worker's runnable time it spent waiting for a CPU, not running."""
+    run = wait = 0
+    for pid, (run_after, wait_after) in after.sched.items():
+        if after.ticks.get(pid, ("", -1, 0))[1] not in pgids:
+            continue
+        run_before, wait_before = before.sched.get(pid, (0, 0))
+        run += run_after - run_before
+        wait += wait_after - wait_before
+    return wait / (run + wait) if run + wait > 0 else None
 
 
 def format_shares(shares: dict[str, float]) -> str:
     order = ["worker", "postgres", "redis", "rabbitmq", "bench", "other", "machine"]
     parts = [f"{role} {shares.get(role, 0.0):.2f}" for role in order]
-    return f"cores used of {CORES}: " + ", ".join(parts)
+    text = f"cores used of {CORES}: " + ", ".join(parts)
+    if "worker_wait" in shares:
+        text += f"; worker runnable but waiting for a CPU {shares['worker_wait']:.0%}"
+    if "psi_some" in shares:
+        text += f"; some task waiting for a CPU {min(shares['psi_some'], 1.0):.0%} of the time"
+    return text
 
 
 def group_rss_kb(pgid: int) -> int:

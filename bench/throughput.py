@@ -313,11 +313,11 @@ class CpuWindow:
         self._before: procstats.Snapshot | None = None
 
     def start(self) -> None:
-        self._before = procstats.snapshot()
+        self._before = procstats.snapshot(set(self.bench.worker_pgids))
 
     def stop(self) -> None:
         assert self._before is not None
-        after = procstats.snapshot()
+        after = procstats.snapshot(set(self.bench.worker_pgids))
         self.shares = procstats.cpu_shares(self._before, after, set(self.bench.worker_pgids))
 
 
@@ -901,12 +901,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs for development")
     parser.add_argument("--brokers", default="amqp,redis", help="comma list: amqp, redis")
-    parser.add_argument("--pool", default=os.environ.get("BENCH_HB_POOL", "prefork"))
+    parser.add_argument("--pool", default=os.environ.get("BENCH_HB_POOL", "threads"))
     parser.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "2"))
+        "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "64"))
     )
     parser.add_argument(
-        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "4"))
+        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "8"))
     )
     parser.add_argument("--reps", type=int, help="repetitions per figure (median quoted)")
     parser.add_argument("--messages", type=int, help="messages per per-message run")
@@ -919,8 +919,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.reps = args.reps or (2 if quick else 3)
-    args.messages = args.messages or (3_000 if quick else 10_000)
-    args.batch_heartbeats = args.batch_heartbeats or (10_000 if quick else 40_000)
+    args.messages = args.messages or (2_000 if quick else 6_000)
+    args.batch_heartbeats = args.batch_heartbeats or (5_000 if quick else 20_000)
     args.batch_heartbeats -= args.batch_heartbeats % BATCH_SIZE
     args.rss_seconds = args.rss_seconds if args.rss_seconds is not None else (40 if quick else 300)
     args.fleet = max(args.messages, args.batch_heartbeats, args.lone_samples + 3)
