@@ -103,12 +103,29 @@ def snapshot(detail_pgids: set[int] | None = None) -> Snapshot:
     return snap
 
 
-def cpu_shares(before: Snapshot, after: Snapshot, worker_pgids: set[int]) -> dict[str, float]:
+def _role(pid: int, comm: str, database: str | None) -> str:
+    role = ROLES_BY_COMM.get(comm, "other")
+    if role == "postgres" and database:
+        # Backends carry their database in the process title: another database's
+        # backend is someone else's work; server processes (WAL writer, …) serve all.
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return role
+        if "(" in title and f" {database} " not in title:
+            return "other"
+    return role
+
+
+def cpu_shares(
+    before: Snapshot, after: Snapshot, worker_pgids: set[int], database: str | None = None
+) -> dict[str, float]:
     """Per role, the share of ONE core used between the snapshots (2.0 = two cores busy).
 
     Roles: worker (the benchmark's worker process groups), bench (this process),
-    postgres, redis, rabbitmq, other (every other process on the box, e.g. other
-    people's test runs), and machine (all cores, busy share of the whole box).
+    postgres (the server's own processes and the backends of `database`), redis,
+    rabbitmq, other (every other process on the box, e.g. other people's test runs
+    and their PostgreSQL backends), and machine (busy share of the whole box).
     """
     wall_ticks = (after.machine_total - before.machine_total) / CORES
     if wall_ticks <= 0:
@@ -130,7 +147,7 @@ def cpu_shares(before: Snapshot, after: Snapshot, worker_pgids: set[int]) -> dic
         elif pid == me:
             role = "bench"
         else:
-            role = ROLES_BY_COMM.get(comm, "other")
+            role = _role(pid, comm, database)
         used[role] = used.get(role, 0.0) + delta
     shares = {role: ticks / wall_ticks for role, ticks in used.items()}
     shares["machine"] = (after.machine_busy - before.machine_busy) / wall_ticks

@@ -318,7 +318,9 @@ class CpuWindow:
     def stop(self) -> None:
         assert self._before is not None
         after = procstats.snapshot(set(self.bench.worker_pgids))
-        self.shares = procstats.cpu_shares(self._before, after, set(self.bench.worker_pgids))
+        self.shares = procstats.cpu_shares(
+            self._before, after, set(self.bench.worker_pgids), database=BENCH_DB
+        )
 
 
 class Bench:
@@ -683,11 +685,16 @@ class Bench:
             publisher = Publisher(self.brokers[broker])
             backlog = publisher.depth()
             publisher.close()
-        # Start: the first sample after a warm-up (imports, pools, caches filled).
-        warm = max(5.0, seconds * 0.1)
+        # Start: the first sample after a warm-up (threads started, connection pool and
+        # statement caches filled, the prefetch window full).
+        warm = max(10.0, seconds * 0.2)
         steady = [s for s in samples if s[0] >= warm] or samples
         start_kb, end_kb = steady[0][1], steady[-1][1]
+        series = [samples[min(len(samples) - 1, i * len(samples) // 5)] for i in range(5)]
+        series.append(samples[-1])
         return {
+            "series": [(round(t), round(kb / 1024, 1)) for t, kb in series],
+            "warm_seconds": warm,
             "broker": broker,
             "seconds": seconds,
             "start_kb": start_kb,
@@ -719,8 +726,10 @@ def fmt_rate(phase: Phase | None) -> str:
     return "n/a" if phase is None else f"{phase.rate:,.0f}"
 
 
-def ratio(a: Phase | None, b: Phase | None) -> str:
-    return "n/a" if a is None or b is None else f"{a.rate / b.rate:.0%}"
+def ratio(results: dict[str, Any], key: str, over: str) -> str:
+    """Median over repetitions of the ratio measured within each repetition."""
+    ratios = results.get("ratios", {}).get((key, over))
+    return "n/a" if not ratios else f"{statistics.median(ratios):.0%}"
 
 
 def render(
@@ -757,7 +766,7 @@ def render(
     row("`registry.heartbeat`, one per message", [fmt_rate(get(f"per_msg_{b}")) for b in brokers])
     row(
         "per-message / no-op Celery",
-        [ratio(get(f"per_msg_{b}"), get(f"noop_{b}")) for b in brokers],
+        [ratio(results, f"per_msg_{b}", f"noop_{b}") for b in brokers],
         "RabbitMQ ≥ 70%, Redis ≥ 80%",
     )
     row(
@@ -768,7 +777,7 @@ def render(
     raw = get("raw_update")
     row(
         "batch / raw set-based UPDATE",
-        [ratio(get(f"batch_{b}"), raw) for b in brokers],
+        [ratio(results, f"batch_{b}", "raw_update") for b in brokers],
         "≥ 35%",
     )
     row(
@@ -797,7 +806,9 @@ def render(
             f"{rss['start_kb'] / 1024:.1f} MiB after warm-up → {rss['end_kb'] / 1024:.1f} MiB "
             f"at the end (**{rss['change']:+.1%}**, max {rss['max_kb'] / 1024:.1f} MiB; "
             f"target ±10%); {rss['published']:,} heartbeats published, "
-            f"{rss['backlog_messages']:,} messages left queued."
+            f"{rss['backlog_messages']:,} messages left queued. Samples (s: MiB): "
+            + ", ".join(f"{t}: {mib}" for t, mib in rss["series"])
+            + f"; warm-up before the start figure: {rss['warm_seconds']:.0f} s."
         )
     if not results.get("batch_available"):
         lines.append(
@@ -1016,6 +1027,22 @@ def run_all(bench: Bench, brokers: Sequence[str]) -> dict[str, Any]:
                 )
         record("raw_update", bench.raw_update(args.batch_heartbeats))
     results: dict[str, Any] = {key: median_phase(phases) for key, phases in runs.items()}
+    # Ratios are taken within each repetition (phases minutes apart share the box's
+    # mood), then the median of those is quoted.
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for broker in brokers:
+        for key, over in (
+            (f"per_msg_{broker}", f"noop_{broker}"),
+            (f"batch_{broker}", "raw_update"),
+        ):
+            pairs = zip(runs.get(key, []), runs.get(over, []), strict=False)
+            ratios[(key, over)] = [a.rate / b.rate for a, b in pairs]
+            print(
+                f"  {key} / {over} per repetition: "
+                + ", ".join(f"{r:.0%}" for r in ratios[(key, over)]),
+                flush=True,
+            )
+    results["ratios"] = ratios
     for broker in brokers:
         latencies = bench.lone_latency(broker, args.lone_samples)
         results[f"lone_{broker}"] = latencies
