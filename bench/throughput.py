@@ -23,7 +23,9 @@ registry is checked out. Everything runs in its own PostgreSQL database, its own
 of Redis databases (reserved like the test suite's) and its own RabbitMQ vhost.
 
 Run: `.venv/bin/python bench/throughput.py` (full, ~10 min) or `--quick` (~3 min).
-The figures are printed and written into docs/PERFORMANCE.md (`--no-write` to skip).
+The figures are printed and written into docs/PERFORMANCE.md (`--no-write` to skip);
+the raw results are saved as JSON (`--save`), and `--render FILE` rewrites the report
+from such a file without measuring again.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ from bench import procstats  # noqa: E402
 PG_ADMIN_URL = os.environ.get(
     "BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
-BENCH_DB = "molecule_registry_throughput_bench"
+# Names of this run's own: two runs on one machine never drop each other's database.
+RUN_ID = secrets.token_hex(3)
+BENCH_DB = f"molecule_registry_throughput_bench_{RUN_ID}"
 REDIS_BASE = os.environ.get("BENCH_REDIS_BASE", "redis://127.0.0.1:6379")
 AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
-VHOST = "molecule_registry_bench"
+VHOST = f"molecule_registry_bench_{RUN_ID}"
 LOCK_DIR = Path(os.environ.get("TEST_LOCK_DIR", "/tmp"))
 
 HEARTBEAT_QUEUE = "registry.heartbeats"
@@ -841,13 +845,17 @@ def capacity_lines(results: dict[str, Any], brokers: Sequence[str]) -> list[str]
     Measured: cores each process role used per 1,000 heartbeats/s during a drain.
     Extrapolated: that the cost per heartbeat stays the same on more cores and boxes.
     """
+    roles = ("worker", "postgres", "rabbitmq", "redis")
     lines = [
         "",
-        "Capacity model (cores per role = heartbeats/s times cores used per heartbeat/s, the "
-        "latter measured in the median drain above; everything beyond this box's "
-        "figures is a linear extrapolation, see docs/OPERATIONS.md):",
+        "Capacity model: cores per role = heartbeats/s times the cores that role used per "
+        "heartbeat/s in the median drain above (CPU time, so waiting for a CPU on this "
+        "busy box does not count). Cells are worker / PostgreSQL / RabbitMQ / Redis "
+        "cores, with no headroom; with the Redis broker its column holds broker and "
+        "data use together. Everything beyond this box is a linear extrapolation (see "
+        "docs/OPERATIONS.md, capacity).",
         "",
-        "| path, broker | measured cores per 1,000 hb/s (worker / PostgreSQL / broker) | "
+        "| path, broker | measured, per 1,000 hb/s | "
         + " | ".join(f"{f:,} agents ({f // HEARTBEAT_INTERVAL_SECONDS:,} hb/s)" for f in FLEETS)
         + " |",
         "|---|---|" + "---|" * len(FLEETS),
@@ -857,24 +865,12 @@ def capacity_lines(results: dict[str, Any], brokers: Sequence[str]) -> list[str]
             phase = results.get(f"{key_prefix}_{broker}")
             if not isinstance(phase, Phase) or not phase.cpu or phase.rate <= 0:
                 continue
-            broker_role = "rabbitmq" if broker == "amqp" else "redis"
-            per_khb = {
-                role: phase.cpu.get(role, 0.0) / phase.rate * 1000
-                for role in ("worker", "postgres", broker_role)
-            }
-            cells = []
+            per_khb = [phase.cpu.get(role, 0.0) / phase.rate * 1000 for role in roles]
+            cells = [" / ".join(f"{c:.2f}" for c in per_khb)]
             for fleet in FLEETS:
                 load = fleet / HEARTBEAT_INTERVAL_SECONDS / 1000
-                cells.append(
-                    f"{per_khb['worker'] * load:.1f} / {per_khb['postgres'] * load:.1f} / "
-                    f"{per_khb[broker_role] * load:.1f}"
-                )
-            lines.append(
-                f"| {label}, {BROKER_LABELS[broker]} | {per_khb['worker']:.2f} / "
-                f"{per_khb['postgres']:.2f} / {per_khb[broker_role]:.2f} | "
-                + " | ".join(cells)
-                + " |"
-            )
+                cells.append(" / ".join(f"{c * load:.1f}" for c in per_khb))
+            lines.append(f"| {label}, {BROKER_LABELS[broker]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -927,6 +923,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-broker", default="amqp", choices=["amqp", "redis"])
     parser.add_argument("--timeout", type=float, default=300, help="per phase")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
+    parser.add_argument(
+        "--save",
+        default=str(Path(tempfile.gettempdir()) / "hbbench-last.json"),
+        help="where the raw results go (JSON), to re-render them with --render",
+    )
+    parser.add_argument("--render", help="render saved results (JSON) instead of measuring")
     args = parser.parse_args(argv)
     quick = args.quick
     args.reps = args.reps or (2 if quick else 3)
@@ -938,8 +940,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def save_results(path: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    def encode(value: Any) -> Any:
+        if isinstance(value, Phase):
+            return {
+                "__phase__": True,
+                "rate": value.rate,
+                "seconds": value.seconds,
+                "cpu": value.cpu,
+            }
+        return value
+
+    data = {key: encode(value) for key, value in results.items() if key != "ratios"}
+    data["ratios"] = {"|".join(k): v for k, v in results.get("ratios", {}).items()}
+    saved_args = {k: v for k, v in vars(args).items() if k not in ("render",)}
+    Path(path).write_text(json.dumps({"args": saved_args, "results": data}, indent=1))
+
+
+def load_results(path: str) -> tuple[argparse.Namespace, dict[str, Any]]:
+    raw = json.loads(Path(path).read_text())
+    results: dict[str, Any] = {}
+    for key, value in raw["results"].items():
+        if isinstance(value, dict) and value.get("__phase__"):
+            results[key] = Phase(value["rate"], value["seconds"], value["cpu"])
+        else:
+            results[key] = value
+    results["ratios"] = {tuple(k.split("|")): v for k, v in raw["results"]["ratios"].items()}
+    if results.get("rss"):
+        results["rss"]["series"] = [tuple(s) for s in results["rss"]["series"]]
+    return argparse.Namespace(**raw["args"]), results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.render:
+        saved_args, results = load_results(args.render)
+        saved_args.no_write = args.no_write
+        publish(saved_args, results)
+        return
     command = WorkerCommand(args.pool, args.concurrency, args.prefetch)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     data_db, broker_db, lock = reserve_redis_dbs()
@@ -987,6 +1025,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             with suppress(Exception):
                 rabbitmqctl("delete_vhost", VHOST, check=False)
         lock.close()
+    save_results(args.save, args, results)
+    publish(args, results)
+
+
+def publish(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Print the report and write it into docs/PERFORMANCE.md."""
+    command = WorkerCommand(args.pool, args.concurrency, args.prefetch)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     section = render(args, command, results, brokers)
     print()
     print(section)
