@@ -9,6 +9,7 @@ PostgreSQL, the worker and everyone else.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,20 +152,25 @@ def cpu_shares(
         used[role] = used.get(role, 0.0) + delta
     shares = {role: ticks / wall_ticks for role, ticks in used.items()}
     shares["machine"] = (after.machine_busy - before.machine_busy) / wall_ticks
-    waiting = _waiting_share(before, after, worker_pgids)
+    waiting = _waiting_share(before, after, lambda pid, pgid: pgid in worker_pgids)
     if waiting is not None:
         shares["worker_wait"] = waiting
+    waiting = _waiting_share(before, after, lambda pid, pgid: pid == me)
+    if waiting is not None:
+        shares["bench_wait"] = waiting
     if before.psi_some_us is not None and after.psi_some_us is not None:
         wall_us = wall_ticks / CLOCK_TICKS * 1_000_000
         shares["psi_some"] = (after.psi_some_us - before.psi_some_us) / wall_us
     return shares
 
 
-def _waiting_share(before: Snapshot, after: Snapshot, pgids: set[int]) -> float | None:
-    """How much of the worker's runnable time it spent waiting for a CPU, not running."""
+def _waiting_share(
+    before: Snapshot, after: Snapshot, pick: Callable[[int, int], bool]
+) -> float | None:
+    """How much of the picked processes' runnable time went waiting for a CPU."""
     run = wait = 0
     for pid, (run_after, wait_after) in after.sched.items():
-        if after.ticks.get(pid, ("", -1, 0))[1] not in pgids:
+        if not pick(pid, after.ticks.get(pid, ("", -1, 0))[1]):
             continue
         run_before, wait_before = before.sched.get(pid, (0, 0))
         run += run_after - run_before
@@ -178,6 +184,8 @@ def format_shares(shares: dict[str, float]) -> str:
     text = f"cores used of {CORES}: " + ", ".join(parts)
     if "worker_wait" in shares:
         text += f"; worker runnable but waiting for a CPU {shares['worker_wait']:.0%}"
+    if "bench_wait" in shares and "worker_wait" not in shares:
+        text += f"; benchmark process runnable but waiting for a CPU {shares['bench_wait']:.0%}"
     if "psi_some" in shares:
         text += f"; some task waiting for a CPU {min(shares['psi_some'], 1.0):.0%} of the time"
     return text
