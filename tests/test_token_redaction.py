@@ -142,9 +142,19 @@ def test_no_token_in_worker_log_or_task_events(
     assert REDACTED in log
 
 
+def _a_message_task():
+    """A registry message task: `run_message` is the base task's one plumbing path."""
+    from molecule_registry_client.names import REMOVE_WORKSPACE_TASK
+    from workers.app import app
+
+    app.loader.import_default_modules()
+    return app.tasks[REMOVE_WORKSPACE_TASK]
+
+
 def test_an_exception_quoting_a_token_is_replaced_before_it_leaves_the_task() -> None:
     from registry.ingestion.payloads import RemoveWorkspacePayload
-    from tasks.base import run_message
+
+    run_message = _a_message_task().run_message
 
     def failing(_uow: object, _payload: object) -> dict[str, object]:
         raise ValueError(f"unexpected trouble with {TOKEN}")
@@ -158,7 +168,8 @@ def test_an_exception_quoting_a_token_is_replaced_before_it_leaves_the_task() ->
 
 def test_an_exception_without_a_token_is_left_as_it_is() -> None:
     from registry.ingestion.payloads import RemoveWorkspacePayload
-    from tasks.base import run_message
+
+    run_message = _a_message_task().run_message
 
     def failing(_uow: object, _payload: object) -> dict[str, object]:
         raise KeyError("nothing secret")
