@@ -74,7 +74,9 @@ def apply_until_committed(
     attempt = 0
     while True:
         now = time.time()
-        expired = [i for i in waiting if deadlines[i] <= now]
+        # The first attempt always goes to the database, which judges staleness by its
+        # own clock; the worker's clock only bounds the retries after a failure.
+        expired = [i for i in waiting if attempt and deadlines[i] <= now]
         if expired:
             # Counted by the task, as any refusal (reason "stale").
             log.warning("%d heartbeat(s) given up: they could no longer count", len(expired))
