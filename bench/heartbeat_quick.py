@@ -229,27 +229,35 @@ def lone_latency(fleet: dict[str, str], broker_url: str, worker_args: list[str])
 
 
 def end_to_end(
-    fleet: dict[str, str], broker: str, count: int, worker_args: list[str]
+    fleet: dict[str, str], broker: str, count: int, worker_args: list[str], reps: int
 ) -> dict[str, float]:
-    """Through a real worker subprocess with `worker_args` (pool, concurrency, prefetch)."""
+    """Through a real worker subprocess with `worker_args` (pool, concurrency, prefetch).
+
+    The no-op and per-message drains alternate `reps` times; the ratio is the median of
+    the ratios of each pair (a loaded machine moves both figures of a pair alike).
+    """
     from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_TASK
 
     broker_url = AMQP_URL if broker == "amqp" else os.environ["CELERY_BROKER_URL"]
     raw = payloads(fleet, count)
-    noop = _drain(broker_url, worker_args, "quick.noop", [{"n": i} for i in range(count)])
-    per_message = _drain(broker_url, worker_args, HEARTBEAT_TASK, raw)
+    noops, messages, ratios = [], [], []
+    for _ in range(reps):
+        noop = count / _drain(
+            broker_url, worker_args, "quick.noop", [{"n": i} for i in range(count)]
+        )
+        per_message = count / _drain(broker_url, worker_args, HEARTBEAT_TASK, raw)
+        noops.append(noop)
+        messages.append(per_message)
+        ratios.append(per_message / noop)
     batches = [{"heartbeats": raw[i : i + 1000]} for i in range(0, len(raw), 1000)]
     batched = _drain(broker_url, worker_args, HEARTBEAT_BATCH_TASK, batches)
-    figures = {
-        "no-op task, messages/s": count / noop,
-        "registry.heartbeat per message, heartbeats/s": count / per_message,
-        "per message / no-op": noop / per_message,
+    return {
+        "no-op task, messages/s (median)": statistics.median(noops),
+        "registry.heartbeat per message, heartbeats/s (median)": statistics.median(messages),
+        "per message / no-op (median of pairs)": statistics.median(ratios),
         "registry.heartbeat_batch of 1,000, heartbeats/s": count / batched,
+        "lone heartbeat applied, ms (median of 50)": lone_latency(fleet, broker_url, worker_args),
     }
-    figures["lone heartbeat applied, ms (median of 50)"] = lone_latency(
-        fleet, broker_url, worker_args
-    )
-    return figures
 
 
 # The heartbeat worker's command line (docs/OPERATIONS.md).
@@ -262,6 +270,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--broker", choices=("none", "redis", "amqp", "both"), default="none")
     parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--worker-args",
         default=" ".join(HEARTBEAT_WORKER_ARGS),
@@ -273,7 +282,7 @@ def main() -> None:
         figures = domain(fleet, args.seconds) if args.seconds > 0 else {}
         brokers = {"none": [], "both": ["redis", "amqp"]}.get(args.broker, [args.broker])
         for broker in brokers:
-            measured = end_to_end(fleet, broker, args.messages, args.worker_args.split())
+            measured = end_to_end(fleet, broker, args.messages, args.worker_args.split(), args.reps)
             for label, value in measured.items():
                 figures[f"{broker}: {label}"] = value
         for label, value in figures.items():

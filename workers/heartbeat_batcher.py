@@ -74,7 +74,9 @@ def apply_until_committed(
     attempt = 0
     while True:
         now = time.time()
-        expired = [i for i in waiting if deadlines[i] <= now]
+        # The first attempt always goes to the database, which judges staleness by its
+        # own clock; the worker's clock only bounds the retries after a failure.
+        expired = [i for i in waiting if attempt and deadlines[i] <= now]
         if expired:
             # Counted by the task, as any refusal (reason "stale").
             log.warning("%d heartbeat(s) given up: they could no longer count", len(expired))
@@ -138,7 +140,10 @@ class HeartbeatBatcher:
         with self._cond:
             self._start_if_needed()
             self._waiting.append(pending)
-            self._cond.notify()
+            # Wake the flusher only when it has something new to decide: the first
+            # heartbeat to wait, or a full batch (not on every arrival while it waits).
+            if len(self._waiting) == 1 or len(self._waiting) >= self.max_items:
+                self._cond.notify()
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
