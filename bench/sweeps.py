@@ -102,6 +102,14 @@ FROM generate_series(1, :n) AS g
 """
 
 
+# Targets of the sweeps issue: the check <= 5 ms, a marking tick <= 50 ms per batch at
+# 1% candidates, and 100,000 vs 1,000,000 within 2x.
+CHECK = "self-preservation check (just vacuumed)"
+CHECK_DIRTY = "self-preservation check (pages rewritten since)"
+MARKING = ("backstop (batch of 500)", "health: remote agents (batch of 200)")
+TICKS = ("provisioning (batch of 500)", "health: one container page (200 asked, 2 gone)")
+
+
 class NoopStopper:
     """Stops nothing, instantly: the hibernation figures are the registry's own cost."""
 
@@ -216,7 +224,7 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
     print(f"\n== fleet {fleet:,}: seeded in {seed_seconds:.1f} s", flush=True)
     ticks: dict[str, tuple[list[float], list[int], float, float]] = {}
     entries: list[tuple[str, Callable[[], Any], str | None]] = [
-        ("self-preservation check", lambda: evaluate_now(settings), None),
+        (CHECK, lambda: evaluate_now(settings), None),
         ("backstop (batch of 500)", lambda: sweep_backstop(settings), "backstop"),
         (
             "health: remote agents (batch of 200)",
@@ -234,6 +242,10 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
             lambda: sweep_hibernation(NoopStopper()),
             "hibernation",
         ),
+        # Again, now that the runs above rewrote rows all over the table: a live fleet's
+        # pages are never all-visible (heartbeats rewrite every row), so the at-risk
+        # count visits the heap for each at-risk row. This is the realistic figure.
+        (CHECK_DIRTY, lambda: evaluate_now(settings), None),
     ]
     for name, func, key in entries:
         if key == "remote":
@@ -376,13 +388,6 @@ def report(fleets: list[dict[str, Any]], prune: dict[str, Any] | None, command: 
     return "\n".join(lines)
 
 
-# Targets of the sweeps issue: the check <= 5 ms, a marking tick <= 50 ms per batch at
-# 1% candidates, and 100,000 vs 1,000,000 within 2x.
-CHECK = "self-preservation check"
-MARKING = ("backstop (batch of 500)", "health: remote agents (batch of 200)")
-TICKS = ("provisioning (batch of 500)", "health: one container page (200 asked, 2 gone)")
-
-
 def targets(fleets: list[dict[str, Any]]) -> list[str]:
     big = fleets[-1]
     lines = [
@@ -398,13 +403,14 @@ def targets(fleets: list[dict[str, Any]]) -> list[str]:
         return f"- {name}: median {median:.1f} ms, min {min(times):.1f} ms (target {limit:g} ms): {met}"
 
     lines.append(verdict(CHECK, 5))
+    lines.append(verdict(CHECK_DIRTY, 5))
     for name in MARKING + TICKS:
         lines.append(verdict(name, 50))
     if len(fleets) > 1:
         small = fleets[0]
         worst = max(
             statistics.median(big["ticks"][n][0]) / statistics.median(small["ticks"][n][0])
-            for n in (CHECK, *MARKING, *TICKS)
+            for n in (CHECK, CHECK_DIRTY, *MARKING, *TICKS)
         )
         lines.append(
             f"- {small['fleet']:,} vs {big['fleet']:,}: the largest ratio of medians is "
