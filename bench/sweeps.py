@@ -195,8 +195,12 @@ _RECENT = "status_changed_at > now() - interval '1 hour'"
 RESTORE: dict[str, list[str]] = {
     "backstop": [f"UPDATE workspaces SET status = 'online' WHERE status = 'offline' AND {_RECENT}"],
     "remote": [
-        f"UPDATE workspaces SET status = 'online' WHERE status = 'awaiting_agent' AND {_RECENT}",
-        "UPDATE workspaces SET last_heartbeat_at = now() - interval '150 seconds' WHERE tier = 7",
+        f"UPDATE workspaces SET status = 'online' WHERE status = 'awaiting_agent' AND {_RECENT}"
+    ],
+    # Once, before the remote pass is timed: its candidates' last heartbeat 150 s ago
+    # (stale for it, not for the backstop), however long the seed took.
+    "remote-prepare": [
+        "UPDATE workspaces SET last_heartbeat_at = now() - interval '150 seconds' WHERE tier = 7"
     ],
     "provisioning": [
         f"UPDATE workspaces SET status = 'provisioning' WHERE status = 'failed' AND {_RECENT}",
@@ -249,7 +253,7 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
     ]
     for name, func, key in entries:
         if key == "remote":
-            restore(key)  # the remote candidates' heartbeats, 150 s old from now
+            restore("remote-prepare")
         func()  # warm the plan cache and the buffers touched; not counted
         restore(key)
         times, changed, parts = [], [], []
