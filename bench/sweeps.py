@@ -102,6 +102,14 @@ FROM generate_series(1, :n) AS g
 """
 
 
+# Targets of the sweeps issue: the check <= 5 ms, a marking tick <= 50 ms per batch at
+# 1% candidates, and 100,000 vs 1,000,000 within 2x.
+CHECK = "self-preservation check (just vacuumed)"
+CHECK_DIRTY = "self-preservation check (pages rewritten since)"
+MARKING = ("backstop (batch of 500)", "health: remote agents (batch of 200)")
+TICKS = ("provisioning (batch of 500)", "health: one container page (200 asked, 2 gone)")
+
+
 class NoopStopper:
     """Stops nothing, instantly: the hibernation figures are the registry's own cost."""
 
@@ -188,8 +196,12 @@ _RECENT = "status_changed_at > now() - interval '1 hour'"
 RESTORE: dict[str, list[str]] = {
     "backstop": [f"UPDATE workspaces SET status = 'online' WHERE status = 'offline' AND {_RECENT}"],
     "remote": [
-        f"UPDATE workspaces SET status = 'online' WHERE status = 'awaiting_agent' AND {_RECENT}",
-        "UPDATE workspaces SET last_heartbeat_at = now() - interval '150 seconds' WHERE tier = 7",
+        f"UPDATE workspaces SET status = 'online' WHERE status = 'awaiting_agent' AND {_RECENT}"
+    ],
+    # Once, before the remote pass is timed: its candidates' last heartbeat 150 s ago
+    # (stale for it, not for the backstop), however long the seed took.
+    "remote-prepare": [
+        "UPDATE workspaces SET last_heartbeat_at = now() - interval '150 seconds' WHERE tier = 7"
     ],
     "provisioning": [
         f"UPDATE workspaces SET status = 'provisioning' WHERE status = 'failed' AND {_RECENT}",
@@ -217,7 +229,7 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
     print(f"\n== fleet {fleet:,}: seeded in {seed_seconds:.1f} s", flush=True)
     ticks: dict[str, tuple[list[float], list[int], float, float]] = {}
     entries: list[tuple[str, Callable[[], Any], str | None]] = [
-        ("self-preservation check", lambda: evaluate_now(settings), None),
+        (CHECK, lambda: evaluate_now(settings), None),
         ("backstop (batch of 500)", lambda: sweep_backstop(settings), "backstop"),
         (
             "health: remote agents (batch of 200)",
@@ -235,10 +247,14 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
             lambda: sweep_hibernation(NoopStopper()),
             "hibernation",
         ),
+        # Again, now that the runs above rewrote rows all over the table: a live fleet's
+        # pages are never all-visible (heartbeats rewrite every row), so the at-risk
+        # count visits the heap for each at-risk row. This is the realistic figure.
+        (CHECK_DIRTY, lambda: evaluate_now(settings), None),
     ]
     for name, func, key in entries:
         if key == "remote":
-            restore(key)  # the remote candidates' heartbeats, 150 s old from now
+            restore("remote-prepare")
         func()  # warm the plan cache and the buffers touched; not counted
         restore(key)
         times, changed, parts = [], [], []
@@ -312,7 +328,12 @@ def measure_prune(events: int) -> dict[str, Any]:
     return result
 
 
-def report(fleets: list[dict[str, Any]], prune: dict[str, Any] | None, command: str) -> str:
+def report(
+    fleets: list[dict[str, Any]],
+    prune: dict[str, Any] | None,
+    command: str,
+    load: tuple[float, float],
+) -> str:
     sizes = [f["fleet"] for f in fleets]
     lines = [
         "## Sweeps — `bench/sweeps.py`",
@@ -325,7 +346,12 @@ def report(fleets: list[dict[str, Any]], prune: dict[str, Any] | None, command: 
         "up, then timed in a row (the marking ones mark a new batch each run). Times are "
         "wall clock from Python, including the commit, the Redis pipeline that publishes "
         "the batch's events and the outbox clean-up. 2-core machine shared with other "
-        "work: compare ratios, not absolute figures.",
+        f"work (1-minute load average {load[0]:.1f} when the run started, {load[1]:.1f} "
+        "when it ended): compare ratios and minimums, not absolute figures. The "
+        "'of which' column splits a tick: the self-preservation check it ran first, and "
+        "the after-commit Redis pipeline (one PUBLISH and one XADD per event, one DEL for "
+        "the batch's keys) with the outbox clean-up; the rest is the one marking "
+        "statement and its commit.",
         "",
         "| entry point | "
         + " | ".join(f"{n:,}: min / median / max ms" for n in sizes)
@@ -377,13 +403,6 @@ def report(fleets: list[dict[str, Any]], prune: dict[str, Any] | None, command: 
     return "\n".join(lines)
 
 
-# Targets of the sweeps issue: the check <= 5 ms, a marking tick <= 50 ms per batch at
-# 1% candidates, and 100,000 vs 1,000,000 within 2x.
-CHECK = "self-preservation check"
-MARKING = ("backstop (batch of 500)", "health: remote agents (batch of 200)")
-TICKS = ("provisioning (batch of 500)", "health: one container page (200 asked, 2 gone)")
-
-
 def targets(fleets: list[dict[str, Any]]) -> list[str]:
     big = fleets[-1]
     lines = [
@@ -399,13 +418,14 @@ def targets(fleets: list[dict[str, Any]]) -> list[str]:
         return f"- {name}: median {median:.1f} ms, min {min(times):.1f} ms (target {limit:g} ms): {met}"
 
     lines.append(verdict(CHECK, 5))
+    lines.append(verdict(CHECK_DIRTY, 5))
     for name in MARKING + TICKS:
         lines.append(verdict(name, 50))
     if len(fleets) > 1:
         small = fleets[0]
         worst = max(
             statistics.median(big["ticks"][n][0]) / statistics.median(small["ticks"][n][0])
-            for n in (CHECK, *MARKING, *TICKS)
+            for n in (CHECK, CHECK_DIRTY, *MARKING, *TICKS)
         )
         lines.append(
             f"- {small['fleet']:,} vs {big['fleet']:,}: the largest ratio of medians is "
@@ -438,6 +458,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [args.fleet] if args.fleet else [int(s) for s in args.fleets.split(",")]
     instrument()
+    load_at_start = os.getloadavg()[0]
     try:
         fleets = [measure_fleet(size, args.runs) for size in sizes]
         prune = measure_prune(args.events) if args.events else None
@@ -445,7 +466,7 @@ def main() -> None:
         reset_connections()
         admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
     command = "python bench/sweeps.py " + " ".join(sys.argv[1:])
-    section = report(fleets, prune, command.strip())
+    section = report(fleets, prune, command.strip(), (load_at_start, os.getloadavg()[0]))
     if not args.no_write:
         write_report(section)
     print("\n" + section)
