@@ -25,7 +25,9 @@ from registry.migrate import SchemaNotAtHead, check_schema
 
 log = logging.getLogger(__name__)
 
-EXIT_SCHEMA = 78  # EX_CONFIG: a supervisor should not restart it in a tight loop
+# EX_CONFIG (sysexits.h): a supervisor can tell it from a crash and not restart it in a
+# loop (systemd: RestartPreventExitStatus=78).
+EXIT_SCHEMA = 78
 
 
 def schema_refusal() -> str | None:
