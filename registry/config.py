@@ -77,9 +77,11 @@ def text(raw: str) -> str:
 
 
 def queue_type(raw: str) -> str:
+    from molecule_registry_client.names import QUEUE_TYPES
+
     value = raw.strip().lower()
-    if value not in ("classic", "quorum"):
-        raise ValueError("must be `classic` or `quorum`")
+    if value not in QUEUE_TYPES:
+        raise ValueError(f"must be one of {', '.join(QUEUE_TYPES)}")
     return value
 
 

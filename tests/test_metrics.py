@@ -277,3 +277,39 @@ def test_grafana_dashboard_names_only_exported_metrics():
     assert named, "the dashboard queries no registry metric"
     exported = _exported_sample_names()
     assert named <= exported, f"not exported: {sorted(named - exported)}"
+
+
+def test_private_dir_switches_series_defined_at_import_to_multiprocess(tmp_path):
+    """Unlabelled series hold a value from import on: the switch must re-create it, so a
+    pool process's write lands in the directory the endpoint reads. (In a subprocess:
+    the switch is for the whole process.)"""
+    script = """
+import os, shutil
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from registry import metrics
+from workers.metrics import create_private_dir, MULTIPROC_ENV
+directory = create_private_dir()
+assert os.environ[MULTIPROC_ENV] == directory
+if os.fork() == 0:  # a pool process
+    metrics.set_self_preservation(True)
+    metrics.HEARTBEATS.labels("ok").inc(2)
+    os._exit(0)
+os.wait()
+registry = CollectorRegistry()
+MultiProcessCollector(registry, path=directory)
+print(registry.get_sample_value("registry_self_preservation_active"))
+print(registry.get_sample_value("registry_heartbeats_total", {"outcome": "ok"}))
+shutil.rmtree(directory)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1.0", "2.0"]

@@ -135,3 +135,19 @@ def _doctor(env: dict[str, str]) -> dict[str, dict[str, str]]:
     )
     assert "Traceback" not in done.stderr, done.stderr
     return {check["name"]: check for check in json.loads(done.stdout)}
+
+
+def test_quorum_with_a_redis_broker_is_ignored_loudly(monkeypatch):
+    from registry.config import reload_settings
+    from workers.startup import ignored_settings
+
+    monkeypatch.setenv("BROKER_QUEUE_TYPE", "quorum")
+    try:
+        reload_settings()
+        (line,) = ignored_settings()
+        assert "BROKER_QUEUE_TYPE=quorum is ignored" in line
+        assert "redis://" in line
+    finally:
+        monkeypatch.delenv("BROKER_QUEUE_TYPE")
+        reload_settings()
+    assert ignored_settings() == []

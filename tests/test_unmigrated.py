@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,15 +104,27 @@ def test_migrate_then_the_same_command_works(empty_database, test_env) -> None:
 
 
 def test_worker_refuses_an_unmigrated_database(empty_database, test_env) -> None:
-    env = process_env(test_env, DATABASE_URL=empty_database)
-    done = _run(celery_worker_argv(), env)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stdout + done.stderr
-    refusal = [line for line in done.stderr.splitlines() if "worker not started" in line]
-    assert len(refusal) == 1, done.stderr
+    from liveness_helpers import free_port
+
+    # Metrics on: a worker that refuses to start must not leave a metrics directory.
+    env = process_env(test_env, DATABASE_URL=empty_database, METRICS_PORT=str(free_port()))
+    worker = subprocess.Popen(
+        celery_worker_argv(),
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = worker.communicate(timeout=60)
+    assert worker.returncode != 0
+    assert "Traceback" not in stdout + stderr
+    refusal = [line for line in stderr.splitlines() if "worker not started" in line]
+    assert len(refusal) == 1, stderr
     assert "no registry schema" in refusal[0]
     assert "run `molecule-registry migrate`" in refusal[0]
-    assert " ready." not in done.stdout + done.stderr
+    assert " ready." not in stdout + stderr
+    assert not list(Path(tempfile.gettempdir()).glob(f"molecule-registry-metrics-{worker.pid}-*"))
 
 
 def test_worker_refuses_a_database_behind_head(old_database, test_env) -> None:
@@ -131,3 +144,14 @@ def test_worker_starts_on_an_unreachable_database_and_says_so(test_env, tmp_path
         celery_worker_argv(), env=env, ready=WORKER_READY, log_dir=tmp_path, name="w"
     ) as worker:
         assert "cannot check the schema" in worker.log()
+
+
+def test_listener_refuses_an_unmigrated_database(empty_database, test_env) -> None:
+    from liveness_helpers import listener_argv
+
+    done = _run(listener_argv(), process_env(test_env, DATABASE_URL=empty_database))
+    assert done.returncode == 2
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if "cannot start" in line]
+    assert "no registry schema" in line and "molecule-registry migrate" in line

@@ -27,8 +27,11 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     reset_connections()
 
 
-# Connect the signals of `celery worker`: the schema check at start, the Prometheus
-# endpoint, and the note of each sweep run that `molecule-registry doctor` reads.
+# Connect the signals of `celery worker`. First the schema check at start, so that a
+# worker refusing to start has prepared nothing (its celeryd_init handler must run
+# before the metrics one, and handlers run in the order they were connected).
+import workers.startup  # noqa: E402, I001
+
+# Then the Prometheus endpoint, and the note of each sweep run `doctor` reads.
 import workers.lifesigns  # noqa: E402
-import workers.metrics  # noqa: E402
-import workers.startup  # noqa: E402, F401
+import workers.metrics  # noqa: E402, F401

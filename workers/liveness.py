@@ -10,7 +10,8 @@ that expires, in batches of whatever has arrived. It:
   jitter (0.25 s doubling up to 30 s), re-enables the notifications on reconnect (a
   restarted Redis forgets them), and the backstop sweep catches any expiry missed
   meanwhile;
-- stops at start, with what to configure, if Redis will not publish expired events;
+- stops at start, with what to configure, if Redis will not publish expired events,
+  or with how to migrate, if the database's schema is not at head;
 - runs safely next to other listeners: each change is conditional (registry.transitions),
   so two listeners receiving the same notification change the row and record its event
   once;
@@ -35,7 +36,6 @@ import redis.client
 import redis.exceptions
 import sqlalchemy.exc
 from redis.backoff import EqualJitterBackoff
-from sqlalchemy import text
 
 from molecule_registry_client import safe_url
 from registry.config import Settings, get_settings
@@ -54,6 +54,7 @@ from registry.liveness.expiry import (
 )
 from registry.liveness.keys import workspace_id_from_liveness_key
 from registry.liveness.selfpreservation import SelfPreservationGate
+from registry.migrate import SchemaNotAtHead, check_schema
 from registry.uow import unit_of_work
 
 log = logging.getLogger("workers.liveness")
@@ -137,8 +138,9 @@ class LivenessListener:
     def _connect(
         self, client: redis.Redis, pubsub: redis.client.PubSub, *, reconnect: bool
     ) -> None:
-        with get_engine().connect() as conn:  # fail here, not at the first expiry
-            conn.execute(text("SELECT 1"))
+        # Fail here, not at the first expiry: unreachable (reconnect), or a schema not
+        # at head (SchemaNotAtHead: stop, saying how to migrate).
+        check_schema(get_engine())
         db = int(client.connection_pool.connection_kwargs.get("db", 0))
         channel = expired_channel(db)
         pubsub.subscribe(channel)
@@ -239,7 +241,7 @@ def run_listener(settings: Settings | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         listener.run()
-    except NotificationsUnavailable as exc:
+    except (NotificationsUnavailable, SchemaNotAtHead) as exc:
         log.error("cannot start: %s", exc)
         return 2
     log.info("liveness listener stopped")

@@ -25,7 +25,9 @@ from registry.migrate import SchemaNotAtHead, check_schema
 
 log = logging.getLogger(__name__)
 
-EXIT_SCHEMA = 78  # EX_CONFIG: a supervisor should not restart it in a tight loop
+# EX_CONFIG (sysexits.h): a supervisor can tell it from a crash and not restart it in a
+# loop (systemd: RestartPreventExitStatus=78).
+EXIT_SCHEMA = 78
 
 
 def schema_refusal() -> str | None:
@@ -45,8 +47,21 @@ def schema_refusal() -> str | None:
     return None
 
 
+def ignored_settings() -> list[str]:
+    """Settings this worker's broker makes meaningless, each as one line to log."""
+    settings = get_settings()
+    if settings.broker_queue_type == "quorum" and not settings.quorum_queues:
+        return [
+            "BROKER_QUEUE_TYPE=quorum is ignored: quorum queues are RabbitMQ's, and the "
+            f"broker is {safe_url(settings.effective_broker_url)}"
+        ]
+    return []
+
+
 @celeryd_init.connect
 def _refuse_an_unmigrated_database(**_: Any) -> None:
+    for line in ignored_settings():
+        log.warning(line)
     refusal = schema_refusal()
     if refusal is not None:
         # Logging is not set up yet this early: one plain line on stderr. Celery's

@@ -67,23 +67,23 @@ class Doctor:
         self.broker_reachable = False
 
     def run(self) -> Iterator[Check]:
-        steps: list[Callable[[], Check]] = [
-            self.postgresql,
-            self.redis_reachable,
-            self.notifications,
-            self.broker,
-            self.workers,
-            self.beat,
-            self.listener,
-            self.heartbeat_lag,
-            self.self_preservation,
-            self.outbox,
+        steps: list[tuple[str, Callable[[], Check]]] = [
+            ("postgresql", self.postgresql),
+            ("redis", self.redis_reachable),
+            ("notifications", self.notifications),
+            ("broker", self.broker),
+            ("workers", self.workers),
+            ("beat", self.beat),
+            ("listener", self.listener),
+            ("heartbeat-lag", self.heartbeat_lag),
+            ("self-preservation", self.self_preservation),
+            ("outbox", self.outbox),
         ]
-        for step in steps:
+        for name, step in steps:
             try:
                 yield step()
             except (sqlalchemy.exc.SQLAlchemyError, redis.exceptions.RedisError, OSError) as exc:
-                name = step.__name__.replace("_", "-")
+                # A store that answered the first check and failed this one.
                 yield Check(name, FAIL, f"could not check: {_first_line(exc)}")
 
     # -- stores ------------------------------------------------------------------
