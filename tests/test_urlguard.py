@@ -555,3 +555,23 @@ def test_worker_refuses_a_short_form_loopback_url(db, worker, celery_app) -> Non
     assert result["status"] == "rejected"
     assert "host 0x7f.1 is the address 127.0.0.1" in result["error"]
     assert "(127.0.0.0/8, loopback)" in result["error"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2@[v1.fe]/",
+        "http://agent:hunter2@a@127.0.0.1/",
+        "http://u:hunter2@[::1/",
+        "http://u:hunter2@08.0.0.1/",
+    ],
+)
+def test_refusals_never_quote_the_password_in_a_url(url: str) -> None:
+    message = str(reject(url))
+    assert "hunter2" not in message
+    assert "***@" in message
+
+
+def test_refusals_quote_at_most_a_short_prefix_of_a_long_url() -> None:
+    message = str(reject("http://[v1.fe]/" + "a" * 3000))
+    assert len(message) < 400
