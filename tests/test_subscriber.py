@@ -577,3 +577,27 @@ def test_broadcast_subscriber_wakes_on_the_channel_while_waiting(db, redis_clien
         EventType.WORKSPACE_HEARTBEAT,
         EventType.WORKSPACE_OFFLINE,
     ]
+
+
+def test_catching_up_ends_even_while_the_channel_is_busy(db, redis_client):
+    ws = make_workspace(db, "busy-channel")
+    publish(db, redis_client, numbered(3, ws))
+    subscriber = Subscriber(own_client(), db, since="start", broadcast=True)
+    stop = threading.Event()
+
+    def chatter() -> None:
+        n = 100
+        while not stop.is_set():
+            broadcast_only(redis_client, ws, n)
+            n += 1
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        items = drain(subscriber, timeout=10)  # follow=False: history only, then it ends
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        subscriber.close()
+    assert [e.payload["n"] for e in ours(items, ws)] == [0, 1, 2]

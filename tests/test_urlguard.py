@@ -1,4 +1,5 @@
-"""Agent URL check (spec section 6). Pure unit tests: DNS is always a fake resolver."""
+"""Agent URL check (CONTRACT §6): unit tests with a fake resolver (DNS is never asked),
+then the bypass forms through registration and a real worker."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import logging
 import socket
 
 import pytest
+from fuzzing import NoLookup
+from ingest_helpers import (
+    db_snapshot,
+    new_id,
+    outcome,
+    redis_snapshot,
+    register_now,
+    run_message,
+)
 
+from molecule_registry_client.names import REGISTER_TASK
 from registry.ingestion import urlguard
 from registry.ingestion.urlguard import UnsafeURL, check_agent_url, saas_mode, system_resolver
 
@@ -504,3 +515,63 @@ def test_resolved_short_forms_and_zone_ids_are_read_as_addresses() -> None:
     assert reject("http://agent.example.com/", resolver=resolver).rule == "blocked_range"
     resolver = FakeResolver({"agent.example.com": ["64:ff9b::7f00:1"]})
     assert "carries 127.0.0.1" in str(reject("http://agent.example.com/", resolver=resolver))
+
+
+# --- through registration and a real worker ----------------------------------------
+
+BYPASS_FORMS = [
+    "http://2130706433/",
+    "http://0x7f.1/",
+    "http://017700000001/",
+    "http://127.1:8000/",
+    "http://[64:ff9b::a9fe:a9fe]/latest",
+    "http://[2002:7f00:1::]/",
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+    "http://[::127.0.0.1]/",
+    "http://[::ffff:7f00:1%25eth0]/",
+    "http://\uff11\uff12\uff17.0.0.1/",
+    "http://a@8.8.8.8@127.0.0.1/",
+    "http://127.0.0.1%2e/",
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("url", BYPASS_FORMS)
+def test_registration_refuses_every_bypass_form_and_changes_nothing(
+    db, redis_client, url: str
+) -> None:
+    ws = new_id()
+    before = (db_snapshot(db), redis_snapshot(redis_client))
+    result = outcome(lambda: register_now(ws, url=url, delivery_mode="push", resolver=NoLookup()))
+    assert result["status"] == "rejected", result
+    assert result["error"].startswith("url: "), result
+    assert (db_snapshot(db), redis_snapshot(redis_client)) == before
+
+
+@pytest.mark.integration
+def test_worker_refuses_a_short_form_loopback_url(db, worker, celery_app) -> None:
+    payload = {"id": new_id(), "agent_card": {}, "delivery_mode": "push", "url": "http://0x7f.1/"}
+    result = run_message(celery_app, REGISTER_TASK, payload)
+    assert result["status"] == "rejected"
+    assert "host 0x7f.1 is the address 127.0.0.1" in result["error"]
+    assert "(127.0.0.0/8, loopback)" in result["error"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2@[v1.fe]/",
+        "http://agent:hunter2@a@127.0.0.1/",
+        "http://u:hunter2@[::1/",
+        "http://u:hunter2@08.0.0.1/",
+    ],
+)
+def test_refusals_never_quote_the_password_in_a_url(url: str) -> None:
+    message = str(reject(url))
+    assert "hunter2" not in message
+    assert "***@" in message
+
+
+def test_refusals_quote_at_most_a_short_prefix_of_a_long_url() -> None:
+    message = str(reject("http://[v1.fe]/" + "a" * 3000))
+    assert len(message) < 400

@@ -225,12 +225,27 @@ def ipv6_literal(text: str) -> ipaddress.IPv6Address | None:
 # URLs
 
 
+_USERINFO = re.compile(r"^([^:/?#]*:?//)[^/?#]*@")
+MAX_SHOWN = 200
+
+
+def shown(url: str) -> str:
+    """`url` as a refusal may quote it: userinfo (a password, perhaps) masked, length capped.
+
+    Refusals reach the producer's result and the worker log; credentials must not.
+    """
+    masked = _USERINFO.sub(r"\1***@", url.strip())
+    if len(masked) > MAX_SHOWN:
+        masked = masked[: MAX_SHOWN - 1] + "…"
+    return repr(masked)
+
+
 def check_scheme(url: str) -> SplitResult:
     """Raise UnsafeURL unless `url` parses and is http(s); returns its parts."""
     try:
         parts = urlsplit(url.strip())
     except ValueError as exc:  # e.g. an unclosed "[" IPv6 bracket
-        raise UnsafeURL("malformed", f"url: cannot parse {url!r}: {exc}") from exc
+        raise UnsafeURL("malformed", f"url: cannot parse {shown(url)}: {exc}") from exc
     if parts.scheme not in ALLOWED_SCHEMES:  # urlsplit lower-cases the scheme
         raise UnsafeURL("scheme", f"url: scheme {parts.scheme!r} is not allowed (http, https only)")
     return parts
@@ -244,7 +259,7 @@ class Host(NamedTuple):
 
 
 def _malformed(url: str, why: str) -> UnsafeURL:
-    return UnsafeURL("malformed", f"url: cannot use {url!r}: {why}")
+    return UnsafeURL("malformed", f"url: cannot use {shown(url)}: {why}")
 
 
 def _idna(url: str, host: str) -> str:
@@ -275,7 +290,7 @@ def _named(url: str, hostport: str) -> tuple[str, IPAddress | None]:
         raise _malformed(url, "percent-escapes are not allowed in the host")
     name = _idna(url, raw).removesuffix(".")  # a trailing dot is the root label: same host
     if not name:
-        raise UnsafeURL("missing_host", f"url: {url!r} has no host")
+        raise UnsafeURL("missing_host", f"url: {shown(url)} has no host")
     if not _HOST_NAME.fullmatch(name):
         raise _malformed(url, f"host {name!r} is not a host name or an IP address")
     if len(name) > MAX_HOST_NAME or any(len(x) > MAX_LABEL for x in name.split(".")):
@@ -296,7 +311,7 @@ def parse_host(url: str, parts: SplitResult) -> Host:
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if at and "@" in userinfo:
         # Parsers disagree on which '@' ends the userinfo: refuse rather than pick one.
-        raise UnsafeURL("userinfo", f"url: {url!r} has more than one '@' in its authority")
+        raise UnsafeURL("userinfo", f"url: {shown(url)} has more than one '@' in its authority")
     name, literal = _bracketed(url, hostport) if hostport.startswith("[") else _named(url, hostport)
     try:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
@@ -311,7 +326,7 @@ def check_agent_url(url: str, *, saas: bool, resolver: Resolver | None = None) -
         raise UnsafeURL("missing_host", "url: empty URL has no host")
     parts = check_scheme(url)
     if not parts.hostname:
-        raise UnsafeURL("missing_host", f"url: {url!r} has no host")
+        raise UnsafeURL("missing_host", f"url: {shown(url)} has no host")
     host = parse_host(url, parts)
 
     if host.address is not None:

@@ -14,9 +14,11 @@ events are also rows in `structure_events`; this module fills such a gap from th
         saved_token = sub.position.token()  # persist it to resume exactly here
 
 Modules, one job each: `streamids` (position arithmetic on stream ids), `position`
-(the resume-token format), `gaps` (gap detection), `replay` (database replay),
-`dedup` (de-duplication), `backoff` (riding out outages), `items` (what is handed
-out) and `reader` (the `Subscriber` that ties them together).
+(the resume-token format), `gaps` (gap detection), `replay` (database replay and
+the retention check), `latecommits` (ids a still-open transaction may commit late),
+`dedup` (de-duplication), `backoff` (riding out outages), `channel` (broadcast-only
+events live from `events:broadcast`), `items` (what is handed out) and `reader` (the
+`Subscriber` that ties them together).
 
 How it reads:
 
@@ -28,13 +30,20 @@ How it reads:
   the stream was reset (Redis restarted: the server's run id changed, or the stream
   is gone or behind the position). Then it yields a `StreamGap`, replays the
   `structure_events` rows above the position's `event_id` (or, with no event id yet,
-  created since the position's time) in id order, and continues the stream from its
+  created since the position's time) in id order, together with the position's
+  pending ids (lower ids whose transactions had not committed when a higher one was
+  delivered), and continues the stream from its
   end as it was when the gap was found: the entries between are either replayed
   (recorded) or lost (broadcast-only), never delivered out of order.
 - Publication is at least once (the outbox relay may publish an event twice), so a
   recorded event whose `event_id` is among the last `dedup_window` delivered is
   skipped. The window lives in memory: a consumer resuming from a saved position in
   a new process may see an event the relay republished once more.
+- A replay that must start before the retention window (`EVENTS_RETENTION_DAYS`)
+  yields a `HistoryTooOld` notice (or raises `ReplayTooOld`), then goes on from the
+  oldest event kept.
+- With `broadcast=True`, heartbeats and task updates (published on the channel only)
+  are handed out live from `events:broadcast` as well.
 - A lost connection to Redis or PostgreSQL is retried with capped exponential backoff;
   nothing is lost, since the position only moves when an item is handed out.
 """

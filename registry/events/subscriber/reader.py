@@ -157,10 +157,13 @@ class Subscriber:
                 head = self._look(position)
                 if not self._check_gap(head, position):
                     position = self.position  # may have adopted the server's run id
+                    # The channel is live only: a read that does not wait (catching up,
+                    # follow=False) leaves it alone, or a busy fleet would never let it end.
                     if head.entries:
                         self._take(head.entries, position, head.run_id)
-                    if self._listen(0) or head.entries:
-                        pass
+                    live = block_ms > 0 and self._listen(0)
+                    if head.entries or live:
+                        pass  # something came; the stream is looked at again next
                     elif block_ms > 0:
                         if self._listener is None:
                             self._take_blocking(position, block_ms)
