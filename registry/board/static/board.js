@@ -67,6 +67,7 @@ let generation = 0; // bumped by each (re)load; an older load stops adding pages
 let loading = null; // while pages arrive: { counts, total, got }
 let lastSync = null;
 let frameWanted = false;
+let filterGen = 0; // bumped when the filters change: cached matches() go stale
 let versions = 0; // one counter for every change: a tile redraws when its version differs
 let frameTimer = null;
 let lastFrame = 0;
@@ -155,6 +156,7 @@ function unlink(ws) {
 function link(ws, bulk) {
   ws.key = keyOf(ws);
   ws.lname = (ws.name || "").toLowerCase();
+  ws.mg = -1; // name or runtime may have changed: test it again
   const group = groupOf(ws.status);
   if (bulk) {
     group.push(ws);
@@ -222,10 +224,15 @@ function clearFleet() {
   changed();
 }
 
+// Whether a workspace passes the runtime filter and the search; remembered per filter
+// generation, so the list and the map (and every frame of a flood) test it once.
 function matches(ws) {
-  if (filters.runtime && ws.runtime !== filters.runtime) return false;
+  if (ws.mg === filterGen) return ws.mr;
   const q = filters.q;
-  return !q || ws.lname.includes(q) || ws.id.includes(q);
+  ws.mr = (!filters.runtime || ws.runtime === filters.runtime)
+    && (!q || ws.lname.includes(q) || ws.id.includes(q));
+  ws.mg = filterGen;
+  return ws.mr;
 }
 
 // ---- the frame: everything drawn once per animation frame, reads before writes -----------
@@ -455,6 +462,7 @@ function toggleStatus(status) {
 }
 
 function filtersChanged() {
+  filterGen += 1;
   writeURL();
   $("tiles").scrollTop = 0;
   dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
