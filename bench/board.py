@@ -364,11 +364,23 @@ def screenshot(size: int, path: Path) -> None:
         thread.join(timeout=10)
 
 
-def report(results: list[dict[str, Any]], rate: float, flood_seconds: float) -> str:
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the runs; the p95's range kept beside it."""
+    combined: dict[str, Any] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    p95s = [r["input_p95_ms"] for r in runs]
+    combined["input_p95_range"] = (min(p95s), max(p95s))
+    return combined
+
+
+def report(results: list[dict[str, Any]], rate: float, flood_seconds: float, repeat: int) -> str:
+    sizes = ",".join(str(int(r["fleet"])) for r in results)
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this machine "
-        f"(2 cores shared with other work; figures are noisy). Flood: {rate:g} status "
-        f"changes/s for {flood_seconds:g} s while searching, filtering and scrolling.",
+        f"(2 cores shared with other work; figures are noisy), by `.venv/bin/python "
+        f"bench/board.py --fleet {sizes} --flood {flood_seconds:g} --rate {rate:g} "
+        f"--repeat {repeat}`: the median of {repeat} run(s) per size (in brackets, the "
+        f"input p95's range across runs). Flood: {rate:g} status changes/s for "
+        f"{flood_seconds:g} s while searching, filtering and scrolling.",
         "",
         "| fleet | first paint | live | bytes (wire) | snapshot raw | input p50 / p95 / max "
         "| long tasks (longest) | DOM nodes | tiles in DOM | JS heap | renderer RSS "
@@ -377,18 +389,21 @@ def report(results: list[dict[str, Any]], rate: float, flood_seconds: float) -> 
     ]
     for r in results:
         lines.append(
-            f"| {r['fleet']:,} | {r['first_paint_ms']:.0f} ms | {r['live_ms']:.0f} ms "
+            f"| {r['fleet']:,.0f} | {r['first_paint_ms']:.0f} ms | {r['live_ms']:.0f} ms "
             f"| {r['load_bytes'] / 1024:.0f} KiB | {r['snapshot_bytes_raw'] / 1024:.0f} KiB "
-            f"| {r['input_p50_ms']:.0f} / {r['input_p95_ms']:.0f} / {r['input_max_ms']:.0f} ms "
-            f"| {r['long_tasks']} ({r['longest_task_ms']:.0f} ms) | {r['dom_nodes']:,} "
-            f"| {r['mounted_tiles']} | {r['js_heap_mb']:.1f} MiB | {r['renderer_rss_mb']:.0f} MiB "
+            f"| {r['input_p50_ms']:.0f} / {r['input_p95_ms']:.0f} "
+            f"({r['input_p95_range'][0]:.0f} to {r['input_p95_range'][1]:.0f}) "
+            f"/ {r['input_max_ms']:.0f} ms "
+            f"| {r['long_tasks']:.0f} ({r['longest_task_ms']:.0f} ms) | {r['dom_nodes']:,.0f} "
+            f"| {r['mounted_tiles']:.0f} | {r['js_heap_mb']:.1f} MiB | {r['renderer_rss_mb']:.0f} MiB "
             f"| {r['first_page_server_ms']:.0f} / {r['whole_snapshot_server_ms']:.0f} ms |"
         )
     lines.append("")
     lines.append(
         "Flood delivered: "
         + ", ".join(
-            f"{r['fleet']:,}: {r['flood_rate']:.0f}/s ({r['inputs']} inputs)" for r in results
+            f"{r['fleet']:,.0f}: {r['flood_rate']:.0f}/s ({r['inputs']:.0f} inputs)"
+            for r in results
         )
     )
     return "\n".join(lines)
@@ -411,6 +426,7 @@ def main() -> None:
     parser.add_argument("--fleet", default="5000", help="fleet sizes, comma-separated")
     parser.add_argument("--flood", type=float, default=20.0, help="seconds of flood")
     parser.add_argument("--rate", type=float, default=100.0, help="status changes per second")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size; medians reported")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--screenshot", type=Path, help="only take the screenshot, to this path")
     args = parser.parse_args()
@@ -418,15 +434,20 @@ def main() -> None:
         screenshot(int(args.fleet.split(",")[0]), args.screenshot)
         return
     results = []
+    repeat = max(1, args.repeat)
     for size in (int(s) for s in args.fleet.split(",")):
-        result = measure(size, args.flood, args.rate)
-        print(
-            " ".join(
-                f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+        runs = []
+        for _ in range(repeat):
+            result = measure(size, args.flood, args.rate)
+            print(
+                " ".join(
+                    f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in result.items()
+                )
             )
-        )
-        results.append(result)
-    section = report(results, args.rate, args.flood)
+            runs.append(result)
+        results.append(combine(runs))
+    section = report(results, args.rate, args.flood, repeat)
     print(section)
     if not args.no_write:
         write_report(section)

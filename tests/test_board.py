@@ -335,7 +335,7 @@ def test_foreign_host_is_refused_on_every_endpoint(board, db, redis_client):
             assert status == 403, (path, name, status)
             assert b"secret-name" not in body
             assert b"Host" in body  # says why
-        for method in ("POST", "PUT", "DELETE", "HEAD", "OPTIONS"):
+        for method in ("POST", "PUT", "DELETE", "HEAD", "OPTIONS", "TRACE", "BREW"):
             assert request(board, path, "evil.example", method)[0] == 403, (path, method)
             assert request(board, path, f"{host}:{port}", method)[0] == 405, (path, method)
 

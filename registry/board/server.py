@@ -147,6 +147,12 @@ class BoardHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, made-up ones) gets the same 403/405, not a 501.
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
     def do_GET(self) -> None:
         if self._foreign_host():
             return

@@ -57,7 +57,7 @@ const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true
 const feedQueue = [];
 const fetching = new Set();
 const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
-let view = { rows: [], height: 0, cols: 1, tileW: TILE_MIN_W };
+let view = { segments: [], height: 0, cols: 1, tileW: TILE_MIN_W };
 let geometry = { listW: 0, listH: 0, mapW: 0 };
 let mapLayout = { size: 6, cols: 1, rows: 0 };
 let selected = null;
@@ -67,11 +67,13 @@ let generation = 0; // bumped by each (re)load; an older load stops adding pages
 let loading = null; // while pages arrive: { counts, total, got }
 let lastSync = null;
 let frameWanted = false;
+let filterGen = 0; // bumped when the filters change: cached matches() go stale
 let versions = 0; // one counter for every change: a tile redraws when its version differs
 let frameTimer = null;
 let lastFrame = 0;
 let lastFeed = 0;
-let mapImage = null; // reused between frames (same size): no 1 MB allocation per frame
+let mapImage = null; // one pixel per cell, reused while the map's shape stays the same
+let mapScratch = null; // the canvas that image is scaled up from
 let painted = false;
 let firstPageIn = false; // the first paint that counts is the first with the fleet's problems
 let colours = {};
@@ -154,6 +156,7 @@ function unlink(ws) {
 function link(ws, bulk) {
   ws.key = keyOf(ws);
   ws.lname = (ws.name || "").toLowerCase();
+  ws.mg = -1; // name or runtime may have changed: test it again
   const group = groupOf(ws.status);
   if (bulk) {
     group.push(ws);
@@ -221,10 +224,15 @@ function clearFleet() {
   changed();
 }
 
+// Whether a workspace passes the runtime filter and the search; remembered per filter
+// generation, so the list and the map (and every frame of a flood) test it once.
 function matches(ws) {
-  if (filters.runtime && ws.runtime !== filters.runtime) return false;
+  if (ws.mg === filterGen) return ws.mr;
   const q = filters.q;
-  return !q || ws.lname.includes(q) || ws.id.includes(q);
+  ws.mr = (!filters.runtime || ws.runtime === filters.runtime)
+    && (!q || ws.lname.includes(q) || ws.id.includes(q));
+  ws.mg = filterGen;
+  return ws.mr;
 }
 
 // ---- the frame: everything drawn once per animation frame, reads before writes -----------
@@ -264,6 +272,8 @@ function frame(now) {
   }
 }
 
+// The list as one segment per status group (header + rows of tiles): the rows in view
+// are arithmetic, so a flood costs a pass over the groups, not an object per row.
 function buildView() {
   dirty.view = false;
   sortGroups();
@@ -271,34 +281,19 @@ function buildView() {
   const width = geometry.listW || TILE_MIN_W;
   const cols = Math.max(1, Math.floor((width + GAP) / (TILE_MIN_W + GAP)));
   const tileW = (width - GAP * (cols - 1)) / cols;
-  const rows = [];
+  const segments = [];
   const narrowed = Boolean(filters.runtime || filters.q);
   let y = 0;
   for (const [status, group] of groups) {
     if (!group.length) continue;
     if (filters.statuses.size && !filters.statuses.has(status)) continue;
-    const shown = narrowed ? group.filter(matches) : group;
-    if (!shown.length) continue;
-    rows.push({ kind: "head", status, count: shown.length, of: group.length, top: y });
-    y += HEAD_H;
-    for (let i = 0; i < shown.length; i += cols) {
-      rows.push({ kind: "tiles", list: shown, start: i, top: y });
-      y += ROW_H;
-    }
+    const list = narrowed ? group.filter(matches) : group;
+    if (!list.length) continue;
+    const height = HEAD_H + Math.ceil(list.length / cols) * ROW_H;
+    segments.push({ status, list, of: group.length, top: y, height });
+    y += height;
   }
-  view = { rows, height: y, cols, tileW };
-}
-
-function firstRowFrom(top) {
-  const rows = view.rows;
-  let lo = 0;
-  let hi = rows.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    const bottom = rows[mid].top + (rows[mid].kind === "head" ? HEAD_H : ROW_H);
-    if (bottom <= top) lo = mid + 1; else hi = mid;
-  }
-  return lo;
+  view = { segments, height: y, cols, tileW };
 }
 
 function renderTiles(scrollTop) {
@@ -307,15 +302,18 @@ function renderTiles(scrollTop) {
   const from = scrollTop - OVERSCAN_PX;
   const to = scrollTop + (geometry.listH || 600) + OVERSCAN_PX;
   const wanted = [];
-  for (let r = firstRowFrom(from); r < view.rows.length && view.rows[r].top < to; r += 1) {
-    const row = view.rows[r];
-    if (row.kind === "head") {
-      wanted.push(headNode(row));
-      continue;
-    }
-    const end = Math.min(row.start + view.cols, row.list.length);
-    for (let i = row.start; i < end; i += 1) {
-      wanted.push(tileNode(row.list[i], (i - row.start) * (view.tileW + GAP), row.top));
+  for (const segment of view.segments) {
+    if (segment.top + segment.height <= from) continue;
+    if (segment.top >= to) break;
+    if (segment.top + HEAD_H > from) wanted.push(headNode(segment));
+    const rowsTop = segment.top + HEAD_H;
+    const rows = Math.ceil(segment.list.length / view.cols);
+    const first = Math.max(0, Math.floor((from - rowsTop) / ROW_H));
+    for (let r = first; r < rows && rowsTop + r * ROW_H < to; r += 1) {
+      const end = Math.min((r + 1) * view.cols, segment.list.length);
+      for (let i = r * view.cols; i < end; i += 1) {
+        wanted.push(tileNode(segment.list[i], (i % view.cols) * (view.tileW + GAP), rowsTop + r * ROW_H));
+      }
     }
   }
   const keep = new Set(wanted);
@@ -352,7 +350,8 @@ function headNode(row) {
     node.append(el("span", "swatch"), el("span", "group-name", label(row.status)), el("b"));
     mounted.set(key, node);
   }
-  const text = row.count === row.of ? String(row.of) : `${row.count} of ${row.of}`;
+  const count = row.list.length;
+  const text = count === row.of ? String(row.of) : `${count} of ${row.of}`;
   setText(node.lastChild, text);
   node.classList.toggle("problem", PROBLEMS.has(row.status));
   place(node, 0, row.top);
@@ -463,6 +462,7 @@ function toggleStatus(status) {
 }
 
 function filtersChanged() {
+  filterGen += 1;
   writeURL();
   $("tiles").scrollTop = 0;
   dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
@@ -555,13 +555,14 @@ function paintCells() {
   if (outline) outlineSelected(ctx);
 }
 
+// The whole map: one pixel per cell into a small image, scaled up by the canvas (no
+// smoothing), then the gutters drawn over it: a pass over the fleet, a few draw calls.
 function drawMap() {
   dirty.map = false;
   mapCells.clear();
   sortGroups();
   const canvas = $("map");
-  const order = everyone;
-  mapLayout = layoutMap(order.length);
+  mapLayout = layoutMap(everyone.length);
   const { size, cols, rows, width } = mapLayout;
   const height = rows * size;
   if (canvas.width !== width || canvas.height !== height) {
@@ -569,21 +570,24 @@ function drawMap() {
     canvas.height = height;
     canvas.style.height = `${height}px`;
   }
-  const ctx = canvas.getContext("2d");
-  if (!mapImage || mapImage.width !== width || mapImage.height !== height) {
-    mapImage = ctx.createImageData(width, height);
+  if (!mapImage || mapImage.width !== cols || mapImage.height !== rows) {
+    mapImage = new ImageData(cols, rows);
+    mapScratch = new OffscreenCanvas(cols, rows);
   }
-  const image = mapImage;
-  const pixels = new Uint32Array(image.data.buffer);
+  const pixels = new Uint32Array(mapImage.data.buffer);
   pixels.fill(colours.bg);
-  const cell = size >= 4 ? size - 1 : size; // a 1 px gutter when cells are big enough
-  for (let i = 0; i < order.length; i += 1) {
-    const colour = cellColour(order[i]);
-    const x0 = (i % cols) * size;
-    const y0 = Math.floor(i / cols) * size;
-    for (let y = y0; y < y0 + cell; y += 1) pixels.fill(colour, y * width + x0, y * width + x0 + cell);
+  for (let i = 0; i < everyone.length; i += 1) pixels[i] = cellColour(everyone[i]);
+  mapScratch.getContext("2d").putImageData(mapImage, 0, 0);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.clearRect(0, 0, width, height);
+  ctx.drawImage(mapScratch, 0, 0, cols * size, rows * size);
+  if (size >= 4) { // a 1 px gutter when cells are big enough to tell apart
+    const bg = colours.bg;
+    ctx.fillStyle = `rgb(${bg & 255}, ${(bg >>> 8) & 255}, ${(bg >>> 16) & 255})`;
+    for (let x = size - 1; x < width; x += size) ctx.fillRect(x, 0, 1, height);
+    for (let y = size - 1; y < height; y += size) ctx.fillRect(0, y, width, 1);
   }
-  ctx.putImageData(image, 0, 0);
   outlineSelected(ctx);
 }
 
@@ -612,15 +616,19 @@ function select(id, scroll) {
   dirty.tiles = dirty.map = true;
   schedule(true);
   if (!id) { $("details").hidden = true; return; }
-  if (scroll) scrollTo(id);
+  if (scroll) scrollToWorkspace(id);
   showDetails(id);
 }
 
-function scrollTo(id) {
+function scrollToWorkspace(id) {
   if (dirty.view) buildView();
-  const row = view.rows.find((r) => r.kind === "tiles"
-    && r.list.slice(r.start, r.start + view.cols).some((ws) => ws.id === id));
-  if (row) $("tiles").scrollTop = Math.max(0, row.top - HEAD_H);
+  for (const segment of view.segments) {
+    const at = segment.list.findIndex((ws) => ws.id === id);
+    if (at < 0) continue;
+    const top = segment.top + HEAD_H + Math.floor(at / view.cols) * ROW_H;
+    $("tiles").scrollTop = Math.max(0, top - HEAD_H);
+    return;
+  }
 }
 
 async function showDetails(id) {
