@@ -22,7 +22,8 @@ Drive is by task name through the broker only, so the benchmark measures whichev
 registry is checked out. Everything runs in its own PostgreSQL database, its own pair
 of Redis databases (reserved like the test suite's) and its own RabbitMQ vhost.
 
-Run: `.venv/bin/python bench/throughput.py` (full, ~10 min) or `--quick` (~3 min).
+Run: `.venv/bin/python bench/throughput.py` (full, 15-20 min on a busy 2-core box) or
+`--quick` (~5 min).
 The figures are printed and written into docs/PERFORMANCE.md (`--no-write` to skip);
 the raw results are saved as JSON (`--save`), and `--render FILE` rewrites the report
 from such a file without measuring again.
