@@ -48,6 +48,15 @@ task_reject_on_worker_lost = True
 # between broker round trips while bounding what one stuck worker can hold.
 worker_prefetch_multiplier = 4
 
+# Heartbeats (registry.heartbeat, registry.heartbeat_batch) are applied by group commit
+# (workers/heartbeat_batcher.py): their worker runs the threads pool so that many tasks
+# wait on one transaction at once, each acknowledged after that commit (acks late
+# above). The command line is in docs/OPERATIONS.md, "Heartbeat ingestion":
+#   celery -A workers.app worker -Q registry.heartbeats --pool threads -c 64 \
+#       --prefetch-multiplier 4
+# A heartbeat task retries a failed transaction itself (message unacknowledged) while
+# its heartbeats can still count; it has no autoretry (tasks/heartbeats.py).
+
 # Redis broker only: an unacked message is redelivered after visibility_timeout.
 # It must exceed the longest task plus its retry countdown (60 s at most here), or a
 # slow message would run twice; 300 s brings a dead worker's messages back quickly

@@ -44,7 +44,7 @@ os.environ.update(
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from registry import migrate  # noqa: E402
-from registry.db import get_engine, reset_connections  # noqa: E402
+from registry.db import get_engine, get_redis, reset_connections  # noqa: E402
 from registry.ingestion.heartbeats import apply_heartbeats  # noqa: E402
 from registry.ingestion.payloads import HeartbeatPayload, parse_payload  # noqa: E402
 from registry.ingestion.tokens import hash_token  # noqa: E402
@@ -143,112 +143,125 @@ def domain(fleet: dict[str, str], seconds: float) -> dict[str, float]:
     return figures
 
 
-def end_to_end(fleet: dict[str, str], broker: str, count: int) -> dict[str, float]:
-    """Through a real worker subprocess, with the heartbeat worker's command line."""
+def _purge(broker_url: str) -> None:
+    from kombu import Connection
+
+    from molecule_registry_client.names import HEARTBEAT_QUEUE
+
+    with Connection(broker_url, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        channel.queue_declare(queue=HEARTBEAT_QUEUE, durable=True, auto_delete=False)
+        channel.queue_purge(HEARTBEAT_QUEUE)
+
+
+def _drain(broker_url: str, worker_args: list[str], name: str, bodies: list[Any]) -> float:
+    """Queue `bodies` as `name` messages, then start a worker and time it draining them."""
     from celery import Celery
     from workerproc import managed_process, process_env
 
-    from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_QUEUE, HEARTBEAT_TASK
+    from molecule_registry_client.names import HEARTBEAT_QUEUE
 
-    broker_url = AMQP_URL if broker == "amqp" else os.environ["CELERY_BROKER_URL"]
-    env = process_env(dict(os.environ), CELERY_BROKER_URL=broker_url)
-    argv = [
-        sys.executable,
-        str(ROOT / "bench" / "heartbeat_quick_worker.py"),
-        "worker",
-        *HEARTBEAT_WORKER_ARGS,
-        "-Q",
-        HEARTBEAT_QUEUE,
-        "-l",
-        "WARNING",
-        "--without-mingle",
-        "--without-gossip",
-        "-n",
-        f"quick-{uuid.uuid4().hex[:6]}@%h",
-    ]
+    _purge(broker_url)
+    get_redis().delete("quick:first", "quick:done")
     producer = Celery("quick", broker=broker_url)
     producer.conf.broker_write_url = broker_url
-    figures: dict[str, float] = {}
-    engine = get_engine()
-
-    def applied() -> int:
-        with engine.connect() as conn:
-            return conn.execute(
-                text("SELECT coalesce(sum(uptime_seconds), 0) FROM workspaces")
-            ).scalar_one()
-
-    with managed_process(
-        argv, env=env, log_dir=Path("/tmp"), ready=r"ready\.", name="quick"
-    ) as worker:
-        with producer.connection_for_write() as conn, producer.producer_or_acquire(conn) as prod:
-
-            def send(name: str, payload: Any) -> None:
-                producer.send_task(name, args=[payload], queue=HEARTBEAT_QUEUE, producer=prod)
-
-            # Lone-heartbeat latency on the idle worker: sent -> row written.
-            ws = next(iter(fleet))
-            latencies = []
-            for n in range(50):
-                marker = 10_000_000 + n
-                started = time.perf_counter()
-                send(
-                    HEARTBEAT_TASK,
-                    {"workspace_id": ws, "auth_token": fleet[ws], "uptime_seconds": marker},
-                )
-                while True:
-                    with engine.connect() as c:
-                        got = c.execute(
-                            text("SELECT uptime_seconds FROM workspaces WHERE id = :id"), {"id": ws}
-                        ).scalar_one()
-                    if got == marker:
-                        break
-                    time.sleep(0.001)
-                latencies.append((time.perf_counter() - started) * 1000)
-                time.sleep(0.05)
-            figures["lone heartbeat applied, ms (median of 50)"] = statistics.median(latencies)
-
-            for label, name, per_message in (
-                ("no-op task (registry.heartbeat_probe-like), messages/s", "quick.noop", 1),
-                ("registry.heartbeat per message, heartbeats/s", HEARTBEAT_TASK, 1),
-                ("registry.heartbeat_batch of 1,000, heartbeats/s", HEARTBEAT_BATCH_TASK, 1000),
-            ):
-                with engine.begin() as c:
-                    c.execute(
-                        text(
-                            "UPDATE workspaces SET uptime_seconds = 0, last_heartbeat_sent_at = NULL"
-                        )
-                    )
-                messages = max(1, count // per_message)
-                raw = payloads(fleet, messages * per_message)
-                for item in raw:
-                    item["uptime_seconds"] = 1
-                    item.pop("sent_at")
-                bodies = (
-                    [raw[i * per_message : (i + 1) * per_message] for i in range(messages)]
-                    if per_message > 1
-                    else raw
-                )
-                # Queue everything first, then time the drain (the worker consumes as we go).
-                started = time.perf_counter()
-                for body in bodies:
-                    send(name, {"heartbeats": body} if per_message > 1 else body)
-                if name == "quick.noop":
-                    worker.wait_for_log(r"noop done", count=1, timeout=600)
-                    elapsed = float(worker.log().rsplit("noop done in ", 1)[1].split()[0])
-                    figures[label] = messages / elapsed
-                    continue
-                target = messages * per_message
-                while applied() < min(target, len(fleet)) * 1 and applied() < target:
-                    time.sleep(0.02)
-                    if time.perf_counter() - started > 600:
-                        break
-                figures[label] = target / (time.perf_counter() - started)
+    with producer.producer_or_acquire() as prod:
+        for body in bodies:
+            producer.send_task(name, args=[body], queue=HEARTBEAT_QUEUE, producer=prod)
     producer.close()
-    return figures
+    env = process_env(dict(os.environ), CELERY_BROKER_URL=broker_url, QUICK_EXPECT=str(len(bodies)))
+    env["PYTHONPATH"] = f"{ROOT / 'bench'}:{ROOT}"
+    argv = [*_worker_argv(worker_args)]
+    with managed_process(argv, env=env, log_dir=Path("/tmp"), name="quick") as worker:
+        worker.wait_for_log(r"QUICK done", timeout=900)
+        return float(worker.log().rsplit("QUICK done ", 1)[1].split()[2])
+
+
+def _worker_argv(worker_args: list[str]) -> list[str]:
+    from molecule_registry_client.names import HEARTBEAT_QUEUE
+
+    return [
+        sys.executable, "-m", "celery", "-A", "heartbeat_quick_app", "worker",
+        "-Q", HEARTBEAT_QUEUE, *worker_args, "-l", "WARNING",
+        "--without-mingle", "--without-gossip", "-n", f"quick-{uuid.uuid4().hex[:6]}@%h",
+    ]  # fmt: skip
+
+
+def lone_latency(fleet: dict[str, str], broker_url: str, worker_args: list[str]) -> float:
+    """Median ms from sending one heartbeat to its row being written, on an idle worker."""
+    from celery import Celery
+    from workerproc import managed_process, process_env
+
+    from molecule_registry_client.names import HEARTBEAT_QUEUE, HEARTBEAT_TASK
+
+    _purge(broker_url)
+    env = process_env(dict(os.environ), CELERY_BROKER_URL=broker_url)
+    env["PYTHONPATH"] = f"{ROOT / 'bench'}:{ROOT}"
+    producer = Celery("quick", broker=broker_url)
+    producer.conf.broker_write_url = broker_url
+    ws = next(iter(fleet))
+    engine = get_engine()
+    latencies = []
+    argv = _worker_argv(worker_args)
+    with (
+        managed_process(argv, env=env, log_dir=Path("/tmp"), ready=None, name="lone"),
+        producer.producer_or_acquire() as prod,
+    ):
+        time.sleep(5)  # the worker starts and goes idle
+        for n in range(50):
+            marker = 1_000_000 + n
+            payload = {"workspace_id": ws, "auth_token": fleet[ws], "uptime_seconds": marker}
+            started = time.perf_counter()
+            producer.send_task(HEARTBEAT_TASK, args=[payload], queue=HEARTBEAT_QUEUE, producer=prod)
+            with engine.connect() as db:
+                while (
+                    db.execute(
+                        text("SELECT uptime_seconds FROM workspaces WHERE id = :id"), {"id": ws}
+                    ).scalar_one()
+                    != marker
+                ):
+                    db.rollback()
+                    time.sleep(0.0005)
+            latencies.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.1)
+    producer.close()
+    return statistics.median(latencies)
+
+
+def end_to_end(
+    fleet: dict[str, str], broker: str, count: int, worker_args: list[str], reps: int
+) -> dict[str, float]:
+    """Through a real worker subprocess with `worker_args` (pool, concurrency, prefetch).
+
+    The no-op and per-message drains alternate `reps` times; the ratio is the median of
+    the ratios of each pair (a loaded machine moves both figures of a pair alike).
+    """
+    from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_TASK
+
+    broker_url = AMQP_URL if broker == "amqp" else os.environ["CELERY_BROKER_URL"]
+    raw = payloads(fleet, count)
+    noops, messages, ratios = [], [], []
+    for _ in range(reps):
+        noop = count / _drain(
+            broker_url, worker_args, "quick.noop", [{"n": i} for i in range(count)]
+        )
+        per_message = count / _drain(broker_url, worker_args, HEARTBEAT_TASK, raw)
+        noops.append(noop)
+        messages.append(per_message)
+        ratios.append(per_message / noop)
+    batches = [{"heartbeats": raw[i : i + 1000]} for i in range(0, len(raw), 1000)]
+    batched = _drain(broker_url, worker_args, HEARTBEAT_BATCH_TASK, batches)
+    return {
+        "no-op task, messages/s (median)": statistics.median(noops),
+        "registry.heartbeat per message, heartbeats/s (median)": statistics.median(messages),
+        "per message / no-op (median of pairs)": statistics.median(ratios),
+        "registry.heartbeat_batch of 1,000, heartbeats/s": count / batched,
+        "lone heartbeat applied, ms (median of 50)": lone_latency(fleet, broker_url, worker_args),
+    }
 
 
 # The heartbeat worker's command line (docs/OPERATIONS.md).
-HEARTBEAT_WORKER_ARGS = ["--pool", "threads", "-c", "64", "--prefetch-multiplier", "8"]
+HEARTBEAT_WORKER_ARGS = ["--pool", "threads", "-c", "64", "--prefetch-multiplier", "4"]
 
 
 def main() -> None:
@@ -257,13 +270,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--broker", choices=("none", "redis", "amqp", "both"), default="none")
     parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--worker-args",
+        default=" ".join(HEARTBEAT_WORKER_ARGS),
+        help="pool, concurrency, prefetch of the worker (default: the heartbeat worker's)",
+    )
     args = parser.parse_args()
     try:
         fleet = setup_fleet(args.fleet)
-        figures = domain(fleet, args.seconds)
+        figures = domain(fleet, args.seconds) if args.seconds > 0 else {}
         brokers = {"none": [], "both": ["redis", "amqp"]}.get(args.broker, [args.broker])
         for broker in brokers:
-            for label, value in end_to_end(fleet, broker, args.messages).items():
+            measured = end_to_end(fleet, broker, args.messages, args.worker_args.split(), args.reps)
+            for label, value in measured.items():
                 figures[f"{broker}: {label}"] = value
         for label, value in figures.items():
             print(f"{value:12,.1f}  {label}")

@@ -99,7 +99,7 @@ def record_event_on_commit(
 
 
 def record_events_on_commit(
-    uow: UnitOfWork, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+    uow: UnitOfWork, events: list[tuple[EventType, UUID | str | None, dict[str, Any]]]
 ) -> list[Event]:
     """`record_event_on_commit` for many events in one statement (batched paths)."""
     recorded = insert_recorded_events(uow.conn, events)

@@ -26,7 +26,7 @@ from ingest_helpers import (
 )
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
-from test_heartbeats import ORDERINGS, ROWS
+from test_heartbeats import ORDERINGS, ROWS, Pair, sent_pair
 
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, MAX_HEARTBEAT_BATCH, queue_for
 from registry.config import get_settings
@@ -115,12 +115,11 @@ def test_transition_table_through_a_batch_of_one(
     assert recorded_events(db, ws) == events_before + ([event] if event else [])
 
 
-@pytest.mark.parametrize(
-    ("newer", "older"), [o[1:] for o in ORDERINGS], ids=[o[0] for o in ORDERINGS]
-)
+@pytest.mark.parametrize("pair", [o[1] for o in ORDERINGS], ids=[o[0] for o in ORDERINGS])
 def test_an_older_heartbeat_in_the_same_batch_changes_nothing(
-    db: Engine, celery_app: Celery, newer: Any, older: Any
+    db: Engine, celery_app: Celery, pair: Pair
 ) -> None:
+    newer, older = sent_pair(pair)
     ws = new_id()
     token = register_now(ws)["auth_token"]
     items = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -217,21 +218,28 @@ def test_the_liveness_key_is_refreshed_and_recreated(db: Engine, redis_client: r
 
 # --- ordering: an older heartbeat never rolls state back -----------------------
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-ORDERINGS = [
-    ("RFC 3339 then older RFC 3339", NOW.isoformat(), (NOW - timedelta(seconds=30)).isoformat()),
-    ("epoch then older epoch", NOW.timestamp(), NOW.timestamp() - 30),
-    ("epoch then older RFC 3339", NOW.timestamp(), "2020-01-01T00:00:00Z"),
-    ("RFC 3339 then older epoch", NOW.isoformat().replace("+00:00", "Z"), NOW.timestamp() - 0.5),
-]
+# (newer, older) from the time the test runs: a `newer` older than the liveness TTL
+# would be stale (CONTRACT §4.2, freshness) and ignored for that reason instead.
+Pair = Callable[[datetime], tuple[Any, Any]]
+ORDERINGS: list[tuple[str, Pair]] = [
+    ("RFC 3339 then older RFC 3339",
+     lambda now: (now.isoformat(), (now - timedelta(seconds=30)).isoformat())),
+    ("epoch then older epoch", lambda now: (now.timestamp(), now.timestamp() - 30)),
+    ("epoch then older RFC 3339", lambda now: (now.timestamp(), "2020-01-01T00:00:00Z")),
+    ("RFC 3339 then older epoch",
+     lambda now: (now.isoformat().replace("+00:00", "Z"), now.timestamp() - 0.5)),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("newer", "older"), [o[1:] for o in ORDERINGS], ids=[o[0] for o in ORDERINGS]
-)
+def sent_pair(pair: Pair) -> tuple[Any, Any]:
+    return pair(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.mark.parametrize("pair", [o[1] for o in ORDERINGS], ids=[o[0] for o in ORDERINGS])
 def test_an_older_heartbeat_changes_nothing(
-    db: Engine, redis_client: redis.Redis, newer: Any, older: Any
+    db: Engine, redis_client: redis.Redis, pair: Pair
 ) -> None:
+    newer, older = sent_pair(pair)
     ws = new_id()
     token = register_now(ws)["auth_token"]
     heartbeat_now(ws, token, sent_at=newer, active_tasks=1, current_task="new", monthly_spend=7)

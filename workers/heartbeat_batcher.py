@@ -138,7 +138,10 @@ class HeartbeatBatcher:
         with self._cond:
             self._start_if_needed()
             self._waiting.append(pending)
-            self._cond.notify()
+            # Wake the flusher only when it has something new to decide: the first
+            # heartbeat to wait, or a full batch (not on every arrival while it waits).
+            if len(self._waiting) == 1 or len(self._waiting) >= self.max_items:
+                self._cond.notify()
         pending.done.wait()
         if pending.error is not None:
             raise pending.error

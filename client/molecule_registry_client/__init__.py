@@ -10,6 +10,9 @@ producer written in another language.
         token = registry.register(workspace_id, {"name": "planner"}, delivery_mode="poll")
         registry.heartbeat(workspace_id, token, active_tasks=1, uptime_seconds=3600)
 
+A gateway relaying many agents' heartbeats batches them (`registry.heartbeat_batch`,
+one message per up to 1,000): see `BatchingHeartbeatPublisher`.
+
 Failures:
 - the broker cannot be reached (after a few retries with backoff) → `RegistryUnavailable`,
   naming the broker URL with its password hidden;
@@ -36,7 +39,9 @@ from kombu.utils.url import maybe_sanitize_url
 
 from molecule_registry_client.names import (
     CREATE_WORKSPACE_TASK,
+    HEARTBEAT_BATCH_TASK,
     HEARTBEAT_TASK,
+    MAX_HEARTBEAT_BATCH,
     REGISTER_TASK,
     REMOVE_WORKSPACE_TASK,
     UPDATE_CARD_TASK,
@@ -84,6 +89,40 @@ def safe_url(url: str) -> str:
 
 def _origin() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def heartbeat_payload(
+    workspace_id: uuid.UUID | str,
+    auth_token: str | None = None,
+    *,
+    error_rate: float = 0.0,
+    sample_error: str | None = None,
+    active_tasks: int = 0,
+    uptime_seconds: int = 0,
+    current_task: str | None = None,
+    monthly_spend: int = 0,
+    runtime_state: str = "",
+    runtime_metadata: Mapping[str, Any] | None = None,
+    sent_at: float | None = None,
+) -> dict[str, Any]:
+    """A `registry.heartbeat` payload (CONTRACT §4.2); `sent_at` defaults to now."""
+    payload: dict[str, Any] = {
+        "workspace_id": str(workspace_id),
+        "error_rate": error_rate,
+        "active_tasks": active_tasks,
+        "uptime_seconds": uptime_seconds,
+        "monthly_spend": monthly_spend,
+        "runtime_state": runtime_state,
+        "sent_at": time.time() if sent_at is None else sent_at,
+    }
+    optional = {
+        "auth_token": auth_token,
+        "sample_error": sample_error,
+        "current_task": current_task,
+        "runtime_metadata": dict(runtime_metadata) if runtime_metadata is not None else None,
+    }
+    payload.update({key: value for key, value in optional.items() if value is not None})
+    return payload
 
 
 class RegistryClient:
@@ -189,23 +228,27 @@ class RegistryClient:
         `sent_at` defaults to now, so a redelivered or reordered heartbeat can never
         roll the workspace's state back.
         """
-        payload: dict[str, Any] = {
-            "workspace_id": str(workspace_id),
-            "error_rate": error_rate,
-            "active_tasks": active_tasks,
-            "uptime_seconds": uptime_seconds,
-            "monthly_spend": monthly_spend,
-            "runtime_state": runtime_state,
-            "sent_at": time.time() if sent_at is None else sent_at,
-        }
-        optional = {
-            "auth_token": auth_token,
-            "sample_error": sample_error,
-            "current_task": current_task,
-            "runtime_metadata": dict(runtime_metadata) if runtime_metadata is not None else None,
-        }
-        payload.update({key: value for key, value in optional.items() if value is not None})
+        payload = heartbeat_payload(
+            workspace_id,
+            auth_token,
+            error_rate=error_rate,
+            sample_error=sample_error,
+            active_tasks=active_tasks,
+            uptime_seconds=uptime_seconds,
+            current_task=current_task,
+            monthly_spend=monthly_spend,
+            runtime_state=runtime_state,
+            runtime_metadata=runtime_metadata,
+            sent_at=sent_at,
+        )
         return self.send(HEARTBEAT_TASK, payload)
+
+    def heartbeat_batch(self, heartbeats: list[Mapping[str, Any]]) -> str:
+        """Send up to 1,000 heartbeat payloads as one `registry.heartbeat_batch` message
+        (CONTRACT §4.2a); fire and forget. See `BatchingHeartbeatPublisher` to collect them."""
+        if not 1 <= len(heartbeats) <= MAX_HEARTBEAT_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_HEARTBEAT_BATCH} heartbeats")
+        return self.send(HEARTBEAT_BATCH_TASK, {"heartbeats": [dict(h) for h in heartbeats]})
 
     def update_card(
         self,
@@ -396,3 +439,18 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+# Imported last: the batching publisher builds on the client above.
+from molecule_registry_client.batching import BatchingHeartbeatPublisher  # noqa: E402
+
+__all__ = [
+    "BatchingHeartbeatPublisher",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistryTimeout",
+    "RegistryUnavailable",
+    "heartbeat_payload",
+    "safe_url",
+]

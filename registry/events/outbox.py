@@ -34,10 +34,24 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The events of one heartbeat batch share a timestamp: format it once, not per event.
+_last_stamp: tuple[datetime | None, str] = (None, "")
+
+
+def _stamp(ts: datetime) -> str:
+    global _last_stamp  # noqa: PLW0603 - a one-entry cache; a race only costs a recompute
+    last = _last_stamp
+    if last[0] is ts:
+        return last[1]
+    text = rfc3339(ts)
+    _last_stamp = (ts, text)
+    return text
+
+
 @dataclass
 class Event:
     type: EventType
-    workspace_id: UUID | None
+    workspace_id: UUID | str | None  # text on hot paths: formatting UUIDs adds up
     payload: dict[str, Any]
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     # structure_events.id for recorded events; lets subscribers de-duplicate and
@@ -48,7 +62,7 @@ class Event:
         body: dict[str, Any] = {
             "event": str(self.type),
             "workspace_id": str(self.workspace_id) if self.workspace_id else None,
-            "timestamp": rfc3339(self.timestamp),
+            "timestamp": _stamp(self.timestamp),
             "payload": self.payload,
         }
         if self.event_id is not None:
@@ -110,7 +124,7 @@ _INSERT_EVENTS = text(
 
 
 def insert_recorded_events(
-    conn: Connection, events: list[tuple[EventType, UUID | None, dict[str, Any]]]
+    conn: Connection, events: list[tuple[EventType, UUID | str | None, dict[str, Any]]]
 ) -> list[Event]:
     """`insert_recorded_event` for many events in one round trip, ids in list order."""
     if not events:
@@ -138,9 +152,17 @@ def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:
 
 
 # One command publishes a whole batch's events in order: at fleet scale a batch carries a
-# WORKSPACE_HEARTBEAT per heartbeat, and a thousand PUBLISH commands cost the client
-# several times what one script call does (docs/ARCHITECTURE.md, heartbeat path).
-_PUBLISH_ALL = "for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end return #ARGV"
+# WORKSPACE_HEARTBEAT per heartbeat, and a thousand PUBLISH commands (or a thousand
+# script arguments) cost the client several times what one argument does. Event JSON
+# never holds a raw newline (json.dumps escapes it), so the bodies travel joined by one.
+_PUBLISH_ALL = """
+local n = 0
+for body in string.gmatch(ARGV[1], "[^\\n]+") do
+    redis.call('PUBLISH', KEYS[1], body)
+    n = n + 1
+end
+return n
+"""
 
 
 def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_maxlen: int) -> None:
@@ -158,7 +180,7 @@ def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_m
     if len(bodies) == 1:
         pipe.publish(BROADCAST_CHANNEL, bodies[0])
     else:
-        pipe.eval(_PUBLISH_ALL, 1, BROADCAST_CHANNEL, *bodies)
+        pipe.eval(_PUBLISH_ALL, 1, BROADCAST_CHANNEL, "\n".join(bodies))
     for event, body in zip(events, bodies, strict=True):
         if with_broadcasts or event.type not in BROADCAST_ONLY_EVENTS:
             # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.

@@ -22,17 +22,15 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import text
 
-if TYPE_CHECKING:
-    import redis
-
 from registry import metrics
 from registry.config import get_settings
+from registry.events.outbox import Event
 from registry.ingestion.payloads import MAX_SENT_AT_SKEW_SECONDS, HeartbeatPayload
 from registry.ingestion.tokens import (
     LAST_USED_RESOLUTION_SECONDS,
@@ -45,11 +43,11 @@ from registry.liveness.keys import liveness_key
 from registry.liveness.transitions import HeartbeatFacts, heartbeat_transition
 from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
 from registry.statuses import EventType, Status
-from registry.uow import UnitOfWork, broadcast_event_on_commit, record_events_on_commit
+from registry.uow import UnitOfWork, record_events_on_commit
 
 _LOCK_AND_READ = text(
     """
-    SELECT hb.ord, w.id, w.status, w.current_task, now() AS db_now,
+    SELECT hb.ord, w.id::text AS id, w.status, w.current_task, now() AS db_now,
            w.last_heartbeat_sent_at AS last_sent_at,
            w.registered_at IS NOT NULL AS registered_before,
            t.has_live, t.matched_id, t.touch_due
@@ -57,7 +55,7 @@ _LOCK_AND_READ = text(
     JOIN workspaces w ON w.id = hb.id
     LEFT JOIN LATERAL (
         SELECT count(*) > 0 AS has_live,
-               (array_agg(tk.id) FILTER (WHERE tk.token_hash = hb.hash))[1] AS matched_id,
+               (array_agg(tk.id) FILTER (WHERE tk.token_hash = hb.hash))[1]::text AS matched_id,
                -- last_used_at is refreshed at most once per resolution: most heartbeats
                -- then cost no write to the tokens table at all.
                coalesce(bool_or(tk.token_hash = hb.hash AND (tk.last_used_at IS NULL
@@ -141,8 +139,8 @@ class _Locked:
     last_sent_at: datetime | None
     registered_before: bool
     has_live_token: bool
-    matched_token: dict[int, UUID | None]  # by position in the batch
-    touch_due: set[UUID]  # matched tokens whose last_used_at is due a refresh
+    matched_token: dict[int, str | None]  # token id by position in the batch
+    touch_due: set[str]  # matched tokens whose last_used_at is due a refresh
     db_now: datetime  # the database's clock: every time comparison uses it (CONTRACT §3)
 
 
@@ -168,16 +166,18 @@ class _RowWrite:
         self.key_ttl = max(self.key_ttl, key_ttl)
 
 
-def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[UUID, _Locked]:
+def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[str, _Locked]:
+    """Lock and read the batch's rows, keyed by the workspace id as text (cheaper to
+    hash, bind and format than UUID objects, thousands of times per batch)."""
     rows = uow.conn.execute(
         _LOCK_AND_READ,
         {
-            "ids": [hb.workspace_id for hb in heartbeats],
+            "ids": [str(hb.workspace_id) for hb in heartbeats],
             "hashes": [hash_token(hb.auth_token) if hb.auth_token else "" for hb in heartbeats],
             "touch_after": LAST_USED_RESOLUTION_SECONDS,
         },
     ).all()
-    locked: dict[UUID, _Locked] = {}
+    locked: dict[str, _Locked] = {}
     for row in rows:
         state = locked.setdefault(
             row.id,
@@ -214,14 +214,17 @@ def apply_heartbeats(
     locked = _lock_rows(uow, heartbeats)
     ttl = get_settings().liveness_ttl_seconds
     results: list[dict[str, Any]] = []
-    writes: dict[UUID, _RowWrite] = {}
-    to_record: list[tuple[EventType, UUID | None, dict[str, Any]]] = []
+    writes: dict[str, _RowWrite] = {}
+    to_record: list[tuple[EventType, UUID | str | None, dict[str, Any]]] = []
     transitions: list[tuple[str, str]] = []
-    used_tokens: set[UUID] = set()
+    used_tokens: set[str] = set()
+    published_at = datetime.now(UTC)  # one timestamp for the batch's broadcast events
 
     for position, hb in enumerate(heartbeats):
-        state = locked.get(hb.workspace_id)
-        refusal = _refusal(hb, state, position, ttl)
+        ws = str(hb.workspace_id)
+        state = locked.get(ws)
+        age = _age_seconds(hb, state.db_now) if state is not None else 0.0
+        refusal = _refusal(hb, state, position, age >= ttl)
         if refusal is not None:
             results.append(refusal.as_result())
             continue
@@ -236,32 +239,25 @@ def apply_heartbeats(
         )
         rule = heartbeat_transition(state.status, facts)
         # The key lives no longer than the heartbeat's evidence: TTL minus its age.
-        key_ttl = max(1, math.ceil(ttl - _age_seconds(hb, state.db_now)))
-        write = writes.get(hb.workspace_id)
+        key_ttl = max(1, math.ceil(ttl - age))
+        write = writes.get(ws)
         if write is None:
-            write = writes[hb.workspace_id] = _RowWrite(
+            write = writes[ws] = _RowWrite(
                 state.status, state.status, hb, hb.monthly_spend, False, hb.sent_at, key_ttl
             )
         else:
             write.absorb(hb, key_ttl)
         if rule is not None:
-            to_record.append((rule.event, hb.workspace_id, rule.payload(facts)))
+            to_record.append((rule.event, ws, rule.payload(facts)))
             transitions.append((state.status, str(rule.to_status)))
             state.status = write.new_status = str(rule.to_status)
 
+        # Broadcast-only events (CONTRACT §4.2 step 8): published after the commit.
         if (state.current_task or "") != (hb.current_task or ""):
-            broadcast_event_on_commit(
-                uow,
-                EventType.TASK_UPDATED,
-                hb.workspace_id,
-                {"current_task": hb.current_task or "", "active_tasks": hb.active_tasks},
-            )
-        broadcast_event_on_commit(
-            uow,
-            EventType.WORKSPACE_HEARTBEAT,
-            hb.workspace_id,
-            {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds},
-        )
+            task = {"current_task": hb.current_task or "", "active_tasks": hb.active_tasks}
+            uow.broadcast_events.append(Event(EventType.TASK_UPDATED, ws, task, published_at))
+        beat = {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds}
+        uow.broadcast_events.append(Event(EventType.WORKSPACE_HEARTBEAT, ws, beat, published_at))
         state.current_task = hb.current_task
         if hb.sent_at and (state.last_sent_at is None or hb.sent_at > state.last_sent_at):
             state.last_sent_at = hb.sent_at
@@ -273,29 +269,28 @@ def apply_heartbeats(
     # The rows are already locked (in id order), so the writes need no order of their own.
     _write_rows(uow, writes)
     record_events_on_commit(uow, to_record)
-    touch_tokens(uow.conn, list(used_tokens))
+    touch_tokens(uow.conn, [UUID(token) for token in used_tokens])
     if writes:
-        keys = [(liveness_key(ws), w.key_ttl) for ws, w in writes.items()]
-        uow.on_commit(lambda pipe: _refresh_liveness(pipe, keys))
+        keys = " ".join(f"{liveness_key(ws)} {w.key_ttl}" for ws, w in writes.items())
+        uow.on_commit(lambda pipe: pipe.eval(_SET_KEYS, 0, keys))
     uow.after_commit(lambda: _count(results, transitions))
     return results
 
 
-# (Re)create every liveness key of the batch in one command (see _PUBLISH_ALL in the outbox).
-_SET_KEYS = (
-    "for i = 1, #KEYS do redis.call('SET', KEYS[i], 'online', 'EX', ARGV[i]) end return #KEYS"
-)
+# (Re)create every liveness key of the batch in one command, `SET … EX` each (a key
+# lost to a Redis restart comes back). The "key ttl" pairs travel as one argument: a
+# thousand arguments cost the client more than the whole script (see the outbox).
+_SET_KEYS = """
+local n = 0
+for key, ttl in string.gmatch(ARGV[1], "(%S+) (%S+)") do
+    redis.call('SET', key, 'online', 'EX', ttl)
+    n = n + 1
+end
+return n
+"""
 
 
-def _refresh_liveness(pipe: redis.client.Pipeline, keys: list[tuple[str, int]]) -> None:
-    # SET with EX (re)creates the key: a key lost to a Redis restart comes back.
-    if len(keys) == 1:
-        pipe.set(keys[0][0], "online", ex=keys[0][1])
-    else:
-        pipe.eval(_SET_KEYS, len(keys), *[k for k, _ in keys], *[t for _, t in keys])
-
-
-def _write_rows(uow: UnitOfWork, writes: dict[UUID, _RowWrite]) -> None:
+def _write_rows(uow: UnitOfWork, writes: dict[str, _RowWrite]) -> None:
     """At most two UPDATEs for the whole batch: rows keeping their status, rows changing it."""
     same = [(ws, w) for ws, w in writes.items() if w.new_status == w.expected]
     changed = [(ws, w) for ws, w in writes.items() if w.new_status != w.expected]
@@ -304,7 +299,7 @@ def _write_rows(uow: UnitOfWork, writes: dict[UUID, _RowWrite]) -> None:
             uow.conn.execute(statement, _columns(rows))
 
 
-def _columns(rows: list[tuple[UUID, _RowWrite]]) -> dict[str, list[Any]]:
+def _columns(rows: list[tuple[str, _RowWrite]]) -> dict[str, list[Any]]:
     return {
         "ids": [ws for ws, _ in rows],
         "expected": [w.expected for _, w in rows],
@@ -333,7 +328,7 @@ def _count(results: list[dict[str, Any]], transitions: list[tuple[str, str]]) ->
 
 
 def _refusal(
-    hb: HeartbeatPayload, state: _Locked | None, position: int, ttl: int
+    hb: HeartbeatPayload, state: _Locked | None, position: int, stale: bool
 ) -> MessageRefused | None:
     """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4, freshness), or None."""
     if state is None:
@@ -348,16 +343,16 @@ def _refusal(
             )
     if not is_authorized(state.has_live_token, state.matched_token.get(position)):
         return Unauthorized(UNAUTHORIZED_ERROR)
-    return _moot(hb, state, ttl)
+    return _moot(hb, state, stale)
 
 
-def _moot(hb: HeartbeatPayload, state: _Locked, ttl: int) -> Ignored | None:
+def _moot(hb: HeartbeatPayload, state: _Locked, stale: bool) -> Ignored | None:
     """Valid and authorized, but there is nothing it may change."""
     if state.status == Status.REMOVED:
         return Ignored(REMOVED_REASON)
     if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
         return Ignored(OLDER_REASON)
-    if _age_seconds(hb, state.db_now) >= ttl:
+    if stale:
         # Evidence of life older than the liveness TTL: it may not bring back a workspace
         # marked unreachable since, nor refresh its key (CONTRACT §4.2, freshness). It
         # changes nothing at all, which also covers a workspace still marked online.
