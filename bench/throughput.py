@@ -914,7 +914,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "64"))
     )
     parser.add_argument(
-        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "8"))
+        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "4"))
     )
     parser.add_argument("--reps", type=int, help="repetitions per figure (median quoted)")
     parser.add_argument("--messages", type=int, help="messages per per-message run")
