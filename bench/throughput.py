@@ -22,7 +22,8 @@ Drive is by task name through the broker only, so the benchmark measures whichev
 registry is checked out. Everything runs in its own PostgreSQL database, its own pair
 of Redis databases (reserved like the test suite's) and its own RabbitMQ vhost.
 
-Run: `.venv/bin/python bench/throughput.py` (full, ~10 min) or `--quick` (~3 min).
+Run: `.venv/bin/python bench/throughput.py` (full, 15-20 min on a busy 2-core box) or
+`--quick` (~5 min).
 The figures are printed and written into docs/PERFORMANCE.md (`--no-write` to skip);
 the raw results are saved as JSON (`--save`), and `--render FILE` rewrites the report
 from such a file without measuring again.
@@ -913,7 +914,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "64"))
     )
     parser.add_argument(
-        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "8"))
+        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "4"))
     )
     parser.add_argument("--reps", type=int, help="repetitions per figure (median quoted)")
     parser.add_argument("--messages", type=int, help="messages per per-message run")
