@@ -201,7 +201,7 @@ class Settings:
         "EVENTS_RETENTION_DAYS",
         non_negative_int,
         90,
-        "days structure_events rows are kept (registry.prune_events); 0 keeps them forever",
+        'days `structure_events` rows are kept (registry.prune_events); 0 keeps them forever; a replay from before the window answers "too old"',
     )
     prune_events_interval: int = _opt(
         "PRUNE_EVENTS_INTERVAL",
@@ -247,12 +247,6 @@ class Settings:
         positive_int,
         100_000,
         "approximate cap of the `events:stream` length",
-    )
-    events_retention_days: int = _opt(
-        "EVENTS_RETENTION_DAYS",
-        non_negative_int,
-        90,
-        "how long `structure_events` rows are kept; 0 keeps them forever",
     )
     events_stream_broadcasts: bool = _opt(
         "EVENTS_STREAM_BROADCASTS",
