@@ -51,6 +51,10 @@ class Snapshot:
     new_events: list[StatusEvent] = field(default_factory=list)
 
 
+# Polls of the subscriber per summary tick at most (each hands out a batch).
+_MAX_POLLS_PER_TICK = 200
+
+
 class LiveSummary:
     def __init__(
         self,
@@ -111,8 +115,13 @@ class LiveSummary:
 
     def _read_events(self, now: float) -> list[StatusEvent]:
         found: list[StatusEvent] = []
-        # Without blocking, until caught up (or, Redis being down, after one backoff).
-        while batch := self._events.poll(block_ms=0):
+        # Until caught up (or, Redis being down, after one backoff). A wait of 1 ms, not
+        # 0: the subscriber reads the live channel (heartbeats) only on a waiting poll.
+        # Bounded, so a busy channel cannot keep the summary from printing.
+        for _ in range(_MAX_POLLS_PER_TICK):
+            batch = self._events.poll(block_ms=1)
+            if not batch:
+                break
             for item in batch:
                 if isinstance(item, StreamGap):
                     continue  # its recorded events follow, replayed from the database
