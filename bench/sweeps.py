@@ -355,9 +355,9 @@ def report(
         "",
         "| entry point | "
         + " | ".join(f"{n:,}: min / median / max ms" for n in sizes)
-        + " | changed per run |"
+        + f" | {sizes[-1]:,}: of which check / publish (median ms) | changed per run |"
         + (" ratio of medians |" if len(sizes) > 1 else ""),
-        "|---|" + "---|" * len(sizes) + "---|" + ("---|" if len(sizes) > 1 else ""),
+        "|---|" + "---|" * len(sizes) + "---|---|" + ("---|" if len(sizes) > 1 else ""),
     ]
     for name in fleets[0]["ticks"]:
         cells = []
