@@ -286,7 +286,7 @@ def main() -> None:
             for label, value in measured.items():
                 figures[f"{broker}: {label}"] = value
         for label, value in figures.items():
-            print(f"{value:12,.1f}  {label}")
+            print(f"{value:12,.2f}  {label}")
     finally:
         drop_database()
 
