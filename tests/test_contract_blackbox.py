@@ -521,3 +521,256 @@ def test_can_communicate_by_name(
     assert not allowed(root, new_ws())  # unknown: fail secure
     bad = call(celery_app, "registry.can_communicate", {"caller_id": root})
     assert bad["status"] == "rejected" and "target_id" in bad["error"]
+
+
+# --- §4.2 heartbeat rules, through the broker -------------------------------------------
+
+
+def beat(celery_app: Celery, ws: str, token: str, **fields: Any) -> None:
+    heartbeat(celery_app, "registry.heartbeat", {"workspace_id": ws, "auth_token": token, **fields})
+
+
+def test_heartbeat_transitions_and_ordering(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ws = new_ws()
+    token = register(celery_app, ws)["auth_token"]
+    now = time.time()
+    beat(celery_app, ws, token, runtime_state="wedged", sample_error="stuck", sent_at=now)
+    wait_for(lambda: row(db, ws)["status"] == "degraded")
+    assert events(db, ws)[-1] == (
+        "WORKSPACE_DEGRADED",
+        {"runtime_state": "wedged", "sample_error": "stuck"},
+    )
+    # Older than the last applied (sent_at): ignored, nothing rolls back.
+    beat(celery_app, ws, token, active_tasks=4, sent_at=now - 10)
+    beat(celery_app, ws, token, error_rate=0.0, active_tasks=1, sent_at=now + 1)
+    wait_for(lambda: row(db, ws)["status"] == "online")
+    assert row(db, ws)["active_tasks"] == 1
+    assert events(db, ws)[-1] == ("WORKSPACE_ONLINE", {"recovered_from": "degraded"})
+    # error_rate ≥ 0.5 degrades, unless the runtime manages its own status.
+    managed = {"capabilities": {"status_mgmt": True}}
+    beat(celery_app, ws, token, error_rate=0.9, runtime_metadata=managed, sent_at=now + 2)
+    wait_for(lambda: row(db, ws)["runtime_metadata"] == managed)
+    assert row(db, ws)["status"] == "online"
+    beat(celery_app, ws, token, error_rate=0.5, sample_error="boom", sent_at=now + 3)
+    wait_for(lambda: row(db, ws)["status"] == "degraded")
+    assert row(db, ws)["runtime_metadata"] is None  # absent = cleared
+    assert events(db, ws)[-1] == (
+        "WORKSPACE_DEGRADED",
+        {"error_rate": 0.5, "sample_error": "boom"},
+    )
+    # monthly_spend: clamped, 0 never overwrites.
+    beat(celery_app, ws, token, monthly_spend=10**13, sent_at=now + 4)
+    wait_for(lambda: row(db, ws)["monthly_spend"] == 10**12)
+    beat(celery_app, ws, token, monthly_spend=0, active_tasks=7, sent_at=now + 5)
+    wait_for(lambda: row(db, ws)["active_tasks"] == 7)
+    assert row(db, ws)["monthly_spend"] == 10**12
+
+
+def test_stale_heartbeat_does_not_revive_an_unreachable_workspace(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ws, fresh = new_ws(), new_ws()
+    token = register(celery_app, ws)["auth_token"]
+    fresh_token = register(celery_app, fresh)["auth_token"]
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE workspaces SET last_heartbeat_at = now() - interval '1 hour' "
+                "WHERE id IN (:a, :b)"
+            ),
+            {"a": ws, "b": fresh},
+        )
+    assert call(celery_app, "registry.sweep_backstop", queue="registry.sweeps")["changed"] == 2
+    assert redis_client.exists(f"ws:{ws}") == 0
+    # Sent 10 minutes ago (longer than the 180 s TTL): no comeback, no liveness key.
+    old = time.time() - 600
+    beat(celery_app, ws, token, sent_at=old)
+    beat(celery_app, fresh, fresh_token, sent_at=time.time())
+    wait_for(lambda: row(db, fresh)["status"] == "online")
+    time.sleep(0.5)  # the stale one travelled the same queue, before the fresh one
+    assert row(db, ws)["status"] == "offline"
+    assert redis_client.exists(f"ws:{ws}") == 0
+    assert events(db, fresh)[-1] == ("WORKSPACE_ONLINE", {"recovered_from": "offline"})
+    assert redis_client.get(f"ws:{fresh}") == "online"
+
+
+def test_heartbeat_refusals_change_nothing(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ws, removed = new_ws(), new_ws()
+    token = register(celery_app, ws)["auth_token"]
+    register(celery_app, removed)
+    call(celery_app, "registry.remove_workspace", {"workspace_id": removed})
+    run = celery_app.tasks["registry.heartbeat"]
+    before = snapshot(db)
+    assert run.apply(args=[{"workspace_id": removed}]).get()["status"] == "ignored"
+    assert run.apply(args=[{"workspace_id": new_ws()}]).get()["status"] == "rejected"
+    assert run.apply(args=[{"workspace_id": ws}]).get()["status"] == "unauthorized"
+    bad = run.apply(args=[{"workspace_id": ws, "auth_token": token, "active_tasks": -1}]).get()
+    assert bad["status"] == "rejected" and "active_tasks" in bad["error"]
+    assert run.apply(args=[["not", "an", "object"]]).get()["status"] == "rejected"
+    assert snapshot(db) == before
+    assert redis_client.keys(f"ws:{removed}*") == []
+    ok = run.apply(args=[{"workspace_id": ws, "auth_token": token}]).get()
+    assert ok == {"status": "ok", "workspace_status": "online"}
+
+
+# --- §5 remote agents, self-preservation; §3 retention 0 --------------------------------
+
+
+def test_health_sweep_sends_stale_remote_agents_to_awaiting_agent(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ext = new_ws()
+    created = call(
+        celery_app,
+        "registry.create_workspace",
+        {"name": "laptop", "id": ext, "runtime": "external"},
+    )
+    assert events(db, ext)[-1][0] == "WORKSPACE_AWAITING_AGENT"
+    register(celery_app, ext, auth_token=created["auth_token"])
+    assert row(db, ext)["delivery_mode"] == "poll"  # external → poll by default
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE workspaces SET last_heartbeat_at = now() - interval '100 seconds' "
+                "WHERE id = :id"
+            ),
+            {"id": ext},
+        )
+    result = call(celery_app, "registry.sweep_health", queue="registry.sweeps")
+    assert result["status"] == "ok" and result["changed"] == 1, result
+    assert row(db, ext)["status"] == "awaiting_agent"
+    assert events(db, ext)[-1] == (
+        "WORKSPACE_AWAITING_AGENT",
+        {"reason": "heartbeat_stale", "previous_status": "online"},
+    )
+    assert redis_client.keys(f"ws:{ext}*") == []
+    # A heartbeat of an agent that registered before brings it back.
+    beat(celery_app, ext, created["auth_token"])
+    wait_for(lambda: row(db, ext)["status"] == "online")
+    assert events(db, ext)[-1] == ("WORKSPACE_ONLINE", {"recovered_from": "awaiting_agent"})
+
+
+def test_self_preservation_pauses_mass_marking(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any, channel: Any
+) -> None:
+    fleet = [new_ws() for _ in range(30)]
+    for ws in fleet:
+        register(celery_app, ws)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE workspaces SET last_heartbeat_at = now() - interval '1 hour' "
+                "WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": fleet[:20]},
+        )
+    result = call(celery_app, "registry.sweep_backstop", queue="registry.sweeps")
+    assert result["changed"] == 0, result
+    with db.connect() as conn:
+        statuses = conn.execute(text("SELECT DISTINCT status FROM workspaces")).scalars().all()
+        sp = conn.execute(
+            text(
+                "SELECT workspace_id, payload FROM structure_events "
+                "WHERE event_type = 'REGISTRY_SELF_PRESERVATION'"
+            )
+        ).all()
+    assert statuses == ["online"]
+    assert len(sp) == 1 and sp[0][0] is None and sp[0][1]["active"] is True
+    assert sp[0][1]["reason"] and "figures" in sp[0][1]
+    streamed = wait_for(
+        lambda: [
+            e for e in stream_events(redis_client) if e["event"] == "REGISTRY_SELF_PRESERVATION"
+        ]
+    )
+    assert streamed[0]["workspace_id"] is None
+    # Fleet healthy again → marking resumes, one {active: false}.
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE workspaces SET last_heartbeat_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": fleet[1:20]},
+        )
+    resumed = call(celery_app, "registry.sweep_backstop", queue="registry.sweeps")
+    assert resumed["changed"] == 1, resumed
+    with db.connect() as conn:
+        sp = (
+            conn.execute(
+                text(
+                    "SELECT payload FROM structure_events "
+                    "WHERE event_type = 'REGISTRY_SELF_PRESERVATION' ORDER BY id"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [p["active"] for p in sp] == [True, False]
+
+
+def test_prune_events_with_retention_zero_keeps_everything(
+    db: Engine,
+    redis_client: redis.Redis,
+    celery_app: Celery,
+    worker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from registry.config import reload_settings
+
+    ws = new_ws()
+    register(celery_app, ws)
+    with db.begin() as conn:
+        conn.execute(text("UPDATE structure_events SET created_at = now() - interval '3650 days'"))
+    monkeypatch.setenv("EVENTS_RETENTION_DAYS", "0")
+    reload_settings()
+    try:
+        result = call(celery_app, "registry.prune_events", queue="registry.sweeps")
+    finally:
+        monkeypatch.delenv("EVENTS_RETENTION_DAYS")
+        reload_settings()
+    assert result["status"] == "ok" and result["changed"] == 0
+    assert len(events(db, ws)) == 1
+
+
+# --- §4.1 delivery mode and url rules -----------------------------------------------------
+
+
+def test_register_delivery_mode_and_provisioner_url(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ws = new_ws()
+    bad = call(
+        celery_app, "registry.register", {"id": ws, "agent_card": CARD, "delivery_mode": "x"}
+    )
+    assert bad["status"] == "rejected" and "delivery_mode" in bad["error"]
+    assert table_counts(db) == (0, 0, 0)
+    first = register(celery_app, ws)  # poll stored
+    again = call(
+        celery_app,
+        "registry.register",
+        {"id": ws, "agent_card": CARD, "auth_token": first["auth_token"]},
+    )
+    assert again["delivery_mode"] == "poll"  # the row's stored mode
+    # A url written by the provisioner (http://127.0.0.1…) is kept.
+    with db.begin() as conn:
+        conn.execute(
+            text("UPDATE workspaces SET url = 'http://127.0.0.1:8123' WHERE id = :id"), {"id": ws}
+        )
+    pushed = call(
+        celery_app,
+        "registry.register",
+        {
+            "id": ws,
+            "agent_card": CARD,
+            "delivery_mode": "push",
+            "url": "http://localhost:9999",
+            "auth_token": first["auth_token"],
+        },
+    )
+    assert pushed["status"] == "registered" and pushed["delivery_mode"] == "push"
+    assert row(db, ws)["url"] == "http://127.0.0.1:8123"
+    assert redis_client.get(f"ws:{ws}:url") == "http://127.0.0.1:8123"
+    assert redis_client.get(f"ws:{ws}:internal_url") == "http://localhost:9999"
