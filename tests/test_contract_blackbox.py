@@ -774,3 +774,90 @@ def test_register_delivery_mode_and_provisioner_url(
     assert row(db, ws)["url"] == "http://127.0.0.1:8123"
     assert redis_client.get(f"ws:{ws}:url") == "http://127.0.0.1:8123"
     assert redis_client.get(f"ws:{ws}:internal_url") == "http://localhost:9999"
+
+
+# --- §4.1 step 8: a plaintext token only in its producer's result ----------------------
+
+
+@pytest.mark.usefixtures("worker")
+def test_plaintext_tokens_never_logged_or_published(
+    db: Engine,
+    redis_client: redis.Redis,
+    celery_app: Celery,
+    channel: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    ws, ext = new_ws(), new_ws()
+    token = register(celery_app, ws)["auth_token"]
+    ext_token = call(
+        celery_app, "registry.create_workspace", {"name": "e", "id": ext, "runtime": "external"}
+    )["auth_token"]
+    assert register(celery_app, ws, auth_token=token + "x")["status"] == "unauthorized"
+    items = [
+        {"workspace_id": ws, "auth_token": token, "active_tasks": "bad"},
+        {"workspace_id": ext, "auth_token": token},
+        {"workspace_id": ws, "auth_token": ext_token},
+        {"workspace_id": ws, "auth_token": token, "current_task": "t"},
+    ]
+    heartbeat(celery_app, "registry.heartbeat_batch", {"heartbeats": items})
+    wait_for(lambda: row(db, ws)["current_task"] == "t")
+    call(
+        celery_app,
+        "registry.update_card",
+        {"workspace_id": ws, "agent_card": {"url": "http://10.0.0.1/"}, "auth_token": token},
+    )
+    published = json.dumps(channel()) + json.dumps(stream_events(redis_client))
+    with db.connect() as conn:
+        recorded = json.dumps(
+            [p for p in conn.execute(text("SELECT payload FROM structure_events")).scalars()]
+        )
+        stored = conn.execute(text("SELECT token_hash || prefix FROM workspace_auth_tokens"))
+        stored_text = " ".join(stored.scalars())
+    for secret in (token, ext_token):
+        assert secret not in caplog.text
+        assert secret not in published and secret not in recorded
+        assert secret not in stored_text
+
+
+# --- §4.3 / §4.4 refusals ---------------------------------------------------------------
+
+
+def test_update_card_of_removed_or_unknown_workspace_changes_nothing(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ws = new_ws()
+    token = register(celery_app, ws)["auth_token"]
+    call(celery_app, "registry.remove_workspace", {"workspace_id": ws})
+    before = snapshot(db)
+    for payload in (
+        {"workspace_id": ws, "agent_card": {"n": 1}, "auth_token": token},
+        {"workspace_id": new_ws(), "agent_card": {"n": 1}},
+        {"workspace_id": ws, "agent_card": "not a card", "auth_token": token},
+        {"workspace_id": "not-a-uuid", "agent_card": {}},
+    ):
+        result = call(celery_app, "registry.update_card", payload)
+        assert result["status"] in ("rejected", "unauthorized"), result
+        assert result["error"]
+    assert snapshot(db) == before
+    assert row(db, ws)["agent_card"] == CARD
+
+
+def test_create_workspace_refusals_change_nothing(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    for payload, field in (
+        ({}, "name"),
+        ({"name": "x", "parent_id": new_ws()}, "parent_id"),
+        ({"name": "x", "tier": "1"}, "tier"),
+        ({"name": "x", "id": "nope"}, "id"),
+        (["name"], "payload"),
+    ):
+        result = call(celery_app, "registry.create_workspace", payload)
+        assert result["status"] == "rejected" and field in result["error"], result
+    assert table_counts(db) == (0, 0, 0)
+    assert call(celery_app, "registry.remove_workspace", {"workspace_id": new_ws()})["status"] == (
+        "rejected"
+    )
