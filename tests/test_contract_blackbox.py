@@ -816,6 +816,7 @@ def test_plaintext_tokens_never_logged_or_published(
         )
         stored = conn.execute(text("SELECT token_hash || prefix FROM workspace_auth_tokens"))
         stored_text = " ".join(stored.scalars())
+    assert "heartbeat rejected in a batch" in caplog.text  # the worker's lines are seen
     for secret in (token, ext_token):
         assert secret not in caplog.text
         assert secret not in published and secret not in recorded
