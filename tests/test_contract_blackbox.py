@@ -225,6 +225,10 @@ def test_broadcast_only_events_on_the_channel_not_the_stream(
         )
     )
     by_type = {e["event"]: e for e in seen}
+    for kind in ("TASK_UPDATED", "WORKSPACE_HEARTBEAT"):
+        event = by_type[kind]
+        assert {"event", "workspace_id", "timestamp", "payload"} <= set(event)
+        assert event["workspace_id"] == ws and RFC3339_UTC.match(event["timestamp"])
     assert by_type["TASK_UPDATED"]["payload"] == {"current_task": "t1", "active_tasks": 1}
     assert by_type["WORKSPACE_HEARTBEAT"]["payload"]["active_tasks"] == 1
     assert "uptime_seconds" in by_type["WORKSPACE_HEARTBEAT"]["payload"]
