@@ -219,10 +219,10 @@ def test_broadcast_only_events_on_the_channel_not_the_stream(
         "registry.heartbeat",
         {"workspace_id": ws, "auth_token": token, "current_task": "t1", "active_tasks": 1},
     )
+    # Pub/sub ignores Redis databases: keep only this workspace's events.
+    mine = lambda: [e for e in channel() if e.get("workspace_id") == ws]  # noqa: E731
     seen = wait_for(
-        lambda: (
-            {e["event"] for e in channel()} >= {"WORKSPACE_HEARTBEAT", "TASK_UPDATED"} and channel()
-        )
+        lambda: {e["event"] for e in mine()} >= {"WORKSPACE_HEARTBEAT", "TASK_UPDATED"} and mine()
     )
     by_type = {e["event"]: e for e in seen}
     for kind in ("TASK_UPDATED", "WORKSPACE_HEARTBEAT"):
@@ -244,7 +244,11 @@ def test_event_json_format_on_channel_and_stream(
 ) -> None:
     ws = new_ws()
     register(celery_app, ws)
-    online = wait_for(lambda: [e for e in channel() if e["event"] == "WORKSPACE_ONLINE"])[0]
+    online = wait_for(
+        lambda: [
+            e for e in channel() if e["event"] == "WORKSPACE_ONLINE" and e["workspace_id"] == ws
+        ]
+    )[0]
     streamed = wait_for(lambda: stream_events(redis_client))
     for event in (online, streamed[0]):
         # The four contract fields; `event_id` (structure_events.id) is the documented
