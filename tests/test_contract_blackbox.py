@@ -870,3 +870,23 @@ def test_create_workspace_refusals_change_nothing(
     assert call(celery_app, "registry.remove_workspace", {"workspace_id": new_ws()})["status"] == (
         "rejected"
     )
+
+
+def test_health_sweep_remote_agent_without_heartbeat_counts_from_updated_at(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any
+) -> None:
+    ext, recent = new_ws(), new_ws()
+    with db.begin() as conn:
+        for ws, age in ((ext, "1 hour"), (recent, "10 seconds")):
+            conn.execute(
+                text(
+                    "INSERT INTO workspaces (id, name, status, runtime, updated_at) "
+                    "VALUES (:id, 'laptop', 'online', 'external', now() - CAST(:age AS interval))"
+                ),
+                {"id": ws, "age": age},
+            )
+    result = call(celery_app, "registry.sweep_health", queue="registry.sweeps")
+    assert result["changed"] == 1, result
+    assert row(db, ext)["status"] == "awaiting_agent"
+    assert row(db, recent)["status"] == "online"
+    assert call(celery_app, "registry.sweep_health", queue="registry.sweeps")["changed"] == 0
