@@ -890,3 +890,31 @@ def test_health_sweep_remote_agent_without_heartbeat_counts_from_updated_at(
     assert row(db, ext)["status"] == "awaiting_agent"
     assert row(db, recent)["status"] == "online"
     assert call(celery_app, "registry.sweep_health", queue="registry.sweeps")["changed"] == 0
+
+
+def test_heartbeat_batch_items_publish_like_single_heartbeats(
+    db: Engine, redis_client: redis.Redis, celery_app: Celery, worker: Any, channel: Any
+) -> None:
+    a, b = new_ws(), new_ws()
+    ta, tb = register(celery_app, a)["auth_token"], register(celery_app, b)["auth_token"]
+    heartbeat(
+        celery_app,
+        "registry.heartbeat_batch",
+        {
+            "heartbeats": [
+                {"workspace_id": a, "auth_token": ta, "current_task": "ta", "active_tasks": 1},
+                {"workspace_id": b, "auth_token": tb, "runtime_state": "wedged"},
+            ]
+        },
+    )
+    wait_for(lambda: row(db, b)["status"] == "degraded")
+    expected = {
+        ("WORKSPACE_HEARTBEAT", a),
+        ("WORKSPACE_HEARTBEAT", b),
+        ("TASK_UPDATED", a),
+        ("WORKSPACE_DEGRADED", b),
+    }
+    wait_for(lambda: expected <= {(e["event"], e.get("workspace_id")) for e in channel()})
+    stream = {(e["event"], e["workspace_id"]) for e in stream_events(redis_client)}
+    assert ("WORKSPACE_DEGRADED", b) in stream
+    assert not {("WORKSPACE_HEARTBEAT", a), ("TASK_UPDATED", a)} & stream
