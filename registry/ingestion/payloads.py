@@ -24,12 +24,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
     StrictBool,
     StrictInt,
     StringConstraints,
     ValidationError,
     field_validator,
+    model_serializer,
 )
 
 from molecule_registry_client.names import MAX_HEARTBEAT_BATCH
@@ -166,6 +168,15 @@ class _Payload(BaseModel):
 class RuntimeMetadata(_Payload):
     capabilities: dict[CapabilityName, StrictBool] = Field(default_factory=dict)
     idle_timeout_seconds: Count | None = None
+
+    # Stored as sent (CONTRACT §4.2): an absent `idle_timeout_seconds` stays absent in
+    # workspaces.runtime_metadata rather than becoming null.
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("idle_timeout_seconds") is None:
+            data.pop("idle_timeout_seconds", None)
+        return data
 
     @property
     def native_status_mgmt(self) -> bool:

@@ -5,10 +5,12 @@ registers (or sends a first heartbeat). If that takes longer than its runtime's
 timeout, the container is assumed stuck: the row goes to `failed`, `last_sample_error`
 says why, and `WORKSPACE_PROVISION_FAILED` is recorded.
 
-Time in `provisioning` is `now() - status_changed_at` (a trigger keeps that column
-true whoever writes the status), measured on the database's clock. Candidates come
-from the partial index `ix_workspaces_provisioning`, so a sweep costs in proportion
-to the rows in `provisioning`, not to the fleet.
+Time in `provisioning` is `now() - LEAST(status_changed_at, updated_at)`:
+`status_changed_at` (a trigger keeps it true whoever writes the status) or the shared
+`updated_at` column, whichever is earlier — a row another service or an operator
+dated back by its `updated_at` counts from there. Measured on the database's clock.
+Candidates come from the partial index `ix_workspaces_provisioning`, so a sweep costs
+in proportion to the rows in `provisioning`, not to the fleet.
 
 This is an explicit signal, not a liveness guess: self-preservation never pauses it.
 `awaiting_agent` (an external workspace whose agent has not connected) is never
@@ -43,11 +45,15 @@ FAIL_TIMED_OUT = text(
                    AS timeout_secs
         FROM workspaces w
         WHERE w.status = 'provisioning'
-          -- Index range on ix_workspaces_provisioning; the exact per-runtime test follows.
-          AND w.status_changed_at < now() - make_interval(secs => :shortest_secs)
-          AND w.status_changed_at < now() - make_interval(
+          -- Entered `provisioning` before the timeout: by the status trigger, or by the
+          -- shared `updated_at` column (CONTRACT §3) that other services and operators
+          -- write; the earlier of the two counts. Rows come from the partial index
+          -- ix_workspaces_provisioning: the cost follows the rows in provisioning.
+          AND LEAST(w.status_changed_at, w.updated_at)
+                < now() - make_interval(secs => :shortest_secs)
+          AND LEAST(w.status_changed_at, w.updated_at) < now() - make_interval(
                 secs => COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_secs))
-        ORDER BY w.status_changed_at
+        ORDER BY LEAST(w.status_changed_at, w.updated_at)
         LIMIT :limit
         -- A row locked by a registration in flight is being brought online: skip it
         -- rather than wait; two sweeps never claim the same row. The lock re-reads a
