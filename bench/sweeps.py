@@ -40,6 +40,8 @@ os.environ.update(
     REDIS_URL=BENCH_REDIS,
     CELERY_BROKER_URL=BENCH_REDIS,
     CELERY_RESULT_BACKEND=BENCH_REDIS,
+    # Seeding a million rows can take longer than the default 30 s statement limit.
+    DB_STATEMENT_TIMEOUT_MS="0",
 )
 sys.path.insert(0, str(ROOT))
 
