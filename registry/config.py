@@ -235,6 +235,14 @@ class Settings:
         "share of the fleet about to be marked unreachable that pauses automatic marking "
         "(fleets of 20 online workspaces or more)",
     )
+    self_preservation_reuse_seconds: int = _opt(
+        "SELF_PRESERVATION_REUSE_SECONDS",
+        non_negative_int,
+        5,
+        "a sweep on a fleet of 10,000 or more reuses a self-preservation evaluation younger "
+        "than this while its share is at most half the threshold (instead of measuring "
+        "again every tick); 0 measures on every tick",
+    )
     heartbeat_backlog_seconds: int = _opt(
         "HEARTBEAT_BACKLOG_SECONDS",
         positive_int,

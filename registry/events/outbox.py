@@ -155,11 +155,18 @@ def delete_from_outbox(conn: Connection, event_ids: list[int]) -> None:
 # WORKSPACE_HEARTBEAT per heartbeat, and a thousand PUBLISH commands (or a thousand
 # script arguments) cost the client several times what one argument does. Event JSON
 # never holds a raw newline (json.dumps escapes it), so the bodies travel joined by one.
+# ARGV[2] says per body ('1'/'0') whether it also goes to the stream, so a marking
+# batch's PUBLISH and XADD are one command too (500 XADD commands cost the client more
+# to build and send than the script costs Redis to run).
 _PUBLISH_ALL = """
 local n = 0
+local to_stream = ARGV[2]
 for body in string.gmatch(ARGV[1], "[^\\n]+") do
-    redis.call('PUBLISH', KEYS[1], body)
     n = n + 1
+    redis.call('PUBLISH', KEYS[1], body)
+    if string.sub(to_stream, n, n) == '1' then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', body)
+    end
 end
 return n
 """
@@ -171,20 +178,23 @@ def queue_publication(pipe: redis.client.Pipeline, events: list[Event], stream_m
     Every event goes to the channel, in order; the stream carries recorded events only
     (CONTRACT §7): broadcast-only events (heartbeats, task updates) would outnumber
     status changes a thousand to one and push them out of the capped window.
-    EVENTS_STREAM_BROADCASTS adds them for small fleets.
+    EVENTS_STREAM_BROADCASTS adds them for small fleets. XADD uses an approximate
+    MAXLEN: Redis trims whole macro-nodes, O(1) amortised.
     """
     if not events:
         return
     with_broadcasts = get_settings().events_stream_broadcasts
     bodies = [event.to_json() for event in events]
+    streamed = [with_broadcasts or event.type not in BROADCAST_ONLY_EVENTS for event in events]
     if len(bodies) == 1:
         pipe.publish(BROADCAST_CHANNEL, bodies[0])
-    else:
-        pipe.eval(_PUBLISH_ALL, 1, BROADCAST_CHANNEL, "\n".join(bodies))
-    for event, body in zip(events, bodies, strict=True):
-        if with_broadcasts or event.type not in BROADCAST_ONLY_EVENTS:
-            # approximate=True lets Redis trim whole macro-nodes: O(1) amortised.
-            pipe.xadd(EVENT_STREAM, {"data": body}, maxlen=stream_maxlen, approximate=True)
+        if streamed[0]:
+            pipe.xadd(EVENT_STREAM, {"data": bodies[0]}, maxlen=stream_maxlen, approximate=True)
+        return
+    flags = "".join("1" if s else "0" for s in streamed)
+    pipe.eval(
+        _PUBLISH_ALL, 2, BROADCAST_CHANNEL, EVENT_STREAM, "\n".join(bodies), flags, stream_maxlen
+    )
 
 
 _CLAIM_UNPUBLISHED = text(

@@ -71,3 +71,8 @@ def clear_many_workspace_keys(pipe: redis.client.Pipeline, workspace_ids: list[U
     ]
     if keys:
         pipe.delete(*keys)
+
+
+# The last self-preservation evaluation, for sweeps to reuse (registry.liveness.
+# selfpreservation.reuse); expires after SELF_PRESERVATION_REUSE_SECONDS.
+SELF_PRESERVATION_LAST_KEY = "registry:self_preservation:last"

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from registry.config import Settings
-from registry.liveness.selfpreservation import LIVENESS_EXPIRED, evaluate_now
+from registry.liveness.selfpreservation import LIVENESS_EXPIRED, evaluate_recent
 from registry.liveness.transitions import Unreachable, mark_unreachable
 from registry.uow import UnitOfWork, unit_of_work
 
@@ -55,7 +55,7 @@ def sweep_backstop(settings: Settings, *, batch_size: int = BATCH_SIZE) -> dict[
 
     `more` in the result says the batch was full (the task re-queues itself).
     """
-    assessment = evaluate_now(settings)
+    assessment = evaluate_recent(settings)
     if assessment.paused:
         log.warning("backstop paused by self-preservation (%s); nothing marked", assessment.reason)
         return {

@@ -38,7 +38,7 @@ from sqlalchemy import text
 
 from registry.config import Settings
 from registry.db import get_engine
-from registry.liveness.selfpreservation import HEARTBEAT_STALE, evaluate_now
+from registry.liveness.selfpreservation import HEARTBEAT_STALE, evaluate_recent
 from registry.liveness.transitions import Unreachable, mark_unreachable
 from registry.statuses import EXTERNAL_RUNTIME, Status
 from registry.sweeps.clusterlock import cluster_lock
@@ -244,7 +244,7 @@ def mark_remote_stale(
 
 
 def sweep_remote_agents(settings: Settings, *, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
-    assessment = evaluate_now(settings)
+    assessment = evaluate_recent(settings)
     if assessment.paused:
         log.warning("health: remote-agent pass paused by self-preservation (%s)", assessment.reason)
         return {"changed": 0, "paused": "self_preservation", "reason": assessment.reason}

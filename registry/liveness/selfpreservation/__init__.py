@@ -13,6 +13,7 @@ One module per job:
 - `counts`: workspaces per status, kept by triggers (the fleet size without a count);
 - `measuring`: both signals, as an `Assessment` (changes nothing);
 - `state`: the shared on/off row and its start/end events (`evaluate`);
+- `reuse`: the last evaluation kept for sweeps to reuse for a few seconds;
 - `gate`: the listener's cached evaluation.
 """
 
@@ -36,7 +37,12 @@ from registry.liveness.selfpreservation.probes import (
     record_probe,
     send_probe_if_due,
 )
-from registry.liveness.selfpreservation.state import current_state, evaluate, evaluate_now
+from registry.liveness.selfpreservation.state import (
+    current_state,
+    evaluate,
+    evaluate_now,
+    evaluate_recent,
+)
 
 __all__ = [
     "HEARTBEAT_STALE",
@@ -54,6 +60,7 @@ __all__ = [
     "current_state",
     "evaluate",
     "evaluate_now",
+    "evaluate_recent",
     "measure_backlog",
     "measure_fleet_share",
     "record_probe",

@@ -20,6 +20,7 @@ from registry.jsontext import dumps
 from registry.liveness.selfpreservation.counts import FOLD_AFTER, fold_pending
 from registry.liveness.selfpreservation.measuring import Assessment, assess
 from registry.liveness.selfpreservation.probes import measure_backlog
+from registry.liveness.selfpreservation.reuse import remember, reused_assessment
 from registry.statuses import EventType
 from registry.uow import UnitOfWork, record_event_on_commit, unit_of_work
 
@@ -103,6 +104,9 @@ def evaluate(uow: UnitOfWork, settings: Settings) -> Assessment:
         uow.conn.execute(_ASYNC_COMMIT)
     paused = assessment.paused
     uow.after_commit(lambda: metrics.set_self_preservation(paused))
+    if settings.self_preservation_reuse_seconds > 0:
+        # Published with (after) the commit, so a start or end is what sweeps reuse.
+        uow.on_commit(lambda pipe: remember(pipe, assessment, settings))
     return assessment
 
 
@@ -110,6 +114,11 @@ def evaluate_now(settings: Settings) -> Assessment:
     """`evaluate` in its own transaction (its event is published on commit)."""
     with unit_of_work() as uow:
         return evaluate(uow, settings)
+
+
+def evaluate_recent(settings: Settings) -> Assessment:
+    """What a sweep tick asks: a reusable recent evaluation (see `reuse`), or a fresh one."""
+    return reused_assessment(settings) or evaluate_now(settings)
 
 
 _STATE = text(
