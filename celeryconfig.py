@@ -52,8 +52,8 @@ worker_prefetch_multiplier = 4
 # (workers/heartbeat_batcher.py): their worker runs the threads pool so that many tasks
 # wait on one transaction at once, each acknowledged after that commit (acks late
 # above). The command line is in docs/OPERATIONS.md, "Heartbeat ingestion":
-#   celery -A workers.app worker -Q registry.heartbeats --pool threads -c 64 \
-#       --prefetch-multiplier 4
+#   celery -A workers.app worker -Q registry.heartbeats --pool threads -c 200 \
+#       --prefetch-multiplier 2
 # A heartbeat task retries a failed transaction itself (message unacknowledged) while
 # its heartbeats can still count; it has no autoretry (tasks/heartbeats.py).
 

@@ -261,7 +261,7 @@ def end_to_end(
 
 
 # The heartbeat worker's command line (docs/OPERATIONS.md).
-HEARTBEAT_WORKER_ARGS = ["--pool", "threads", "-c", "64", "--prefetch-multiplier", "4"]
+HEARTBEAT_WORKER_ARGS = ["--pool", "threads", "-c", "200", "--prefetch-multiplier", "2"]
 
 
 def main() -> None:
@@ -286,7 +286,7 @@ def main() -> None:
             for label, value in measured.items():
                 figures[f"{broker}: {label}"] = value
         for label, value in figures.items():
-            print(f"{value:12,.1f}  {label}")
+            print(f"{value:12,.2f}  {label}")
     finally:
         drop_database()
 

@@ -8,6 +8,7 @@ Redis (one INCR per task, for every task kind alike) so prefork children add up.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from registry.db import get_redis
 from workers.app import app
 
 NOOP_TASK = "quick.noop"
+_lock = threading.Lock()  # one Redis connection for the count, whatever the concurrency
 
 
 @app.task(name=NOOP_TASK, ignore_result=True)
@@ -26,12 +28,15 @@ def noop(payload: Any) -> dict[str, Any]:
 
 @task_prerun.connect
 def _started(**_: Any) -> None:
-    get_redis().set("quick:first", repr(time.time()), nx=True)
+    with _lock:
+        get_redis().set("quick:first", repr(time.time()), nx=True)
 
 
 @task_postrun.connect
 def _finished(**_: Any) -> None:
     client = get_redis()
-    if client.incr("quick:done") == int(os.environ.get("QUICK_EXPECT", "0")):
+    with _lock:
+        done = client.incr("quick:done")
+    if done == int(os.environ.get("QUICK_EXPECT", "0")):
         elapsed = time.time() - float(client.get("quick:first"))
         print(f"QUICK done {os.environ['QUICK_EXPECT']} in {elapsed:.4f} s", flush=True)

@@ -187,9 +187,9 @@ class Settings:
     heartbeat_batch_max_wait_ms: float = _opt(
         "HEARTBEAT_BATCH_MAX_WAIT_MS",
         non_negative_float,
-        2.0,
-        "how long a per-message heartbeat batch waits for company once the previous "
-        "batch committed; 0 applies whatever is waiting at once",
+        20.0,
+        "under load (the previous batch just ended), how long a per-message heartbeat "
+        "batch waits for company; an idle worker applies a lone heartbeat at once",
     )
     container_backend: str = _opt(
         "CONTAINER_BACKEND", text, "none", "`docker` or `none`: container checker/stopper/reaper"

@@ -167,9 +167,9 @@ def _kill_while_batching(
 ) -> None:
     tokens = _offline_fleet(engine, 12)
     held = next(iter(tokens))
-    first, rest = list(tokens)[:4], list(tokens)[4:]
+    rest = list(tokens)[1:]
     events_before = len(recorded_events(engine))
-    env = process_env(test_env, CELERY_BROKER_URL=broker_url, HEARTBEAT_BATCH_MAX_WAIT_MS="300")
+    env = process_env(test_env, CELERY_BROKER_URL=broker_url)
     producer = _producer(broker_url)
 
     def send(ws: str) -> None:
@@ -180,8 +180,7 @@ def _kill_while_batching(
     try:
         argv = _heartbeat_worker_argv()
         with managed_process(argv, env=env, ready=WORKER_READY, log_dir=log_dir) as doomed:
-            for ws in first:  # one batch, blocked on the held row
-                send(ws)
+            send(held)  # a batch, blocked on the held row
             wait_until(lambda: lock_waiters(engine) == 1)
             for ws in rest:  # the next batch gathers behind it, and the rest is prefetched
                 send(ws)
@@ -233,21 +232,19 @@ def test_a_database_outage_mid_batch_acks_nothing_and_loses_nothing(
     tokens = _offline_fleet(db, 8)
     held = next(iter(tokens))
     events_before = len(recorded_events(db))
-    # One batch for all eight: they arrive within the wait.
-    env = process_env(
-        test_env, CELERY_BROKER_URL=spare_redis_broker, HEARTBEAT_BATCH_MAX_WAIT_MS="300"
-    )
+    env = process_env(test_env, CELERY_BROKER_URL=spare_redis_broker)
     producer = _producer(spare_redis_broker)
     broker = redis.Redis.from_url(spare_redis_broker)
     conn, tx = _hold_a_row(db, held)
     try:
         argv = _heartbeat_worker_argv()
         with managed_process(argv, env=env, ready=WORKER_READY, log_dir=tmp_path) as worker:
-            for ws, token in tokens.items():
+            for n, (ws, token) in enumerate(tokens.items()):
                 payload = {"workspace_id": ws, "auth_token": token, "current_task": ws}
                 producer.send_task(HEARTBEAT_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
+                if n == 0:  # the held row first: its batch blocks, the rest waits behind
+                    wait_until(lambda: lock_waiters(db) == 1)
             worker.wait_for_log(RECEIVED, count=len(tokens))
-            wait_until(lambda: lock_waiters(db) == 1)
             # The database drops the worker's connection in the middle of its batch.
             with db.connect() as admin:
                 killed = admin.execute(

@@ -4,9 +4,10 @@ Every `registry.heartbeat` task running in this process hands its validated hear
 to one batcher and blocks until the transaction holding it has committed; then the task
 returns and Celery acknowledges the message (acks late). One flusher thread takes
 whatever is waiting — up to HEARTBEAT_BATCH_MAX_ITEMS, after waiting at most
-HEARTBEAT_BATCH_MAX_WAIT_MS for company — and applies it with one `apply_heartbeats`:
-a fixed number of statements for the lot. Under load the next batch gathers while the
-previous one commits; a lone heartbeat waits only the few milliseconds of the wait.
+HEARTBEAT_BATCH_MAX_WAIT_MS for company when heartbeats are streaming in — and applies
+it with one `apply_heartbeats`: a fixed number of statements for the lot. Under load
+the next batch gathers while the previous one commits; a lone heartbeat on an idle
+worker is applied at once.
 
 With the threads pool (the heartbeat worker's command line, docs/OPERATIONS.md) the
 concurrency is the largest batch; with prefork each process has a batcher of its own
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 Apply = Callable[[Sequence[HeartbeatPayload]], list[dict[str, Any]]]
 
+# A batch that ended this recently means heartbeats are streaming in: the next one waits
+# up to HEARTBEAT_BATCH_MAX_WAIT_MS for company.
+BUSY_WITHIN_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
 STALE_RESULT = {"status": "ignored", "reason": STALE_REASON}
@@ -74,7 +78,9 @@ def apply_until_committed(
     attempt = 0
     while True:
         now = time.time()
-        expired = [i for i in waiting if deadlines[i] <= now]
+        # The first attempt always goes to the database, which judges staleness by its
+        # own clock; the worker's clock only bounds the retries after a failure.
+        expired = [i for i in waiting if attempt and deadlines[i] <= now]
         if expired:
             # Counted by the task, as any refusal (reason "stale").
             log.warning("%d heartbeat(s) given up: they could no longer count", len(expired))
@@ -129,6 +135,7 @@ class HeartbeatBatcher:
         self._cond = threading.Condition()
         self._waiting: deque[_Pending] = deque()
         self._pid: int | None = None
+        self._last_flush = 0.0  # monotonic time the previous batch ended
         self.batches = 0  # how many batches were applied (tests, diagnostics)
 
     def submit(self, heartbeat: HeartbeatPayload) -> dict[str, Any]:
@@ -159,7 +166,12 @@ class HeartbeatBatcher:
         with self._cond:
             while not self._waiting:
                 self._cond.wait()
-            deadline = time.monotonic() + self.max_wait_seconds
+            # Wait for company only under load (the previous batch ended moments ago):
+            # a lone heartbeat on an idle worker is applied at once, while a steady
+            # stream gathers into batches whose fixed cost (round trips, planning,
+            # commit) is shared by many.
+            busy = time.monotonic() - self._last_flush < BUSY_WITHIN_SECONDS
+            deadline = time.monotonic() + (self.max_wait_seconds if busy else 0.0)
             while len(self._waiting) < self.max_items:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -173,6 +185,7 @@ class HeartbeatBatcher:
             batch = self._take_batch()
             try:
                 self._flush(batch)
+                self._last_flush = time.monotonic()
             except BaseException as exc:  # never leave a caller waiting forever
                 log.exception("heartbeat batcher failed")
                 for pending in batch:
