@@ -911,10 +911,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--brokers", default="amqp,redis", help="comma list: amqp, redis")
     parser.add_argument("--pool", default=os.environ.get("BENCH_HB_POOL", "threads"))
     parser.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "64"))
+        "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "200"))
     )
     parser.add_argument(
-        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "4"))
+        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "2"))
     )
     parser.add_argument("--reps", type=int, help="repetitions per figure (median quoted)")
     parser.add_argument("--messages", type=int, help="messages per per-message run")
