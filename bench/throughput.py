@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import procstats  # noqa: E402
+from molecule_registry_client import celery_message  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
     "BENCH_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -67,7 +68,8 @@ AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672
 VHOST = f"molecule_registry_bench_{RUN_ID}"
 LOCK_DIR = Path(os.environ.get("TEST_LOCK_DIR", "/tmp"))
 
-HEARTBEAT_QUEUE = "registry.heartbeats"
+from molecule_registry_client.names import HEARTBEAT_QUEUE  # noqa: E402
+
 HEARTBEAT_TASK = "registry.heartbeat"
 HEARTBEAT_BATCH_TASK = "registry.heartbeat_batch"
 BATCH_SIZE = 1000
@@ -173,29 +175,6 @@ def pg_admin(sql: str) -> None:
 # --------------------------------------------------------------------------- messages
 
 
-def celery_message(task_name: str, payload: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:
-    """Celery protocol v2, as molecule_registry_client sends it (task named in headers)."""
-    task_id = str(uuid.uuid4())
-    headers = {
-        "lang": "py",
-        "task": task_name,
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "timelimit": [None, None],
-        "argsrepr": f"({task_name} payload)",
-        "kwargsrepr": "{}",
-        "origin": "bench",
-        "ignore_result": True,
-    }
-    body = ([payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
-    return body, headers, task_id
-
-
 class Publisher:
     """One broker connection and producer, publishing by task name to one queue."""
 
@@ -208,7 +187,7 @@ class Publisher:
         self._declared = False
 
     def send(self, task_name: str, payload: dict[str, Any]) -> None:
-        body, headers, task_id = celery_message(task_name, payload)
+        body, headers, task_id = celery_message(task_name, payload, origin="bench")
         self.producer.publish(
             body,
             exchange="",

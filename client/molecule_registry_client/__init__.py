@@ -92,6 +92,40 @@ def _origin() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
+def celery_message(
+    task_name: str, payload: Mapping[str, Any], *, origin: str, keep_result: bool = False
+) -> tuple[Any, dict[str, Any], str]:
+    """(body, headers, task id) of a Celery message protocol v2 for `task_name`.
+
+    The task name and id travel in the headers, the body is (args, kwargs, embed), and
+    the payload is the one positional argument. `argsrepr` never shows the payload: it
+    holds the token, and monitoring tools display this header.
+    """
+    task_id = str(uuid.uuid4())
+    headers = {
+        "lang": "py",
+        "task": task_name,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": f"({task_name} payload)",
+        "kwargsrepr": "{}",
+        "origin": origin,
+        "ignore_result": not keep_result,
+    }
+    body = (
+        [dict(payload)],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    )
+    return body, headers, task_id
+
+
 def heartbeat_payload(
     workspace_id: uuid.UUID | str,
     auth_token: str | None = None,
@@ -292,30 +326,9 @@ class RegistryClient:
 
     def send(self, task_name: str, payload: Mapping[str, Any], *, keep_result: bool = False) -> str:
         """Publish one message; returns its id. Retries broker connection errors."""
-        task_id = str(uuid.uuid4())
         queue = self._queue(queue_for(task_name))
-        # Celery message protocol v2: the task name and id travel in the headers, the
-        # body is (args, kwargs, embed); the payload is the one positional argument.
-        headers = {
-            "lang": "py",
-            "task": task_name,
-            "id": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-            "argsrepr": f"({task_name} payload)",  # never the payload: it holds the token
-            "kwargsrepr": "{}",
-            "origin": _origin(),
-            "ignore_result": not keep_result,
-        }
-        body = (
-            [dict(payload)],
-            {},
-            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+        body, headers, task_id = celery_message(
+            task_name, payload, origin=_origin(), keep_result=keep_result
         )
         try:
             with self._producers.acquire(block=True, timeout=30) as producer:
