@@ -43,8 +43,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-import redis.exceptions
-import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import Retry
 from pydantic import BaseModel
@@ -53,25 +51,14 @@ from molecule_registry_client.names import SWEEP_QUEUE
 from registry import metrics
 from registry.config import Settings, get_settings
 from registry.ingestion.payloads import parse_payload
-from registry.ingestion.registration import ConcurrentRegistration
 from registry.limits import MAX_RETRIES, RETRY_BACKOFF, RETRY_BACKOFF_MAX, task_time_limits
 from registry.outcomes import MessageRefused
 from registry.redaction import redacted_exception
+from registry.transient import TRANSIENT_ERRORS
 from registry.uow import UnitOfWork, unit_of_work
 from workers.app import app
 
 log = logging.getLogger(__name__)
-
-# Failures of a dependency, not of the message: retried with backoff. Everything
-# else (bad input, unauthorized) is answered at once and never retried.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    sqlalchemy.exc.OperationalError,  # connection lost, server restarting, deadlock
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,  # connection pool exhausted
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConcurrentRegistration,
-)
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,8 +1,9 @@
 """registry.heartbeat and registry.heartbeat_batch (CONTRACT §4.2, §4.2a): fire-and-forget.
 
-A per-message heartbeat goes through this process's batcher (group commit:
-workers/heartbeat_batcher.py) and returns once its batch committed, so the message is
-acknowledged only after its effect is durable. A heartbeat_batch message is one
+A per-message heartbeat is taken in by its own Celery strategy
+(workers/heartbeat_intake.py): validated in the consumer, handed to this process's
+batcher (group commit: workers/heartbeat_batcher.py), and its message acknowledged only
+once its batch committed. A heartbeat_batch message is a task like any other: one
 transaction of its own.
 
 A transaction failing on a dependency (database or Redis down) is tried again with
@@ -21,47 +22,34 @@ from typing import Any
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_QUEUE, HEARTBEAT_TASK
 from registry import metrics
 from registry.config import get_settings
-from registry.ingestion.heartbeats import refusal_reason
-from registry.ingestion.payloads import (
-    HeartbeatPayload,
-    PayloadError,
-    parse_heartbeat_batch,
-    parse_payload,
-)
-from tasks.base import TRANSIENT_ERRORS, message_task
+from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_heartbeat_batch
+from registry.transient import TRANSIENT_ERRORS
+from tasks.base import message_task
 from workers.heartbeat_batcher import apply_until_committed, count_until, get_batcher
+from workers.heartbeat_intake import parse_heartbeat, report_refusal
 
 log = logging.getLogger(__name__)
 
 
-def _report_refusal(workspace: Any, result: dict[str, Any]) -> None:
-    """Count and log a refused heartbeat (never its payload: it carries the token)."""
-    reason = refusal_reason(result)
-    if reason is None:
-        return
-    metrics.HEARTBEATS_REJECTED.labels(reason).inc()
-    if result["status"] in ("rejected", "unauthorized"):
-        log.warning(
-            "heartbeat %s (workspace_id=%s): %s", result["status"], workspace, result.get("error")
-        )
-
-
 # Retries happen inside the batcher, bounded by the heartbeat's freshness, not by the
-# base task's autoretry (autoretry_for=()).
+# base task's autoretry (autoretry_for=()). A worker takes these messages in through
+# their own strategy (workers/heartbeat_intake.py: validated in the consumer, applied
+# by group commit, acknowledged after the commit); the body below is the same path for
+# a direct call (`apply`, eager mode).
 @message_task(
-    HEARTBEAT_TASK, queue=HEARTBEAT_QUEUE, bind=False, ignore_result=True, autoretry_for=()
+    HEARTBEAT_TASK,
+    queue=HEARTBEAT_QUEUE,
+    bind=False,
+    ignore_result=True,
+    autoretry_for=(),
+    Strategy="workers.heartbeat_intake:heartbeat_strategy",
 )
 def heartbeat_task(payload: Any) -> dict[str, Any]:
-    try:
-        heartbeat = parse_payload(HeartbeatPayload, payload)
-    except PayloadError as exc:
-        metrics.HEARTBEATS_REJECTED.labels("invalid").inc()
-        # Never log the payload itself: it carries the workspace's token.
-        workspace = payload.get("workspace_id") if isinstance(payload, dict) else None
-        log.warning("heartbeat rejected (workspace_id=%r): %s", workspace, exc)
-        return exc.as_result()
+    heartbeat = parse_heartbeat(payload)
+    if isinstance(heartbeat, dict):
+        return heartbeat
     result = get_batcher(TRANSIENT_ERRORS).submit(heartbeat)
-    _report_refusal(heartbeat.workspace_id, result)
+    report_refusal(heartbeat.workspace_id, result)
     return result
 
 
@@ -87,7 +75,7 @@ def heartbeat_batch_task(payload: Any) -> dict[str, Any]:
             counts["rejected"] += 1
             continue
         result = next(applied)
-        _report_refusal(item.workspace_id, result)
+        report_refusal(item.workspace_id, result)
         counts["applied" if result["status"] == "ok" else result["status"]] += 1
     return _summary(counts)
 

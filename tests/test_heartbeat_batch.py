@@ -215,7 +215,7 @@ def test_a_mixed_batch_gives_each_item_its_own_outcome(
     reasons = ("unauthorized", "removed", "unknown_workspace", "stale", "invalid")
     counted_before = {reason: rejected_count(reason) for reason in reasons}
 
-    with caplog.at_level(logging.WARNING, logger="tasks.heartbeats"):
+    with caplog.at_level(logging.WARNING, logger="workers.heartbeat_intake"):
         result = batch(celery_app, {"heartbeats": items})
 
     assert result == summary(applied=1, ignored=2, rejected=3, unauthorized=1)

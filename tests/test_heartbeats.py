@@ -343,14 +343,14 @@ def test_a_rejected_heartbeat_is_logged_without_its_token(
 ) -> None:
     secret = "tok-" + uuid.uuid4().hex
     task = task_named(celery_app, HEARTBEAT_TASK)
-    with caplog.at_level(logging.WARNING, logger="tasks.heartbeats"):
+    with caplog.at_level(logging.WARNING, logger="workers.heartbeat_intake"):
         invalid = task.apply(
             args=[{"workspace_id": new_id(), "auth_token": secret, "error_rate": 7}]
         )
         unknown = task.apply(args=[{"workspace_id": new_id(), "auth_token": secret}])
     assert invalid.get()["status"] == "rejected"
     assert unknown.get()["status"] == "rejected"
-    assert len([r for r in caplog.records if r.name == "tasks.heartbeats"]) == 2
+    assert len([r for r in caplog.records if r.name == "workers.heartbeat_intake"]) == 2
     assert secret not in caplog.text
 
 

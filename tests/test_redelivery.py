@@ -43,6 +43,7 @@ from molecule_registry_client.names import (
     HEARTBEAT_TASK,
     QUEUE_NAMES,
     REGISTER_TASK,
+    UPDATE_CARD_TASK,
 )
 from registry.ingestion.tokens import hash_token
 
@@ -210,13 +211,17 @@ def _kill_a_worker_holding_messages(
         with managed_process(
             argv, env=env, ready=WORKER_READY, log_dir=log_dir, name="doomed"
         ) as doomed:
-            # Stall both pool processes on the locked row, one message at a time.
+            # Stall both pool processes on the locked row, one message at a time, and the
+            # heartbeat batcher (it applies heartbeats outside the pool) behind them.
             payload = {"id": stalled, "agent_card": {"v": 2}, "auth_token": stalled_token}
             sent[stalled] = send(producer, REGISTER_TASK, {**payload, "delivery_mode": "poll"})
             wait_until(lambda: lock_waiters(engine) == 1)
+            card = {"workspace_id": stalled, "auth_token": stalled_token, "agent_card": {"v": 3}}
+            send(producer, UPDATE_CARD_TASK, card)
+            wait_until(lambda: lock_waiters(engine) == 2)
             hb = {"workspace_id": stalled, "auth_token": stalled_token, "current_task": "stalled"}
             send(producer, HEARTBEAT_TASK, hb)
-            wait_until(lambda: lock_waiters(engine) == 2)
+            wait_until(lambda: lock_waiters(engine) == 3)
             # Everything else is received (prefetched, unacknowledged) but cannot run.
             for ws in fresh:
                 payload = {"id": ws, "agent_card": {"name": ws}, "delivery_mode": "poll"}
@@ -244,7 +249,7 @@ def _kill_a_worker_holding_messages(
             ).scalar_one()
         row = workspace(engine, stalled)
         return online == len(fresh) + len(recovering) and (
-            row.agent_card == {"v": 2} and row.current_task == "stalled"
+            row.agent_card in ({"v": 2}, {"v": 3}) and row.current_task == "stalled"
         )
 
     try:
@@ -268,10 +273,13 @@ def _kill_a_worker_holding_messages(
         {"name": "agent"},
         {"v": 2},
     ]
+    # ...one card update...
+    cards = [p for kind, p in recorded_events(engine, stalled) if kind == "AGENT_CARD_UPDATED"]
+    assert cards == [{"agent_card": {"v": 3}}]
     # ...and one recovery per heartbeat.
     for ws in recovering:
         assert _online_events(engine, ws)[1:] == [{"recovered_from": "offline"}]
-    expected = events_before + len(fresh) + 1 + len(recovering)
+    expected = events_before + len(fresh) + 2 + len(recovering)
     assert len(recorded_events(engine)) == expected
 
 

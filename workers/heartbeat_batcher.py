@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from registry.config import get_settings
@@ -107,13 +107,24 @@ def apply_until_committed(
         return results
 
 
+# Called once a heartbeat's fate is known: (result, None) after its batch committed or it
+# was given up as stale, (None, error) when applying it failed for good.
+Done = Callable[[dict[str, Any] | None, BaseException | None], None]
+
+
 @dataclass
 class _Pending:
     heartbeat: HeartbeatPayload
     count_until: float
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] | None = None
-    error: BaseException | None = None
+    on_done: Done
+    finished: bool = False
+
+    def finish(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        self.finished = True
+        try:
+            self.on_done(result, error)
+        except Exception:  # a caller's callback must not stop the flusher
+            log.exception("heartbeat completion callback failed")
 
 
 class HeartbeatBatcher:
@@ -141,7 +152,25 @@ class HeartbeatBatcher:
     def submit(self, heartbeat: HeartbeatPayload) -> dict[str, Any]:
         """Apply `heartbeat` with whatever else is waiting; returns once it committed
         (or was given up as stale after a dependency stayed down for its whole life)."""
-        pending = _Pending(heartbeat, count_until(heartbeat, time.time(), self._ttl))
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def finished(result: dict[str, Any] | None, error: BaseException | None) -> None:
+            outcome[:] = [result, error]
+            done.set()
+
+        self.submit_async(heartbeat, finished)
+        done.wait()
+        result, error = outcome
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+    def submit_async(self, heartbeat: HeartbeatPayload, on_done: Done) -> None:
+        """Queue `heartbeat` for the next batch and return at once; the flusher thread
+        calls `on_done` after the batch holding it committed (or it was given up)."""
+        pending = _Pending(heartbeat, count_until(heartbeat, time.time(), self._ttl), on_done)
         with self._cond:
             self._start_if_needed()
             self._waiting.append(pending)
@@ -149,11 +178,6 @@ class HeartbeatBatcher:
             # heartbeat to wait, or a full batch (not on every arrival while it waits).
             if len(self._waiting) == 1 or len(self._waiting) >= self.max_items:
                 self._cond.notify()
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
 
     def _start_if_needed(self) -> None:
         # After a fork (prefork pool) the parent's flusher thread does not exist here.
@@ -189,9 +213,8 @@ class HeartbeatBatcher:
             except BaseException as exc:  # never leave a caller waiting forever
                 log.exception("heartbeat batcher failed")
                 for pending in batch:
-                    if not pending.done.is_set():
-                        pending.error = exc
-                        pending.done.set()
+                    if not pending.finished:
+                        pending.finish(None, exc)
 
     def _flush(self, batch: list[_Pending]) -> None:
         self.batches += 1
@@ -204,8 +227,7 @@ class HeartbeatBatcher:
             )
         except Exception as exc:
             if len(batch) == 1:
-                batch[0].error = exc
-                batch[0].done.set()
+                batch[0].finish(None, exc)
                 return
             # Something in the batch the database refuses: apply each alone, so it
             # fails by itself and its neighbours commit.
@@ -214,8 +236,7 @@ class HeartbeatBatcher:
                 self._flush([pending])
             return
         for pending, result in zip(batch, results, strict=True):
-            pending.result = result
-            pending.done.set()
+            pending.finish(result, None)
 
 
 _lock = threading.Lock()

@@ -1,0 +1,22 @@
+"""Which failures are a dependency's, not the message's (CONTRACT §4: retries).
+
+A database or Redis that cannot be reached, a pool exhausted, a concurrent
+registration: the same message may well succeed later, so it is tried again with
+backoff. Everything else (bad input, unauthorized) is an answer, never retried.
+"""
+
+from __future__ import annotations
+
+import redis.exceptions
+import sqlalchemy.exc
+
+from registry.ingestion.registration import ConcurrentRegistration
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,  # connection lost, server restarting, deadlock
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # connection pool exhausted
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConcurrentRegistration,
+)
