@@ -21,6 +21,10 @@ app = Celery("molecule_registry", events="registry.redaction:RedactingEvents")
 app.config_from_object("celeryconfig")
 
 
+# Redis broker: acknowledgements written once per event-loop turn (workers/redis_acks.py).
+app.steps["consumer"].add("workers.redis_acks:BatchedRedisAcks")
+
+
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     # A forked pool process must not share the parent's database or Redis sockets.
