@@ -1,17 +1,15 @@
 """Group commit for per-message heartbeats (CONTRACT §4.2; docs/ARCHITECTURE.md, heartbeat path).
 
-Every `registry.heartbeat` task running in this process hands its validated heartbeat
-to one batcher and blocks until the transaction holding it has committed; then the task
-returns and Celery acknowledges the message (acks late). One flusher thread takes
+The heartbeat task's strategy (workers/heartbeat_intake.py) hands each validated
+heartbeat to this process's batcher with `submit_async` and is called back once the
+transaction holding it has committed; only then is its message acknowledged. (`submit`
+is the same, blocking, for a direct call of the task.) One flusher thread takes
 whatever is waiting — up to HEARTBEAT_BATCH_MAX_ITEMS, after waiting at most
 HEARTBEAT_BATCH_MAX_WAIT_MS for company when heartbeats are streaming in — and applies
 it with one `apply_heartbeats`: a fixed number of statements for the lot. Under load
 the next batch gathers while the previous one commits; a lone heartbeat on an idle
-worker is applied at once.
-
-With the threads pool (the heartbeat worker's command line, docs/OPERATIONS.md) the
-concurrency is the largest batch; with prefork each process has a batcher of its own
-and batches stay small, which is still correct.
+worker is applied at once. How many can wait is bounded by the consumer's prefetch
+window (unacknowledged messages).
 
 Guarantees: nothing is acknowledged before its commit (a SIGKILLed worker's messages
 are redelivered; `sent_at` makes the second application moot). A batch failing on a
