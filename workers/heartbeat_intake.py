@@ -24,8 +24,9 @@ Kept from Celery's path: the "received" and "succeeded" log lines (INFO), task e
 when the worker sends them (-E), revocation and `expires`, and the task metrics
 (`registry_task_duration_seconds`, measured from receipt to commit, and
 `registry_task_results_total`). Not kept: time limits (a heartbeat never runs in the
-pool), the task_received/task_success signals and `inspect active` (heartbeats are
-never "active" in the pool).
+pool), the task_received/task_success signals, `inspect active` (heartbeats are
+never "active" in the pool), and `eta`/`countdown`: a heartbeat is evidence of life
+now, so it is applied when it arrives (its `sent_at` still orders it).
 """
 
 from __future__ import annotations
