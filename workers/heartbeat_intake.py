@@ -166,15 +166,16 @@ def _finish(
     finished heartbeat (the signal carries no arguments: the payload holds the token)."""
     name = task.name
     runtime = time.perf_counter() - received
+    # An exception's text may quote a token (CONTRACT §4.1 step 8; registry/redaction.py).
+    clean = redacted_exception(error) if error is not None else None
     if task_postrun.receivers:
-        state = "FAILURE" if error is not None else "SUCCESS"
-        retval = error if error is not None else result
+        state = "FAILURE" if clean is not None else "SUCCESS"
+        retval = clean if clean is not None else result
         task_postrun.send(
             sender=task, task_id=task_id, task=task, args=(), kwargs={}, retval=retval, state=state
         )
-    if error is not None:
+    if clean is not None:
         metrics.observe_task(name, "error", runtime)
-        clean = redacted_exception(error)
         trace_log.error("Task %s[%s] raised unexpected: %r", name, task_id, clean)
         if send_event is not None:
             send_event("task-failed", uuid=task_id, exception=repr(clean))
