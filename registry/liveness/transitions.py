@@ -16,7 +16,7 @@ from uuid import UUID
 from sqlalchemy import TextClause, text
 
 from registry import metrics
-from registry.events.outbox import Event
+from registry.events.outbox import RECORDED_COLUMNS, recorded_events, recording_ctes
 from registry.liveness.keys import clear_many_workspace_keys
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
 from registry.uow import UnitOfWork
@@ -129,7 +129,7 @@ class Unreachable:
     new_status: str
 
 
-_STATUS_OF_EVENT: dict[str, Status] = {str(e): s for s, e in UNREACHABLE_EVENT.items()}
+_STATUS_OF_EVENT: dict[EventType, str] = {e: str(s) for s, e in UNREACHABLE_EVENT.items()}
 _EVENT_TYPE_SQL = (
     "CASE c.status "
     + " ".join(f"WHEN '{status}' THEN '{event}'" for status, event in UNREACHABLE_EVENT.items())
@@ -171,22 +171,18 @@ def mark_unreachable_statement(
               -- the batch by primary key, never hashing the whole table against it.
               AND w.id = ANY(ARRAY(SELECT id FROM cand))
             RETURNING w.id, cand.previous_status, w.status
-        ), ev AS (
-            -- Only rows really changed get an event.
-            INSERT INTO structure_events (event_type, workspace_id, payload)
-            SELECT {_EVENT_TYPE_SQL}, c.id,
-                   jsonb_build_object('reason', CAST(:reason AS text),
-                                      'previous_status', c.previous_status)
-            FROM changed c
-            RETURNING id, workspace_id, event_type, payload, created_at
-        ), ob AS (
-            INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
-        )
-        -- Everything the caller needs is in the events: no join back to `changed`
-        -- (the planner cannot size CTEs and would nest-loop the batch against itself).
-        SELECT ev.workspace_id AS id, ev.payload ->> 'previous_status' AS previous_status,
-               ev.event_type, ev.payload, ev.id AS event_id, ev.created_at
-        FROM ev
+        ), {
+            recording_ctes(
+                "changed",
+                _EVENT_TYPE_SQL,
+                "jsonb_build_object('reason', CAST(:reason AS text), "
+                "'previous_status', c.previous_status)",
+            )
+        }
+        -- Only rows really changed get an event. Everything the caller needs is in
+        -- the events: no join back to `changed` (the planner cannot size CTEs and
+        -- would nest-loop the batch against itself).
+        SELECT {RECORDED_COLUMNS} FROM ev
         """
     )
 
@@ -222,16 +218,14 @@ def mark_unreachable(
         "limit": limit,
         "reason": reason,
     }
-    rows = uow.conn.execute(sql, bound).all()
+    events = recorded_events(uow.conn.execute(sql, bound).all())
     changed = [
-        Unreachable(r.id, r.previous_status, str(_STATUS_OF_EVENT[r.event_type])) for r in rows
+        Unreachable(e.workspace_id, e.payload["previous_status"], _STATUS_OF_EVENT[e.type])
+        for e in events
     ]
     if not changed:
         return changed
-    uow.recorded_events.extend(
-        Event(EventType(r.event_type), r.id, r.payload, timestamp=r.created_at, event_id=r.event_id)
-        for r in rows
-    )
+    uow.recorded_events.extend(events)
     ids = [c.workspace_id for c in changed]
     uow.on_commit(lambda pipe: clear_many_workspace_keys(pipe, ids))
     moves = Counter((c.previous_status, c.new_status) for c in changed)
