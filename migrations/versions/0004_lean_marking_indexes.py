@@ -1,4 +1,4 @@
-"""Fewer index entries per status change; provisioning candidates in the sweep's order.
+"""Cheaper marking batches: fewer index entries and per-row triggers per status change.
 
 Revision ID: 0004
 Revises: 0003
@@ -16,6 +16,16 @@ them held nothing a query needed for most rows (docs/PERFORMANCE.md, "Sweeps"):
 - `ix_workspaces_provisioning` is keyed on `LEAST(status_changed_at, updated_at)`, the
   time the provisioning sweep measures and orders by: its scan stops after one batch
   instead of reading and sorting every row in `provisioning`.
+- The status-count row trigger skips rows changed while the transaction-local setting
+  `registry.status_deltas_by_statement` is 'on': the set-based marking statements
+  append one delta per (from, to) pair themselves, in the same statement
+  (registry.liveness.selfpreservation.counts.records_its_deltas). Every other writer
+  is counted per row as before.
+- `event_outbox` loses its foreign key to `structure_events`: an outbox row is only
+  ever written in the statement that writes its event, and an event still in the
+  outbox is never deleted (registry.prune_events skips them), so the check (an index
+  probe and a row lock on every new event) guarded nothing. The outbox relay joins
+  the two tables and would leave a row without its event alone.
 """
 
 from alembic import op
@@ -26,7 +36,23 @@ branch_labels = None
 depends_on = None
 
 
+_COUNT_TRIGGER = (
+    "CREATE TRIGGER trg_workspaces_status_count_update AFTER UPDATE OF status "
+    "ON workspaces FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION workspaces_status_changed()"
+)
+_CHANGED = "OLD.status IS DISTINCT FROM NEW.status"
+# Evaluated without entering PL/pgSQL; a heartbeat that changes no status stops at the
+# first test.
+_COUNTED_PER_ROW = (
+    f"{_CHANGED} AND current_setting('registry.status_deltas_by_statement', true) "
+    "IS DISTINCT FROM 'on'"
+)
+
+
 def upgrade() -> None:
+    op.execute("DROP TRIGGER trg_workspaces_status_count_update ON workspaces")
+    op.execute(_COUNT_TRIGGER.format(when=_COUNTED_PER_ROW))
+    op.execute("ALTER TABLE event_outbox DROP CONSTRAINT event_outbox_event_id_fkey")
     op.execute("DROP INDEX ix_workspaces_parent_id")
     op.execute(
         "CREATE INDEX ix_workspaces_parent_id ON workspaces (parent_id) "
@@ -41,6 +67,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Rows whose event is gone (only a manual delete makes them) would fail the check.
+    op.execute(
+        "DELETE FROM event_outbox o "
+        "WHERE NOT EXISTS (SELECT 1 FROM structure_events e WHERE e.id = o.event_id)"
+    )
+    op.execute(
+        "ALTER TABLE event_outbox ADD CONSTRAINT event_outbox_event_id_fkey FOREIGN KEY "
+        "(event_id) REFERENCES structure_events (id) ON DELETE CASCADE"
+    )
+    op.execute("DROP TRIGGER trg_workspaces_status_count_update ON workspaces")
+    op.execute(_COUNT_TRIGGER.format(when=_CHANGED))
     op.execute("DROP INDEX ix_workspaces_provisioning")
     op.execute(
         "CREATE INDEX ix_workspaces_provisioning ON workspaces (status_changed_at) "

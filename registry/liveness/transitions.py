@@ -18,6 +18,7 @@ from sqlalchemy import TextClause, text
 from registry import metrics
 from registry.events.outbox import RECORDED_COLUMNS, recorded_events, recording_ctes
 from registry.liveness.keys import clear_many_workspace_keys
+from registry.liveness.selfpreservation.counts import deltas_cte, records_its_deltas
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
 from registry.uow import UnitOfWork
 
@@ -142,9 +143,10 @@ def mark_unreachable_statement(
 ) -> TextClause:
     """The one statement `mark_unreachable` runs (also what the plan tests EXPLAIN).
 
-    Claims the batch, updates it, and records one event per changed row in
-    structure_events and event_outbox: one UPDATE … RETURNING and one INSERT for the
-    whole batch, in one round trip, with no per-row parameters to send.
+    Claims the batch, updates it, records one event per changed row in
+    structure_events and event_outbox, and the batch's status-count deltas (run it
+    under `records_its_deltas`): one UPDATE … RETURNING and one INSERT per table for
+    the whole batch, in one round trip, with no per-row parameters to send.
     Parameters: the caller's, plus `:excluded` (statuses), `:limit` and `:reason`.
     """
     target_sql = f"'{target}'" if target else BY_RUNTIME
@@ -171,7 +173,7 @@ def mark_unreachable_statement(
               -- the batch by primary key, never hashing the whole table against it.
               AND w.id = ANY(ARRAY(SELECT id FROM cand))
             RETURNING w.id, cand.previous_status, w.status
-        ), {
+        ), {deltas_cte("changed")}, {
             recording_ctes(
                 "changed",
                 _EVENT_TYPE_SQL,
@@ -218,7 +220,8 @@ def mark_unreachable(
         "limit": limit,
         "reason": reason,
     }
-    events = recorded_events(uow.conn.execute(sql, bound).all())
+    with records_its_deltas(uow.conn):
+        events = recorded_events(uow.conn.execute(sql, bound).all())
     changed = [
         Unreachable(e.workspace_id, e.payload["previous_status"], _STATUS_OF_EVENT[e.type])
         for e in events

@@ -28,6 +28,7 @@ from sqlalchemy import text
 
 from registry import metrics
 from registry.events.outbox import RECORDED_COLUMNS, recorded_events, recording_ctes
+from registry.liveness.selfpreservation.counts import deltas_cte, records_its_deltas
 from registry.statuses import EventType, Status
 from registry.uow import UnitOfWork
 
@@ -70,8 +71,9 @@ FAIL_TIMED_OUT = text(
         WHERE w.id = cand.id AND w.status = 'provisioning'
           -- By primary key, never a hash of the whole table against the batch.
           AND w.id = ANY(ARRAY(SELECT id FROM cand))
-        RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error
-    ), {
+        RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error,
+                  'provisioning' AS previous_status, w.status
+    ), {deltas_cte("failed")}, {
         recording_ctes(
             "failed",
             f"'{EventType.WORKSPACE_PROVISION_FAILED}'",
@@ -79,7 +81,8 @@ FAIL_TIMED_OUT = text(
             f"'runtime', c.runtime, 'source', '{SOURCE}')",
         )
     }
-    -- The failed rows, their events and outbox rows in one statement (one round trip).
+    -- The failed rows, their status-count deltas, events and outbox rows: one statement,
+    -- one round trip (run under records_its_deltas).
     SELECT {RECORDED_COLUMNS} FROM ev
     """
 )
@@ -119,9 +122,9 @@ def sweep_provisioning(
     `timeout_override` is PROVISION_TIMEOUT_SECONDS (None: the per-runtime defaults).
     At most `limit` rows per call; `more` says the next tick has work left.
     """
-    events = recorded_events(
-        uow.conn.execute(FAIL_TIMED_OUT, fail_params(timeout_override, limit)).all()
-    )
+    with records_its_deltas(uow.conn):
+        rows = uow.conn.execute(FAIL_TIMED_OUT, fail_params(timeout_override, limit)).all()
+    events = recorded_events(rows)
     uow.recorded_events.extend(events)
     failed = len(events)
     uow.after_commit(lambda: metrics.record_transition(Status.PROVISIONING, Status.FAILED, failed))
