@@ -154,7 +154,7 @@ def mark_unreachable_statement(
     return text(
         f"""
         WITH cand AS (
-            SELECT w.id, w.status AS previous_status
+            SELECT w.id, w.ctid, w.status AS previous_status
             FROM workspaces w
             WHERE ({candidates_sql})
               AND w.status <> ALL(:excluded)
@@ -169,9 +169,10 @@ def mark_unreachable_statement(
             SET status = {target_sql}, updated_at = now()
             FROM cand
             WHERE w.id = cand.id
-              -- The batch's ids as an index condition too: the planner then fetches
-              -- the batch by primary key, never hashing the whole table against it.
-              AND w.id = ANY(ARRAY(SELECT id FROM cand))
+              -- The locked rows' own addresses (we hold their locks, so they stay put):
+              -- the batch is fetched by TID, no index descent per row, and the whole
+              -- table is never hashed against it.
+              AND w.ctid = ANY(ARRAY(SELECT ctid FROM cand))
             RETURNING w.id, cand.previous_status, w.status
         ), {deltas_cte("changed")}, {
             recording_ctes(

@@ -48,7 +48,7 @@ _TIMEOUT = "COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_
 FAIL_TIMED_OUT = text(
     f"""
     WITH cand AS (
-        SELECT w.id, w.runtime, {_TIMEOUT} AS timeout_secs
+        SELECT w.id, w.ctid, w.runtime, {_TIMEOUT} AS timeout_secs
         FROM workspaces w
         WHERE w.status = 'provisioning'
           AND {_ENTERED} < now() - make_interval(secs => :shortest_secs)
@@ -69,8 +69,9 @@ FAIL_TIMED_OUT = text(
             last_sample_error = format(:message, cand.timeout_secs, cand.runtime)
         FROM cand
         WHERE w.id = cand.id AND w.status = 'provisioning'
-          -- By primary key, never a hash of the whole table against the batch.
-          AND w.id = ANY(ARRAY(SELECT id FROM cand))
+          -- By the locked rows' addresses (TID scan: no index descent per row), never a
+          -- hash of the whole table against the batch.
+          AND w.ctid = ANY(ARRAY(SELECT ctid FROM cand))
         RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error,
                   'provisioning' AS previous_status, w.status
     ), {deltas_cte("failed")}, {
