@@ -6,7 +6,10 @@ runs both code versions in the same minutes instead: each side gets its own data
 turns, `--rounds` times (order alternating), each turn a fresh process that times
 `--runs` ticks of every marking entry point exactly as `bench/sweeps.py` does (a warm-up
 tick, then timed ticks, the changed rows put back after each). It prints the medians,
-the minimums and the ratio after/before per tick, with the load average.
+the minimums and the ratio after/before per tick, with the load average, for two
+measures: wall-clock time, and CPU time (this process plus every PostgreSQL backend
+connected to the side's database, from /proc; its mean per tick), which waiting for a
+CPU on a busy machine does not inflate.
 
 Run: `.venv/bin/python bench/sweeps_ab.py --ref <commit> [--fleet 1000000] [--rounds 6]`
 (PostgreSQL and Redis up; databases molecule_registry_bench_ab_{before,after}, Redis
@@ -45,6 +48,26 @@ def load_bench(tree: str, db: str) -> types.ModuleType:
     return module
 
 
+def backend_cpu_ms(db: str) -> float:
+    """CPU time used so far by the PostgreSQL backends connected to `db` (from /proc)."""
+    from sqlalchemy import text
+
+    from registry.db import get_engine
+
+    with get_engine().connect() as conn:
+        pids = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :db"), {"db": db}
+        ).scalars()
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def worker(args: argparse.Namespace) -> None:
     bench = load_bench(args.tree, args.db)
     if args.seed:
@@ -59,19 +82,26 @@ def worker(args: argparse.Namespace) -> None:
         "provisioning": (bench.provisioning_tick, "provisioning"),
     }
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for name in args.ticks.split(","):
         func, key = entries[name]
         if key == "remote":
             bench.restore("remote-prepare")
         func()  # warm-up, not counted
         bench.restore(key)
-        times[name] = []
+        times[name], cpu[name] = [], []
         for _ in range(args.runs):
+            # The /proc reads stay outside the timed part; the query that lists the
+            # backends costs both sides the same.
+            cpu_before = backend_cpu_ms(args.db)
+            process_before = time.process_time()
             started = time.perf_counter()
             func()
             times[name].append((time.perf_counter() - started) * 1000)
+            process_ms = (time.process_time() - process_before) * 1000
+            cpu[name].append(process_ms + backend_cpu_ms(args.db) - cpu_before)
             bench.restore(key)
-    print(json.dumps({"times": times, "load": os.getloadavg()[0]}))
+    print(json.dumps({"times": times, "cpu": cpu, "load": os.getloadavg()[0]}))
 
 
 def run_side(tree: str, db: str, *extra: str) -> dict[str, Any]:
@@ -127,6 +157,7 @@ def compare(args: argparse.Namespace, sides: dict[str, tuple[str, str]]) -> None
         print(f"{side}: {args.fleet:,} workspaces seeded in {seeded['seed_seconds']:.1f} s")
     ticks = args.ticks.split(",")
     times: dict[tuple[str, str], list[float]] = {(s, t): [] for s in sides for t in ticks}
+    cpu: dict[tuple[str, str], list[float]] = {(s, t): [] for s in sides for t in ticks}
     loads: list[float] = []
     for round_no in range(args.rounds):
         order = list(sides) if round_no % 2 == 0 else list(reversed(sides))
@@ -136,20 +167,29 @@ def compare(args: argparse.Namespace, sides: dict[str, tuple[str, str]]) -> None
             loads.append(result["load"])
             for tick, values in result["times"].items():
                 times[(side, tick)].extend(values)
+                cpu[(side, tick)].extend(result["cpu"][tick])
         print(f"round {round_no + 1}/{args.rounds} done (load {loads[-1]:.1f})", flush=True)
     print(
         f"\n{args.fleet:,} workspaces, {args.rounds} rounds x {args.runs} ticks per side, "
         f"before = {args.ref}; load average during the run: min {min(loads):.1f}, "
         f"median {statistics.median(loads):.1f}, max {max(loads):.1f}\n"
     )
-    print("| tick | before: median (min) ms | after: median (min) ms | after / before |")
-    print("|---|---|---|---|")
+    print(
+        "| tick | before: wall median (min) ms | after: wall median (min) ms | after / before "
+        "| before: CPU mean ms | after: CPU mean ms | after / before |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for tick in ticks:
         before, after = times[("before", tick)], times[("after", tick)]
-        ratio = statistics.median(after) / statistics.median(before)
+        # /proc counts CPU in clock ticks (10 ms): one tick's figure is coarse, their
+        # mean over many ticks is not.
+        cpu_before = statistics.mean(cpu[("before", tick)])
+        cpu_after = statistics.mean(cpu[("after", tick)])
         print(
             f"| {tick} | {statistics.median(before):.1f} ({min(before):.1f}) | "
-            f"{statistics.median(after):.1f} ({min(after):.1f}) | {ratio:.2f} |"
+            f"{statistics.median(after):.1f} ({min(after):.1f}) | "
+            f"{statistics.median(after) / statistics.median(before):.2f} | "
+            f"{cpu_before:.1f} | {cpu_after:.1f} | {cpu_after / cpu_before:.2f} |"
         )
 
 
