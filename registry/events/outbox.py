@@ -35,14 +35,15 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# The events of one heartbeat batch share a timestamp: format it once, not per event.
+# The events of one heartbeat batch share a timestamp, and those of one marking batch
+# its transaction's `now()` (equal values, one object per row): format it once.
 _last_stamp: tuple[datetime | None, str] = (None, "")
 
 
 def _stamp(ts: datetime) -> str:
     global _last_stamp  # noqa: PLW0603 - a one-entry cache; a race only costs a recompute
     last = _last_stamp
-    if last[0] is ts:
+    if last[0] == ts:
         return last[1]
     text = rfc3339(ts)
     _last_stamp = (ts, text)
