@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-08
+Create Date: 2026-12-02
 
 A status change can never be a HOT update (the status is in index predicates), so
 every full index of `workspaces` gets a new entry for each row a sweep marks. Two of
