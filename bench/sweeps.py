@@ -194,6 +194,10 @@ def instrument() -> None:
     _timed_part(backstop_module, "evaluate_recent", "check")
     _timed_part(health, "evaluate_recent", "check")
     _timed_part(uow_module, "run_after_commit", "publish")
+    # The marking statement with its rows turned into events, before the commit.
+    _timed_part(backstop_module, "mark_unreachable", "mark")
+    _timed_part(health, "mark_unreachable", "mark")
+    _timed_part(sys.modules[__name__], "sweep_provisioning", "mark")
 
 
 # Run after each timed run (not timed): put the rows that run changed back, so every
@@ -233,7 +237,7 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
     seed_seconds = fresh_database(fleet)
     settings = reload_settings()
     print(f"\n== fleet {fleet:,}: seeded in {seed_seconds:.1f} s", flush=True)
-    ticks: dict[str, tuple[list[float], list[int], float, float]] = {}
+    ticks: dict[str, tuple[list[float], list[int], float, float, float]] = {}
     entries: list[tuple[str, Callable[[], Any], str | None]] = [
         (CHECK, lambda: evaluate_now(settings), None),
         (CHECK_REUSED, lambda: evaluate_recent(settings), None),
@@ -270,16 +274,19 @@ def measure_fleet(fleet: int, runs: int) -> dict[str, Any]:
             started = time.perf_counter()
             result = func()
             times.append((time.perf_counter() - started) * 1000)
-            parts.append((PARTS.get("check", 0.0), PARTS.get("publish", 0.0)))
+            parts.append(
+                (PARTS.get("check", 0.0), PARTS.get("publish", 0.0), PARTS.get("mark", 0.0))
+            )
             changed.append(changed_of(result))
             restore(key)
         check = statistics.median(p[0] for p in parts)
         publish = statistics.median(p[1] for p in parts)
-        ticks[name] = (times, changed, check, publish)
+        mark = statistics.median(p[2] for p in parts)
+        ticks[name] = (times, changed, check, publish, mark)
         print(
             f"  {name:<50} min {min(times):7.1f}  median {statistics.median(times):7.1f}"
             f"  max {max(times):7.1f} ms"
-            f"  (check {check:.1f}, publish {publish:.1f})  changed {changed}",
+            f"  (check {check:.1f}, mark {mark:.1f}, publish {publish:.1f})  changed {changed}",
             flush=True,
         )
     # The plans, once the runs above have left events behind (the history statements
@@ -356,14 +363,15 @@ def report(
         f"work (1-minute load average {load[0]:.1f} when the run started, {load[1]:.1f} "
         "when it ended): compare ratios and minimums, not absolute figures. The "
         "'of which' column splits a tick: the self-preservation check it ran first "
-        "(`evaluate_recent`: on a fleet of 10,000 or more, mostly the kept evaluation), "
-        "and the after-commit Redis pipeline (one script that PUBLISHes and XADDs every "
-        "event, one DEL for the batch's keys) with the outbox clean-up; the rest is the "
-        "one marking statement and its commit.",
+        "(`evaluate_recent`: on a fleet of 10,000 or more, mostly the kept evaluation); "
+        "the marking statement with its rows turned into events (before the commit); and "
+        "the after-commit Redis pipeline (one script that PUBLISHes and XADDs every "
+        "event, one DEL for the batch's keys) with the outbox clean-up. The rest is the "
+        "commit and the sweep's own Python.",
         "",
         "| entry point | "
         + " | ".join(f"{n:,}: min / median / max ms" for n in sizes)
-        + f" | {sizes[-1]:,}: of which check / publish (median ms) | changed per run |"
+        + f" | {sizes[-1]:,}: of which check / mark / publish (median ms) | changed per run |"
         + (" ratio of medians |" if len(sizes) > 1 else ""),
         "|---|" + "---|" * len(sizes) + "---|---|" + ("---|" if len(sizes) > 1 else ""),
     ]
@@ -372,11 +380,11 @@ def report(
         for f in fleets:
             times = f["ticks"][name][0]
             cells.append(f"{min(times):.1f} / {statistics.median(times):.1f} / {max(times):.1f}")
-        _, changed, check, publish = fleets[-1]["ticks"][name]
+        _, changed, check, publish, mark = fleets[-1]["ticks"][name]
         row = (
             f"| {name} | "
             + " | ".join(cells)
-            + f" | {check:.1f} / {publish:.1f} | {', '.join(map(str, changed))} |"
+            + f" | {check:.1f} / {mark:.1f} / {publish:.1f} | {', '.join(map(str, changed))} |"
         )
         if len(sizes) > 1:
             first = statistics.median(fleets[0]["ticks"][name][0])

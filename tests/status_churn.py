@@ -1,12 +1,14 @@
 """A separate process that changes workspace statuses (tests/test_status_counts.py).
 
 `python tests/status_churn.py churn <rounds> <seed>`: `rounds` transactions, each moving
-a few random workspaces to random statuses (one in five rolled back on purpose), with a
-fold or a reconciliation of the status counts now and then; deadlocks with the other
+a few random workspaces to random statuses (one in five rolled back on purpose), some
+also marking a few unreachable the set-based way (`mark_unreachable`, which writes its
+own deltas) before further moves, with a fold or a reconciliation of the status counts
+now and then; deadlocks with the other
 churners are rolled back and counted. Prints `done <committed> <rolled back>`.
 
-`python tests/status_churn.py hold`: changes statuses and folds the deltas in one
-transaction, prints `holding`, and waits to be killed before committing.
+`python tests/status_churn.py hold`: changes statuses (row by row and set-based) and
+folds the deltas in one transaction, prints `holding`, and waits to be killed before committing.
 
 The database comes from DATABASE_URL, as for every registry process.
 """
@@ -22,7 +24,9 @@ from sqlalchemy.exc import OperationalError
 
 from registry.db import get_engine
 from registry.liveness.selfpreservation.counts import fold_pending, reconcile
+from registry.liveness.transitions import mark_unreachable
 from registry.statuses import ALL_STATUSES
+from registry.uow import UnitOfWork
 
 _MOVE = text(
     """
@@ -30,6 +34,16 @@ _MOVE = text(
     WHERE id IN (SELECT id FROM workspaces ORDER BY random() LIMIT :n)
     """
 )
+
+_SOME = text("SELECT id FROM workspaces ORDER BY random() LIMIT :n")
+
+
+def mark_some(conn, n: int) -> None:
+    """The bulk path: a few random workspaces marked unreachable in one statement."""
+    ids = list(conn.execute(_SOME, {"n": n}).scalars())
+    mark_unreachable(
+        UnitOfWork(conn), reason="churn", candidates_sql="w.id = ANY(:ids)", params={"ids": ids}
+    )
 
 
 def churn(rounds: int, seed: int) -> None:
@@ -42,6 +56,8 @@ def churn(rounds: int, seed: int) -> None:
         try:
             for _ in range(rng.randint(1, 3)):
                 conn.execute(_MOVE, {"status": rng.choice(ALL_STATUSES), "n": rng.randint(1, 5)})
+                if rng.random() < 0.3:  # the row-by-row moves after it are counted again
+                    mark_some(conn, rng.randint(1, 8))
             if i % 7 == 0:
                 fold_pending(conn, limit=rng.randint(1, 50))
             if i % 29 == 0:
@@ -64,6 +80,7 @@ def hold() -> None:
     with get_engine().connect() as conn:
         conn.begin()
         conn.execute(_MOVE, {"status": "offline", "n": 40})
+        mark_some(conn, 20)
         fold_pending(conn)
         print("holding", flush=True)
         time.sleep(600)

@@ -322,7 +322,21 @@ def test_prefix_lookup_refuses_wildcards_and_uses_the_index(db: Engine) -> None:
                 {"prefixes": ["0f3c2a9b-1d2"]},
             ).scalars()
         )
-    assert "ix_workspaces_id_text" in plan
+    # A prefix is a range of the primary key: no index on id::text to maintain.
+    assert "workspaces_pkey" in plan and "Seq Scan" not in plan
+
+
+def test_prefix_range_covers_exactly_the_ids_that_start_with_it(db: Engine) -> None:
+    inside = ["0f3c2a9b-1d20-0000-0000-000000000000", "0f3c2a9b-1d2f-ffff-ffff-ffffffffffff"]
+    outside = ["0f3c2a9b-1d1f-ffff-ffff-ffffffffffff", "0f3c2a9b-1d30-0000-0000-000000000000"]
+    with db.begin() as conn:
+        for n, ws in enumerate(inside + outside):
+            conn.execute(
+                text("INSERT INTO workspaces (id, name, status) VALUES (:id, :n, 'removed')"),
+                {"id": ws, "n": f"edge-{n}"},
+            )
+        found = statuses_by_prefix(conn, ["0f3c2a9b-1d2", "0f3c2a9b-1d1", "0f3c2a9b-1d4"])
+    assert found == {"0f3c2a9b-1d2": ["removed", "removed"], "0f3c2a9b-1d1": ["removed"]}
 
 
 def test_task_without_a_backend(db: Engine, worker, celery_app) -> None:

@@ -1,7 +1,8 @@
 """Workspaces per status kept by triggers (the self-preservation fleet size, CONTRACT §5).
 
 The counts must equal an exact `count(*) GROUP BY status` after anything: concurrent
-transitions from several processes (with folds and reconciliations running among
+transitions from several processes (row by row and set-based marking, which writes its
+own deltas) (with folds and reconciliations running among
 them), rolled-back transactions, a process killed in the middle of a transaction, a
 TRUNCATE, and counts damaged by hand (a reconciliation repairs them and says so).
 """
@@ -28,6 +29,9 @@ from registry.liveness.selfpreservation.counts import (
     status_counts,
 )
 from registry.liveness.selfpreservation.state import evaluate_now
+from registry.liveness.transitions import mark_unreachable
+from registry.sweeps.provisioning import sweep_provisioning
+from registry.uow import UnitOfWork
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +109,49 @@ def test_a_heartbeat_that_changes_no_status_writes_no_delta(liveness_db):
             {"ids": fleet},
         )
     assert pending(liveness_db) == before
+
+
+def test_bulk_marking_writes_one_delta_per_move_and_the_trigger_counts_the_rest(liveness_db):
+    fleet = add_fleet(liveness_db, 12)
+    add_fleet(liveness_db, 3, runtime="external")  # lands in awaiting_agent
+    before = pending(liveness_db)
+    with liveness_db.begin() as conn:
+        marked = mark_unreachable(
+            UnitOfWork(conn),
+            reason="liveness_expired",
+            candidates_sql="w.status = 'online' AND w.id <> ALL(:keep)",
+            params={"keep": fleet[:2]},
+        )
+        # Later in the same transaction, a row-by-row change: counted by the trigger.
+        conn.execute(
+            text("UPDATE workspaces SET status = 'paused' WHERE id = ANY(:ids)"),
+            {"ids": fleet[:2]},
+        )
+    assert len(marked) == 13
+    # online -> offline and online -> awaiting_agent: one delta each, then the pause's two.
+    assert pending(liveness_db) == before + 4
+    assert (
+        kept(liveness_db) == exact(liveness_db) == {"offline": 10, "awaiting_agent": 3, "paused": 2}
+    )
+    with liveness_db.begin() as conn:
+        assert reconcile(conn) == {}
+
+
+def test_the_provisioning_sweep_writes_its_own_deltas(liveness_db):
+    stuck = add_fleet(liveness_db, 6, status="provisioning", heartbeat_age=None)
+    with liveness_db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE workspaces SET status_changed_at = now() - interval '1 hour', "
+                "updated_at = now() - interval '1 hour' WHERE id = ANY(:ids)"
+            ),
+            {"ids": stuck},
+        )
+    before = pending(liveness_db)
+    with liveness_db.begin() as conn:
+        assert sweep_provisioning(UnitOfWork(conn))["changed"] == 6
+    assert pending(liveness_db) == before + 1
+    assert kept(liveness_db) == exact(liveness_db) == {"failed": 6}
 
 
 def test_a_rolled_back_transaction_leaves_the_counts_right(liveness_db):

@@ -10,6 +10,7 @@ publication is at least once, never before the change is durable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -34,14 +35,15 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# The events of one heartbeat batch share a timestamp: format it once, not per event.
+# The events of one heartbeat batch share a timestamp, and those of one marking batch
+# its transaction's `now()` (equal values, one object per row): format it once.
 _last_stamp: tuple[datetime | None, str] = (None, "")
 
 
 def _stamp(ts: datetime) -> str:
     global _last_stamp  # noqa: PLW0603 - a one-entry cache; a race only costs a recompute
     last = _last_stamp
-    if last[0] is ts:
+    if last[0] == ts:
         return last[1]
     text = rfc3339(ts)
     _last_stamp = (ts, text)
@@ -143,6 +145,37 @@ def insert_recorded_events(
     return [
         Event(t, ws, p, timestamp=row.created_at, event_id=row.id)
         for (t, ws, p), row in zip(events, rows, strict=True)
+    ]
+
+
+def recording_ctes(source: str, event_type_sql: str, payload_sql: str) -> str:
+    """CTEs `ev` and `ob`: one recorded event (and its outbox row) per row of CTE `source`.
+
+    For set-based marking statements (`… WITH changed AS (UPDATE … RETURNING …), {this}
+    SELECT {RECORDED_COLUMNS} FROM ev`): the rows, their events and the outbox in one
+    statement and one round trip. `source` exposes `id` (the workspace); the SQL
+    expressions read its columns as `c.<column>`. Turn the rows into events with
+    `recorded_events`.
+    """
+    return f"""ev AS (
+            INSERT INTO structure_events (event_type, workspace_id, payload)
+            SELECT {event_type_sql}, c.id, {payload_sql}
+            FROM {source} c
+            RETURNING id, workspace_id, event_type, payload, created_at
+        ), ob AS (
+            INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
+        )"""
+
+
+# What a statement built on `recording_ctes` selects from `ev` for `recorded_events`.
+RECORDED_COLUMNS = "ev.id AS event_id, ev.workspace_id, ev.event_type, ev.payload, ev.created_at"
+
+
+def recorded_events(rows: Sequence[Any]) -> list[Event]:
+    """The events of rows selected with RECORDED_COLUMNS (published after the commit)."""
+    return [
+        Event(EventType(r.event_type), r.workspace_id, r.payload, r.created_at, r.event_id)
+        for r in rows
     ]
 
 

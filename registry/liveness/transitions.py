@@ -16,8 +16,9 @@ from uuid import UUID
 from sqlalchemy import TextClause, text
 
 from registry import metrics
-from registry.events.outbox import Event
+from registry.events.outbox import RECORDED_COLUMNS, recorded_events, recording_ctes
 from registry.liveness.keys import clear_many_workspace_keys
+from registry.liveness.selfpreservation.counts import deltas_cte, records_its_deltas
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
 from registry.uow import UnitOfWork
 
@@ -129,7 +130,7 @@ class Unreachable:
     new_status: str
 
 
-_STATUS_OF_EVENT: dict[str, Status] = {str(e): s for s, e in UNREACHABLE_EVENT.items()}
+_STATUS_OF_EVENT: dict[EventType, str] = {e: str(s) for s, e in UNREACHABLE_EVENT.items()}
 _EVENT_TYPE_SQL = (
     "CASE c.status "
     + " ".join(f"WHEN '{status}' THEN '{event}'" for status, event in UNREACHABLE_EVENT.items())
@@ -142,9 +143,10 @@ def mark_unreachable_statement(
 ) -> TextClause:
     """The one statement `mark_unreachable` runs (also what the plan tests EXPLAIN).
 
-    Claims the batch, updates it, and records one event per changed row in
-    structure_events and event_outbox: one UPDATE … RETURNING and one INSERT for the
-    whole batch, in one round trip, with no per-row parameters to send.
+    Claims the batch, updates it, records one event per changed row in
+    structure_events and event_outbox, and the batch's status-count deltas (run it
+    under `records_its_deltas`): one UPDATE … RETURNING and one INSERT per table for
+    the whole batch, in one round trip, with no per-row parameters to send.
     Parameters: the caller's, plus `:excluded` (statuses), `:limit` and `:reason`.
     """
     target_sql = f"'{target}'" if target else BY_RUNTIME
@@ -152,7 +154,7 @@ def mark_unreachable_statement(
     return text(
         f"""
         WITH cand AS (
-            SELECT w.id, w.status AS previous_status
+            SELECT w.id, w.ctid, w.status AS previous_status
             FROM workspaces w
             WHERE ({candidates_sql})
               AND w.status <> ALL(:excluded)
@@ -167,26 +169,23 @@ def mark_unreachable_statement(
             SET status = {target_sql}, updated_at = now()
             FROM cand
             WHERE w.id = cand.id
-              -- The batch's ids as an index condition too: the planner then fetches
-              -- the batch by primary key, never hashing the whole table against it.
-              AND w.id = ANY(ARRAY(SELECT id FROM cand))
+              -- The locked rows' own addresses (we hold their locks, so they stay put):
+              -- the batch is fetched by TID, no index descent per row, and the whole
+              -- table is never hashed against it.
+              AND w.ctid = ANY(ARRAY(SELECT ctid FROM cand))
             RETURNING w.id, cand.previous_status, w.status
-        ), ev AS (
-            -- Only rows really changed get an event.
-            INSERT INTO structure_events (event_type, workspace_id, payload)
-            SELECT {_EVENT_TYPE_SQL}, c.id,
-                   jsonb_build_object('reason', CAST(:reason AS text),
-                                      'previous_status', c.previous_status)
-            FROM changed c
-            RETURNING id, workspace_id, event_type, payload, created_at
-        ), ob AS (
-            INSERT INTO event_outbox (event_id, created_at) SELECT id, created_at FROM ev
-        )
-        -- Everything the caller needs is in the events: no join back to `changed`
-        -- (the planner cannot size CTEs and would nest-loop the batch against itself).
-        SELECT ev.workspace_id AS id, ev.payload ->> 'previous_status' AS previous_status,
-               ev.event_type, ev.payload, ev.id AS event_id, ev.created_at
-        FROM ev
+        ), {deltas_cte("changed")}, {
+            recording_ctes(
+                "changed",
+                _EVENT_TYPE_SQL,
+                "jsonb_build_object('reason', CAST(:reason AS text), "
+                "'previous_status', c.previous_status)",
+            )
+        }
+        -- Only rows really changed get an event. Everything the caller needs is in
+        -- the events: no join back to `changed` (the planner cannot size CTEs and
+        -- would nest-loop the batch against itself).
+        SELECT {RECORDED_COLUMNS} FROM ev
         """
     )
 
@@ -222,16 +221,15 @@ def mark_unreachable(
         "limit": limit,
         "reason": reason,
     }
-    rows = uow.conn.execute(sql, bound).all()
+    with records_its_deltas(uow.conn):
+        events = recorded_events(uow.conn.execute(sql, bound).all())
     changed = [
-        Unreachable(r.id, r.previous_status, str(_STATUS_OF_EVENT[r.event_type])) for r in rows
+        Unreachable(e.workspace_id, e.payload["previous_status"], _STATUS_OF_EVENT[e.type])
+        for e in events
     ]
     if not changed:
         return changed
-    uow.recorded_events.extend(
-        Event(EventType(r.event_type), r.id, r.payload, timestamp=r.created_at, event_id=r.event_id)
-        for r in rows
-    )
+    uow.recorded_events.extend(events)
     ids = [c.workspace_id for c in changed]
     uow.on_commit(lambda pipe: clear_many_workspace_keys(pipe, ids))
     moves = Counter((c.previous_status, c.new_status) for c in changed)

@@ -32,7 +32,7 @@ left alone: a live workspace's container is never touched on a guess.
 Only prefixes shaped like the start of a UUID (8 hex digits, `-`, 3 hex digits) are
 ever put in a query or acted on: `_` and `%` would be LIKE wildcards, and a container
 whose name is not such a prefix is not one of ours whatever its label says. All the
-prefixes of a pass go out in ONE query, which uses `ix_workspaces_id_text`.
+prefixes of a pass go out in ONE query: each prefix is a range of the primary key.
 
 One sweep stops working at its deadline (30 s by default) and reports it; the next
 sweep carries on. Only one orphan sweep runs at a time in the whole cluster (a
@@ -71,17 +71,17 @@ _disabled_logged: list[bool] = []  # the "disabled" line is logged once per proc
 
 _WORKSPACE_PREFIX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{3}$")
 
-# The LIKE alone cannot use the index when its pattern comes from a join, so the
-# range on the same index (text_pattern_ops) finds the rows and the LIKE states the
-# rule. Every string starting with a lowercase UUID prefix sorts below prefix || 'g'
-# (UUID text is [0-9a-f-], all below 'g').
+# A prefix of 8 hex digits, `-` and 3 hex digits is a range of UUIDs (uuid order is
+# the order of their lowercase text), so the primary key finds the rows; the LIKE
+# states the rule. No index on `id::text` needed: every status change would have to
+# maintain it.
 _STATUSES_BY_PREFIX = text(
     """
     SELECT p.prefix, w.status
     FROM unnest(CAST(:prefixes AS text[])) AS p(prefix)
     JOIN workspaces w
-      ON w.id::text ~>=~ p.prefix
-     AND w.id::text ~<~ (p.prefix || 'g')
+      ON w.id BETWEEN CAST(p.prefix || '0-0000-0000-000000000000' AS uuid)
+                  AND CAST(p.prefix || 'f-ffff-ffff-ffffffffffff' AS uuid)
      AND w.id::text LIKE p.prefix || '%'
     """
 )

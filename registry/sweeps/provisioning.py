@@ -27,8 +27,10 @@ from typing import Any
 from sqlalchemy import text
 
 from registry import metrics
+from registry.events.outbox import RECORDED_COLUMNS, recorded_events, recording_ctes
+from registry.liveness.selfpreservation.counts import deltas_cte, records_its_deltas
 from registry.statuses import EventType, Status
-from registry.uow import UnitOfWork, record_events_on_commit
+from registry.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -37,39 +39,52 @@ DEFAULT_TIMEOUT_SECONDS = 10 * 60
 RUNTIME_TIMEOUT_SECONDS: Mapping[str, int] = {"hermes": 30 * 60}
 SOURCE = "provision_timeout_sweep"
 
+# When a row counts as entered `provisioning`: by the status trigger, or by the shared
+# `updated_at` column (CONTRACT §3) that other services and operators write; the earlier
+# of the two. Exactly the key of the partial index ix_workspaces_provisioning.
+_ENTERED = "LEAST(w.status_changed_at, w.updated_at)"
+_TIMEOUT = "COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_secs)"
+
 FAIL_TIMED_OUT = text(
-    """
+    f"""
     WITH cand AS (
-        SELECT w.id, w.runtime,
-               COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_secs)
-                   AS timeout_secs
+        SELECT w.id, w.ctid, w.runtime, {_TIMEOUT} AS timeout_secs
         FROM workspaces w
         WHERE w.status = 'provisioning'
-          -- Entered `provisioning` before the timeout: by the status trigger, or by the
-          -- shared `updated_at` column (CONTRACT §3) that other services and operators
-          -- write; the earlier of the two counts. Rows come from the partial index
-          -- ix_workspaces_provisioning: the cost follows the rows in provisioning.
-          AND LEAST(w.status_changed_at, w.updated_at)
-                < now() - make_interval(secs => :shortest_secs)
-          AND LEAST(w.status_changed_at, w.updated_at) < now() - make_interval(
-                secs => COALESCE((CAST(:per_runtime AS jsonb) ->> w.runtime)::int, :default_secs))
-        ORDER BY LEAST(w.status_changed_at, w.updated_at)
+          AND {_ENTERED} < now() - make_interval(secs => :shortest_secs)
+          AND {_ENTERED} < now() - make_interval(secs => {_TIMEOUT})
+        -- The index's order: the scan stops after `limit` timed-out rows, however many
+        -- rows are in provisioning.
+        ORDER BY {_ENTERED}
         LIMIT :limit
         -- A row locked by a registration in flight is being brought online: skip it
         -- rather than wait; two sweeps never claim the same row. The lock re-reads a
         -- row committed meanwhile and re-tests this WHERE, so a workspace that
         -- registered since the statement began is left alone.
         FOR UPDATE OF w SKIP LOCKED
-    )
-    UPDATE workspaces w
-    SET status = 'failed',
-        updated_at = now(),
-        last_sample_error = format(:message, cand.timeout_secs, cand.runtime)
-    FROM cand
-    WHERE w.id = cand.id AND w.status = 'provisioning'
-      -- By primary key, never a hash of the whole table against the batch.
-      AND w.id = ANY(ARRAY(SELECT id FROM cand))
-    RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error
+    ), failed AS (
+        UPDATE workspaces w
+        SET status = 'failed',
+            updated_at = now(),
+            last_sample_error = format(:message, cand.timeout_secs, cand.runtime)
+        FROM cand
+        WHERE w.id = cand.id AND w.status = 'provisioning'
+          -- By the locked rows' addresses (TID scan: no index descent per row), never a
+          -- hash of the whole table against the batch.
+          AND w.ctid = ANY(ARRAY(SELECT ctid FROM cand))
+        RETURNING w.id, cand.runtime, cand.timeout_secs, w.last_sample_error,
+                  'provisioning' AS previous_status, w.status
+    ), {deltas_cte("failed")}, {
+        recording_ctes(
+            "failed",
+            f"'{EventType.WORKSPACE_PROVISION_FAILED}'",
+            "jsonb_build_object('error', c.last_sample_error, 'timeout_secs', c.timeout_secs, "
+            f"'runtime', c.runtime, 'source', '{SOURCE}')",
+        )
+    }
+    -- The failed rows, their status-count deltas, events and outbox rows: one statement,
+    -- one round trip (run under records_its_deltas).
+    SELECT {RECORDED_COLUMNS} FROM ev
     """
 )
 
@@ -108,32 +123,19 @@ def sweep_provisioning(
     `timeout_override` is PROVISION_TIMEOUT_SECONDS (None: the per-runtime defaults).
     At most `limit` rows per call; `more` says the next tick has work left.
     """
-    rows = uow.conn.execute(FAIL_TIMED_OUT, fail_params(timeout_override, limit)).all()
-    record_events_on_commit(
-        uow,
-        [
-            (
-                EventType.WORKSPACE_PROVISION_FAILED,
-                row.id,
-                {
-                    "error": row.last_sample_error,
-                    "timeout_secs": row.timeout_secs,
-                    "runtime": row.runtime,
-                    "source": SOURCE,
-                },
-            )
-            for row in rows
-        ],
-    )
-    failed = len(rows)
+    with records_its_deltas(uow.conn):
+        rows = uow.conn.execute(FAIL_TIMED_OUT, fail_params(timeout_override, limit)).all()
+    events = recorded_events(rows)
+    uow.recorded_events.extend(events)
+    failed = len(events)
     uow.after_commit(lambda: metrics.record_transition(Status.PROVISIONING, Status.FAILED, failed))
-    if rows:  # one line per batch (up to `limit` rows); each row at INFO
+    if events:  # one line per batch (up to `limit` rows); each row at INFO
         log.warning("%d workspace(s) failed: provisioning timed out without registering", failed)
-    for row in rows:
+    for event in events:
         log.info(
             "workspace %s (runtime %s) failed: no registration within %d s of provisioning",
-            row.id,
-            row.runtime,
-            row.timeout_secs,
+            event.workspace_id,
+            event.payload["runtime"],
+            event.payload["timeout_secs"],
         )
-    return {"status": "ok", "changed": len(rows), "more": len(rows) == limit}
+    return {"status": "ok", "changed": failed, "more": failed == limit}

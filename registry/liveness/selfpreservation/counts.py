@@ -17,6 +17,12 @@ not at all). Folding moves a bounded batch of deltas into the counts in one stat
 under a try-lock so concurrent folders skip instead of queueing; reading costs the
 number of deltas since the last fold, i.e. O(changes), never O(fleet).
 
+A set-based marking statement (hundreds of rows) writes its deltas itself instead: one
+row per (from, to) pair, from its own UPDATE's RETURNING (`deltas_cte`), while
+`records_its_deltas` has the row trigger skip it (migration 0004: a transaction-local
+setting in the trigger's WHEN). Same transaction, same rows, one INSERT instead of
+a PL/pgSQL call and an INSERT per row.
+
 `reconcile` replaces the counts by an exact `count(*) GROUP BY status` and drops the
 deltas that count already includes (the ones visible in its snapshot), all in one
 statement; it runs rarely (`registry.reconcile_status_counts`) and corrects what no
@@ -26,6 +32,8 @@ trigger could see (triggers disabled for a bulk load, manual edits of the counts
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
@@ -123,6 +131,39 @@ _RECONCILE = text(
     FROM statuses s LEFT JOIN exact e USING (status) LEFT JOIN believed b USING (status)
     """
 )
+
+
+# Read by the row trigger's WHEN (migration 0004): 'on' while a statement that writes
+# its own deltas runs. Transaction-local: a rollback (or a savepoint's) resets it.
+DELTAS_BY_STATEMENT = "registry.status_deltas_by_statement"
+_DELTAS_BY_STATEMENT = text("SELECT set_config(:name, :value, true)")
+
+
+def deltas_cte(source: str) -> str:
+    """CTE `deltas`: the status deltas of CTE `source`'s rows, one per (from, to) pair.
+
+    `source` returns each changed row's `previous_status` and new `status`, as locked
+    and written by the statement. For statements run under `records_its_deltas`.
+    """
+    return f"""deltas AS (
+            INSERT INTO workspace_status_changes (from_status, to_status, n)
+            SELECT previous_status, status, count(*) FROM {source}
+            WHERE previous_status IS DISTINCT FROM status
+            GROUP BY previous_status, status
+        )"""
+
+
+@contextmanager
+def records_its_deltas(conn: Connection) -> Iterator[None]:
+    """Run the statement inside with the per-row delta trigger off (it uses `deltas_cte`).
+
+    Only for the one statement: any other status change in the transaction is counted
+    by the trigger again. If the statement fails, the transaction (or savepoint) is
+    rolled back and the setting with it.
+    """
+    conn.execute(_DELTAS_BY_STATEMENT, {"name": DELTAS_BY_STATEMENT, "value": "on"})
+    yield
+    conn.execute(_DELTAS_BY_STATEMENT, {"name": DELTAS_BY_STATEMENT, "value": ""})
 
 
 def fold_pending(conn: Connection, limit: int = FOLD_BATCH) -> int | None:
