@@ -17,7 +17,7 @@ from board_helpers import make_workspace, publish
 from click.testing import CliRunner
 
 from registry.cli import main
-from registry.cli.events import parse_since, parse_types
+from registry.cli.events import id_prefix_bounds, parse_since, parse_types
 from registry.config import reload_settings
 from registry.events.outbox import BROADCAST_CHANNEL, EVENT_STREAM, Event
 from registry.events.subscriber import stream_head
@@ -336,3 +336,25 @@ def test_following_shows_channel_only_heartbeats_live(db, redis_client, test_env
     assert "beating" in line and "WORKSPACE_HEARTBEAT" in line and "heartbeat (up 1m" in line
     assert "(replayed)" not in line
     assert redis_client.xlen(EVENT_STREAM) == 0  # it never went through the stream
+
+
+@pytest.mark.parametrize(
+    ("prefix", "bounds"),
+    [
+        ("1A2b", ("1a2b0000-0000-0000-0000-000000000000", "1a2bffff-ffff-ffff-ffff-ffffffffffff")),
+        (
+            "1a2b3c4d-5e",
+            ("1a2b3c4d-5e00-0000-0000-000000000000", "1a2b3c4d-5eff-ffff-ffff-ffffffffffff"),
+        ),
+        (
+            "1a2b3c4d-",
+            ("1a2b3c4d-0000-0000-0000-000000000000", "1a2b3c4d-ffff-ffff-ffff-ffffffffffff"),
+        ),
+        ("1a2b3c4d5e", None),  # a digit where a uuid has a dash
+        ("1a2-", None),  # a dash where a uuid has a digit
+        ("zz12", None),
+        ("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d7", None),  # longer than a uuid
+    ],
+)
+def test_an_id_prefix_is_a_range_of_uuids(prefix: str, bounds: tuple[str, str] | None) -> None:
+    assert id_prefix_bounds(prefix) == bounds

@@ -65,12 +65,31 @@ def parse_types(values: Iterable[str]) -> set[str]:
     return chosen
 
 
+# An id prefix is a range of the primary key (uuid order is the order of the lowercase
+# text), so no index on `id::text` is needed (every status change would maintain it).
 _MATCH_WORKSPACES = text(
     """
     SELECT id FROM workspaces
-    WHERE name = :value OR (:is_prefix AND id::text LIKE :prefix)
+    WHERE name = :value
+       OR (:is_prefix AND id BETWEEN CAST(:low AS uuid) AND CAST(:high AS uuid)
+           AND id::text LIKE :prefix)
     """
 )
+_UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+_NIL = "00000000-0000-0000-0000-000000000000"
+
+
+def id_prefix_bounds(prefix: str) -> tuple[str, str] | None:
+    """The lowest and highest uuid starting with `prefix` (hex digits, dashes where a
+    uuid has them), or None when no uuid can start with it."""
+    prefix = prefix.lower()
+    if len(prefix) > len(_UUID_SHAPE) or any(
+        (shape == "-") != (char == "-") or (char != "-" and char not in "0123456789abcdef")
+        for char, shape in zip(prefix, _UUID_SHAPE, strict=False)
+    ):
+        return None
+    rest = _UUID_SHAPE[len(prefix) :]
+    return prefix + rest.replace("x", "0"), prefix + rest.replace("x", "f")
 
 
 def resolve_workspaces(engine: Engine, values: Iterable[str]) -> set[str]:
@@ -82,11 +101,18 @@ def resolve_workspaces(engine: Engine, values: Iterable[str]) -> set[str]:
             continue
         except ValueError:
             pass
-        is_prefix = bool(re.fullmatch(r"[0-9a-fA-F-]{4,36}", raw))
+        bounds = id_prefix_bounds(raw) if len(raw) >= 4 else None
+        low, high = bounds or (_NIL, _NIL)
         with engine.connect() as conn:
             ids = conn.execute(
                 _MATCH_WORKSPACES,
-                {"value": raw, "is_prefix": is_prefix, "prefix": raw.lower() + "%"},
+                {
+                    "value": raw,
+                    "is_prefix": bounds is not None,
+                    "low": low,
+                    "high": high,
+                    "prefix": raw.lower() + "%",
+                },
             ).scalars()
             found = {str(i) for i in ids}
         if not found:
