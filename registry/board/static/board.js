@@ -26,6 +26,7 @@ const BEATS = new Set(["WORKSPACE_HEARTBEAT", "TASK_UPDATED"]);
 const FIRST_PAGE = 1000; // the useful view: the first screens of problems, and the counts
 const PAGE = 10000;
 const MAX_EVENTS = 100;
+const FEED_ROW_H = 60; // board.css agrees
 const REFRESH_MS = 30000; // incremental: only rows whose status changed (no-event changes)
 const REFRESH_OVERLAP_MS = 60000; // a transaction may commit after our last read began
 const STALE_AFTER_S = 90;
@@ -53,12 +54,16 @@ const everyone = [];
 let everyoneUnsorted = false;
 const mapCells = new Set(); // workspaces whose cell needs repainting (status changed)
 const filters = { statuses: new Set(), runtime: "", q: "" };
-const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true };
-const feedQueue = [];
+const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true, feed: false };
+const feedQueue = []; // events not drawn yet
+const feed = []; // the newest MAX_EVENTS events, newest first
+const feedRows = []; // the event list's rows (a panel's height of them)
+let feedArrive = "a";
+let feedFresh = 0; // how many rows on top just arrived (animated)
 const fetching = new Set();
 const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
 let view = { segments: [], height: 0, cols: 1, tileW: TILE_MIN_W };
-let geometry = { listW: 0, listH: 0, mapW: 0 };
+let geometry = { listW: 0, listH: 0, mapW: 0, feedH: 0 };
 let mapLayout = { size: 6, cols: 1, rows: 0 };
 let selected = null;
 let clockOffsetMs = 0; // server clock minus ours: heartbeat ages use the server's clock
@@ -237,8 +242,13 @@ function matches(ws) {
 
 // ---- the frame: everything drawn once per animation frame, reads before writes -----------
 
+// A text change edits the node's text in place: replacing the text node (textContent)
+// would take it out of layout and put a new one in.
 function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
+  const only = node.firstChild;
+  if (only && only.nodeType === Node.TEXT_NODE && !only.nextSibling) {
+    if (only.data !== text) only.data = text;
+  } else if (node.textContent !== text) node.textContent = text;
 }
 
 function schedule(urgent) {
@@ -256,15 +266,17 @@ function schedule(urgent) {
 function frame(now) {
   frameWanted = false;
   lastFrame = now;
-  const scrollTop = $("tiles").scrollTop; // the only layout read, before any write
+  // The only layout reads, before any write.
+  const scrollTop = $("tiles").scrollTop;
+  const feedTop = $("events-scroll").scrollTop;
+  if (feedQueue.length) {
+    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(feedTop); } else schedule();
+  } else if (dirty.feed) renderFeed(feedTop);
   if (dirty.view) buildView();
   if (dirty.counts) renderCounts();
   if (dirty.runtimes) renderRuntimes();
   if (dirty.map) drawMap(); else if (mapCells.size) paintCells();
   if (dirty.tiles) renderTiles(scrollTop);
-  if (feedQueue.length) {
-    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(); } else schedule();
-  }
   if (!painted && firstPageIn) {
     painted = true;
     performance.mark("board-painted");
@@ -320,13 +332,14 @@ function renderTiles(scrollTop) {
   for (const [key, node] of mounted) {
     if (!keep.has(node)) { node.remove(); mounted.delete(key); }
   }
-  // DOM order follows the visual order (screen readers, find-in-page); only when it differs.
-  let inOrder = inner.childElementCount === wanted.length;
-  for (let i = 0, child = inner.firstElementChild; inOrder && i < wanted.length; i += 1) {
-    inOrder = child === wanted[i];
-    child = child && child.nextElementSibling;
+  // DOM order follows the visual order (screen readers, find-in-page). Only the nodes out
+  // of place move: a scroll by a row inserts that row, it does not re-insert the screen
+  // (every node re-inserted is styled and laid out again).
+  let child = inner.firstElementChild;
+  for (const node of wanted) {
+    if (child === node) child = child.nextElementSibling;
+    else inner.insertBefore(node, child);
   }
-  if (!inOrder) inner.replaceChildren(...wanted);
   const height = `${view.height}px`;
   if (inner.style.height !== height) inner.style.height = height;
   $("empty").hidden = fleet.size > 0 || Boolean(loading);
@@ -669,34 +682,87 @@ function renderPreservation(payload) {
   }
 }
 
-function eventRow(ev) {
+// The event list is virtual like the tiles: the newest MAX_EVENTS are kept here, and a
+// pool of rows (a panel's height of them) shows the ones in view. A flood rewrites a few
+// text nodes per draw instead of creating and removing a hundred rows a second.
+function feedFacts(ev) {
+  if (ev.facts) return ev.facts;
+  if (ev.gap) {
+    ev.facts = { gap: true, colour: "var(--degraded)", who: "", time: "", iso: "", gist: `⚠ ${ev.gap}`, type: "" };
+    return ev.facts;
+  }
   const ws = ev.workspace_id && fleet.get(ev.workspace_id);
-  const row = el("li");
   const status = STATUS_OF_EVENT[ev.event] || (ev.event === "WORKSPACE_REMOVED" ? "removed" : null);
-  row.style.setProperty("--c", status ? `var(--${status})` : "var(--muted)");
+  ev.facts = {
+    gap: false,
+    colour: status ? `var(--${status})` : "var(--muted)",
+    who: ev.workspace_id ? (ws && ws.name) || ev.workspace_id.slice(0, 8) : "fleet",
+    time: new Date(ev.timestamp).toLocaleTimeString(),
+    iso: ev.timestamp,
+    gist: ev.gist || "",
+    type: ev.event,
+  };
+  return ev.facts;
+}
+
+function feedRow() {
+  const row = el("li");
   const what = el("div", "what");
-  const who = ev.workspace_id ? (ws && ws.name) || ev.workspace_id.slice(0, 8) : "fleet";
-  const time = el("time", "", new Date(ev.timestamp).toLocaleTimeString());
-  time.dateTime = ev.timestamp;
-  what.append(el("span", "who", who), time);
-  row.append(el("span", "dot"), what, el("div", "gist", ev.gist || ""), el("div", "type", ev.event));
+  what.append(el("span", "who", ""), el("time", "", ""));
+  row.append(el("span", "dot"), what, el("div", "gist", ""), el("div", "type", ""));
   return row;
 }
 
-function flushFeed() {
-  const newest = feedQueue.splice(0).slice(-MAX_EVENTS);
-  const rows = document.createDocumentFragment();
-  const calm = newest.length <= FEED_ANIMATED;
-  for (let i = newest.length - 1; i >= 0; i -= 1) {
-    const row = newest[i].gap ? el("li", "gap", `⚠ ${newest[i].gap}`) : eventRow(newest[i]);
-    if (calm) row.classList.add("new");
-    rows.append(row);
+function fillFeedRow(row, ev) {
+  if (row.ev === ev) return;
+  row.ev = ev;
+  const f = feedFacts(ev);
+  const [, what, gist, type] = row.children;
+  row.classList.toggle("gap", f.gap);
+  if (row.colour !== f.colour) { row.colour = f.colour; row.style.setProperty("--c", f.colour); }
+  setText(what.firstChild, f.who);
+  setText(what.lastChild, f.time);
+  if (what.lastChild.dateTime !== f.iso) what.lastChild.dateTime = f.iso;
+  setText(gist, f.gist);
+  if (gist.title !== f.gist) gist.title = f.gist; // the row is one line: the whole text on hover
+  setText(type, f.type);
+}
+
+// New events go on top; a reader scrolled down keeps the rows they were reading.
+function flushFeed(scrollTop) {
+  const arrived = feedQueue.splice(0).slice(-MAX_EVENTS).reverse();
+  feed.unshift(...arrived);
+  const added = arrived.length - Math.max(0, feed.length - MAX_EVENTS);
+  feed.length = Math.min(feed.length, MAX_EVENTS);
+  let top = scrollTop;
+  if (top > 0) {
+    top = Math.min(top + added * FEED_ROW_H, Math.max(0, feed.length * FEED_ROW_H - geometry.feedH));
+    $("events-scroll").scrollTop = top;
   }
+  // Rows arriving in a calm moment glide in (two names restart the animation); a flood does not.
+  feedArrive = feedArrive === "a" ? "b" : "a";
+  feedFresh = top === 0 && arrived.length <= FEED_ANIMATED ? arrived.length : 0;
+  renderFeed(top);
+}
+
+function renderFeed(scrollTop) {
+  dirty.feed = false;
   const list = $("events");
-  list.prepend(rows);
-  for (let extra = list.childElementCount - MAX_EVENTS; extra > 0; extra -= 1) {
-    list.lastElementChild.remove();
+  const slots = Math.min(feed.length, Math.ceil((geometry.feedH || 600) / FEED_ROW_H) + 1);
+  const first = Math.max(0, Math.min(Math.floor(scrollTop / FEED_ROW_H), feed.length - slots));
+  while (feedRows.length < slots) { const row = feedRow(); feedRows.push(row); list.append(row); }
+  while (feedRows.length > slots) feedRows.pop().remove();
+  for (let k = 0; k < slots; k += 1) {
+    const i = first + k;
+    const row = feedRows[k];
+    fillFeedRow(row, feed[i]);
+    const arrive = i < feedFresh ? feedArrive : "";
+    if ((row.dataset.arrive || "") !== arrive) row.dataset.arrive = arrive;
+    place(row, 0, i * FEED_ROW_H);
   }
+  feedFresh = 0;
+  const height = `${feed.length * FEED_ROW_H}px`;
+  if (list.style.height !== height) list.style.height = height;
 }
 
 function queueFeed(item) {
@@ -866,6 +932,11 @@ function watchGeometry() {
     dirty.map = true;
     schedule(true);
   }).observe(document.querySelector(".map-wrap"));
+  new ResizeObserver(([entry]) => {
+    geometry.feedH = entry.contentRect.height;
+    dirty.feed = true;
+    schedule(true);
+  }).observe($("events-scroll"));
 }
 
 function wire() {
@@ -874,6 +945,7 @@ function wire() {
   readURL();
   watchGeometry();
   $("tiles").addEventListener("scroll", () => { dirty.tiles = true; schedule(true); }, { passive: true });
+  $("events-scroll").addEventListener("scroll", () => { dirty.feed = true; schedule(true); }, { passive: true });
   $("tiles").addEventListener("click", (event) => {
     const tile = event.target.closest(".tile");
     if (tile) select(tile.dataset.id, false);
