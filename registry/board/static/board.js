@@ -72,7 +72,19 @@ let generation = 0; // bumped by each (re)load; an older load stops adding pages
 let loading = null; // while pages arrive: { counts, total, got }
 let lastSync = null;
 let frameWanted = false;
-let filterGen = 0; // bumped when the filters change: cached matches() go stale
+let filterGen = 0; // bumped when the runtime filter or the search changes: cached matches() go stale
+// The groups narrowed by the runtime filter and the search (status -> workspaces, sorted),
+// kept up to date by each status change while filterGen stays the same.
+const shownIn = new Map();
+let shownGen = -1;
+// Search: every lowercase name and id in one string, searched with indexOf (native) per
+// keystroke instead of two includes() per workspace. Rebuilt when workspaces come or go.
+let searchText = "";
+let searchStarts = []; // where each workspace's entry begins in searchText
+let searchOwners = []; // ... and whose it is
+let searchStale = true;
+let searchGen = 0; // bumped per search: ws.sq === searchGen means the workspace matched
+let searchedAt = -1; // the filterGen the last search ran for
 let versions = 0; // one counter for every change: a tile redraws when its version differs
 let frameTimer = null;
 let lastFrame = 0;
@@ -154,6 +166,11 @@ function unlink(ws) {
   const group = groupOf(ws.status);
   const at = indexIn(group, ws.key);
   if (group[at] === ws) group.splice(at, 1);
+  const shown = narrowedBy() && shownGen === filterGen && shownIn.get(ws.status);
+  if (shown) {
+    const i = indexIn(shown, ws.key);
+    if (shown[i] === ws) shown.splice(i, 1);
+  }
   const n = (runtimes.get(ws.runtime) || 1) - 1;
   if (n > 0) runtimes.set(ws.runtime, n); else { runtimes.delete(ws.runtime); dirty.runtimes = true; }
 }
@@ -161,14 +178,18 @@ function unlink(ws) {
 function link(ws, bulk) {
   ws.key = keyOf(ws);
   ws.lname = (ws.name || "").toLowerCase();
-  ws.mg = -1; // name or runtime may have changed: test it again
   const group = groupOf(ws.status);
   if (bulk) {
     group.push(ws);
     unsorted.add(ws.status);
+    shownGen = -1;
   } else {
     sortGroups();
     group.splice(indexIn(group, ws.key), 0, ws);
+    if (narrowedBy() && shownGen === filterGen && matches(ws)) {
+      const shown = shownIn.get(ws.status);
+      if (shown) shown.splice(indexIn(shown, ws.key), 0, ws); else shownGen = -1;
+    }
   }
   if (!runtimes.has(ws.runtime)) dirty.runtimes = true;
   runtimes.set(ws.runtime, (runtimes.get(ws.runtime) || 0) + 1);
@@ -183,6 +204,7 @@ function changed() {
 function upsert(row, overwrite, bulk) {
   const known = fleet.get(row.id);
   if (known && !overwrite) return;
+  fleetChanged();
   if (known) {
     unlink(known);
     delist(known);
@@ -205,6 +227,7 @@ function drop(id) {
   unlink(ws);
   delist(ws);
   fleet.delete(id);
+  fleetChanged();
   changed();
 }
 
@@ -226,16 +249,62 @@ function clearFleet() {
   everyoneUnsorted = false;
   runtimes.clear();
   dirty.runtimes = true;
+  fleetChanged();
   changed();
+}
+
+// A workspace came, went or was rewritten (name, runtime): the search index and every
+// cached match go stale.
+function fleetChanged() {
+  searchStale = true;
+  filterGen += 1;
+  shownGen = -1;
+}
+
+function narrowedBy() { return Boolean(filters.runtime || filters.q); }
+
+function buildSearch() {
+  const parts = [];
+  searchStarts = [];
+  searchOwners = [];
+  let at = 0;
+  for (const ws of fleet.values()) {
+    const entry = `${ws.lname.replace(/[\t\n]/g, " ")}\t${ws.id}\n`;
+    searchStarts.push(at);
+    searchOwners.push(ws);
+    parts.push(entry);
+    at += entry.length;
+  }
+  searchText = parts.join("");
+  searchStale = false;
+}
+
+// Marks (ws.sq) every workspace whose name or id contains q.
+function search(q) {
+  if (searchStale) buildSearch();
+  searchGen += 1;
+  const last = searchStarts.length - 1;
+  let from = 0;
+  for (let at = searchText.indexOf(q); at >= 0; at = searchText.indexOf(q, from)) {
+    let lo = 0;
+    let hi = last;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (searchStarts[mid] <= at) lo = mid; else hi = mid - 1;
+    }
+    searchOwners[lo].sq = searchGen;
+    if (lo === last) break;
+    from = searchStarts[lo + 1]; // one hit per workspace is enough
+  }
 }
 
 // Whether a workspace passes the runtime filter and the search; remembered per filter
 // generation, so the list and the map (and every frame of a flood) test it once.
 function matches(ws) {
   if (ws.mg === filterGen) return ws.mr;
-  const q = filters.q;
+  if (filters.q && searchedAt !== filterGen) { search(filters.q); searchedAt = filterGen; }
   ws.mr = (!filters.runtime || ws.runtime === filters.runtime)
-    && (!q || ws.lname.includes(q) || ws.id.includes(q));
+    && (!filters.q || ws.sq === searchGen);
   ws.mg = filterGen;
   return ws.mr;
 }
@@ -294,12 +363,17 @@ function buildView() {
   const cols = Math.max(1, Math.floor((width + GAP) / (TILE_MIN_W + GAP)));
   const tileW = (width - GAP * (cols - 1)) / cols;
   const segments = [];
-  const narrowed = Boolean(filters.runtime || filters.q);
+  const narrowed = narrowedBy();
+  if (narrowed && shownGen !== filterGen) { // after a filter change: once, then kept up to date
+    shownIn.clear();
+    for (const [status, group] of groups) shownIn.set(status, group.filter(matches));
+    shownGen = filterGen;
+  }
   let y = 0;
   for (const [status, group] of groups) {
     if (!group.length) continue;
     if (filters.statuses.size && !filters.statuses.has(status)) continue;
-    const list = narrowed ? group.filter(matches) : group;
+    const list = narrowed ? shownIn.get(status) || [] : group;
     if (!list.length) continue;
     const height = HEAD_H + Math.ceil(list.length / cols) * ROW_H;
     segments.push({ status, list, of: group.length, top: y, height });
@@ -471,11 +545,13 @@ function renderRuntimes() {
 function toggleStatus(status) {
   if (filters.statuses.has(status)) filters.statuses.delete(status);
   else filters.statuses.add(status);
-  filtersChanged();
+  filtersChanged(false);
 }
 
-function filtersChanged() {
-  filterGen += 1;
+// `narrowing`: the runtime filter or the search changed (the status filter needs no
+// workspace tested again).
+function filtersChanged(narrowing) {
+  if (narrowing) filterGen += 1;
   writeURL();
   $("tiles").scrollTop = 0;
   dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
@@ -515,11 +591,11 @@ function loadColours() {
   const bg = parseColour(style.getPropertyValue("--panel"));
   const pack = ([r, g, b]) => ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
   const dim = (rgb) => rgb.map((c, i) => Math.round(c * 0.22 + bg[i] * 0.78));
-  colours = { bg: pack(bg), unknown: pack([120, 130, 150]) };
+  colours = { bg: pack(bg), unknown: pack([120, 130, 150]), full: {}, dim: {} };
   for (const status of STATUS_ORDER) {
     const rgb = parseColour(style.getPropertyValue(`--${status}`));
-    colours[status] = pack(rgb);
-    colours[`${status}:dim`] = pack(dim(rgb));
+    colours.full[status] = pack(rgb);
+    colours.dim[status] = pack(dim(rgb));
   }
 }
 
@@ -534,10 +610,11 @@ function layoutMap(count) {
   return mapLayout;
 }
 
+// Dimmed unless the filters let it through.
 function cellColour(ws) {
-  const filtering = filters.statuses.size || filters.runtime || filters.q;
-  const shown = !filtering || ((!filters.statuses.size || filters.statuses.has(ws.status)) && matches(ws));
-  return colours[shown ? ws.status : `${ws.status}:dim`] || colours.unknown;
+  const shown = (!filters.statuses.size || filters.statuses.has(ws.status))
+    && (!narrowedBy() || matches(ws));
+  return (shown ? colours.full : colours.dim)[ws.status] ?? colours.unknown;
 }
 
 function outlineSelected(ctx) {
@@ -952,11 +1029,11 @@ function wire() {
   });
   $("search").addEventListener("input", () => {
     filters.q = $("search").value.trim().toLowerCase();
-    filtersChanged();
+    filtersChanged(true);
   });
   $("runtime").addEventListener("change", () => {
     filters.runtime = $("runtime").value;
-    filtersChanged();
+    filtersChanged(true);
   });
   $("clear").addEventListener("click", () => {
     filters.statuses.clear();
@@ -964,7 +1041,7 @@ function wire() {
     filters.q = "";
     $("search").value = "";
     $("runtime").value = "";
-    filtersChanged();
+    filtersChanged(true);
   });
   $("details-close").addEventListener("click", () => select(null, false));
   const map = $("map");
