@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,8 @@ def read_sse(response: http.client.HTTPResponse, count: int) -> list[dict[str, s
 
 
 def test_snapshot_lists_the_fleet_with_a_position(board, db, redis_client):
-    alive = make_workspace(db, "alive", status="online", active_tasks=2)
+    beat = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    alive = make_workspace(db, "alive", status="online", active_tasks=2, last_heartbeat_at=beat)
     make_workspace(db, "gone", status="removed")
     publish(db, redis_client, [(EventType.WORKSPACE_ONLINE, alive, {"recovered_from": "offline"})])
 
@@ -152,7 +154,15 @@ def test_snapshot_lists_the_fleet_with_a_position(board, db, redis_client):
     assert position.event_id == 1
     assert snapshot["self_preservation"] == {"active": False}
 
-    assert get_json(board.url + f"api/workspaces/{alive}")["name"] == "alive"
+    # PostgreSQL writes the tiles' JSON: the fields and the time format of the details.
+    details = get_json(board.url + f"api/workspaces/{alive}")
+    assert details["name"] == "alive"
+    assert workspace["last_heartbeat_at"] == "2026-01-02T03:04:05.678Z"
+    assert {key: details[key] for key in workspace} == workspace
+    assert set(workspace) == {
+        *("id", "name", "status", "runtime", "tier", "active_tasks"),
+        *("max_concurrent_tasks", "current_task", "last_heartbeat_at"),
+    }
     for path, status in ((f"api/workspaces/{uuid.uuid4()}", 404), ("api/workspaces/x", 400)):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(board.url + path, timeout=10)

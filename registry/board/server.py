@@ -195,7 +195,10 @@ class BoardHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, value: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(status, dumps(value).encode(), "application/json")
+        self._json_text(dumps(value), status)
+
+    def _json_text(self, body: str, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(status, body.encode(), "application/json")
 
     def _accepts_gzip(self) -> bool:
         accepted = self.headers.get("Accept-Encoding", "")
@@ -210,12 +213,11 @@ class BoardHandler(BaseHTTPRequestHandler):
 
         since = one("changed_since")
         if since is not None:
-            self._json(changes_since(self.server.engine, parse_since(since)))
+            self._json_text(changes_since(self.server.engine, parse_since(since)))
             return
         limit = parse_limit(one("limit"))
-        self._json(
-            fleet_snapshot(self.server.engine, self.server.client, limit=limit, after=one("after"))
-        )
+        engine, client = self.server.engine, self.server.client
+        self._json_text(fleet_snapshot(engine, client, limit=limit, after=one("after")))
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json({"error": message}, status)

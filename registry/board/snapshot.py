@@ -13,6 +13,9 @@ is the useful view, painted before the healthy rest arrives.
 `changes_since` is the incremental refresh: rows whose status changed (or that
 were created or removed) since a time, for the few changes that publish no event
 (a workspace created in provisioning, a pause).
+
+PostgreSQL writes each tile's JSON (`_TILE_JSON`); Python only joins the texts. Turning
+50,000 rows into Python values and back into JSON took four fifths of a full load.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy import Connection, Engine, RowMapping, text
 
 from registry.events.outbox import rfc3339
 from registry.events.subscriber import Position, stream_head
+from registry.jsontext import dumps
 
 # Problems first, then what is on its way, then the healthy bulk.
 STATUS_ORDER = (
@@ -46,10 +50,21 @@ STATUS_ORDER = (
 MAX_PAGE = 20_000
 
 # What a tile shows; the rest of a row is fetched when it is opened (`one_workspace`).
+# Times as `rfc3339` writes them (UTC, milliseconds, Z); the format is a parameter
+# (`:stamp`, STAMP) because its colons would read as parameters in the SQL text.
 _TILE_COLUMNS = """
     id, name, status, runtime, tier, active_tasks, max_concurrent_tasks, current_task,
     last_heartbeat_at
 """
+_TILE_JSON = """
+    json_build_object(
+        'id', id, 'name', name, 'status', status, 'runtime', runtime, 'tier', tier,
+        'active_tasks', active_tasks, 'max_concurrent_tasks', max_concurrent_tasks,
+        'current_task', current_task,
+        'last_heartbeat_at', to_char(last_heartbeat_at AT TIME ZONE 'UTC', :stamp)
+    )::text AS tile
+"""
+STAMP = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
 _DETAIL_COLUMNS = """
     id, name, status, runtime, tier, delivery_mode, parent_id, active_tasks,
     max_concurrent_tasks, current_task, last_heartbeat_at, last_error_rate,
@@ -57,18 +72,23 @@ _DETAIL_COLUMNS = """
 """
 _RANK = "CASE status " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STATUS_ORDER))
 _RANK += f" ELSE {len(STATUS_ORDER)} END"
+# The page is chosen first, on the bare columns, and only its rows are written as JSON
+# (in one query, PostgreSQL would write every row's JSON before sorting and cutting).
 _PAGE = f"""
-    SELECT {_TILE_COLUMNS}, {_RANK} AS rank FROM workspaces
-    WHERE status <> 'removed' {{after}}
-    ORDER BY {_RANK}, name, id
-    LIMIT :limit
+    SELECT rank, name, id::text AS id, {_TILE_JSON} FROM (
+        SELECT {_TILE_COLUMNS}, {_RANK} AS rank FROM workspaces
+        WHERE status <> 'removed' {{after}}
+        ORDER BY {_RANK}, name, id
+        LIMIT :limit
+    ) AS page
+    ORDER BY rank, name, id
 """
 _FIRST_PAGE = text(_PAGE.format(after=""))
 _NEXT_PAGE = text(_PAGE.format(after=f"AND ({_RANK}, name, id) > (:rank, :name, :id)"))
 _COUNTS = text("SELECT status, count(*) AS n FROM workspaces WHERE status <> 'removed' GROUP BY 1")
 _ONE = text(f"SELECT {_DETAIL_COLUMNS} FROM workspaces WHERE id = :id")
 _CHANGED = text(
-    f"SELECT {_TILE_COLUMNS} FROM workspaces WHERE status_changed_at >= :since ORDER BY name, id"
+    f"SELECT {_TILE_JSON} FROM workspaces WHERE status_changed_at >= :since ORDER BY name, id"
 )
 # Fleet-wide events are the self-preservation ones; the (workspace_id, id) index
 # finds the latest without scanning the table.
@@ -118,7 +138,13 @@ def _json_value(value: Any) -> Any:
 
 
 def workspace_json(row: RowMapping) -> dict[str, Any]:
-    return {key: _json_value(value) for key, value in row.items() if key != "rank"}
+    return {key: _json_value(value) for key, value in row.items()}
+
+
+def with_tiles(fields: dict[str, Any], tiles: list[str]) -> str:
+    """JSON text of `fields` (not empty) and "workspaces": the tiles, JSON already."""
+    head = dumps(fields)
+    return f'{head[:-1]},"workspaces":[{",".join(tiles)}]}}'
 
 
 def parse_limit(raw: str | None) -> int | None:
@@ -144,25 +170,29 @@ def parse_since(raw: str) -> datetime:
     return since
 
 
-def _page(conn: Connection, after: Cursor | None, limit: int | None) -> dict[str, Any]:
+def _page(
+    conn: Connection, after: Cursor | None, limit: int | None
+) -> tuple[list[str], str | None]:
+    """The page's tiles (JSON texts) and the cursor of the next page (None: this was all)."""
     # No limit: the whole fleet (what scripts and small fleets want).
     size = limit if limit is not None else 2**31 - 1
     if after is None:
-        rows = conn.execute(_FIRST_PAGE, {"limit": size}).mappings().all()
+        rows = conn.execute(_FIRST_PAGE, {"limit": size, "stamp": STAMP}).all()
     else:
         params = {"rank": after.rank, "name": after.name, "id": after.id, "limit": size}
-        rows = conn.execute(_NEXT_PAGE, params).mappings().all()
+        rows = conn.execute(_NEXT_PAGE, {**params, "stamp": STAMP}).all()
     following = None
     if limit is not None and len(rows) == limit:
-        last = rows[-1]
-        following = Cursor(last["rank"], last["name"], str(last["id"])).token()
-    return {"workspaces": [workspace_json(row) for row in rows], "next": following}
+        rank, name, ws, _ = rows[-1]
+        following = Cursor(rank, name, ws).token()
+    return [row.tile for row in rows], following
 
 
 def fleet_snapshot(
     engine: Engine, client: redis.Redis, *, limit: int | None = None, after: str | None = None
-) -> dict[str, Any]:
-    """One page of the fleet, problems first; the first page also says where to read on.
+) -> str:
+    """One page of the fleet as JSON text, problems first; the first page also says where
+    to read on.
 
     First page: `workspaces`, `next` (cursor, or null when this was all), `counts`
     (per status, whole fleet), `total`, `server_time`, `position`, `self_preservation`.
@@ -171,31 +201,34 @@ def fleet_snapshot(
     cursor = Cursor.from_token(after) if after else None
     if cursor is not None:
         with engine.connect() as conn:
-            return _page(conn, cursor, limit)
+            tiles, following = _page(conn, cursor, limit)
+        return with_tiles({"next": following}, tiles)
     head = stream_head(client)
     # One snapshot of the database for the rows, the counts, the clock and the last event.
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        page = _page(conn, None, limit)
+        tiles, following = _page(conn, None, limit)
         counts = {row.status: row.n for row in conn.execute(_COUNTS)}
         clock = conn.execute(_CLOCK).one()
         preservation = conn.execute(_SELF_PRESERVATION).scalar()
     position = Position(head.stream_id, clock.last_event_id, head.redis_run_id)
-    return {
-        **page,
+    fields = {
+        "next": following,
         "counts": counts,
         "total": sum(counts.values()),
         "server_time": rfc3339(clock.now),
         "position": position.token(),
         "self_preservation": preservation or {"active": False},
     }
+    return with_tiles(fields, tiles)
 
 
-def changes_since(engine: Engine, since: datetime) -> dict[str, Any]:
-    """Rows whose status changed at or after `since` (removed ones too), and the clock."""
+def changes_since(engine: Engine, since: datetime) -> str:
+    """JSON text: rows whose status changed at or after `since` (removed ones too), and
+    the clock."""
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        rows = conn.execute(_CHANGED, {"since": since}).mappings().all()
+        tiles = list(conn.execute(_CHANGED, {"since": since, "stamp": STAMP}).scalars())
         clock = conn.execute(_CLOCK).one()
-    return {"workspaces": [workspace_json(r) for r in rows], "server_time": rfc3339(clock.now)}
+    return with_tiles({"server_time": rfc3339(clock.now)}, tiles)
 
 
 def one_workspace(conn: Connection, workspace_id: UUID) -> dict[str, Any] | None:
