@@ -50,19 +50,21 @@ STATUS_ORDER = (
 MAX_PAGE = 20_000
 
 # What a tile shows; the rest of a row is fetched when it is opened (`one_workspace`).
-# Times as `rfc3339` writes them (UTC, milliseconds, Z); the format is a parameter
-# (`:stamp`, STAMP) because its colons would read as parameters in the SQL text.
 _TILE_COLUMNS = """
     id, name, status, runtime, tier, active_tasks, max_concurrent_tasks, current_task,
     last_heartbeat_at
 """
-_TILE_JSON = """
-    json_build_object(
-        'id', id, 'name', name, 'status', status, 'runtime', runtime, 'tier', tier,
-        'active_tasks', active_tasks, 'max_concurrent_tasks', max_concurrent_tasks,
-        'current_task', current_task,
-        'last_heartbeat_at', to_char(last_heartbeat_at AT TIME ZONE 'UTC', :stamp)
-    )::text AS tile
+# The tile as JSON, for the row `w`: row_to_json writes it compact (json_build_object
+# would put spaces around every colon: 15% more to send and to gzip). Times as `rfc3339`
+# writes them (UTC, milliseconds, Z); the format is a parameter (`:stamp`, STAMP)
+# because its colons would read as parameters in the SQL text.
+_TILE_JSON = "row_to_json(tile)::text AS tile"
+_TILE_OF_W = """
+    CROSS JOIN LATERAL (
+        SELECT w.id, w.name, w.status, w.runtime, w.tier, w.active_tasks,
+            w.max_concurrent_tasks, w.current_task,
+            to_char(w.last_heartbeat_at AT TIME ZONE 'UTC', :stamp) AS last_heartbeat_at
+    ) AS tile
 """
 STAMP = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
 _DETAIL_COLUMNS = """
@@ -75,20 +77,21 @@ _RANK += f" ELSE {len(STATUS_ORDER)} END"
 # The page is chosen first, on the bare columns, and only its rows are written as JSON
 # (in one query, PostgreSQL would write every row's JSON before sorting and cutting).
 _PAGE = f"""
-    SELECT rank, name, id::text AS id, {_TILE_JSON} FROM (
+    SELECT w.rank, w.name, w.id::text AS id, {_TILE_JSON} FROM (
         SELECT {_TILE_COLUMNS}, {_RANK} AS rank FROM workspaces
         WHERE status <> 'removed' {{after}}
         ORDER BY {_RANK}, name, id
         LIMIT :limit
-    ) AS page
-    ORDER BY rank, name, id
+    ) AS w {_TILE_OF_W}
+    ORDER BY w.rank, w.name, w.id
 """
 _FIRST_PAGE = text(_PAGE.format(after=""))
 _NEXT_PAGE = text(_PAGE.format(after=f"AND ({_RANK}, name, id) > (:rank, :name, :id)"))
 _COUNTS = text("SELECT status, count(*) AS n FROM workspaces WHERE status <> 'removed' GROUP BY 1")
 _ONE = text(f"SELECT {_DETAIL_COLUMNS} FROM workspaces WHERE id = :id")
 _CHANGED = text(
-    f"SELECT {_TILE_JSON} FROM workspaces WHERE status_changed_at >= :since ORDER BY name, id"
+    f"SELECT {_TILE_JSON} FROM workspaces AS w {_TILE_OF_W}"
+    " WHERE w.status_changed_at >= :since ORDER BY w.name, w.id"
 )
 # Fleet-wide events are the self-preservation ones; the (workspace_id, id) index
 # finds the latest without scanning the table.
