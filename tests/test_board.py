@@ -411,6 +411,38 @@ def test_snapshot_pages_problems_first_and_is_gzipped(board, db):
     assert len(plain[2]) > 3 * len(body)
 
 
+def test_later_pages_come_from_one_read_never_older_than_the_first_page(board, db):
+    seeded = seed_fleet(db, {"offline": 3, "online": 6})
+    watched = seeded["online"][-1]  # on the last page
+
+    def load(first: dict[str, Any]) -> list[dict[str, Any]]:
+        rows, following = list(first["workspaces"]), first["next"]
+        while following:
+            page = get_json(board.url + f"api/snapshot?limit=3&after={following}")
+            rows += page["workspaces"]
+            following = page["next"]
+        return rows
+
+    def status_of(rows: list[dict[str, Any]], workspace_id: str) -> str:
+        return next(w["status"] for w in rows if w["id"] == workspace_id)
+
+    first = get_json(board.url + "api/snapshot?limit=3")
+    second = get_json(board.url + f"api/snapshot?limit=3&after={first['next']}")
+    with db.begin() as conn:
+        conn.execute(text("UPDATE workspaces SET status = 'degraded' WHERE id = :id"), watched)
+
+    # A load that began before the change goes on from the read its second page made
+    # (the change reaches it as an event) ...
+    rest = get_json(board.url + f"api/snapshot?limit=3&after={second['next']}")
+    assert status_of(rest["workspaces"], watched["id"]) == "online"
+    # ... a load that begins after it is not served that older read.
+    again = load(get_json(board.url + "api/snapshot?limit=3"))
+    assert len(again) == 9 and status_of(again, watched["id"]) == "degraded"
+    # Problems first, by name: the same order as the whole fleet in one page.
+    whole = get_json(board.url + "api/snapshot")["workspaces"]
+    assert [w["id"] for w in again] == [w["id"] for w in whole]
+
+
 def test_snapshot_refuses_bad_parameters_clearly(board, db):
     make_workspace(db, "only", status="online")
     for query, says in (

@@ -40,6 +40,7 @@ from registry.board.snapshot import (
     changes_since,
     fleet_snapshot,
     one_workspace,
+    ordered_fleet,
     parse_limit,
     parse_since,
 )
@@ -85,6 +86,7 @@ class BoardServer(ThreadingHTTPServer):
     ) -> None:
         self.engine = engine
         self.client = client
+        self.ordered = ordered_fleet(engine)  # later snapshot pages are sliced from it
         self.stopping = threading.Event()
         self._open_streams = 0
         self._streams_changed = threading.Condition()
@@ -216,8 +218,11 @@ class BoardHandler(BaseHTTPRequestHandler):
             self._json_text(changes_since(self.server.engine, parse_since(since)))
             return
         limit = parse_limit(one("limit"))
-        engine, client = self.server.engine, self.server.client
-        self._json_text(fleet_snapshot(engine, client, limit=limit, after=one("after")))
+        server = self.server
+        page = fleet_snapshot(
+            server.engine, server.client, limit=limit, after=one("after"), ordered=server.ordered
+        )
+        self._json_text(page)
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json({"error": message}, status)

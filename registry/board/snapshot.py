@@ -3,7 +3,8 @@
 The first page carries the stream position, taken *before* the rows are read, so
 every change after it is in the events read from that position (applying an event
 the page already shows is harmless: events say where a workspace ends up, in order).
-Later pages continue by keyset (`after` = the cursor the previous page returned);
+Later pages continue after the cursor the previous page returned (`after`): sliced
+from one read of the whole fleet (ordered.py), or by keyset when no read may serve;
 a row that moves past the cursor between pages is caught by its status event,
 which the page follows from the first page's position.
 
@@ -31,6 +32,7 @@ from uuid import UUID
 import redis
 from sqlalchemy import Connection, Engine, RowMapping, text
 
+from registry.board.ordered import Key, OrderedFleet
 from registry.events.outbox import rfc3339
 from registry.events.subscriber import Position, stream_head
 from registry.jsontext import dumps
@@ -80,13 +82,17 @@ _PAGE = f"""
     SELECT w.rank, w.name, w.id::text AS id, {_TILE_JSON} FROM (
         SELECT {_TILE_COLUMNS}, {_RANK} AS rank FROM workspaces
         WHERE status <> 'removed' {{after}}
-        ORDER BY {_RANK}, name, id
+        ORDER BY {_RANK}, name COLLATE "C", id
         LIMIT :limit
     ) AS w {_TILE_OF_W}
-    ORDER BY w.rank, w.name, w.id
+    ORDER BY w.rank, w.name COLLATE "C", w.id
 """
+# Names in code-point order ("C"): the order of Python's (and the page's) strings, so a
+# cursor finds its place in a read kept in memory (ordered.py) whatever the database's
+# collation.
 _FIRST_PAGE = text(_PAGE.format(after=""))
-_NEXT_PAGE = text(_PAGE.format(after=f"AND ({_RANK}, name, id) > (:rank, :name, :id)"))
+_NEXT_PAGE = text(_PAGE.format(after=f'AND ({_RANK}, name COLLATE "C", id) > (:rank, :name, :id)'))
+WHOLE = 2**31 - 1  # no limit
 _COUNTS = text("SELECT status, count(*) AS n FROM workspaces WHERE status <> 'removed' GROUP BY 1")
 _ONE = text(f"SELECT {_DETAIL_COLUMNS} FROM workspaces WHERE id = :id")
 _CHANGED = text(
@@ -112,22 +118,31 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a page ended: (rank, name, id) of its last row, opaque to the page."""
+    """Where a page ended: (rank, name, id) of its last row, opaque to the page; `load`:
+    when the load's first page was done (which reads may serve it, ordered.py)."""
 
     rank: int
     name: str
     id: str
+    load: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.rank, self.name, self.id)
 
     def token(self) -> str:
-        raw = json.dumps([self.rank, self.name, self.id], separators=(",", ":")).encode()
+        raw = json.dumps([*self.key, self.load], separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
     def from_token(cls, token: str) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            rank, name, ws = json.loads(raw)
-            return cls(int(rank), str(name), str(UUID(str(ws))))
+            rank, name, ws, *rest = json.loads(raw)
+            load = rest[0] if rest else None
+            if len(rest) > 1 or not (load is None or isinstance(load, str)):
+                raise ValueError("not a cursor")
+            return cls(int(rank), str(name), str(UUID(str(ws))), load)
         except (binascii.Error, ValueError, TypeError) as exc:
             raise BadRequest(f"{token!r} is not a page cursor") from exc
 
@@ -173,49 +188,71 @@ def parse_since(raw: str) -> datetime:
     return since
 
 
+def ordered_fleet(engine: Engine) -> OrderedFleet:
+    """The whole-fleet reads later pages are sliced from (one per board server)."""
+    return OrderedFleet(engine, _FIRST_PAGE, {"limit": WHOLE, "stamp": STAMP})
+
+
 def _page(
     conn: Connection, after: Cursor | None, limit: int | None
-) -> tuple[list[str], str | None]:
-    """The page's tiles (JSON texts) and the cursor of the next page (None: this was all)."""
+) -> tuple[list[str], Key | None]:
+    """The page's tiles (JSON texts) and its last key when another page may follow."""
     # No limit: the whole fleet (what scripts and small fleets want).
-    size = limit if limit is not None else 2**31 - 1
+    size = limit if limit is not None else WHOLE
     if after is None:
         rows = conn.execute(_FIRST_PAGE, {"limit": size, "stamp": STAMP}).all()
     else:
         params = {"rank": after.rank, "name": after.name, "id": after.id, "limit": size}
         rows = conn.execute(_NEXT_PAGE, {**params, "stamp": STAMP}).all()
-    following = None
+    last = None
     if limit is not None and len(rows) == limit:
         rank, name, ws, _ = rows[-1]
-        following = Cursor(rank, name, ws).token()
-    return [row.tile for row in rows], following
+        last = (rank, name, ws)
+    return [row.tile for row in rows], last
+
+
+def _next_page(
+    engine: Engine, ordered: OrderedFleet | None, after: Cursor, limit: int | None
+) -> str:
+    read = ordered.read_for(after.load) if ordered is not None and after.load else None
+    if read is not None:
+        tiles, last = read.after(after.key, limit)
+    else:
+        with engine.connect() as conn:
+            tiles, last = _page(conn, after, limit)
+    following = Cursor(*last, load=after.load).token() if last else None
+    return with_tiles({"next": following}, tiles)
 
 
 def fleet_snapshot(
-    engine: Engine, client: redis.Redis, *, limit: int | None = None, after: str | None = None
+    engine: Engine,
+    client: redis.Redis,
+    *,
+    limit: int | None = None,
+    after: str | None = None,
+    ordered: OrderedFleet | None = None,
 ) -> str:
     """One page of the fleet as JSON text, problems first; the first page also says where
     to read on.
 
     First page: `workspaces`, `next` (cursor, or null when this was all), `counts`
     (per status, whole fleet), `total`, `server_time`, `position`, `self_preservation`.
-    Later pages (`after` given): `workspaces` and `next`.
+    Later pages (`after` given): `workspaces` and `next`; from `ordered` when it has (or
+    makes) a read that may serve this load.
     """
-    cursor = Cursor.from_token(after) if after else None
-    if cursor is not None:
-        with engine.connect() as conn:
-            tiles, following = _page(conn, cursor, limit)
-        return with_tiles({"next": following}, tiles)
+    if after:
+        return _next_page(engine, ordered, Cursor.from_token(after), limit)
     head = stream_head(client)
     # One snapshot of the database for the rows, the counts, the clock and the last event.
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        tiles, following = _page(conn, None, limit)
+        tiles, last = _page(conn, None, limit)
         counts = {row.status: row.n for row in conn.execute(_COUNTS)}
         clock = conn.execute(_CLOCK).one()
         preservation = conn.execute(_SELF_PRESERVATION).scalar()
     position = Position(head.stream_id, clock.last_event_id, head.redis_run_id)
+    load = ordered.stamp() if ordered is not None else None  # the snapshot is done
     fields = {
-        "next": following,
+        "next": Cursor(*last, load=load).token() if last else None,
         "counts": counts,
         "total": sum(counts.values()),
         "server_time": rfc3339(clock.now),

@@ -932,15 +932,22 @@ async function start() {
   loading = { counts: first.counts, total: first.total, got: first.workspaces.length };
   for (const ws of first.workspaces) upsert(ws, false, true);
   firstPageIn = true;
-  let next = first.next;
+  // The next page is asked for before this one is added: the server works while we do.
+  const pageAfter = (cursor) => {
+    if (!cursor) return null;
+    const pending = getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(cursor)}`);
+    pending.catch(() => {}); // awaited below, unless a newer load took over
+    return pending;
+  };
+  let pending = pageAfter(first.next);
   try {
-    while (next) {
-      const page = await getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(next)}`);
+    while (pending) {
+      const page = await pending;
       if (mine !== generation) return;
+      pending = pageAfter(page.next);
       for (const ws of page.workspaces) upsert(ws, false, true);
       loading.got += page.workspaces.length;
       dirty.counts = true;
-      next = page.next;
     }
   } catch (err) {
     if (mine !== generation) return;
