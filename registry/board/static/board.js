@@ -64,6 +64,7 @@ const fetching = new Set();
 const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
 let view = { segments: [], height: 0, cols: 1, tileW: TILE_MIN_W };
 let geometry = { listW: 0, listH: 0, mapW: 0, feedH: 0 };
+const scrolled = { tiles: 0, feed: 0 }; // scroll positions, as the scroll events said
 let mapLayout = { size: 6, cols: 1, rows: 0 };
 let selected = null;
 let clockOffsetMs = 0; // server clock minus ours: heartbeat ages use the server's clock
@@ -83,6 +84,8 @@ let searchText = "";
 let searchStarts = []; // where each workspace's entry begins in searchText
 let searchOwners = []; // ... and whose it is
 let searchStale = true;
+const searchHits = new Map(); // query -> the workspaces it found (the last few queries)
+const SEARCHES_KEPT = 4;
 let searchGen = 0; // bumped per search: ws.sq === searchGen means the workspace matched
 let searchedAt = -1; // the filterGen the last search ran for
 let versions = 0; // one counter for every change: a tile redraws when its version differs
@@ -279,23 +282,31 @@ function buildSearch() {
   searchStale = false;
 }
 
-// Marks (ws.sq) every workspace whose name or id contains q.
+// Marks (ws.sq) every workspace whose name or id contains q. The last few searches'
+// hits are kept (typing and deleting a letter goes back to one of them).
 function search(q) {
-  if (searchStale) buildSearch();
+  if (searchStale) { buildSearch(); searchHits.clear(); }
   searchGen += 1;
-  const last = searchStarts.length - 1;
-  let from = 0;
-  for (let at = searchText.indexOf(q); at >= 0; at = searchText.indexOf(q, from)) {
-    let lo = 0;
-    let hi = last;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (searchStarts[mid] <= at) lo = mid; else hi = mid - 1;
+  let hits = searchHits.get(q);
+  if (!hits) {
+    hits = [];
+    const last = searchStarts.length - 1;
+    let from = 0;
+    for (let at = searchText.indexOf(q); at >= 0; at = searchText.indexOf(q, from)) {
+      let lo = 0;
+      let hi = last;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (searchStarts[mid] <= at) lo = mid; else hi = mid - 1;
+      }
+      hits.push(searchOwners[lo]);
+      if (lo === last) break;
+      from = searchStarts[lo + 1]; // one hit per workspace is enough
     }
-    searchOwners[lo].sq = searchGen;
-    if (lo === last) break;
-    from = searchStarts[lo + 1]; // one hit per workspace is enough
+    if (searchHits.size >= SEARCHES_KEPT) searchHits.delete(searchHits.keys().next().value);
+    searchHits.set(q, hits);
   }
+  for (const ws of hits) ws.sq = searchGen;
 }
 
 // Whether a workspace passes the runtime filter and the search; remembered per filter
@@ -335,17 +346,15 @@ function schedule(urgent) {
 function frame(now) {
   frameWanted = false;
   lastFrame = now;
-  // The only layout reads, before any write.
-  const scrollTop = $("tiles").scrollTop;
-  const feedTop = $("events-scroll").scrollTop;
+  // No layout is read here: the scroll positions come from the scroll events.
   if (feedQueue.length) {
-    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(feedTop); } else schedule();
-  } else if (dirty.feed) renderFeed(feedTop);
+    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(scrolled.feed); } else schedule();
+  } else if (dirty.feed) renderFeed(scrolled.feed);
   if (dirty.view) buildView();
   if (dirty.counts) renderCounts();
   if (dirty.runtimes) renderRuntimes();
   if (dirty.map) drawMap(); else if (mapCells.size) paintCells();
-  if (dirty.tiles) renderTiles(scrollTop);
+  if (dirty.tiles) renderTiles(scrolled.tiles);
   if (!painted && firstPageIn) {
     painted = true;
     performance.mark("board-painted");
@@ -382,30 +391,44 @@ function buildView() {
   view = { segments, height: y, cols, tileW };
 }
 
+function scrollTiles(top) {
+  $("tiles").scrollTop = top;
+  scrolled.tiles = Math.min(top, Math.max(0, view.height - geometry.listH)); // as clamped
+}
+
 function renderTiles(scrollTop) {
   dirty.tiles = false;
   const inner = $("tiles-inner");
   const from = scrollTop - OVERSCAN_PX;
   const to = scrollTop + (geometry.listH || 600) + OVERSCAN_PX;
-  const wanted = [];
+  const want = []; // [key, segment or workspace, x, y]
   for (const segment of view.segments) {
     if (segment.top + segment.height <= from) continue;
     if (segment.top >= to) break;
-    if (segment.top + HEAD_H > from) wanted.push(headNode(segment));
+    if (segment.top + HEAD_H > from) want.push([`h:${segment.status}`, segment]);
     const rowsTop = segment.top + HEAD_H;
     const rows = Math.ceil(segment.list.length / view.cols);
     const first = Math.max(0, Math.floor((from - rowsTop) / ROW_H));
     for (let r = first; r < rows && rowsTop + r * ROW_H < to; r += 1) {
       const end = Math.min((r + 1) * view.cols, segment.list.length);
       for (let i = r * view.cols; i < end; i += 1) {
-        wanted.push(tileNode(segment.list[i], (i % view.cols) * (view.tileW + GAP), rowsTop + r * ROW_H));
+        const ws = segment.list[i];
+        want.push([`t:${ws.id}`, ws, (i % view.cols) * (view.tileW + GAP), rowsTop + r * ROW_H]);
       }
     }
   }
-  const keep = new Set(wanted);
+  // Tiles no longer in view are given to the workspaces coming into view (a filter or a
+  // scroll rewrites a screenful of text instead of building and dropping a screenful).
+  const keys = new Set(want.map(([key]) => key));
+  const spare = [];
   for (const [key, node] of mounted) {
-    if (!keep.has(node)) { node.remove(); mounted.delete(key); }
+    if (keys.has(key)) continue;
+    mounted.delete(key);
+    if (key.startsWith("t:")) spare.push(node); else node.remove();
   }
+  const wanted = want.map(([key, item, x, y]) => (
+    key.startsWith("h:") ? headNode(item) : tileNode(item, x, y, spare)));
+  for (const node of spare) node.remove();
   // DOM order follows the visual order (screen readers, find-in-page). Only the nodes out
   // of place move: a scroll by a row inserts that row, it does not re-insert the screen
   // (every node re-inserted is styled and laid out again).
@@ -445,9 +468,8 @@ function headNode(row) {
   return node;
 }
 
-function buildTile(ws) {
+function buildTile() {
   const tile = el("article", "tile");
-  tile.dataset.id = ws.id;
   const head = el("div", "tile-head");
   head.append(el("span", "status"), el("span", "runtime"));
   const facts = el("div", "facts");
@@ -456,11 +478,14 @@ function buildTile(ws) {
   return tile;
 }
 
-function tileNode(ws, x, y) {
+function tileNode(ws, x, y, spare) {
   const key = `t:${ws.id}`;
   let tile = mounted.get(key);
   if (!tile) {
-    tile = buildTile(ws);
+    tile = spare.pop() || buildTile();
+    tile.dataset.id = ws.id;
+    delete tile.dataset.status; // another workspace's: no flash for this one
+    delete tile.dataset.flash;
     tile.v = 0;
     mounted.set(key, tile);
   }
@@ -553,7 +578,7 @@ function toggleStatus(status) {
 function filtersChanged(narrowing) {
   if (narrowing) filterGen += 1;
   writeURL();
-  $("tiles").scrollTop = 0;
+  scrollTiles(0);
   dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
   schedule(true);
 }
@@ -716,7 +741,7 @@ function scrollToWorkspace(id) {
     const at = segment.list.findIndex((ws) => ws.id === id);
     if (at < 0) continue;
     const top = segment.top + HEAD_H + Math.floor(at / view.cols) * ROW_H;
-    $("tiles").scrollTop = Math.max(0, top - HEAD_H);
+    scrollTiles(Math.max(0, top - HEAD_H));
     return;
   }
 }
@@ -815,6 +840,7 @@ function flushFeed(scrollTop) {
   if (top > 0) {
     top = Math.min(top + added * FEED_ROW_H, Math.max(0, feed.length * FEED_ROW_H - geometry.feedH));
     $("events-scroll").scrollTop = top;
+    scrolled.feed = top;
   }
   // Rows arriving in a calm moment glide in (two names restart the animation); a flood does not.
   feedArrive = feedArrive === "a" ? "b" : "a";
@@ -1028,8 +1054,16 @@ function wire() {
   loadColours();
   readURL();
   watchGeometry();
-  $("tiles").addEventListener("scroll", () => { dirty.tiles = true; schedule(true); }, { passive: true });
-  $("events-scroll").addEventListener("scroll", () => { dirty.feed = true; schedule(true); }, { passive: true });
+  $("tiles").addEventListener("scroll", (event) => {
+    scrolled.tiles = event.target.scrollTop;
+    dirty.tiles = true;
+    schedule(true);
+  }, { passive: true });
+  $("events-scroll").addEventListener("scroll", (event) => {
+    scrolled.feed = event.target.scrollTop;
+    dirty.feed = true;
+    schedule(true);
+  }, { passive: true });
   $("tiles").addEventListener("click", (event) => {
     const tile = event.target.closest(".tile");
     if (tile) select(tile.dataset.id, false);
