@@ -392,6 +392,7 @@ function buildView() {
 }
 
 function scrollTiles(top) {
+  if (top === scrolled.tiles) return; // setting it, even unchanged, lays the page out now
   $("tiles").scrollTop = top;
   scrolled.tiles = Math.min(top, Math.max(0, view.height - geometry.listH)); // as clamped
 }
