@@ -835,11 +835,10 @@ function fillFeedRow(row, ev) {
 function flushFeed(scrollTop) {
   const arrived = feedQueue.splice(0).slice(-MAX_EVENTS).reverse();
   feed.unshift(...arrived);
-  const added = arrived.length - Math.max(0, feed.length - MAX_EVENTS);
   feed.length = Math.min(feed.length, MAX_EVENTS);
   let top = scrollTop;
-  if (top > 0) {
-    top = Math.min(top + added * FEED_ROW_H, Math.max(0, feed.length * FEED_ROW_H - geometry.feedH));
+  if (top > 0) { // the rows being read moved down by as many rows as arrived
+    top = Math.min(top + arrived.length * FEED_ROW_H, Math.max(0, feed.length * FEED_ROW_H - geometry.feedH));
     $("events-scroll").scrollTop = top;
     scrolled.feed = top;
   }
