@@ -540,9 +540,13 @@ function renderCounts() {
   dirty.counts = false;
   for (const chip of $("legend").children) {
     const status = chip.dataset.status;
-    const n = loading ? loading.counts[status] || 0 : groupOf(status).length;
-    setText(chip.lastChild, String(n));
-    chip.classList.toggle("zero", n === 0);
+    const n = String(loading ? loading.counts[status] || 0 : groupOf(status).length);
+    // Tabular digits are 1ch each: the box changes size (and the legend flows again)
+    // only when the number of digits does.
+    const width = `${n.length}ch`;
+    if (chip.lastChild.style.width !== width) chip.lastChild.style.width = width;
+    setText(chip.lastChild, n);
+    chip.classList.toggle("zero", n === "0");
     const pressed = String(filters.statuses.has(status));
     if (chip.getAttribute("aria-pressed") !== pressed) chip.setAttribute("aria-pressed", pressed);
   }
