@@ -736,6 +736,34 @@ def test_5000_problems_first_with_counts_and_a_map(browser, board, fleet_5000):
         assert page.get_attribute(f'.tile[data-id="{first["id"]}"]', "class") == ("tile selected")
 
 
+def test_the_event_list_keeps_the_newest_100_and_holds_a_panel_of_rows(
+    browser, board, db, redis_client
+):
+    ws = make_workspace(db, "chatty", status="online")
+    events = [
+        (EventType.WORKSPACE_DEGRADED, ws, {"error_rate": 0.9, "sample_error": f"event {n:03d}"})
+        for n in range(150)
+    ]
+    with opened(browser, board.url) as page:
+        publish(db, redis_client, events, per_transaction=10)
+        newest = "document.querySelector('#events li .gist')?.textContent.includes('event 149')"
+        page.wait_for_function(newest, timeout=10_000)
+        # A panel's height of rows in the page, not one per event; the list is as tall
+        # as the 100 kept.
+        rows = page.eval_on_selector_all("#events li", "rows => rows.length")
+        assert 3 <= rows <= 20
+        assert page.eval_on_selector("#events", "list => list.style.height") == "6000px"
+        # Scrolled to the end: the oldest kept is the 100th newest.
+        page.eval_on_selector("#events-scroll", "box => { box.scrollTop = box.scrollHeight; }")
+        page.wait_for_function(
+            """[...document.querySelectorAll('#events li .gist')]
+               .some((gist) => gist.textContent.includes('event 050'))""",
+            timeout=5000,
+        )
+        gists = page.eval_on_selector_all("#events li .gist", "gists => gists.map(g => g.title)")
+        assert not any("event 049" in gist for gist in gists)
+
+
 def test_5000_search_filters_and_a_shareable_url(browser, board, fleet_5000):
     with opened(browser, board.url) as page:
         target = fleet_5000["degraded"][123]
