@@ -13,7 +13,9 @@ Chromium (Debian's, through Playwright), then measures:
    real path: one transaction with its structure_events row, outbox, stream): while
    it runs, the bench types into the search box, clicks status filters and scrolls
    the list; each input's latency is the time from the event to the frame after its
-   handler ran (p50/p95/max), and long tasks (> 50 ms) are counted;
+   handler ran (p50/p95/max), long tasks (> 50 ms) are counted, and the renderer's
+   main-thread time per second of flood is read from CDP (all tasks; script; style and
+   layout): steadier than a p95 of ~60 inputs on a shared machine;
 4. renderer memory: JS heap, DOM nodes (CDP Performance.getMetrics) and the
    renderer process's resident set (/proc), after the flood.
 
@@ -217,6 +219,16 @@ def renderer_rss_mb() -> float:
     return best / 1024
 
 
+def main_thread(cdp: Any) -> dict[str, float]:
+    """Seconds the renderer's main thread has spent so far: all tasks, script, style+layout."""
+    metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    return {
+        "busy": metrics.get("TaskDuration", 0.0),
+        "script": metrics.get("ScriptDuration", 0.0),
+        "render": metrics.get("RecalcStyleDuration", 0.0) + metrics.get("LayoutDuration", 0.0),
+    }
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return 0.0
@@ -246,6 +258,40 @@ def interact(page: Any, seconds: float) -> int:
     return actions
 
 
+def flood_and_inputs(
+    context: Any, page: Any, ids: list[str], seconds: float, rate: float
+) -> dict[str, Any]:
+    """Input latency, long tasks and the renderer's main-thread time under a flood."""
+    # The main-thread time (CDP's cumulative task, script, style and layout durations)
+    # is steadier than a p95 of ~60 inputs on a shared machine.
+    cdp = context.new_cdp_session(page)
+    cdp.send("Performance.enable")
+    before = main_thread(cdp)
+    page.evaluate("window.__bench.latencies = []; window.__bench.longTasks = []")
+    flood = Flood(ids, rate)
+    flood.start()
+    started = time.monotonic()
+    actions = interact(page, seconds)
+    flood.stop.set()
+    after = main_thread(cdp)
+    elapsed = time.monotonic() - started
+    flood.join(timeout=10)
+    probe = page.evaluate("window.__bench")
+    latencies = probe["latencies"]
+    result = {f"main_{key}_ms_per_s": (after[key] - before[key]) * 1000 / elapsed for key in before}
+    result.update(
+        flood_changes=flood.sent,
+        flood_rate=flood.sent / seconds,
+        inputs=actions,
+        input_p50_ms=percentile(latencies, 50),
+        input_p95_ms=percentile(latencies, 95),
+        input_max_ms=max(latencies, default=0.0),
+        long_tasks=len(probe["longTasks"]),
+        longest_task_ms=max(probe["longTasks"], default=0.0),
+    )
+    return result
+
+
 def time_get(url: str, runs: int = 5) -> float:
     """Median ms for a gzip GET, body read (the server's query, JSON and gzip)."""
     times = []
@@ -264,7 +310,8 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
     server = BoardServer(("127.0.0.1", 0), get_engine(), get_redis())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
     thread.start()
-    result: dict[str, Any] = {"fleet": size}
+    # The machine is shared: its load (1-minute average) is part of the figures.
+    result: dict[str, Any] = {"fleet": size, "load_start": os.getloadavg()[0]}
     try:
         result["first_page_server_ms"] = time_get(server.url + "api/snapshot?limit=1000")
         result["whole_snapshot_server_ms"] = time_get(server.url + "api/snapshot")
@@ -295,27 +342,11 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
                    .filter((e) => e.name.includes('/api/snapshot'))
                    .reduce((n, e) => n + e.decodedBodySize, 0)"""
             )
-            page.evaluate("window.__bench.latencies = []; window.__bench.longTasks = []")
-            flood = Flood(by_status["online"] + by_status["degraded"], rate)
-            flood.start()
-            actions = interact(page, flood_seconds)
-            flood.stop.set()
-            flood.join(timeout=10)
-            probe = page.evaluate("window.__bench")
+            ids = by_status["online"] + by_status["degraded"]
+            result.update(flood_and_inputs(context, page, ids, flood_seconds, rate))
             # Back to the unfiltered view (a screenful of tiles) for the memory figures.
             page.goto(server.url)
             page.wait_for_selector('#link[data-state="live"]', timeout=60_000)
-            latencies = probe["latencies"]
-            result.update(
-                flood_changes=flood.sent,
-                flood_rate=flood.sent / flood_seconds,
-                inputs=actions,
-                input_p50_ms=percentile(latencies, 50),
-                input_p95_ms=percentile(latencies, 95),
-                input_max_ms=max(latencies, default=0.0),
-                long_tasks=len(probe["longTasks"]),
-                longest_task_ms=max(probe["longTasks"], default=0.0),
-            )
             cdp = context.new_cdp_session(page)
             cdp.send("Performance.enable")
             metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
@@ -330,6 +361,7 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+    result["load_end"] = os.getloadavg()[0]
     return result
 
 
@@ -369,23 +401,29 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     combined: dict[str, Any] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     p95s = [r["input_p95_ms"] for r in runs]
     combined["input_p95_range"] = (min(p95s), max(p95s))
+    loads = [r[key] for r in runs for key in ("load_start", "load_end")]
+    combined["load_range"] = (min(loads), max(loads))
     return combined
 
 
 def report(results: list[dict[str, Any]], rate: float, flood_seconds: float, repeat: int) -> str:
     sizes = ",".join(str(int(r["fleet"])) for r in results)
+    low = min(r["load_range"][0] for r in results)
+    high = max(r["load_range"][1] for r in results)
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this machine "
         f"(2 cores shared with other work; figures are noisy), by `.venv/bin/python "
         f"bench/board.py --fleet {sizes} --flood {flood_seconds:g} --rate {rate:g} "
         f"--repeat {repeat}`: the median of {repeat} run(s) per size (in brackets, the "
         f"input p95's range across runs). Flood: {rate:g} status changes/s for "
-        f"{flood_seconds:g} s while searching, filtering and scrolling.",
+        f"{flood_seconds:g} s while searching, filtering and scrolling. Machine load "
+        f"(1-minute load average, at the start and end of each run): {low:.1f} to {high:.1f}.",
         "",
         "| fleet | first paint | live | bytes (wire) | snapshot raw | input p50 / p95 / max "
-        "| long tasks (longest) | DOM nodes | tiles in DOM | JS heap | renderer RSS "
+        "| long tasks (longest) | main thread in flood: busy (script, style+layout) "
+        "| DOM nodes | tiles in DOM | JS heap | renderer RSS "
         "| server: first page / whole snapshot |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -394,7 +432,9 @@ def report(results: list[dict[str, Any]], rate: float, flood_seconds: float, rep
             f"| {r['input_p50_ms']:.0f} / {r['input_p95_ms']:.0f} "
             f"({r['input_p95_range'][0]:.0f} to {r['input_p95_range'][1]:.0f}) "
             f"/ {r['input_max_ms']:.0f} ms "
-            f"| {r['long_tasks']:.0f} ({r['longest_task_ms']:.0f} ms) | {r['dom_nodes']:,.0f} "
+            f"| {r['long_tasks']:.0f} ({r['longest_task_ms']:.0f} ms) "
+            f"| {r['main_busy_ms_per_s']:.0f} ms/s ({r['main_script_ms_per_s']:.0f}, "
+            f"{r['main_render_ms_per_s']:.0f}) | {r['dom_nodes']:,.0f} "
             f"| {r['mounted_tiles']:.0f} | {r['js_heap_mb']:.1f} MiB | {r['renderer_rss_mb']:.0f} MiB "
             f"| {r['first_page_server_ms']:.0f} / {r['whole_snapshot_server_ms']:.0f} ms |"
         )

@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,8 @@ def read_sse(response: http.client.HTTPResponse, count: int) -> list[dict[str, s
 
 
 def test_snapshot_lists_the_fleet_with_a_position(board, db, redis_client):
-    alive = make_workspace(db, "alive", status="online", active_tasks=2)
+    beat = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    alive = make_workspace(db, "alive", status="online", active_tasks=2, last_heartbeat_at=beat)
     make_workspace(db, "gone", status="removed")
     publish(db, redis_client, [(EventType.WORKSPACE_ONLINE, alive, {"recovered_from": "offline"})])
 
@@ -152,7 +154,15 @@ def test_snapshot_lists_the_fleet_with_a_position(board, db, redis_client):
     assert position.event_id == 1
     assert snapshot["self_preservation"] == {"active": False}
 
-    assert get_json(board.url + f"api/workspaces/{alive}")["name"] == "alive"
+    # PostgreSQL writes the tiles' JSON: the fields and the time format of the details.
+    details = get_json(board.url + f"api/workspaces/{alive}")
+    assert details["name"] == "alive"
+    assert workspace["last_heartbeat_at"] == "2026-01-02T03:04:05.678Z"
+    assert {key: details[key] for key in workspace} == workspace
+    assert set(workspace) == {
+        *("id", "name", "status", "runtime", "tier", "active_tasks"),
+        *("max_concurrent_tasks", "current_task", "last_heartbeat_at"),
+    }
     for path, status in ((f"api/workspaces/{uuid.uuid4()}", 404), ("api/workspaces/x", 400)):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(board.url + path, timeout=10)
@@ -399,6 +409,38 @@ def test_snapshot_pages_problems_first_and_is_gzipped(board, db):
     plain = request(board, "/api/snapshot", f"127.0.0.1:{board.server_address[1]}")
     assert plain[1].headers.get("Content-Encoding") is None
     assert len(plain[2]) > 3 * len(body)
+
+
+def test_later_pages_come_from_one_read_never_older_than_the_first_page(board, db):
+    seeded = seed_fleet(db, {"offline": 3, "online": 6})
+    watched = seeded["online"][-1]  # on the last page
+
+    def load(first: dict[str, Any]) -> list[dict[str, Any]]:
+        rows, following = list(first["workspaces"]), first["next"]
+        while following:
+            page = get_json(board.url + f"api/snapshot?limit=3&after={following}")
+            rows += page["workspaces"]
+            following = page["next"]
+        return rows
+
+    def status_of(rows: list[dict[str, Any]], workspace_id: str) -> str:
+        return next(w["status"] for w in rows if w["id"] == workspace_id)
+
+    first = get_json(board.url + "api/snapshot?limit=3")
+    second = get_json(board.url + f"api/snapshot?limit=3&after={first['next']}")
+    with db.begin() as conn:
+        conn.execute(text("UPDATE workspaces SET status = 'degraded' WHERE id = :id"), watched)
+
+    # A load that began before the change goes on from the read its second page made
+    # (the change reaches it as an event) ...
+    rest = get_json(board.url + f"api/snapshot?limit=3&after={second['next']}")
+    assert status_of(rest["workspaces"], watched["id"]) == "online"
+    # ... a load that begins after it is not served that older read.
+    again = load(get_json(board.url + "api/snapshot?limit=3"))
+    assert len(again) == 9 and status_of(again, watched["id"]) == "degraded"
+    # Problems first, by name: the same order as the whole fleet in one page.
+    whole = get_json(board.url + "api/snapshot")["workspaces"]
+    assert [w["id"] for w in again] == [w["id"] for w in whole]
 
 
 def test_snapshot_refuses_bad_parameters_clearly(board, db):
@@ -692,6 +734,34 @@ def test_5000_problems_first_with_counts_and_a_map(browser, board, fleet_5000):
         assert page.inner_text("#details-name") == first["name"]
         assert f"ws={first['id']}" in page.url
         assert page.get_attribute(f'.tile[data-id="{first["id"]}"]', "class") == ("tile selected")
+
+
+def test_the_event_list_keeps_the_newest_100_and_holds_a_panel_of_rows(
+    browser, board, db, redis_client
+):
+    ws = make_workspace(db, "chatty", status="online")
+    events = [
+        (EventType.WORKSPACE_DEGRADED, ws, {"error_rate": 0.9, "sample_error": f"event {n:03d}"})
+        for n in range(150)
+    ]
+    with opened(browser, board.url) as page:
+        publish(db, redis_client, events, per_transaction=10)
+        newest = "document.querySelector('#events li .gist')?.textContent.includes('event 149')"
+        page.wait_for_function(newest, timeout=10_000)
+        # A panel's height of rows in the page, not one per event; the list is as tall
+        # as the 100 kept.
+        rows = page.eval_on_selector_all("#events li", "rows => rows.length")
+        assert 3 <= rows <= 20
+        assert page.eval_on_selector("#events", "list => list.style.height") == "6000px"
+        # Scrolled to the end: the oldest kept is the 100th newest.
+        page.eval_on_selector("#events-scroll", "box => { box.scrollTop = box.scrollHeight; }")
+        page.wait_for_function(
+            """[...document.querySelectorAll('#events li .gist')]
+               .some((gist) => gist.textContent.includes('event 050'))""",
+            timeout=5000,
+        )
+        gists = page.eval_on_selector_all("#events li .gist", "gists => gists.map(g => g.title)")
+        assert not any("event 049" in gist for gist in gists)
 
 
 def test_5000_search_filters_and_a_shareable_url(browser, board, fleet_5000):

@@ -1,7 +1,8 @@
 """The live fleet board: a local web page for a fleet of 5,000 to 50,000 workspaces.
 
 `server.py` serves the page (static files in `static/`, no build step), the fleet
-in gzipped pages, problems first (`snapshot.py`), and the events as server-sent
+in gzipped pages, problems first (`snapshot.py`; a load's later pages are slices
+of one ordered read, `ordered.py`), and the events as server-sent
 events: status changes from the stream through a `registry.events.subscriber.Subscriber`
 (resumable by position), heartbeats from the pub/sub channel, coalesced (`beats.py`).
 Every request must name the board's own address in its Host header (`hosts.py`).

@@ -40,6 +40,7 @@ from registry.board.snapshot import (
     changes_since,
     fleet_snapshot,
     one_workspace,
+    ordered_fleet,
     parse_limit,
     parse_since,
 )
@@ -85,6 +86,7 @@ class BoardServer(ThreadingHTTPServer):
     ) -> None:
         self.engine = engine
         self.client = client
+        self.ordered = ordered_fleet(engine)  # later snapshot pages are sliced from it
         self.stopping = threading.Event()
         self._open_streams = 0
         self._streams_changed = threading.Condition()
@@ -195,7 +197,10 @@ class BoardHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, value: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(status, dumps(value).encode(), "application/json")
+        self._json_text(dumps(value), status)
+
+    def _json_text(self, body: str, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(status, body.encode(), "application/json")
 
     def _accepts_gzip(self) -> bool:
         accepted = self.headers.get("Accept-Encoding", "")
@@ -210,12 +215,14 @@ class BoardHandler(BaseHTTPRequestHandler):
 
         since = one("changed_since")
         if since is not None:
-            self._json(changes_since(self.server.engine, parse_since(since)))
+            self._json_text(changes_since(self.server.engine, parse_since(since)))
             return
         limit = parse_limit(one("limit"))
-        self._json(
-            fleet_snapshot(self.server.engine, self.server.client, limit=limit, after=one("after"))
+        server = self.server
+        page = fleet_snapshot(
+            server.engine, server.client, limit=limit, after=one("after"), ordered=server.ordered
         )
+        self._json_text(page)
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json({"error": message}, status)

@@ -26,6 +26,7 @@ const BEATS = new Set(["WORKSPACE_HEARTBEAT", "TASK_UPDATED"]);
 const FIRST_PAGE = 1000; // the useful view: the first screens of problems, and the counts
 const PAGE = 10000;
 const MAX_EVENTS = 100;
+const FEED_ROW_H = 60; // board.css agrees
 const REFRESH_MS = 30000; // incremental: only rows whose status changed (no-event changes)
 const REFRESH_OVERLAP_MS = 60000; // a transaction may commit after our last read began
 const STALE_AFTER_S = 90;
@@ -53,12 +54,17 @@ const everyone = [];
 let everyoneUnsorted = false;
 const mapCells = new Set(); // workspaces whose cell needs repainting (status changed)
 const filters = { statuses: new Set(), runtime: "", q: "" };
-const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true };
-const feedQueue = [];
+const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true, feed: false };
+const feedQueue = []; // events not drawn yet
+const feed = []; // the newest MAX_EVENTS events, newest first
+const feedRows = []; // the event list's rows (a panel's height of them)
+let feedArrive = "a";
+let feedFresh = 0; // how many rows on top just arrived (animated)
 const fetching = new Set();
 const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
 let view = { segments: [], height: 0, cols: 1, tileW: TILE_MIN_W };
-let geometry = { listW: 0, listH: 0, mapW: 0 };
+let geometry = { listW: 0, listH: 0, mapW: 0, feedH: 0 };
+const scrolled = { tiles: 0, feed: 0 }; // scroll positions, as the scroll events said
 let mapLayout = { size: 6, cols: 1, rows: 0 };
 let selected = null;
 let clockOffsetMs = 0; // server clock minus ours: heartbeat ages use the server's clock
@@ -67,7 +73,21 @@ let generation = 0; // bumped by each (re)load; an older load stops adding pages
 let loading = null; // while pages arrive: { counts, total, got }
 let lastSync = null;
 let frameWanted = false;
-let filterGen = 0; // bumped when the filters change: cached matches() go stale
+let filterGen = 0; // bumped when the runtime filter or the search changes: cached matches() go stale
+// The groups narrowed by the runtime filter and the search (status -> workspaces, sorted),
+// kept up to date by each status change while filterGen stays the same.
+const shownIn = new Map();
+let shownGen = -1;
+// Search: every lowercase name and id in one string, searched with indexOf (native) per
+// keystroke instead of two includes() per workspace. Rebuilt when workspaces come or go.
+let searchText = "";
+let searchStarts = []; // where each workspace's entry begins in searchText
+let searchOwners = []; // ... and whose it is
+let searchStale = true;
+const searchHits = new Map(); // query -> the workspaces it found (the last few queries)
+const SEARCHES_KEPT = 4;
+let searchGen = 0; // bumped per search: ws.sq === searchGen means the workspace matched
+let searchedAt = -1; // the filterGen the last search ran for
 let versions = 0; // one counter for every change: a tile redraws when its version differs
 let frameTimer = null;
 let lastFrame = 0;
@@ -149,6 +169,11 @@ function unlink(ws) {
   const group = groupOf(ws.status);
   const at = indexIn(group, ws.key);
   if (group[at] === ws) group.splice(at, 1);
+  const shown = narrowedBy() && shownGen === filterGen && shownIn.get(ws.status);
+  if (shown) {
+    const i = indexIn(shown, ws.key);
+    if (shown[i] === ws) shown.splice(i, 1);
+  }
   const n = (runtimes.get(ws.runtime) || 1) - 1;
   if (n > 0) runtimes.set(ws.runtime, n); else { runtimes.delete(ws.runtime); dirty.runtimes = true; }
 }
@@ -156,14 +181,18 @@ function unlink(ws) {
 function link(ws, bulk) {
   ws.key = keyOf(ws);
   ws.lname = (ws.name || "").toLowerCase();
-  ws.mg = -1; // name or runtime may have changed: test it again
   const group = groupOf(ws.status);
   if (bulk) {
     group.push(ws);
     unsorted.add(ws.status);
+    shownGen = -1;
   } else {
     sortGroups();
     group.splice(indexIn(group, ws.key), 0, ws);
+    if (narrowedBy() && shownGen === filterGen && matches(ws)) {
+      const shown = shownIn.get(ws.status);
+      if (shown) shown.splice(indexIn(shown, ws.key), 0, ws); else shownGen = -1;
+    }
   }
   if (!runtimes.has(ws.runtime)) dirty.runtimes = true;
   runtimes.set(ws.runtime, (runtimes.get(ws.runtime) || 0) + 1);
@@ -178,6 +207,7 @@ function changed() {
 function upsert(row, overwrite, bulk) {
   const known = fleet.get(row.id);
   if (known && !overwrite) return;
+  fleetChanged();
   if (known) {
     unlink(known);
     delist(known);
@@ -200,6 +230,7 @@ function drop(id) {
   unlink(ws);
   delist(ws);
   fleet.delete(id);
+  fleetChanged();
   changed();
 }
 
@@ -221,24 +252,83 @@ function clearFleet() {
   everyoneUnsorted = false;
   runtimes.clear();
   dirty.runtimes = true;
+  fleetChanged();
   changed();
+}
+
+// A workspace came, went or was rewritten (name, runtime): the search index and every
+// cached match go stale.
+function fleetChanged() {
+  searchStale = true;
+  filterGen += 1;
+  shownGen = -1;
+}
+
+function narrowedBy() { return Boolean(filters.runtime || filters.q); }
+
+function buildSearch() {
+  const parts = [];
+  searchStarts = [];
+  searchOwners = [];
+  let at = 0;
+  for (const ws of fleet.values()) {
+    const entry = `${ws.lname.replace(/[\t\n]/g, " ")}\t${ws.id}\n`;
+    searchStarts.push(at);
+    searchOwners.push(ws);
+    parts.push(entry);
+    at += entry.length;
+  }
+  searchText = parts.join("");
+  searchStale = false;
+}
+
+// Marks (ws.sq) every workspace whose name or id contains q. The last few searches'
+// hits are kept (typing and deleting a letter goes back to one of them).
+function search(q) {
+  if (searchStale) { buildSearch(); searchHits.clear(); }
+  searchGen += 1;
+  let hits = searchHits.get(q);
+  if (!hits) {
+    hits = [];
+    const last = searchStarts.length - 1;
+    let from = 0;
+    for (let at = searchText.indexOf(q); at >= 0; at = searchText.indexOf(q, from)) {
+      let lo = 0;
+      let hi = last;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (searchStarts[mid] <= at) lo = mid; else hi = mid - 1;
+      }
+      hits.push(searchOwners[lo]);
+      if (lo === last) break;
+      from = searchStarts[lo + 1]; // one hit per workspace is enough
+    }
+    if (searchHits.size >= SEARCHES_KEPT) searchHits.delete(searchHits.keys().next().value);
+    searchHits.set(q, hits);
+  }
+  for (const ws of hits) ws.sq = searchGen;
 }
 
 // Whether a workspace passes the runtime filter and the search; remembered per filter
 // generation, so the list and the map (and every frame of a flood) test it once.
 function matches(ws) {
   if (ws.mg === filterGen) return ws.mr;
-  const q = filters.q;
+  if (filters.q && searchedAt !== filterGen) { search(filters.q); searchedAt = filterGen; }
   ws.mr = (!filters.runtime || ws.runtime === filters.runtime)
-    && (!q || ws.lname.includes(q) || ws.id.includes(q));
+    && (!filters.q || ws.sq === searchGen);
   ws.mg = filterGen;
   return ws.mr;
 }
 
 // ---- the frame: everything drawn once per animation frame, reads before writes -----------
 
+// A text change edits the node's text in place: replacing the text node (textContent)
+// would take it out of layout and put a new one in.
 function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
+  const only = node.firstChild;
+  if (only && only.nodeType === Node.TEXT_NODE && !only.nextSibling) {
+    if (only.data !== text) only.data = text;
+  } else if (node.textContent !== text) node.textContent = text;
 }
 
 function schedule(urgent) {
@@ -256,15 +346,15 @@ function schedule(urgent) {
 function frame(now) {
   frameWanted = false;
   lastFrame = now;
-  const scrollTop = $("tiles").scrollTop; // the only layout read, before any write
+  // No layout is read here: the scroll positions come from the scroll events.
+  if (feedQueue.length) {
+    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(scrolled.feed); } else schedule();
+  } else if (dirty.feed) renderFeed(scrolled.feed);
   if (dirty.view) buildView();
   if (dirty.counts) renderCounts();
   if (dirty.runtimes) renderRuntimes();
   if (dirty.map) drawMap(); else if (mapCells.size) paintCells();
-  if (dirty.tiles) renderTiles(scrollTop);
-  if (feedQueue.length) {
-    if (now - lastFeed >= FEED_EVERY_MS) { lastFeed = now; flushFeed(); } else schedule();
-  }
+  if (dirty.tiles) renderTiles(scrolled.tiles);
   if (!painted && firstPageIn) {
     painted = true;
     performance.mark("board-painted");
@@ -282,12 +372,17 @@ function buildView() {
   const cols = Math.max(1, Math.floor((width + GAP) / (TILE_MIN_W + GAP)));
   const tileW = (width - GAP * (cols - 1)) / cols;
   const segments = [];
-  const narrowed = Boolean(filters.runtime || filters.q);
+  const narrowed = narrowedBy();
+  if (narrowed && shownGen !== filterGen) { // after a filter change: once, then kept up to date
+    shownIn.clear();
+    for (const [status, group] of groups) shownIn.set(status, group.filter(matches));
+    shownGen = filterGen;
+  }
   let y = 0;
   for (const [status, group] of groups) {
     if (!group.length) continue;
     if (filters.statuses.size && !filters.statuses.has(status)) continue;
-    const list = narrowed ? group.filter(matches) : group;
+    const list = narrowed ? shownIn.get(status) || [] : group;
     if (!list.length) continue;
     const height = HEAD_H + Math.ceil(list.length / cols) * ROW_H;
     segments.push({ status, list, of: group.length, top: y, height });
@@ -296,37 +391,53 @@ function buildView() {
   view = { segments, height: y, cols, tileW };
 }
 
+function scrollTiles(top) {
+  if (top === scrolled.tiles) return; // setting it, even unchanged, lays the page out now
+  $("tiles").scrollTop = top;
+  scrolled.tiles = Math.min(top, Math.max(0, view.height - geometry.listH)); // as clamped
+}
+
 function renderTiles(scrollTop) {
   dirty.tiles = false;
   const inner = $("tiles-inner");
   const from = scrollTop - OVERSCAN_PX;
   const to = scrollTop + (geometry.listH || 600) + OVERSCAN_PX;
-  const wanted = [];
+  const want = []; // [key, segment or workspace, x, y]
   for (const segment of view.segments) {
     if (segment.top + segment.height <= from) continue;
     if (segment.top >= to) break;
-    if (segment.top + HEAD_H > from) wanted.push(headNode(segment));
+    if (segment.top + HEAD_H > from) want.push([`h:${segment.status}`, segment]);
     const rowsTop = segment.top + HEAD_H;
     const rows = Math.ceil(segment.list.length / view.cols);
     const first = Math.max(0, Math.floor((from - rowsTop) / ROW_H));
     for (let r = first; r < rows && rowsTop + r * ROW_H < to; r += 1) {
       const end = Math.min((r + 1) * view.cols, segment.list.length);
       for (let i = r * view.cols; i < end; i += 1) {
-        wanted.push(tileNode(segment.list[i], (i % view.cols) * (view.tileW + GAP), rowsTop + r * ROW_H));
+        const ws = segment.list[i];
+        want.push([`t:${ws.id}`, ws, (i % view.cols) * (view.tileW + GAP), rowsTop + r * ROW_H]);
       }
     }
   }
-  const keep = new Set(wanted);
+  // Tiles no longer in view are given to the workspaces coming into view (a filter or a
+  // scroll rewrites a screenful of text instead of building and dropping a screenful).
+  const keys = new Set(want.map(([key]) => key));
+  const spare = [];
   for (const [key, node] of mounted) {
-    if (!keep.has(node)) { node.remove(); mounted.delete(key); }
+    if (keys.has(key)) continue;
+    mounted.delete(key);
+    if (key.startsWith("t:")) spare.push(node); else node.remove();
   }
-  // DOM order follows the visual order (screen readers, find-in-page); only when it differs.
-  let inOrder = inner.childElementCount === wanted.length;
-  for (let i = 0, child = inner.firstElementChild; inOrder && i < wanted.length; i += 1) {
-    inOrder = child === wanted[i];
-    child = child && child.nextElementSibling;
+  const wanted = want.map(([key, item, x, y]) => (
+    key.startsWith("h:") ? headNode(item) : tileNode(item, x, y, spare)));
+  for (const node of spare) node.remove();
+  // DOM order follows the visual order (screen readers, find-in-page). Only the nodes out
+  // of place move: a scroll by a row inserts that row, it does not re-insert the screen
+  // (every node re-inserted is styled and laid out again).
+  let child = inner.firstElementChild;
+  for (const node of wanted) {
+    if (child === node) child = child.nextElementSibling;
+    else inner.insertBefore(node, child);
   }
-  if (!inOrder) inner.replaceChildren(...wanted);
   const height = `${view.height}px`;
   if (inner.style.height !== height) inner.style.height = height;
   $("empty").hidden = fleet.size > 0 || Boolean(loading);
@@ -358,9 +469,8 @@ function headNode(row) {
   return node;
 }
 
-function buildTile(ws) {
+function buildTile() {
   const tile = el("article", "tile");
-  tile.dataset.id = ws.id;
   const head = el("div", "tile-head");
   head.append(el("span", "status"), el("span", "runtime"));
   const facts = el("div", "facts");
@@ -369,11 +479,14 @@ function buildTile(ws) {
   return tile;
 }
 
-function tileNode(ws, x, y) {
+function tileNode(ws, x, y, spare) {
   const key = `t:${ws.id}`;
   let tile = mounted.get(key);
   if (!tile) {
-    tile = buildTile(ws);
+    tile = spare.pop() || buildTile();
+    tile.dataset.id = ws.id;
+    delete tile.dataset.status; // another workspace's: no flash for this one
+    delete tile.dataset.flash;
     tile.v = 0;
     mounted.set(key, tile);
   }
@@ -427,9 +540,13 @@ function renderCounts() {
   dirty.counts = false;
   for (const chip of $("legend").children) {
     const status = chip.dataset.status;
-    const n = loading ? loading.counts[status] || 0 : groupOf(status).length;
-    setText(chip.lastChild, String(n));
-    chip.classList.toggle("zero", n === 0);
+    const n = String(loading ? loading.counts[status] || 0 : groupOf(status).length);
+    // Tabular digits are 1ch each: the box changes size (and the legend flows again)
+    // only when the number of digits does.
+    const width = `${n.length}ch`;
+    if (chip.lastChild.style.width !== width) chip.lastChild.style.width = width;
+    setText(chip.lastChild, n);
+    chip.classList.toggle("zero", n === "0");
     const pressed = String(filters.statuses.has(status));
     if (chip.getAttribute("aria-pressed") !== pressed) chip.setAttribute("aria-pressed", pressed);
   }
@@ -458,13 +575,15 @@ function renderRuntimes() {
 function toggleStatus(status) {
   if (filters.statuses.has(status)) filters.statuses.delete(status);
   else filters.statuses.add(status);
-  filtersChanged();
+  filtersChanged(false);
 }
 
-function filtersChanged() {
-  filterGen += 1;
+// `narrowing`: the runtime filter or the search changed (the status filter needs no
+// workspace tested again).
+function filtersChanged(narrowing) {
+  if (narrowing) filterGen += 1;
   writeURL();
-  $("tiles").scrollTop = 0;
+  scrollTiles(0);
   dirty.view = dirty.counts = dirty.tiles = dirty.map = true;
   schedule(true);
 }
@@ -502,11 +621,11 @@ function loadColours() {
   const bg = parseColour(style.getPropertyValue("--panel"));
   const pack = ([r, g, b]) => ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0;
   const dim = (rgb) => rgb.map((c, i) => Math.round(c * 0.22 + bg[i] * 0.78));
-  colours = { bg: pack(bg), unknown: pack([120, 130, 150]) };
+  colours = { bg: pack(bg), unknown: pack([120, 130, 150]), full: {}, dim: {} };
   for (const status of STATUS_ORDER) {
     const rgb = parseColour(style.getPropertyValue(`--${status}`));
-    colours[status] = pack(rgb);
-    colours[`${status}:dim`] = pack(dim(rgb));
+    colours.full[status] = pack(rgb);
+    colours.dim[status] = pack(dim(rgb));
   }
 }
 
@@ -521,10 +640,11 @@ function layoutMap(count) {
   return mapLayout;
 }
 
+// Dimmed unless the filters let it through.
 function cellColour(ws) {
-  const filtering = filters.statuses.size || filters.runtime || filters.q;
-  const shown = !filtering || ((!filters.statuses.size || filters.statuses.has(ws.status)) && matches(ws));
-  return colours[shown ? ws.status : `${ws.status}:dim`] || colours.unknown;
+  const shown = (!filters.statuses.size || filters.statuses.has(ws.status))
+    && (!narrowedBy() || matches(ws));
+  return (shown ? colours.full : colours.dim)[ws.status] ?? colours.unknown;
 }
 
 function outlineSelected(ctx) {
@@ -626,7 +746,7 @@ function scrollToWorkspace(id) {
     const at = segment.list.findIndex((ws) => ws.id === id);
     if (at < 0) continue;
     const top = segment.top + HEAD_H + Math.floor(at / view.cols) * ROW_H;
-    $("tiles").scrollTop = Math.max(0, top - HEAD_H);
+    scrollTiles(Math.max(0, top - HEAD_H));
     return;
   }
 }
@@ -669,34 +789,87 @@ function renderPreservation(payload) {
   }
 }
 
-function eventRow(ev) {
+// The event list is virtual like the tiles: the newest MAX_EVENTS are kept here, and a
+// pool of rows (a panel's height of them) shows the ones in view. A flood rewrites a few
+// text nodes per draw instead of creating and removing a hundred rows a second.
+function feedFacts(ev) {
+  if (ev.facts) return ev.facts;
+  if (ev.gap) {
+    ev.facts = { gap: true, colour: "var(--degraded)", who: "", time: "", iso: "", gist: `⚠ ${ev.gap}`, type: "" };
+    return ev.facts;
+  }
   const ws = ev.workspace_id && fleet.get(ev.workspace_id);
-  const row = el("li");
   const status = STATUS_OF_EVENT[ev.event] || (ev.event === "WORKSPACE_REMOVED" ? "removed" : null);
-  row.style.setProperty("--c", status ? `var(--${status})` : "var(--muted)");
+  ev.facts = {
+    gap: false,
+    colour: status ? `var(--${status})` : "var(--muted)",
+    who: ev.workspace_id ? (ws && ws.name) || ev.workspace_id.slice(0, 8) : "fleet",
+    time: new Date(ev.timestamp).toLocaleTimeString(),
+    iso: ev.timestamp,
+    gist: ev.gist || "",
+    type: ev.event,
+  };
+  return ev.facts;
+}
+
+function feedRow() {
+  const row = el("li");
   const what = el("div", "what");
-  const who = ev.workspace_id ? (ws && ws.name) || ev.workspace_id.slice(0, 8) : "fleet";
-  const time = el("time", "", new Date(ev.timestamp).toLocaleTimeString());
-  time.dateTime = ev.timestamp;
-  what.append(el("span", "who", who), time);
-  row.append(el("span", "dot"), what, el("div", "gist", ev.gist || ""), el("div", "type", ev.event));
+  what.append(el("span", "who", ""), el("time", "", ""));
+  row.append(el("span", "dot"), what, el("div", "gist", ""), el("div", "type", ""));
   return row;
 }
 
-function flushFeed() {
-  const newest = feedQueue.splice(0).slice(-MAX_EVENTS);
-  const rows = document.createDocumentFragment();
-  const calm = newest.length <= FEED_ANIMATED;
-  for (let i = newest.length - 1; i >= 0; i -= 1) {
-    const row = newest[i].gap ? el("li", "gap", `⚠ ${newest[i].gap}`) : eventRow(newest[i]);
-    if (calm) row.classList.add("new");
-    rows.append(row);
+function fillFeedRow(row, ev) {
+  if (row.ev === ev) return;
+  row.ev = ev;
+  const f = feedFacts(ev);
+  const [, what, gist, type] = row.children;
+  row.classList.toggle("gap", f.gap);
+  if (row.colour !== f.colour) { row.colour = f.colour; row.style.setProperty("--c", f.colour); }
+  setText(what.firstChild, f.who);
+  setText(what.lastChild, f.time);
+  if (what.lastChild.dateTime !== f.iso) what.lastChild.dateTime = f.iso;
+  setText(gist, f.gist);
+  if (gist.title !== f.gist) gist.title = f.gist; // the row is one line: the whole text on hover
+  setText(type, f.type);
+}
+
+// New events go on top; a reader scrolled down keeps the rows they were reading.
+function flushFeed(scrollTop) {
+  const arrived = feedQueue.splice(0).slice(-MAX_EVENTS).reverse();
+  feed.unshift(...arrived);
+  feed.length = Math.min(feed.length, MAX_EVENTS);
+  let top = scrollTop;
+  if (top > 0) { // the rows being read moved down by as many rows as arrived
+    top = Math.min(top + arrived.length * FEED_ROW_H, Math.max(0, feed.length * FEED_ROW_H - geometry.feedH));
+    $("events-scroll").scrollTop = top;
+    scrolled.feed = top;
   }
+  // Rows arriving in a calm moment glide in (two names restart the animation); a flood does not.
+  feedArrive = feedArrive === "a" ? "b" : "a";
+  feedFresh = top === 0 && arrived.length <= FEED_ANIMATED ? arrived.length : 0;
+  renderFeed(top);
+}
+
+function renderFeed(scrollTop) {
+  dirty.feed = false;
   const list = $("events");
-  list.prepend(rows);
-  for (let extra = list.childElementCount - MAX_EVENTS; extra > 0; extra -= 1) {
-    list.lastElementChild.remove();
+  const slots = Math.min(feed.length, Math.ceil((geometry.feedH || 600) / FEED_ROW_H) + 1);
+  const first = Math.max(0, Math.min(Math.floor(scrollTop / FEED_ROW_H), feed.length - slots));
+  while (feedRows.length < slots) { const row = feedRow(); feedRows.push(row); list.append(row); }
+  while (feedRows.length > slots) feedRows.pop().remove();
+  for (let k = 0; k < slots; k += 1) {
+    const i = first + k;
+    const row = feedRows[k];
+    fillFeedRow(row, feed[i]);
+    const arrive = i < feedFresh ? feedArrive : "";
+    if ((row.dataset.arrive || "") !== arrive) row.dataset.arrive = arrive;
+    place(row, 0, i * FEED_ROW_H);
   }
+  feedFresh = 0;
+  const height = `${feed.length * FEED_ROW_H}px`;
+  if (list.style.height !== height) list.style.height = height;
 }
 
 function queueFeed(item) {
@@ -789,15 +962,22 @@ async function start() {
   loading = { counts: first.counts, total: first.total, got: first.workspaces.length };
   for (const ws of first.workspaces) upsert(ws, false, true);
   firstPageIn = true;
-  let next = first.next;
+  // The next page is asked for before this one is added: the server works while we do.
+  const pageAfter = (cursor) => {
+    if (!cursor) return null;
+    const pending = getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(cursor)}`);
+    pending.catch(() => {}); // awaited below, unless a newer load took over
+    return pending;
+  };
+  let pending = pageAfter(first.next);
   try {
-    while (next) {
-      const page = await getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(next)}`);
+    while (pending) {
+      const page = await pending;
       if (mine !== generation) return;
+      pending = pageAfter(page.next);
       for (const ws of page.workspaces) upsert(ws, false, true);
       loading.got += page.workspaces.length;
       dirty.counts = true;
-      next = page.next;
     }
   } catch (err) {
     if (mine !== generation) return;
@@ -866,6 +1046,11 @@ function watchGeometry() {
     dirty.map = true;
     schedule(true);
   }).observe(document.querySelector(".map-wrap"));
+  new ResizeObserver(([entry]) => {
+    geometry.feedH = entry.contentRect.height;
+    dirty.feed = true;
+    schedule(true);
+  }).observe($("events-scroll"));
 }
 
 function wire() {
@@ -873,18 +1058,27 @@ function wire() {
   loadColours();
   readURL();
   watchGeometry();
-  $("tiles").addEventListener("scroll", () => { dirty.tiles = true; schedule(true); }, { passive: true });
+  $("tiles").addEventListener("scroll", (event) => {
+    scrolled.tiles = event.target.scrollTop;
+    dirty.tiles = true;
+    schedule(true);
+  }, { passive: true });
+  $("events-scroll").addEventListener("scroll", (event) => {
+    scrolled.feed = event.target.scrollTop;
+    dirty.feed = true;
+    schedule(true);
+  }, { passive: true });
   $("tiles").addEventListener("click", (event) => {
     const tile = event.target.closest(".tile");
     if (tile) select(tile.dataset.id, false);
   });
   $("search").addEventListener("input", () => {
     filters.q = $("search").value.trim().toLowerCase();
-    filtersChanged();
+    filtersChanged(true);
   });
   $("runtime").addEventListener("change", () => {
     filters.runtime = $("runtime").value;
-    filtersChanged();
+    filtersChanged(true);
   });
   $("clear").addEventListener("click", () => {
     filters.statuses.clear();
@@ -892,7 +1086,7 @@ function wire() {
     filters.q = "";
     $("search").value = "";
     $("runtime").value = "";
-    filtersChanged();
+    filtersChanged(true);
   });
   $("details-close").addEventListener("click", () => select(null, false));
   const map = $("map");
