@@ -72,12 +72,14 @@ task_reject_on_worker_lost = True
 # between broker round trips while bounding what one stuck worker can hold.
 worker_prefetch_multiplier = 4
 
-# Heartbeats (registry.heartbeat, registry.heartbeat_batch) are applied by group commit
-# (workers/heartbeat_batcher.py): their worker runs the threads pool so that many tasks
-# wait on one transaction at once, each acknowledged after that commit (acks late
-# above). The command line is in docs/OPERATIONS.md, "Heartbeat ingestion":
-#   celery -A workers.app worker -Q registry.heartbeats --pool threads -c 200 \
-#       --prefetch-multiplier 2
+# Per-message heartbeats (registry.heartbeat) never enter the pool: their strategy
+# hands them to the main process's group commit (workers/heartbeat_intake.py) and
+# acknowledges each after its batch committed, so their batch size is bounded by the
+# prefetch window (concurrency × multiplier). The pool runs registry.heartbeat_batch
+# messages, one transaction each, one process per core. The command line is in
+# docs/OPERATIONS.md, "Heartbeat ingestion" (a 400-message window on two cores):
+#   celery -A workers.app worker -Q registry.heartbeats --pool prefork -c 2 \
+#       --prefetch-multiplier 200
 # A heartbeat task retries a failed transaction itself (message unacknowledged) while
 # its heartbeats can still count; it has no autoretry (tasks/heartbeats.py).
 

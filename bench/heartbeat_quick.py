@@ -261,7 +261,7 @@ def end_to_end(
 
 
 # The heartbeat worker's command line (docs/OPERATIONS.md).
-HEARTBEAT_WORKER_ARGS = ["--pool", "threads", "-c", "200", "--prefetch-multiplier", "2"]
+HEARTBEAT_WORKER_ARGS = ["--pool", "prefork", "-c", "2", "--prefetch-multiplier", "200"]
 
 
 def main() -> None:

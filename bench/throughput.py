@@ -892,12 +892,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs for development")
     parser.add_argument("--brokers", default="amqp,redis", help="comma list: amqp, redis")
-    parser.add_argument("--pool", default=os.environ.get("BENCH_HB_POOL", "threads"))
+    parser.add_argument("--pool", default=os.environ.get("BENCH_HB_POOL", "prefork"))
     parser.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "200"))
+        "--concurrency", type=int, default=int(os.environ.get("BENCH_HB_CONCURRENCY", "2"))
     )
     parser.add_argument(
-        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "2"))
+        "--prefetch", type=int, default=int(os.environ.get("BENCH_HB_PREFETCH", "200"))
     )
     parser.add_argument("--reps", type=int, help="repetitions per figure (median quoted)")
     parser.add_argument("--messages", type=int, help="messages per per-message run")
