@@ -75,7 +75,7 @@ worker_prefetch_multiplier = 4
 # Per-message heartbeats (registry.heartbeat) never enter the pool: their strategy
 # hands them to the main process's group commit (workers/heartbeat_intake.py) and
 # acknowledges each after its batch committed, so their batch size is bounded by the
-# prefetch window (concurrency × multiplier). The pool runs registry.heartbeat_batch
+# prefetch window (concurrency times multiplier). The pool runs registry.heartbeat_batch
 # messages, one transaction each, one process per core. The command line is in
 # docs/OPERATIONS.md, "Heartbeat ingestion" (a 400-message window on two cores):
 #   celery -A workers.app worker -Q registry.heartbeats --pool prefork -c 2 \
