@@ -861,3 +861,41 @@ def test_5000_live_changes_move_tiles_and_keep_counts(browser, board, db, redis_
         assert colours["219,39,119"] == expected["failed"]
         assert colours["239,68,68"] == expected["offline"]
         assert colours["34,197,94"] == expected["online"]
+
+
+def test_5000_filters_dim_the_map_and_narrowed_lists_follow_live_changes(
+    browser, board, db, redis_client, fleet_5000
+):
+    crewai = {s: [w for w in ws if w["runtime"] == "crewai"] for s, ws in fleet_5000.items()}
+    offline_red = "239,68,68"
+    with opened(browser, board.url) as page:
+        page.select_option("#runtime", "crewai")
+        page.click('#legend .chip[data-status="offline"]')
+        head = '#tiles .group[data-status="offline"] b'
+        page.wait_for_function(
+            "([sel, text]) => document.querySelector(sel)?.textContent === text",
+            arg=[head, f"{len(crewai['offline'])} of 600"],
+        )
+        # Only the cells the filters let through are in full colour.
+        assert map_colours(page)["colours"].get(offline_red) == len(crewai["offline"])
+
+        # Ten crewai workspaces and ten of other runtimes go offline: the narrowed list
+        # takes the first ten only, the map lights exactly those cells.
+        movers = crewai["online"][:10]
+        others = [w for w in fleet_5000["online"] if w["runtime"] != "crewai"][:10]
+        changes = [(EventType.WORKSPACE_OFFLINE, w["id"], {}) for w in movers + others]
+        publish(db, redis_client, changes, per_transaction=10)
+        page.wait_for_function(
+            "([sel, text]) => document.querySelector(sel)?.textContent === text",
+            arg=[head, f"{len(crewai['offline']) + 10} of 620"],
+            timeout=10_000,
+        )
+        assert map_colours(page)["colours"].get(offline_red) == len(crewai["offline"]) + 10
+        assert {s for s, _ in shown(page)} == {"offline"}
+
+        # A search narrows further, by a mover's name (it moved in under the filters).
+        target = movers[0]
+        page.fill("#search", target["name"])
+        page.wait_for_function("document.querySelectorAll('.tile').length === 1")
+        assert shown(page) == [("offline", target["name"])]
+        assert map_colours(page)["colours"].get(offline_red) == 1

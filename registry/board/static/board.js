@@ -52,6 +52,19 @@ const unsorted = new Set(); // groups appended to by a page load, sorted before 
 // The map's order: everyone by name, stable, so a status change repaints one cell.
 const everyone = [];
 let everyoneUnsorted = false;
+// The hot loops (the map, a filter change) read typed arrays indexed by a workspace's
+// slot, not 50,000 objects: no property reads per workspace, no writes into them, and
+// nothing for the garbage collector to trace.
+let slots = []; // slot -> workspace (null once dropped; slots are not reused until a reload)
+let statusCode = new Uint8Array(1024); // slot -> status code (codeOf)
+let matchBits = new Uint8Array(1024); // slot -> 1 if it passes the runtime filter and the search
+let matchGen = -1; // the filterGen matchBits were computed for
+let mapSlots = new Int32Array(0); // the map's order (everyone) as slots
+let mapSlotsStale = true;
+const STATUS_OF_CODE = [...STATUS_ORDER]; // code -> status (a status this page does not know is added)
+const CODE_OF = new Map(STATUS_ORDER.map((s, i) => [s, i])); // status -> code
+const palette = new Uint32Array(512); // code * 2 + shown -> the cell's colour
+const statusPass = new Uint8Array(256); // code -> 1 if the status chips let it through
 const mapCells = new Set(); // workspaces whose cell needs repainting (status changed)
 const filters = { statuses: new Set(), runtime: "", q: "" };
 const dirty = { view: true, counts: true, tiles: true, map: true, runtimes: true, feed: false };
@@ -61,7 +74,8 @@ const feedRows = []; // the event list's rows (a panel's height of them)
 let feedArrive = "a";
 let feedFresh = 0; // how many rows on top just arrived (animated)
 const fetching = new Set();
-const mounted = new Map(); // "t:<id>" | "h:<status>" -> element in the list
+const mounted = new Map(); // workspace id -> its tile in the list
+const heads = new Map(); // status -> its group header in the list
 let view = { segments: [], height: 0, cols: 1, tileW: TILE_MIN_W };
 let geometry = { listW: 0, listH: 0, mapW: 0, feedH: 0 };
 const scrolled = { tiles: 0, feed: 0 }; // scroll positions, as the scroll events said
@@ -81,13 +95,12 @@ let shownGen = -1;
 // Search: every lowercase name and id in one string, searched with indexOf (native) per
 // keystroke instead of two includes() per workspace. Rebuilt when workspaces come or go.
 let searchText = "";
-let searchStarts = []; // where each workspace's entry begins in searchText
-let searchOwners = []; // ... and whose it is
+let searchStarts = new Int32Array(0); // where each workspace's entry begins in searchText
+let searchOwners = new Int32Array(0); // ... and whose (slot) it is
+let searchScratch = new Int32Array(0); // a search's hits before they are copied out
 let searchStale = true;
-const searchHits = new Map(); // query -> the workspaces it found (the last few queries)
+const searchHits = new Map(); // query -> the slots it found (the last few queries)
 const SEARCHES_KEPT = 4;
-let searchGen = 0; // bumped per search: ws.sq === searchGen means the workspace matched
-let searchedAt = -1; // the filterGen the last search ran for
 let versions = 0; // one counter for every change: a tile redraws when its version differs
 let frameTimer = null;
 let lastFrame = 0;
@@ -132,6 +145,49 @@ function groupOf(status) {
 
 function keyOf(ws) { return `${ws.name || ""}\u0000${ws.id}`; }
 
+// The sort key and the search's lowercase name: built when a row comes in, not per
+// status change (a flood would make two strings per event for the collector).
+function named(ws) {
+  ws.key = keyOf(ws);
+  ws.lname = (ws.name || "").toLowerCase();
+}
+
+function codeOf(status) {
+  let code = CODE_OF.get(status);
+  if (code === undefined) {
+    code = STATUS_OF_CODE.length;
+    CODE_OF.set(status, code);
+    STATUS_OF_CODE.push(status);
+    dirty.map = true; // the palette learns its colour
+  }
+  return code;
+}
+
+function grow(array, size) {
+  if (array.length >= size) return array;
+  const bigger = new array.constructor(Math.max(size, array.length * 2));
+  bigger.set(array);
+  return bigger;
+}
+
+function giveSlot(ws) {
+  ws.slot = slots.length;
+  slots.push(ws);
+  statusCode = grow(statusCode, slots.length);
+  matchBits = grow(matchBits, slots.length);
+}
+
+// The map's order as slots, rebuilt only when workspaces come or go.
+function mapOrder() {
+  sortGroups();
+  if (mapSlotsStale) {
+    if (mapSlots.length !== everyone.length) mapSlots = new Int32Array(everyone.length);
+    for (let i = 0; i < everyone.length; i += 1) mapSlots[i] = everyone[i].slot;
+    mapSlotsStale = false;
+  }
+  return mapSlots;
+}
+
 function indexIn(group, key) {
   let lo = 0;
   let hi = group.length;
@@ -149,10 +205,11 @@ const byKey = (a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
 function sortGroups() {
   for (const status of unsorted) groupOf(status).sort(byKey);
   unsorted.clear();
-  if (everyoneUnsorted) { everyone.sort(byKey); everyoneUnsorted = false; }
+  if (everyoneUnsorted) { everyone.sort(byKey); everyoneUnsorted = false; mapSlotsStale = true; }
 }
 
 function enlist(ws, bulk) {
+  mapSlotsStale = true;
   if (bulk) { everyone.push(ws); everyoneUnsorted = true; return; }
   sortGroups();
   everyone.splice(indexIn(everyone, ws.key), 0, ws);
@@ -162,6 +219,7 @@ function delist(ws) {
   sortGroups();
   const at = indexIn(everyone, ws.key);
   if (everyone[at] === ws) everyone.splice(at, 1);
+  mapSlotsStale = true;
 }
 
 function unlink(ws) {
@@ -179,8 +237,7 @@ function unlink(ws) {
 }
 
 function link(ws, bulk) {
-  ws.key = keyOf(ws);
-  ws.lname = (ws.name || "").toLowerCase();
+  statusCode[ws.slot] = codeOf(ws.status);
   const group = groupOf(ws.status);
   if (bulk) {
     group.push(ws);
@@ -212,11 +269,14 @@ function upsert(row, overwrite, bulk) {
     unlink(known);
     delist(known);
     Object.assign(known, row);
+    named(known);
     known.v = ++versions;
     link(known);
     enlist(known);
   } else {
+    named(row);
     row.v = ++versions;
+    giveSlot(row);
     fleet.set(row.id, row);
     link(row, bulk);
     enlist(row, bulk);
@@ -229,6 +289,7 @@ function drop(id) {
   if (!ws) return;
   unlink(ws);
   delist(ws);
+  slots[ws.slot] = null;
   fleet.delete(id);
   fleetChanged();
   changed();
@@ -250,6 +311,8 @@ function clearFleet() {
   unsorted.clear();
   everyone.length = 0;
   everyoneUnsorted = false;
+  slots = [];
+  mapSlotsStale = true;
   runtimes.clear();
   dirty.runtimes = true;
   fleetChanged();
@@ -268,13 +331,16 @@ function narrowedBy() { return Boolean(filters.runtime || filters.q); }
 
 function buildSearch() {
   const parts = [];
-  searchStarts = [];
-  searchOwners = [];
+  searchStarts = new Int32Array(fleet.size);
+  searchOwners = new Int32Array(fleet.size);
+  searchScratch = new Int32Array(fleet.size);
   let at = 0;
+  let k = 0;
   for (const ws of fleet.values()) {
     const entry = `${ws.lname.replace(/[\t\n]/g, " ")}\t${ws.id}\n`;
-    searchStarts.push(at);
-    searchOwners.push(ws);
+    searchStarts[k] = at;
+    searchOwners[k] = ws.slot;
+    k += 1;
     parts.push(entry);
     at += entry.length;
   }
@@ -282,14 +348,13 @@ function buildSearch() {
   searchStale = false;
 }
 
-// Marks (ws.sq) every workspace whose name or id contains q. The last few searches'
+// The slots of every workspace whose name or id contains q. The last few searches'
 // hits are kept (typing and deleting a letter goes back to one of them).
 function search(q) {
   if (searchStale) { buildSearch(); searchHits.clear(); }
-  searchGen += 1;
   let hits = searchHits.get(q);
   if (!hits) {
-    hits = [];
+    let n = 0;
     const last = searchStarts.length - 1;
     let from = 0;
     for (let at = searchText.indexOf(q); at >= 0; at = searchText.indexOf(q, from)) {
@@ -299,25 +364,42 @@ function search(q) {
         const mid = (lo + hi + 1) >> 1;
         if (searchStarts[mid] <= at) lo = mid; else hi = mid - 1;
       }
-      hits.push(searchOwners[lo]);
+      searchScratch[n] = searchOwners[lo];
+      n += 1;
       if (lo === last) break;
       from = searchStarts[lo + 1]; // one hit per workspace is enough
     }
+    hits = searchScratch.slice(0, n);
     if (searchHits.size >= SEARCHES_KEPT) searchHits.delete(searchHits.keys().next().value);
     searchHits.set(q, hits);
   }
-  for (const ws of hits) ws.sq = searchGen;
+  return hits;
 }
 
-// Whether a workspace passes the runtime filter and the search; remembered per filter
-// generation, so the list and the map (and every frame of a flood) test it once.
+// matchBits for the current runtime filter and search: once per filter generation, so
+// the list, the map and every frame of a flood look a workspace up instead of testing it.
+function refreshMatches() {
+  if (matchGen === filterGen) return;
+  matchGen = filterGen;
+  const n = slots.length;
+  if (!filters.q) matchBits.fill(1, 0, n);
+  else {
+    matchBits.fill(0, 0, n);
+    const hits = search(filters.q);
+    for (let k = 0; k < hits.length; k += 1) matchBits[hits[k]] = 1;
+  }
+  if (filters.runtime) {
+    for (let i = 0; i < n; i += 1) {
+      const ws = slots[i];
+      if (matchBits[i] && (!ws || ws.runtime !== filters.runtime)) matchBits[i] = 0;
+    }
+  }
+}
+
+// Whether a workspace passes the runtime filter and the search.
 function matches(ws) {
-  if (ws.mg === filterGen) return ws.mr;
-  if (filters.q && searchedAt !== filterGen) { search(filters.q); searchedAt = filterGen; }
-  ws.mr = (!filters.runtime || ws.runtime === filters.runtime)
-    && (!filters.q || ws.sq === searchGen);
-  ws.mg = filterGen;
-  return ws.mr;
+  refreshMatches();
+  return matchBits[ws.slot] === 1;
 }
 
 // ---- the frame: everything drawn once per animation frame, reads before writes -----------
@@ -373,11 +455,7 @@ function buildView() {
   const tileW = (width - GAP * (cols - 1)) / cols;
   const segments = [];
   const narrowed = narrowedBy();
-  if (narrowed && shownGen !== filterGen) { // after a filter change: once, then kept up to date
-    shownIn.clear();
-    for (const [status, group] of groups) shownIn.set(status, group.filter(matches));
-    shownGen = filterGen;
-  }
+  if (narrowed && shownGen !== filterGen) narrowGroups(); // once, then kept up to date
   let y = 0;
   for (const [status, group] of groups) {
     if (!group.length) continue;
@@ -391,22 +469,66 @@ function buildView() {
   view = { segments, height: y, cols, tileW };
 }
 
+// The groups narrowed by the filters, in one pass over the map's order (sorted by key,
+// as the groups are) reading typed arrays; the lists are rewritten in place, not
+// reallocated (a 50,000-entry array per keystroke went straight to the old generation).
+function narrowGroups() {
+  refreshMatches();
+  const order = mapOrder();
+  const lists = [];
+  for (const status of groups.keys()) {
+    let list = shownIn.get(status);
+    if (!list) { list = []; shownIn.set(status, list); }
+    lists[codeOf(status)] = list;
+  }
+  const fill = new Int32Array(STATUS_OF_CODE.length);
+  for (let i = 0; i < order.length; i += 1) {
+    const s = order[i];
+    if (matchBits[s] === 0) continue;
+    const c = statusCode[s];
+    lists[c][fill[c]] = slots[s];
+    fill[c] += 1;
+  }
+  for (const [status, list] of shownIn) {
+    const c = CODE_OF.get(status);
+    list.length = c === undefined || !lists[c] ? 0 : fill[c];
+  }
+  shownGen = filterGen;
+}
+
 function scrollTiles(top) {
   if (top === scrolled.tiles) return; // setting it, even unchanged, lays the page out now
   $("tiles").scrollTop = top;
   scrolled.tiles = Math.min(top, Math.max(0, view.height - geometry.listH)); // as clamped
 }
 
+// What a frame wants in view, in visual order: reused from frame to frame (a flood draws
+// ten frames a second; no array, key string or set per tile per frame).
+const wantItems = []; // a segment (its header) or a workspace (its tile)
+const wantX = []; // -1 for a header
+const wantY = [];
+const wantNodes = [];
+const wantIds = new Set();
+const wantHeads = new Set();
+const spareTiles = [];
+
 function renderTiles(scrollTop) {
   dirty.tiles = false;
   const inner = $("tiles-inner");
   const from = scrollTop - OVERSCAN_PX;
   const to = scrollTop + (geometry.listH || 600) + OVERSCAN_PX;
-  const want = []; // [key, segment or workspace, x, y]
+  let n = 0;
+  wantIds.clear();
+  wantHeads.clear();
   for (const segment of view.segments) {
     if (segment.top + segment.height <= from) continue;
     if (segment.top >= to) break;
-    if (segment.top + HEAD_H > from) want.push([`h:${segment.status}`, segment]);
+    if (segment.top + HEAD_H > from) {
+      wantItems[n] = segment;
+      wantX[n] = -1;
+      n += 1;
+      wantHeads.add(segment.status);
+    }
     const rowsTop = segment.top + HEAD_H;
     const rows = Math.ceil(segment.list.length / view.cols);
     const first = Math.max(0, Math.floor((from - rowsTop) / ROW_H));
@@ -414,52 +536,66 @@ function renderTiles(scrollTop) {
       const end = Math.min((r + 1) * view.cols, segment.list.length);
       for (let i = r * view.cols; i < end; i += 1) {
         const ws = segment.list[i];
-        want.push([`t:${ws.id}`, ws, (i % view.cols) * (view.tileW + GAP), rowsTop + r * ROW_H]);
+        wantItems[n] = ws;
+        wantX[n] = (i % view.cols) * (view.tileW + GAP);
+        wantY[n] = rowsTop + r * ROW_H;
+        n += 1;
+        wantIds.add(ws.id);
       }
     }
   }
   // Tiles no longer in view are given to the workspaces coming into view (a filter or a
   // scroll rewrites a screenful of text instead of building and dropping a screenful).
-  const keys = new Set(want.map(([key]) => key));
-  const spare = [];
-  for (const [key, node] of mounted) {
-    if (keys.has(key)) continue;
-    mounted.delete(key);
-    if (key.startsWith("t:")) spare.push(node); else node.remove();
+  for (const [id, node] of mounted) {
+    if (wantIds.has(id)) continue;
+    mounted.delete(id);
+    spareTiles.push(node);
   }
-  const wanted = want.map(([key, item, x, y]) => (
-    key.startsWith("h:") ? headNode(item) : tileNode(item, x, y, spare)));
-  for (const node of spare) node.remove();
+  for (const [status, node] of heads) {
+    if (wantHeads.has(status)) continue;
+    heads.delete(status);
+    node.remove();
+  }
+  for (let k = 0; k < n; k += 1) {
+    wantNodes[k] = wantX[k] < 0 ? headNode(wantItems[k]) : tileNode(wantItems[k], wantX[k], wantY[k]);
+  }
+  for (const node of spareTiles) node.remove();
+  spareTiles.length = 0;
   // DOM order follows the visual order (screen readers, find-in-page). Only the nodes out
   // of place move: a scroll by a row inserts that row, it does not re-insert the screen
   // (every node re-inserted is styled and laid out again).
   let child = inner.firstElementChild;
-  for (const node of wanted) {
+  for (let k = 0; k < n; k += 1) {
+    const node = wantNodes[k];
     if (child === node) child = child.nextElementSibling;
     else inner.insertBefore(node, child);
   }
-  const height = `${view.height}px`;
-  if (inner.style.height !== height) inner.style.height = height;
+  wantItems.length = wantNodes.length = n; // hold no workspace or node past its frame
+  if (inner.bh !== view.height) { inner.bh = view.height; inner.style.height = `${view.height}px`; }
   $("empty").hidden = fleet.size > 0 || Boolean(loading);
 }
 
+// Positions are remembered on the node: comparing numbers, not a style string read back
+// and a new one built, for every tile of every frame.
 function place(node, x, y, width) {
-  const transform = `translate(${x}px, ${y}px)`;
-  if (node.style.transform !== transform) node.style.transform = transform;
-  if (width !== undefined) {
-    const w = `${width}px`;
-    if (node.style.width !== w) node.style.width = w;
+  if (node.px !== x || node.py !== y) {
+    node.px = x;
+    node.py = y;
+    node.style.transform = `translate(${x}px, ${y}px)`;
+  }
+  if (width !== undefined && node.pw !== width) {
+    node.pw = width;
+    node.style.width = `${width}px`;
   }
 }
 
 function headNode(row) {
-  const key = `h:${row.status}`;
-  let node = mounted.get(key);
+  let node = heads.get(row.status);
   if (!node) {
     node = el("h3", "group");
     node.dataset.status = row.status;
     node.append(el("span", "swatch"), el("span", "group-name", label(row.status)), el("b"));
-    mounted.set(key, node);
+    heads.set(row.status, node);
   }
   const count = row.list.length;
   const text = count === row.of ? String(row.of) : `${count} of ${row.of}`;
@@ -479,16 +615,15 @@ function buildTile() {
   return tile;
 }
 
-function tileNode(ws, x, y, spare) {
-  const key = `t:${ws.id}`;
-  let tile = mounted.get(key);
+function tileNode(ws, x, y) {
+  let tile = mounted.get(ws.id);
   if (!tile) {
-    tile = spare.pop() || buildTile();
+    tile = spareTiles.pop() || buildTile();
     tile.dataset.id = ws.id;
     delete tile.dataset.status; // another workspace's: no flash for this one
     delete tile.dataset.flash;
     tile.v = 0;
-    mounted.set(key, tile);
+    mounted.set(ws.id, tile);
   }
   if (tile.v !== ws.v) fillTile(tile, ws);
   tile.classList.toggle("selected", ws.id === selected);
@@ -640,11 +775,22 @@ function layoutMap(count) {
   return mapLayout;
 }
 
+// The palette (dimmed and full per status code) and which codes the chips let through:
+// recomputed per full draw, a few dozen entries.
+function shades() {
+  for (let c = 0; c < STATUS_OF_CODE.length; c += 1) {
+    const status = STATUS_OF_CODE[c];
+    palette[c * 2] = colours.dim[status] ?? colours.unknown;
+    palette[c * 2 + 1] = colours.full[status] ?? colours.unknown;
+    statusPass[c] = !filters.statuses.size || filters.statuses.has(status) ? 1 : 0;
+  }
+  refreshMatches();
+}
+
 // Dimmed unless the filters let it through.
-function cellColour(ws) {
-  const shown = (!filters.statuses.size || filters.statuses.has(ws.status))
-    && (!narrowedBy() || matches(ws));
-  return (shown ? colours.full : colours.dim)[ws.status] ?? colours.unknown;
+function cellColour(slot) {
+  const c = statusCode[slot];
+  return palette[c * 2 + (statusPass[c] & matchBits[slot])];
 }
 
 function outlineSelected(ctx) {
@@ -659,6 +805,7 @@ function outlineSelected(ctx) {
 // A flood of status changes repaints only the cells that changed (a rectangle each).
 function paintCells() {
   sortGroups();
+  shades();
   const { size, cols } = mapLayout;
   const cell = size >= 4 ? size - 1 : size;
   const ctx = $("map").getContext("2d");
@@ -666,7 +813,7 @@ function paintCells() {
   for (const ws of mapCells) {
     const at = indexIn(everyone, ws.key);
     if (everyone[at] !== ws) continue;
-    const c = cellColour(ws);
+    const c = cellColour(ws.slot);
     ctx.fillStyle = `rgb(${c & 255}, ${(c >>> 8) & 255}, ${(c >>> 16) & 255})`;
     ctx.fillRect((at % cols) * size, Math.floor(at / cols) * size, cell, cell);
     outline = outline || ws.id === selected;
@@ -696,7 +843,9 @@ function drawMap() {
   }
   const pixels = new Uint32Array(mapImage.data.buffer);
   pixels.fill(colours.bg);
-  for (let i = 0; i < everyone.length; i += 1) pixels[i] = cellColour(everyone[i]);
+  shades();
+  const order = mapOrder();
+  for (let i = 0; i < order.length; i += 1) pixels[i] = cellColour(order[i]);
   mapScratch.getContext("2d").putImageData(mapImage, 0, 0);
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = false;
@@ -1025,9 +1174,8 @@ async function refresh() {
 
 // Heartbeat ages of the tiles on screen only: a screenful, not the fleet.
 function tick() {
-  for (const [key, tile] of mounted) {
-    if (!key.startsWith("t:")) continue;
-    const ws = fleet.get(tile.dataset.id);
+  for (const [id, tile] of mounted) {
+    const ws = fleet.get(id);
     if (ws) renderAge(ws, tile.querySelector(".beat"));
   }
 }
