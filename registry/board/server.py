@@ -256,6 +256,13 @@ class BoardHandler(BaseHTTPRequestHandler):
             return
         beats = ChannelBeats(self.server.client)
         beats.open()  # before the page hears "open": no heartbeat after that is missed
+        # Likewise the stream's starting point ("now" is resolved here): a change
+        # recorded after the response began is never before it.
+        try:
+            subscriber = Subscriber(self.server.client, self.server.engine, since=start)
+        except Exception:
+            beats.close()
+            raise
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
@@ -264,7 +271,7 @@ class BoardHandler(BaseHTTPRequestHandler):
         with self.server.stream_open():
             try:
                 self._write(f"retry: {RECONNECT_MS}\n\n")
-                self._follow(Subscriber(self.server.client, self.server.engine, since=start), beats)
+                self._follow(subscriber, beats)
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 log.debug("board: event stream to %s closed", self.address_string())
             except Exception:  # headers are sent: end this stream, the browser reconnects
