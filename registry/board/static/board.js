@@ -442,6 +442,7 @@ function frame(now) {
     performance.mark("board-painted");
     document.documentElement.dataset.painted = "1";
   }
+  if (linkOpened) setLink("live", "live");
 }
 
 // The list as one segment per status group (header + rows of tiles): the rows in view
@@ -1084,9 +1085,19 @@ async function fetchWorkspace(id) {
 
 // ---- loading and following ---------------------------------------------------------------
 
+// "live" is shown by the frame that has drawn the loaded fleet (openLink), never before
+// it: the stream can open between the load and its first frame.
+let linkOpened = false;
+
 function setLink(state, text) {
+  linkOpened = false;
   $("link").dataset.state = state;
   $("link-text").textContent = text;
+}
+
+function openLink() {
+  linkOpened = true;
+  schedule(true);
 }
 
 // The first page (problems first) is painted at once; the rest follows in pages, and the
@@ -1149,7 +1160,7 @@ function follow(position) {
     queueFeed({ gap: JSON.parse(msg.data).text });
     start(); // heartbeats in the gap are gone: the database has the truth
   });
-  source.onopen = () => setLink("live", "live");
+  source.onopen = openLink;
   source.onerror = () => setLink("down", "reconnecting…"); // EventSource retries by itself
 }
 
