@@ -99,4 +99,7 @@ broker_transport_options = {
 result_expires = 300
 
 worker_hijack_root_logger = False
+# Every delivered message is screened before its strategy runs, and nothing a message
+# carries can raise out of intake and stop the worker (workers/intake_guard.py).
+worker_consumer = "workers.intake_guard:GuardedConsumer"
 beat_schedule = _schedule.beat_schedule(_settings)

@@ -38,6 +38,12 @@ HEARTBEATS_REJECTED = Counter(
     "Heartbeats refused before they could apply, by reason",
     ["reason"],
 )
+MESSAGES_REFUSED = Counter(
+    "registry_messages_refused_total",
+    "Messages refused at intake before any task ran (malformed envelope, headers or body), "
+    "by task (`unknown` when the name is not a registry task) and reason",
+    ["task", "reason"],
+)
 TRANSITIONS = Counter(
     "registry_transitions_total", "Status transitions applied, by from and to", ["from", "to"]
 )

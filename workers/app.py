@@ -10,6 +10,7 @@ from celery.signals import worker_process_init
 from molecule_registry_client.names import QUEUE_NAMES
 from registry.db import reset_connections
 from registry.redaction import install_log_redaction
+from workers.redis_intake import screened_channel
 
 # CONTRACT §4.1 step 8: no plaintext token in any log line or task event of a worker,
 # beat or pool process (registry/redaction.py; the events class redacts task events).
@@ -20,6 +21,9 @@ __all__ = ["QUEUE_NAMES", "app"]
 app = Celery("molecule_registry", events="registry.redaction:RedactingEvents")
 app.config_from_object("celeryconfig")
 
+
+# Redis broker: a malformed list entry is dropped, not delivered (workers/redis_intake.py).
+screened_channel()
 
 # Redis broker: acknowledgements written once per event-loop turn (workers/redis_acks.py).
 app.steps["consumer"].add("workers.redis_acks:BatchedRedisAcks")

@@ -47,6 +47,7 @@ from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_pa
 from registry.redaction import redacted_exception
 from registry.transient import TRANSIENT_ERRORS
 from workers.heartbeat_batcher import get_batcher
+from workers.intake_guard import printable
 
 log = logging.getLogger(__name__)
 # The same loggers Celery's own strategy and tracer use, so log handling and the
@@ -65,7 +66,7 @@ def parse_heartbeat(payload: Any) -> HeartbeatPayload | dict[str, Any]:
         metrics.HEARTBEATS_REJECTED.labels("invalid").inc()
         # Never log the payload itself: it carries the workspace's token.
         workspace = payload.get("workspace_id") if isinstance(payload, dict) else None
-        log.warning("heartbeat rejected (workspace_id=%r): %s", workspace, exc)
+        log.warning("heartbeat rejected (workspace_id=%s): %s", printable(workspace), exc)
         return exc.as_result()
 
 

@@ -143,6 +143,10 @@ def _parse_sent_at(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be an RFC 3339 timestamp or Unix epoch seconds")
     if isinstance(value, int | float):
+        try:
+            value = float(value)  # an integer past float's range (10**400) overflows here
+        except OverflowError:
+            raise ValueError("is out of range") from None
         if not math.isfinite(value) or value < 0:
             raise ValueError("must be a finite, non-negative Unix timestamp")
         try:
