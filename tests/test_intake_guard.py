@@ -20,7 +20,7 @@ import pytest
 import redis
 from ingest_helpers import insert_workspace, wait_until, workspace
 from kombu import Connection
-from liveness_helpers import private_rabbitmq_vhost
+from liveness_helpers import PrivateRedis, private_rabbitmq_vhost
 from sqlalchemy import Engine
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
@@ -36,7 +36,8 @@ from molecule_registry_client.names import (
     SWEEP_QUEUE,
 )
 from registry.ingestion.envelope import MAX_BODY_DEPTH, body_bound_error
-from workers.intake_guard import printable, screen
+from registry.ingestion.intake import printable_id as printable
+from workers.intake_guard import screen
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +132,11 @@ def _queues_drained(broker_url: str) -> bool:
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, test_env: dict[str, str]) -> Iterator[str]:
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    # A broker of the test's own: the suite's in-process worker must not take these.
     if request.param == "redis":
-        redis.Redis.from_url(test_env["CELERY_BROKER_URL"]).flushdb()
-        yield test_env["CELERY_BROKER_URL"]
+        with PrivateRedis(tmp_path) as server:
+            yield server.url()
     else:
         with private_rabbitmq_vhost() as url:
             yield url
@@ -159,8 +161,8 @@ def test_no_hostile_message_stops_a_worker_and_every_queue_drains(
             HEARTBEAT_TASK, _heartbeat(ws, active_tasks=7), origin="t"
         )
         _publish(broker_url, HEARTBEAT_QUEUE, {"body": body, "headers": headers})
-        wait_until(lambda: workspace(db, ws).active_tasks == 7, timeout=30)
-        wait_until(lambda: _queues_drained(broker_url), timeout=30)
+        wait_until(lambda: workspace(db, ws).active_tasks == 7, timeout=60)
+        wait_until(lambda: _queues_drained(broker_url), timeout=60)
         assert worker.alive
         log = worker.log()
     assert "Unrecoverable error" not in log

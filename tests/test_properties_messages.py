@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_helpers import wait_until
-from liveness_helpers import private_rabbitmq_vhost
+from liveness_helpers import PrivateRedis, private_rabbitmq_vhost
 from message_fuzzing import message, publish, push_raw, queues_drained, raw_redis_entry
 from sqlalchemy import text
 from workerproc import (
@@ -37,13 +36,15 @@ pytestmark = pytest.mark.integration
 def fuzzed_worker(
     request: pytest.FixtureRequest, test_env: dict[str, str], engine: Any
 ) -> Iterator[tuple[str, ManagedProcess]]:
-    with private_rabbitmq_vhost() as amqp_url:
-        broker_url = test_env["CELERY_BROKER_URL"] if request.param == "redis" else amqp_url
-        if request.param == "redis":
-            redis.Redis.from_url(broker_url).flushdb()
+    # A broker of the test's own: the suite's in-process worker must not take these.
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        PrivateRedis(Path(logs)) as server,
+        private_rabbitmq_vhost() as amqp_url,
+    ):
+        broker_url = server.url() if request.param == "redis" else amqp_url
         env = process_env(test_env, CELERY_BROKER_URL=broker_url)
         with (
-            tempfile.TemporaryDirectory() as logs,
             managed_process(
                 celery_worker_argv(), env=env, ready=WORKER_READY, log_dir=Path(logs), name="fuzz"
             ) as worker,
@@ -93,6 +94,6 @@ def test_no_generated_message_stops_the_worker(
                 == 5
             )
 
-    wait_until(applied, timeout=30)
-    wait_until(lambda: queues_drained(broker_url), timeout=30)
+    wait_until(applied, timeout=60)
+    wait_until(lambda: queues_drained(broker_url), timeout=60)
     assert worker.alive, worker.tail()
