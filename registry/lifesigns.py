@@ -5,7 +5,7 @@ else reads them):
 
 - `registry:sweeps:last-run`, a hash: periodic task name → Unix time (Redis's clock)
   its last run ended, ok or not. Written by the worker after each sweep task
-  (workers/lifesigns.py), so a fresh entry means beat schedules and a worker consumes
+  (workers/sweep_signals.py), so a fresh entry means beat schedules and a worker consumes
   `registry.sweeps`.
 - `registry:liveness-listener:<host>:<pid>`, one per running liveness listener, with a
   TTL of LISTENER_TTL_SECONDS that the listener refreshes every

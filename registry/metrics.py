@@ -1,4 +1,4 @@
-"""Prometheus series of the registry (served by the worker: workers/metrics.py).
+"""Prometheus series of the registry (served by the worker: workers/metrics_endpoint.py).
 
 Series (see docs/OPERATIONS.md):
 
@@ -14,11 +14,11 @@ Series (see docs/OPERATIONS.md):
 - `registry_self_preservation_active`             1 while automatic unreachable-marking is paused
                                                   (as last evaluated: `set_self_preservation`)
 - `registry_queue_length{queue}`                  messages waiting per queue, read from the broker
-                                                  at scrape time (workers/metrics.py)
+                                                  at scrape time (workers/metrics_endpoint.py)
 
 Every recording helper works in one process or across a prefork worker's pool
 processes (the worker sets up prometheus_client's multiprocess mode itself before the
-pool forks: workers/metrics.py). A new series is defined here, at import, so that the
+pool forks: workers/metrics_endpoint.py). A new series is defined here, at import, so that the
 worker can switch it to multiprocess values; docs/grafana-dashboard.json may chart it.
 """
 

@@ -38,3 +38,7 @@ class Ignored(MessageRefused):
 
     def as_result(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.error}
+
+
+class ConcurrentRegistration(Exception):
+    """Two first registrations of one id raced; the message is retried."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import redis.exceptions
 import sqlalchemy.exc
 
-from registry.ingestion.registration import ConcurrentRegistration
+from registry.outcomes import ConcurrentRegistration
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,  # connection lost, server restarting, deadlock

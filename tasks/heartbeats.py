@@ -2,13 +2,13 @@
 
 A per-message heartbeat is taken in by its own Celery strategy
 (workers/heartbeat_intake.py): validated in the consumer, handed to this process's
-batcher (group commit: workers/heartbeat_batcher.py), and its message acknowledged only
+batcher (group commit: registry/ingestion/batcher.py), and its message acknowledged only
 once its batch committed. A heartbeat_batch message is a task like any other: one
 transaction of its own.
 
 A transaction failing on a dependency (database or Redis down) is tried again with
 backoff inside the task, the message unacknowledged, for as long as its heartbeats can
-still count (CONTRACT §4.2, freshness; workers/heartbeat_batcher.py): then they are
+still count (CONTRACT §4.2, freshness; registry/ingestion/batcher.py): then they are
 given up as stale. Nothing is acknowledged before its commit or that verdict.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_QUEUE, HEARTBEAT_TASK
 from registry import metrics
 from registry.config import get_settings
+from registry.ingestion.batcher import apply_until_committed, count_until, get_batcher
+from registry.ingestion.intake import parse_heartbeat, report_refusal
 from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_heartbeat_batch
 from registry.transient import TRANSIENT_ERRORS
 from tasks.base import message_task
-from workers.heartbeat_batcher import apply_until_committed, count_until, get_batcher
-from workers.heartbeat_intake import parse_heartbeat, report_refusal
 
 log = logging.getLogger(__name__)
 

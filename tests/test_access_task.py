@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from maintenance_helpers import add_workspace, environment
 from sqlalchemy import Engine, text
 
-from registry.cli import main
+from cli import main
 
 pytestmark = pytest.mark.integration
 

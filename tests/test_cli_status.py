@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from demo_helpers import closed_port
 from sqlalchemy import text
 
-from registry.cli import main
-from registry.cli.status import DISPLAY_ORDER
+from cli import main
+from cli.status import DISPLAY_ORDER
 from registry.statuses import ALL_STATUSES
 
 pytestmark = pytest.mark.integration

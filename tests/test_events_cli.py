@@ -16,8 +16,8 @@ import pytest
 from board_helpers import make_workspace, publish
 from click.testing import CliRunner
 
-from registry.cli import main
-from registry.cli.events import id_prefix_bounds, parse_since, parse_types
+from cli import main
+from cli.events import id_prefix_bounds, parse_since, parse_types
 from registry.config import reload_settings
 from registry.events.outbox import BROADCAST_CHANNEL, EVENT_STREAM, Event
 from registry.events.subscriber import stream_head

@@ -36,9 +36,9 @@ from test_redelivery import (  # noqa: F401 - fixtures
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
 from molecule_registry_client.names import HEARTBEAT_QUEUE, HEARTBEAT_TASK, QUEUE_NAMES
+from registry.ingestion.batcher import HeartbeatBatcher, apply_in_one_transaction
 from registry.ingestion.payloads import HeartbeatPayload, parse_payload
 from tasks.base import TRANSIENT_ERRORS
-from workers.heartbeat_batcher import HeartbeatBatcher, apply_in_one_transaction
 
 pytestmark = pytest.mark.integration
 

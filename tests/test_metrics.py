@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from molecule_registry_client import RegistryClient
 from registry import metrics
 from registry.config import load
-from workers.metrics import (
+from workers.metrics_endpoint import (
     QueueLengthCollector,
     remove_abandoned_private_dirs,
     remove_stale_files,
@@ -288,7 +288,7 @@ import os, shutil
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from registry import metrics
-from workers.metrics import create_private_dir, MULTIPROC_ENV
+from workers.metrics_endpoint import create_private_dir, MULTIPROC_ENV
 directory = create_private_dir()
 assert os.environ[MULTIPROC_ENV] == directory
 if os.fork() == 0:  # a pool process

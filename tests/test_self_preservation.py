@@ -30,8 +30,8 @@ from liveness_helpers import (
 from sqlalchemy import text
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
+from cli import main as cli
 from molecule_registry_client.names import HEARTBEAT_QUEUE, SWEEP_QUEUE
-from registry.cli import main as cli
 from registry.config import get_settings
 from registry.liveness.keys import liveness_key
 from registry.liveness.selfpreservation import (

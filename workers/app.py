@@ -41,5 +41,5 @@ def _fresh_connections_after_fork(**_: Any) -> None:
 import workers.startup  # noqa: E402, I001
 
 # Then the Prometheus endpoint, and the note of each sweep run `doctor` reads.
-import workers.lifesigns  # noqa: E402
-import workers.metrics  # noqa: E402, F401
+import workers.sweep_signals  # noqa: E402
+import workers.metrics_endpoint  # noqa: E402, F401

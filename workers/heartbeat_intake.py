@@ -8,7 +8,7 @@ on this project's machine, more than a heartbeat's own share of its batch. So
 
 1. the message is decoded and validated where it arrives, in the event loop;
 2. a valid heartbeat is handed to this process's batcher (group commit,
-   workers/heartbeat_batcher.py) without waiting;
+   registry/ingestion/batcher.py) without waiting;
 3. once the transaction holding it has committed (or it was given up as stale), the
    batcher's thread acknowledges the message through the consumer (Celery's ack
    promise hands the ack to the event loop, so the broker channel is only ever
@@ -42,12 +42,10 @@ from celery.signals import task_postrun
 from celery.utils.time import maybe_iso8601
 
 from registry import metrics
-from registry.ingestion.heartbeats import refusal_reason
-from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_payload
+from registry.ingestion.batcher import get_batcher
+from registry.ingestion.intake import parse_heartbeat, report_refusal
 from registry.redaction import redacted_exception
 from registry.transient import TRANSIENT_ERRORS
-from workers.heartbeat_batcher import get_batcher
-from workers.intake_guard import printable
 
 log = logging.getLogger(__name__)
 # The same loggers Celery's own strategy and tracer use, so log handling and the
@@ -56,30 +54,6 @@ received_log = logging.getLogger("celery.worker.strategy")
 trace_log = logging.getLogger("celery.app.trace")
 
 Ack = Callable[..., Any]
-
-
-def parse_heartbeat(payload: Any) -> HeartbeatPayload | dict[str, Any]:
-    """The validated heartbeat, or the refusal to answer (counted and logged here)."""
-    try:
-        return parse_payload(HeartbeatPayload, payload)
-    except PayloadError as exc:
-        metrics.HEARTBEATS_REJECTED.labels("invalid").inc()
-        # Never log the payload itself: it carries the workspace's token.
-        workspace = payload.get("workspace_id") if isinstance(payload, dict) else None
-        log.warning("heartbeat rejected (workspace_id=%s): %s", printable(workspace), exc)
-        return exc.as_result()
-
-
-def report_refusal(workspace: Any, result: dict[str, Any]) -> None:
-    """Count and log a refused heartbeat (never its payload: it carries the token)."""
-    reason = refusal_reason(result)
-    if reason is None:
-        return
-    metrics.HEARTBEATS_REJECTED.labels(reason).inc()
-    if result["status"] in ("rejected", "unauthorized"):
-        log.warning(
-            "heartbeat %s (workspace_id=%s): %s", result["status"], workspace, result.get("error")
-        )
 
 
 def heartbeat_payload(message: Any, body: Any) -> Any:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,6 +37,7 @@ from vine import promise
 
 from registry import metrics
 from registry.ingestion.envelope import MAX_MESSAGE_BYTES, body_bound_error
+from registry.ingestion.intake import printable_id as printable
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,6 @@ _TEXT_HEADERS = (
 _INT_HEADERS = ("retries", "group_index", "replaced_task_nesting")
 _BOOL_HEADERS = ("ignore_result",)
 _TEXT_PROPERTIES = ("correlation_id", "reply_to")
-# What a log line may quote of a refused message's own names.
-_PRINTABLE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -212,13 +210,6 @@ def screen(message: Any, tasks: dict[str, Any]) -> Refusal | None:
     if bound is not None:
         return _refusal("too_deep", bound)
     return _task_refusal(message.headers, body, tasks)
-
-
-def printable(value: Any) -> str:
-    """A message's own name or id as a log line may quote it: only a plain token."""
-    if isinstance(value, str) and _PRINTABLE_NAME.fullmatch(value):
-        return value
-    return "?"
 
 
 def _names_of(message: Any) -> tuple[Any, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from registry.cli.base import main
+from cli.base import main
 
 
 def _parse_mix(_ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

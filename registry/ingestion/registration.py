@@ -32,7 +32,7 @@ from registry.ingestion.urlguard import (
 )
 from registry.jsontext import dumps
 from registry.liveness.keys import cache_urls, set_liveness
-from registry.outcomes import Rejected, Unauthorized
+from registry.outcomes import ConcurrentRegistration, Rejected, Unauthorized
 from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
 from registry.uow import UnitOfWork, record_event_on_commit
 
@@ -297,7 +297,3 @@ def _card_admit(uow: UnitOfWork, payload: UpdateCardPayload, row: Row[Any] | Non
     if row.status == Status.REMOVED:
         raise Rejected("workspace_id: workspace was removed")
     return state
-
-
-class ConcurrentRegistration(Exception):
-    """Two first registrations of one id raced; the message is retried."""

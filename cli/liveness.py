@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from registry.cli.base import echo_json, friendly_errors, main
+from cli.base import echo_json, friendly_errors, main
 
 
 @main.command()

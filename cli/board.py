@@ -6,7 +6,7 @@ import ipaddress
 
 import click
 
-from registry.cli.base import friendly_errors, main, reachable_stores
+from cli.base import friendly_errors, main, reachable_stores
 
 
 def _is_loopback(host: str) -> bool:

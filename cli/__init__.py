@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 # Each module registers its commands on `main` when imported.
-from registry.cli import (  # noqa: F401
+from cli import (  # noqa: F401
     access,
     admin,
     board,
@@ -20,7 +20,7 @@ from registry.cli import (  # noqa: F401
     liveness,
     status,
 )
-from registry.cli.base import main
+from cli.base import main
 
 for _plugin in entry_points(group="molecule_registry.cli"):
     _plugin.load()

@@ -10,7 +10,7 @@ from uuid import UUID
 import click
 from sqlalchemy import Engine, text
 
-from registry.cli.base import friendly_errors, main, reachable_stores
+from cli.base import friendly_errors, main, reachable_stores
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 BROADCAST_ONLY_TYPES = frozenset(str(t) for t in BROADCAST_ONLY_EVENTS)

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import click
 
-from registry.cli.base import echo_json, friendly_errors, main, parse_uuid
+from cli.base import echo_json, friendly_errors, main, parse_uuid
 
 EXIT_ALLOWED = 0
 EXIT_DENIED = 1

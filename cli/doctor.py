@@ -28,9 +28,9 @@ import redis.exceptions
 import sqlalchemy.exc
 from sqlalchemy import Engine, text
 
+from cli.base import main
 from molecule_registry_client import safe_url
 from molecule_registry_client.names import HEARTBEAT_QUEUE, QUEUE_NAMES
-from registry.cli.base import main
 from registry.config import Settings, get_settings
 from registry.migrate import SchemaNotAtHead, check_schema
 
@@ -306,7 +306,7 @@ class Doctor:
 
     def heartbeat_lag(self) -> Check:
         from registry.liveness.selfpreservation import measure_backlog
-        from workers.metrics import QueueLengthCollector
+        from workers.metrics_endpoint import QueueLengthCollector
 
         if self.engine is None:
             return Check("heartbeat-lag", SKIP, "PostgreSQL unavailable")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from sqlalchemy import bindparam, text
 
-from registry.cli.base import echo_json, friendly_errors, main
+from cli.base import echo_json, friendly_errors, main
 from registry.statuses import ALL_STATUSES
 
 # Trouble first: what an operator looks at.

@@ -8,7 +8,7 @@ from uuid import UUID
 import click
 from sqlalchemy import text
 
-from registry.cli.base import echo_json, friendly_errors, main, parse_uuid
+from cli.base import echo_json, friendly_errors, main, parse_uuid
 from registry.ingestion.payloads import (
     CreateWorkspacePayload,
     RemoveWorkspacePayload,
