@@ -51,6 +51,7 @@ from molecule_registry_client.names import SWEEP_QUEUE
 from registry import metrics
 from registry.config import Settings, get_settings
 from registry.ingestion.payloads import parse_payload
+from registry.ingestion.tokens import Delivery
 from registry.limits import MAX_RETRIES, RETRY_BACKOFF, RETRY_BACKOFF_MAX, task_time_limits
 from registry.outcomes import MessageRefused
 from registry.redaction import redacted_exception
@@ -220,6 +221,21 @@ def _workspace_of(message: BaseModel | None, payload: Any) -> str | None:
         value = payload.get("workspace_id", payload.get("id"))
     text = str(value) if isinstance(value, str | UUID) else None
     return text if text is not None and len(text) <= 36 else None
+
+
+def delivery_of(task: Task) -> Delivery:
+    """What the broker says of this run's delivery that a replayed copy cannot imitate
+    (CONTRACT §4.1 step 7; registry/ingestion/tokens.py)."""
+    request = task.request
+    properties = request.properties if isinstance(request.properties, dict) else {}
+    info = request.delivery_info if isinstance(request.delivery_info, dict) else {}
+    tag = properties.get("delivery_tag")
+    if isinstance(tag, str):  # Redis: the producer's tag, kept when the broker restores it
+        return Delivery(tag=tag)
+    # AMQP: the broker's own flag (a producer cannot set it; on Redis it could).
+    broker = str(task.app.conf.broker_url or "")
+    trusted = broker.startswith(("amqp://", "amqps://", "pyamqp://"))
+    return Delivery(redelivered=trusted and info.get("redelivered") is True)
 
 
 def message_task(name: str, *, queue: str, bind: bool = True, **options: Any) -> Callable[[F], Any]:

@@ -11,15 +11,18 @@ from molecule_registry_client.names import (
 )
 from registry.ingestion.lifecycle import create_workspace, remove_workspace
 from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
-from tasks.base import RegistryTask, message_task
+from tasks.base import RegistryTask, delivery_of, message_task
 
 
 @message_task(CREATE_WORKSPACE_TASK, queue=DEFAULT_QUEUE)
 def create_workspace_task(self: RegistryTask, payload: Any) -> dict[str, Any]:
-    # The task id makes a redelivered create find its own row and token.
-    task_id = self.request.id
+    # The task id makes a redelivered create find its own row (and, if it is a true
+    # redelivery, its token: §4.1 step 7).
+    task_id, delivery = self.request.id, delivery_of(self)
     return self.run_message(
-        CreateWorkspacePayload, payload, lambda uow, p: create_workspace(uow, p, task_id=task_id)
+        CreateWorkspacePayload,
+        payload,
+        lambda uow, p: create_workspace(uow, p, task_id=task_id, delivery=delivery),
     )
 
 

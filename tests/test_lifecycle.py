@@ -40,12 +40,14 @@ pytestmark = pytest.mark.integration
 def test_create_a_container_workspace(db: Engine) -> None:
     result = create_now("builder", runtime="hermes", tier=2, hibernation_idle_minutes=30)
     ws = result["workspace_id"]
+    token = result.pop("auth_token")
     assert result == {"status": "created", "workspace_id": ws, "workspace_status": "provisioning"}
     row = workspace(db, ws)
     assert (row.name, row.runtime, row.status, row.tier) == ("builder", "hermes", "provisioning", 2)
     assert (row.hibernation_idle_minutes, row.max_concurrent_tasks) == (30, 1)
     assert row.registered_at is None
-    assert tokens_of(db, ws) == []
+    # Issued at creation for every runtime, for the provisioner to inject (CONTRACT §4.4).
+    assert [t.token_hash for t in tokens_of(db, ws)] == [hash_token(token)]
 
 
 def test_create_an_external_workspace_awaits_its_agent_with_a_token(db: Engine) -> None:
@@ -92,7 +94,8 @@ def test_an_explicit_id_that_is_taken_is_refused(db: Engine) -> None:
 def test_a_redelivered_create_makes_one_workspace_with_one_token(
     db: Engine, celery_app: Celery, explicit_id: bool
 ) -> None:
-    payload: dict[str, Any] = {"name": "laptop", "runtime": "external"}
+    # The sender's own secret proves a re-sent copy is its own (CONTRACT §4.1 step 7).
+    payload: dict[str, Any] = {"name": "laptop", "runtime": "external", "request_secret": "k"}
     if explicit_id:
         payload["id"] = new_id()
     task = task_named(celery_app, CREATE_WORKSPACE_TASK)

@@ -60,7 +60,11 @@ WORKER_CONCURRENCY = 2
 def test_redelivered_registration_answers_the_same_token(db: Engine, celery_app: Celery) -> None:
     ws = new_id()
     task = task_named(celery_app, REGISTER_TASK)
+    # Applied in-process there is no broker delivery to prove a redelivery by, so the
+    # copy proves itself with its sender's secret (CONTRACT §4.1 step 7; the broker's
+    # own proof is tested through a SIGKILLed worker in test_redelivery_guard.py).
     payload = {"id": ws, "agent_card": {"name": "a"}, "delivery_mode": "poll"}
+    payload["request_secret"] = "only-the-first-sender-knows"
     task_id = str(uuid.uuid4())
 
     first = task.apply(args=[payload], task_id=task_id).get()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -99,10 +100,10 @@ def test_resent_external_creation_with_another_payload_gets_no_token(
     db: Engine, celery_app: Celery
 ) -> None:
     task_id = str(uuid.uuid4())
-    payload = {"name": "laptop", "runtime": "external", "tier": 1}
+    payload = {"name": "laptop", "runtime": "external", "tier": 1, "request_secret": "s3cret"}
     first = _apply(celery_app, CREATE_WORKSPACE_TASK, payload, task_id)
     assert first["status"] == "created" and first["auth_token"]
-    # A true redelivery still answers with the same token...
+    # A copy carrying the first sender's secret still answers with the same token...
     assert _apply(celery_app, CREATE_WORKSPACE_TASK, payload, task_id) == first
     before = db_snapshot(db)
 
@@ -154,3 +155,27 @@ def test_true_redelivery_after_sigkill_between_commit_and_ack_gets_its_token(
     assert result["status"] == "registered"
     assert hash_token(result["auth_token"]) == issued.token_hash  # the same token, once
     assert [t.id for t in tokens_of(db, ws)] == [issued.id]
+
+
+@pytest.mark.parametrize("task", [REGISTER_TASK, CREATE_WORKSPACE_TASK])
+def test_a_replayed_message_seen_in_events_and_logs_gets_no_token(
+    db: Engine, celery_app: Celery, task: str
+) -> None:
+    """Task id (worker logs) and payload (the WORKSPACE_ONLINE event) are public: a copy
+    of the message re-sent by someone else is no redelivery (CONTRACT §4.1 step 7)."""
+    task_id = str(uuid.uuid4())
+    if task == REGISTER_TASK:
+        payload: dict[str, Any] = {"id": str(uuid.uuid4()), "agent_card": {"name": "a"}}
+        payload["delivery_mode"] = "poll"
+    else:
+        payload = {"name": "laptop", "runtime": "external"}
+    first = _apply(celery_app, task, payload, task_id)
+    assert first["auth_token"]
+    before = db_snapshot(db)
+
+    replay = _apply(celery_app, task, payload, task_id)
+
+    assert "auth_token" not in replay
+    if task == REGISTER_TASK:
+        assert replay["status"] == "unauthorized"
+    assert db_snapshot(db) == before

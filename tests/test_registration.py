@@ -342,8 +342,15 @@ def test_update_card_records_the_new_card(db: Engine, redis_client: redis.Redis)
     assert recorded_events(db, ws)[-1] == ("AGENT_CARD_UPDATED", {"agent_card": {"v": 2}})
 
 
-def test_a_provisioned_workspace_without_a_token_can_update_its_card(db: Engine) -> None:
-    ws = create_now("box")["workspace_id"]
+def test_a_provisioned_workspace_needs_the_token_it_was_created_with(db: Engine) -> None:
+    created = create_now("box")
+    ws = created["workspace_id"]
+    assert outcome(lambda: update_card_now(ws, {"v": 1}, None))["status"] == "unauthorized"
+    assert update_card_now(ws, {"v": 1}, created["auth_token"])["status"] == "updated"
+
+
+def test_a_workspace_without_a_live_token_can_update_its_card(db: Engine) -> None:
+    ws = insert_workspace(db, status="provisioning")  # written by another service, no token
     assert update_card_now(ws, {"v": 1}, None)["status"] == "updated"
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from registry import metrics
 from registry.ingestion.payloads import CreateWorkspacePayload, RemoveWorkspacePayload
 from registry.ingestion.tokens import (
+    Delivery,
     Message,
     derive_token,
     issue_token,
@@ -40,7 +41,11 @@ def _workspace_id_for(payload: CreateWorkspacePayload, task_id: str | None) -> U
 
 
 def create_workspace(
-    uow: UnitOfWork, payload: CreateWorkspacePayload, *, task_id: str | None = None
+    uow: UnitOfWork,
+    payload: CreateWorkspacePayload,
+    *,
+    task_id: str | None = None,
+    delivery: Delivery | None = None,
 ) -> dict[str, Any]:
     ws = _workspace_id_for(payload, task_id)
     external = payload.runtime == EXTERNAL_RUNTIME
@@ -75,15 +80,18 @@ def create_workspace(
         },
     ).first()
     if inserted is None:
-        return _existing_create(uow, ws, payload, task_id)
+        return _existing_create(uow, ws, payload, Message.of(task_id, payload, delivery))
 
     result: dict[str, Any] = {
         "status": "created",
         "workspace_id": str(ws),
         "workspace_status": str(status),
     }
+    # Every runtime gets its token now, returned once, for the provisioner to inject
+    # (CONTRACT §4.4): a workspace still provisioning cannot be claimed by whoever
+    # registers first.
+    result["auth_token"] = issue_token(uow.conn, ws, Message.of(task_id, payload, delivery))
     if external:
-        result["auth_token"] = issue_token(uow.conn, ws, Message.of(task_id, payload))
         record_event_on_commit(
             uow,
             EventType.WORKSPACE_AWAITING_AGENT,
@@ -94,7 +102,7 @@ def create_workspace(
 
 
 def _existing_create(
-    uow: UnitOfWork, ws: UUID, payload: CreateWorkspacePayload, task_id: str | None
+    uow: UnitOfWork, ws: UUID, payload: CreateWorkspacePayload, message: Message | None
 ) -> dict[str, Any]:
     row = uow.conn.execute(
         text("SELECT name, runtime, status FROM workspaces WHERE id = :id"), {"id": ws}
@@ -106,9 +114,8 @@ def _existing_create(
         "workspace_id": str(ws),
         "workspace_status": row.status,
     }
-    # Only the same message again (task id and payload, within the redelivery window)
-    # gets the token back; a task id alone is not a credential (CONTRACT §4.1 step 7).
-    message = Message.of(task_id, payload)
+    # Only a true redelivery of the same message gets the token back; a task id and a
+    # payload are no credential (CONTRACT §4.1 step 7; registry/ingestion/tokens.py).
     if message is not None and token_state(uow.conn, ws, None, message).issued_by_this_message:
         result["auth_token"] = derive_token(ws, message)
     return result

@@ -193,6 +193,9 @@ class RegisterPayload(_Payload):
     agent_card: AgentCard
     delivery_mode: DeliveryMode = ""
     auth_token: Token | None = None
+    # Extension (CONTRACT §4.1 step 7): a secret of the sender's own, so that a re-sent
+    # copy of this message gets the token its first delivery issued.
+    request_secret: Token | None = None
 
 
 class HeartbeatPayload(_Payload):
@@ -234,6 +237,7 @@ class CreateWorkspacePayload(_Payload):
     tier: Annotated[StrictInt, Field(ge=0, le=1000)] = 1
     hibernation_idle_minutes: Annotated[StrictInt, Field(ge=0, le=525_600)] | None = None
     max_concurrent_tasks: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
+    request_secret: Token | None = None  # as RegisterPayload's
 
 
 class RemoveWorkspacePayload(_Payload):

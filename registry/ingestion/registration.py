@@ -14,6 +14,7 @@ from registry.config import get_settings
 from registry.ingestion.payloads import RegisterPayload, UpdateCardPayload
 from registry.ingestion.tokens import (
     UNAUTHORIZED_ERROR,
+    Delivery,
     Message,
     TokenState,
     derive_token,
@@ -154,10 +155,11 @@ def register(
     payload: RegisterPayload,
     *,
     task_id: str | None = None,
+    delivery: Delivery | None = None,
     resolver: Resolver | None = None,
 ) -> dict[str, Any]:
     ws = payload.id
-    message = Message.of(task_id, payload)
+    message = Message.of(task_id, payload, delivery)
     # Every check that may wait on DNS runs before the row lock (CONTRACT §4.1 step 3 is
     # a network call): a slow or hostile name server must not stall this workspace's
     # heartbeats. Auth first, so no lookup is made for an unauthenticated message.

@@ -7,10 +7,17 @@ per-installation secret (HMAC-SHA256), so a registration redelivered after its c
 can answer with the same token without the plaintext ever being stored (CONTRACT §4.1
 step 7). Without a task id the token is plain random bytes.
 
-A task id is not a secret (worker logs and monitoring tools show it), so "the same
-message" means the same task id AND the same payload, arriving within the redelivery
-window (registry.limits): the token row's `issue_key` is a hash of both, and only a
-row issued within the window counts. Any other message under that task id is a
+Neither a task id (worker logs and monitoring tools show it) nor a payload (its URL,
+card and mode are in the WORKSPACE_ONLINE event) is a secret, so "the same message"
+must also prove it is the same delivery (CONTRACT §4.1 step 7): `Delivery` carries
+what a replayer cannot have. With the Redis broker that is the message's delivery
+tag, made by the first producer and kept by the broker when it restores an
+unacknowledged message, and never shown by Celery; it is part of the token row's
+`issue_key`, so a re-sent copy (a new tag) never matches. With RabbitMQ it is the
+broker's own `redelivered` flag, which no producer can set. On any broker a producer
+may put a `request_secret` of its own in the payload (the gateway does): it is part of
+the payload digest, so only a sender holding it matches. Only a row issued within the
+redelivery window (registry.limits) counts. Anything else under that task id is a
 registration without a token like any other: unauthorized.
 """
 
@@ -22,7 +29,6 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -55,22 +61,43 @@ def payload_digest(payload: BaseModel | dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """What the broker says of one delivery that a replayed copy cannot imitate."""
+
+    tag: str | None = None  # Redis: the envelope's delivery tag (kept across restores)
+    redelivered: bool = False  # the broker's redelivered flag, when no producer can set it
+
+
+@dataclass(frozen=True)
 class Message:
-    """What identifies one message for the redelivery answer: task id and payload."""
+    """What identifies one message for the redelivery answer (see module doc)."""
 
     task_id: str
     digest: str
+    proof: str = ""  # the delivery tag, when the broker keeps one across redeliveries
+    answerable: bool = False  # may a token it issued be handed out again?
 
     @classmethod
-    def of(cls, task_id: str | None, payload: BaseModel) -> Message | None:
-        return cls(task_id, payload_digest(payload)) if task_id else None
+    def of(
+        cls, task_id: str | None, payload: BaseModel, delivery: Delivery | None = None
+    ) -> Message | None:
+        if not task_id:
+            return None
+        delivery = delivery or Delivery()
+        secret = bool(getattr(payload, "request_secret", None))
+        return cls(
+            task_id,
+            payload_digest(payload),
+            proof=delivery.tag or "",
+            answerable=secret or bool(delivery.tag) or delivery.redelivered,
+        )
 
     @property
     def issue_key(self) -> str:
-        return hashlib.sha256(f"task:{self.task_id}:payload:{self.digest}".encode()).hexdigest()
+        material = f"task:{self.task_id}:payload:{self.digest}:proof:{self.proof}"
+        return hashlib.sha256(material.encode()).hexdigest()
 
 
-@lru_cache(maxsize=4)
 def _secret_for(database_url: str, configured: str) -> bytes:
     if configured:
         return configured.encode()
@@ -89,7 +116,7 @@ def token_secret() -> bytes:
 
 
 def derive_token(workspace_id: UUID, message: Message) -> str:
-    material = f"{workspace_id}:{message.task_id}:{message.digest}".encode()
+    material = f"{workspace_id}:{message.task_id}:{message.digest}:{message.proof}".encode()
     return _b64(hmac.new(token_secret(), material, hashlib.sha256).digest())
 
 
@@ -122,7 +149,8 @@ def token_state(
         {"ws": workspace_id, "window": redelivery_window_seconds(get_settings())},
     ).all()
     wanted = hash_token(presented) if presented else None
-    key = message.issue_key if message else None
+    # A message that cannot prove it is a true redelivery never matches (module doc).
+    key = message.issue_key if message is not None and message.answerable else None
     matched = next(
         (r.id for r in rows if wanted and hmac.compare_digest(r.token_hash, wanted)), None
     )

@@ -104,8 +104,12 @@ class SimulatedAgent:
     # Lifecycle.
 
     def setup(self, client: RegistryClient) -> None:
-        """Created by the provisioner (provisioning), then the agent registers."""
-        client.create_workspace(self.name, id=str(self.workspace_id), **self.create_fields())
+        """Created by the provisioner (provisioning; it injects the token), then the agent
+        registers with it."""
+        created = client.create_workspace(
+            self.name, id=str(self.workspace_id), **self.create_fields()
+        )
+        self.token = created.get("auth_token")
         self.register(client)
 
     def create_fields(self) -> dict[str, Any]:
