@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -244,8 +245,27 @@ class CanCommunicatePayload(_Payload):
 P = TypeVar("P", bound=BaseModel)
 
 
+# Error locations hold keys the producer chose (a capability name, a card key): a
+# newline or an escape sequence there would forge a log line or a terminal's output.
+# Names of our own fields are shown bare; any other key JSON-quoted (ASCII only, so
+# every control character is escaped) and cut to LOC_PART_CAP characters.
+_PLAIN_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}|\[key\]")
+LOC_PART_CAP = 64
+MAX_DESCRIBED_ERRORS = 10  # a payload with thousands of bad keys gives one bounded text
+
+
+def _loc_part(part: Any) -> str:
+    if isinstance(part, int) and not isinstance(part, bool):
+        return str(part)
+    text = str(part)
+    if _PLAIN_PART.fullmatch(text):
+        return text
+    clipped = text[:LOC_PART_CAP]
+    return json.dumps(clipped) + ("…" if len(text) > LOC_PART_CAP else "")
+
+
 def _describe(error: dict[str, Any]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "payload"
+    field = ".".join(_loc_part(part) for part in error["loc"]) or "payload"
     message = error["msg"]
     # pydantic prefixes custom messages with "Value error, "; the field name is clearer.
     message = message.removeprefix("Value error, ")
@@ -261,7 +281,11 @@ def parse_payload(model: type[P], raw: Any) -> P:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise PayloadError("; ".join(_describe(e) for e in exc.errors())) from None
+        errors = exc.errors()
+        texts = [_describe(e) for e in errors[:MAX_DESCRIBED_ERRORS]]
+        if len(errors) > MAX_DESCRIBED_ERRORS:
+            texts.append(f"and {len(errors) - MAX_DESCRIBED_ERRORS} more errors")
+        raise PayloadError("; ".join(texts)) from None
 
 
 def parse_heartbeat_batch(raw: Any) -> list[HeartbeatPayload | PayloadError]:
