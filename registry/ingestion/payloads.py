@@ -45,6 +45,7 @@ MAX_URL = 2_048
 MAX_TOKEN = 256
 MAX_NAME = 256
 AGENT_CARD_MAX_BYTES = 256 * 1024
+AGENT_CARD_MAX_DEPTH = 64  # levels of objects/arrays, the card itself the first
 MAX_SPEND_CENTS = 10**12
 MAX_INT32 = 2**31 - 1
 # A producer clock far ahead would block every later heartbeat by the ordering guard.
@@ -99,22 +100,30 @@ def _cap(value: str | None) -> str | None:
 
 
 def _json_strings(value: Any) -> Iterator[str]:
-    """Every key and string value in a decoded JSON document (iterative: no stack limit)."""
-    stack = [value]
+    """Every key and string value in a decoded JSON document, refusing one nested deeper
+    than AGENT_CARD_MAX_DEPTH (iterative: no stack limit, whatever the depth)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             yield item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth >= AGENT_CARD_MAX_DEPTH:
+                raise ValueError(
+                    f"is nested more than {AGENT_CARD_MAX_DEPTH} levels deep "
+                    "(objects and arrays, the card itself included)"
+                )
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _check_agent_card(value: Any) -> Any:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")
+    # The depth is checked first, by this iterative walk: pydantic, json and the
+    # event encoders all recurse, and a card a few hundred levels deep failed the
+    # task in serialisation ("Maximum serialization depth exceeded") instead of
+    # being refused.
     for item in _json_strings(value):
         _storable_text(item)
     try:
