@@ -25,6 +25,8 @@ import redis
 from celery import Celery
 from ingest_helpers import new_id, stream_events, wait_until, workspace
 from kombu import Connection, Exchange, Queue
+from liveness_helpers import LISTENER_READY, listener_argv
+from sqlalchemy import text
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
 from molecule_registry_client import RegistryClient, RegistryRefused
@@ -181,8 +183,9 @@ def role_worker(redis_roles: RedisRoles, test_env: dict[str, str], tmp_path: Pat
 
 
 def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
-    db, redis_roles: RedisRoles, role_worker
+    db, redis_roles: RedisRoles, role_worker, tmp_path: Path
 ) -> None:
+    log_dir = tmp_path
     ws, other_ws = new_id(), new_id()
     with RegistryClient(redis_roles.url("gw"), task_id_prefix=CALLERS["gw"]) as gw:
         token = gw.register(ws, {"name": "planner"}, delivery_mode="poll")
@@ -215,6 +218,22 @@ def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
     admin_data = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
     assert admin_data.get(f"ws:{ws}") == "online"
     assert {e["event"] for e in stream_events(admin_data)} >= {"WORKSPACE_ONLINE"}
+
+    # The liveness listener with the data role: an expired key marks the workspace.
+    listener_env = process_env(os.environ, REDIS_URL=redis_roles.url("data", redis_roles.data_db))
+    with managed_process(
+        listener_argv(), env=listener_env, ready=LISTENER_READY, log_dir=log_dir, name="ln"
+    ):
+        with db.begin() as conn:  # a heartbeat fresher than half the TTL would save it
+            conn.execute(
+                text(
+                    "UPDATE workspaces SET last_heartbeat_at = now() - interval '1 hour'"
+                    " WHERE id = :id"
+                ),
+                {"id": ws},
+            )
+        admin_data.pexpire(f"ws:{ws}", 1)
+        wait_until(lambda: workspace(db, ws).status != "online", timeout=20)
 
     # A plain Celery producer (the README's example) with the same credentials.
     app = Celery(broker=redis_roles.url("producer"), set_as_current=False)
