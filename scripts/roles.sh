@@ -3,7 +3,8 @@
 # "Roles", docs/OPERATIONS.md "Credentials per role"). Idempotent: re-running updates
 # the users in place. services.sh is unchanged; this is a separate, explicit step.
 #
-#   scripts/roles.sh redis apply              producer, broker, results and data users
+#   scripts/roles.sh redis apply              producer, broker, results, data and
+#                                             subscriber users
 #   scripts/roles.sh redis caller NAME PREFIX one producer that may also read its own
 #                                             answers: results of task ids PREFIX-…
 #   scripts/roles.sh redis delete [NAME…]     remove the role users (and these callers)
@@ -13,7 +14,7 @@
 #   REDIS_ADMIN_URL   an account allowed ACL SETUSER (default redis://127.0.0.1:6379)
 #   ROLES_PREFIX      user-name prefix (default "registry"): registry-producer, …
 #   PRODUCER_PASSWORD, BROKER_PASSWORD, RESULTS_PASSWORD, DATA_PASSWORD,
-#   CALLER_PASSWORD, WORKER_PASSWORD
+#   SUBSCRIBER_PASSWORD, CALLER_PASSWORD, WORKER_PASSWORD
 #                     the passwords to set; an unset one is generated and printed
 #                     once, in the URL each process is given
 #   REDIS_HOST_URL    host part printed in those URLs (default 127.0.0.1:6379)
@@ -93,29 +94,39 @@ DATA_RULES=(
     +@all -@dangerous +info +config\|get
 )
 
+# Subscribers (another service following events): read the stream and the channel,
+# nothing else; writing or trimming the stream is the data role's alone.
+SUBSCRIBER_RULES=(
+    "%R~events:*" "&events:broadcast" -@all +@read -@dangerous +subscribe +unsubscribe
+    +ping +select +info +client\|setname +quit
+)
+
 url() { printf 'redis://%s:%s@%s/<db>' "$1" "$2" "$HOST"; }
 
 redis_apply() {
-    local producer broker results data
+    local producer broker results data subscriber
     producer=$(password PRODUCER_PASSWORD)
     broker=$(password BROKER_PASSWORD)
     results=$(password RESULTS_PASSWORD)
     data=$(password DATA_PASSWORD)
+    subscriber=$(password SUBSCRIBER_PASSWORD)
     setuser "$PREFIX-producer" "$producer" "${PRODUCER_COMMANDS[@]}" "${PRODUCER_QUEUES[@]}"
     setuser "$PREFIX-broker" "$broker" "${BROKER_RULES[@]}"
     setuser "$PREFIX-results" "$results" "${RESULTS_RULES[@]}"
     setuser "$PREFIX-data" "$data" "${DATA_RULES[@]}"
+    setuser "$PREFIX-subscriber" "$subscriber" "${SUBSCRIBER_RULES[@]}"
     # The liveness listener needs expired key-events; its user may not CONFIG SET.
     local flags
     flags=$(rcli CONFIG GET notify-keyspace-events | sed -n 2p)
     case $flags in *E*) ;; *) flags="${flags}E" ;; esac
     case $flags in *x* | *A*) ;; *) flags="${flags}x" ;; esac
     rcli CONFIG SET notify-keyspace-events "$flags" >/dev/null
-    say "Redis users ${PREFIX}-{producer,broker,results,data} set; notify-keyspace-events=$flags"
+    say "Redis users ${PREFIX}-{producer,broker,results,data,subscriber} set; notify-keyspace-events=$flags"
     printf 'producer (agents, gateway)  CELERY_BROKER_URL=%s\n' "$(url "$PREFIX-producer" "$producer")"
     printf 'workers and beat            CELERY_BROKER_URL=%s\n' "$(url "$PREFIX-broker" "$broker")"
     printf 'workers                     CELERY_RESULT_BACKEND=%s\n' "$(url "$PREFIX-results" "$results")"
     printf 'registry processes          REDIS_URL=%s\n' "$(url "$PREFIX-data" "$data")"
+    printf 'event subscribers           REDIS_URL=%s\n' "$(url "$PREFIX-subscriber" "$subscriber")"
 }
 
 redis_caller() {  # a producer that reads its own answers only
@@ -136,7 +147,8 @@ redis_caller() {  # a producer that reads its own answers only
 }
 
 redis_delete() {
-    local users=("$PREFIX-producer" "$PREFIX-broker" "$PREFIX-results" "$PREFIX-data")
+    local users=("$PREFIX-producer" "$PREFIX-broker" "$PREFIX-results" "$PREFIX-data"
+        "$PREFIX-subscriber")
     local name
     for name in "$@"; do plain "$name" NAME; users+=("$PREFIX-caller-$name"); done
     rcli ACL DELUSER "${users[@]}" >/dev/null

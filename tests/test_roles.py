@@ -34,7 +34,7 @@ from molecule_registry_client import RegistryClient, RegistryRefused
 pytestmark = pytest.mark.integration
 
 ROLES = Path(__file__).resolve().parent.parent / "scripts" / "roles.sh"
-ROLE_NAMES = ("producer", "broker", "results", "data")
+ROLE_NAMES = ("producer", "broker", "results", "data", "subscriber")
 CALLERS = {"gw": "gw1", "other": "other1"}  # caller name -> its task id prefix
 
 
@@ -234,6 +234,18 @@ def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
             )
         admin_data.pexpire(f"ws:{ws}", 1)
         wait_until(lambda: workspace(db, ws).status != "online", timeout=20)
+
+    # A subscriber reads the stream and the channel, and can change neither.
+    subscriber = redis_roles.client("subscriber", redis_roles.data_db)
+    assert subscriber.xrange("events:stream")
+    pubsub = subscriber.pubsub()
+    pubsub.subscribe("events:broadcast")
+    pubsub.close()
+    _refused(subscriber, "XTRIM", "events:stream", "MAXLEN", "0")
+    _refused(subscriber, "XADD", "events:stream", "*", "data", "{}")
+    _refused(subscriber, "PUBLISH", "events:broadcast", "{}")
+    _refused(subscriber, "GET", f"ws:{ws}")
+    _refused(subscriber, "SET", f"ws:{ws}", "online")
 
     # A plain Celery producer (the README's example) with the same credentials.
     app = Celery(broker=redis_roles.url("producer"), set_as_current=False)
