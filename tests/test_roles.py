@@ -28,7 +28,14 @@ from ingest_helpers import new_id, stream_events, wait_until, workspace
 from kombu import Connection, Exchange, Queue
 from liveness_helpers import LISTENER_READY, listener_argv
 from sqlalchemy import text
-from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
+from workerproc import (
+    BEAT_READY,
+    WORKER_READY,
+    celery_beat_argv,
+    celery_worker_argv,
+    managed_process,
+    process_env,
+)
 
 from molecule_registry_client import RegistryClient, RegistryRefused
 
@@ -183,8 +190,22 @@ def role_worker(redis_roles: RedisRoles, test_env: dict[str, str], tmp_path: Pat
         yield proc
 
 
+@pytest.fixture
+def role_beat(redis_roles: RedisRoles, test_env: dict[str, str], tmp_path: Path):
+    """Celery beat with the broker and data roles."""
+    env = process_env(
+        test_env,
+        CELERY_BROKER_URL=redis_roles.url("broker"),
+        CELERY_RESULT_BACKEND=redis_roles.url("results"),
+        REDIS_URL=redis_roles.url("data", redis_roles.data_db),
+    )
+    argv = celery_beat_argv(tmp_path / "beat-schedule")
+    with managed_process(argv, env=env, ready=BEAT_READY, log_dir=tmp_path, name="beat") as proc:
+        yield proc
+
+
 def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
-    db, redis_roles: RedisRoles, role_worker, tmp_path: Path
+    db, redis_roles: RedisRoles, role_worker, role_beat, tmp_path: Path
 ) -> None:
     log_dir = tmp_path
     ws, other_ws = new_id(), new_id()
@@ -236,6 +257,8 @@ def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
         admin_data.pexpire(f"ws:{ws}", 1)
         wait_until(lambda: workspace(db, ws).status != "online", timeout=20)
 
+    # Beat's sweeps ran on the worker (each leaves its lifesign with the data role).
+    wait_until(lambda: admin_data.hgetall("registry:sweeps:last-run"), timeout=60)
     # doctor with the data and broker roles: every check it can make answers.
     doctor_env = process_env(
         os.environ,
@@ -252,7 +275,7 @@ def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
         check=False,
     )
     checks = {c["name"]: c for c in json.loads(done.stdout)}
-    for name in ("redis", "notifications", "workers", "heartbeat-lag", "outbox"):
+    for name in ("redis", "notifications", "workers", "heartbeat-lag", "outbox", "beat"):
         assert checks[name]["status"] == "ok", checks[name]
     assert checks["broker"]["status"] in ("ok", "warn"), checks["broker"]  # warn: AOF off
 
