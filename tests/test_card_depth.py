@@ -75,13 +75,16 @@ def test_a_deeper_card_is_refused_naming_the_field(card: dict[str, Any], model: 
 
 
 @pytest.mark.integration
+# Through a worker: past the limit, and the deepest card a 32-level message body can
+# carry (deeper bodies are a matter for the worker's intake, not for the card check).
+@pytest.mark.parametrize("levels", [AGENT_CARD_MAX_DEPTH + 1, 29])
 def test_through_a_worker_a_deep_card_is_rejected_and_nothing_changes(
-    db: Engine, redis_client: redis.Redis, worker: Any, celery_app: Celery
+    db: Engine, redis_client: redis.Redis, worker: Any, celery_app: Celery, levels: int
 ) -> None:
     ws = new_id()
     token = register_now(ws)["auth_token"]
     before = (db_snapshot(db), redis_snapshot(redis_client))
-    deep = nested(300)
+    deep = nested(levels)
 
     result = run_message(celery_app, REGISTER_TASK, {"id": new_id(), "agent_card": deep})
     assert result["status"] == "rejected" and result["error"].startswith(REFUSAL), result

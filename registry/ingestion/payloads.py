@@ -45,7 +45,10 @@ MAX_URL = 2_048
 MAX_TOKEN = 256
 MAX_NAME = 256
 AGENT_CARD_MAX_BYTES = 256 * 1024
-AGENT_CARD_MAX_DEPTH = 64  # levels of objects/arrays, the card itself the first
+# Levels of objects/arrays, the card itself the first. Real cards use a handful; 24
+# keeps a refused card's message (body list, args, payload, card: 3 levels more)
+# within a 32-level bound on whole message bodies, so the refusal names the card.
+AGENT_CARD_MAX_DEPTH = 24
 MAX_SPEND_CENTS = 10**12
 MAX_INT32 = 2**31 - 1
 # A producer clock far ahead would block every later heartbeat by the ordering guard.
