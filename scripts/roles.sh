@@ -129,6 +129,8 @@ redis_apply() {
     printf 'event subscribers           REDIS_URL=%s\n' "$(url "$PREFIX-subscriber" "$subscriber")"
 }
 
+# A caller reads its own answers and may delete them once read (as the gateway
+# does); GET and DEL are its only commands on those keys.
 redis_caller() {  # a producer that reads its own answers only
     local name=${1:-} prefix=${2:-}
     [ -n "$name" ] && [ -n "$prefix" ] || die "usage: roles.sh redis caller NAME PREFIX"
@@ -139,9 +141,9 @@ redis_caller() {  # a producer that reads its own answers only
     local secret
     secret=$(password CALLER_PASSWORD)
     setuser "$PREFIX-caller-$name" "$secret" "${PRODUCER_COMMANDS[@]}" "${PRODUCER_QUEUES[@]}" \
-        +get +subscribe +unsubscribe \
-        "%R~celery-task-meta-$prefix-*" "&celery-task-meta-$prefix-*"
-    say "Redis user $PREFIX-caller-$name set: publishes, reads results of task ids $prefix-…"
+        +get +del +subscribe +unsubscribe \
+        "~celery-task-meta-$prefix-*" "&celery-task-meta-$prefix-*"
+    say "Redis user $PREFIX-caller-$name set: publishes, reads and deletes results of task ids $prefix-…"
     printf 'caller %s  broker and results URL=%s  task_id_prefix=%s\n' \
         "$name" "$(url "$PREFIX-caller-$name" "$secret")" "$prefix"
 }

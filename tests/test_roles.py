@@ -232,6 +232,9 @@ def test_the_roles_run_the_registry_and_answers_reach_their_caller_only(
     _refused(other_client, "GET", answers["gw1"])
     _refused(redis_roles.client("producer"), "GET", answers["gw1"])
     _refused(gw_client, "KEYS", "celery-task-meta-*")
+    _refused(other_client, "DEL", answers["gw1"])
+    _refused(gw_client, "SET", answers["gw1"], "forged")
+    assert gw_client.delete(answers["gw1"]) == 1  # read once, then gone
 
     # A heartbeat with a producer's credentials reaches the worker, which writes the
     # liveness key and the event stream with the data role.
