@@ -9,6 +9,7 @@ import click
 from sqlalchemy import text
 
 from cli.base import echo_json, friendly_errors, main, parse_uuid
+from cli.safe import terminal_safe
 from registry.ingestion.payloads import (
     CreateWorkspacePayload,
     RemoveWorkspacePayload,
@@ -139,4 +140,5 @@ def show(workspace_id: UUID, as_json: bool) -> None:
         return
     width = max(len(k) for k in data)
     for key, value in data.items():
-        click.echo(f"{key.ljust(width)}  {'' if value is None else value}")
+        # Name, URL, card and samples come from agents: shown escaped, never run.
+        click.echo(f"{key.ljust(width)}  {'' if value is None else terminal_safe(value)}")

@@ -11,6 +11,7 @@ import click
 from sqlalchemy import Engine, text
 
 from cli.base import friendly_errors, main, reachable_stores
+from cli.safe import terminal_safe
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 BROADCAST_ONLY_TYPES = frozenset(str(t) for t in BROADCAST_ONLY_EVENTS)
@@ -219,7 +220,8 @@ def events(
             if as_json:
                 click.echo(dumps(item.as_dict()))
             else:
-                click.echo(event_line(item, names(item.workspace_id)))
+                # Names, URLs and card fields come from agents: shown escaped, never run.
+                click.echo(terminal_safe(event_line(item, names(item.workspace_id))))
             printed += 1
             if limit is not None and printed >= limit:
                 break

@@ -8,6 +8,7 @@ import click
 from sqlalchemy import bindparam, text
 
 from cli.base import echo_json, friendly_errors, main
+from cli.safe import terminal_safe
 from registry.statuses import ALL_STATUSES
 
 # Trouble first: what an operator looks at.
@@ -119,19 +120,19 @@ def status(statuses: tuple[str, ...], runtimes: tuple[str, ...], limit: int, as_
     )
     if not rows:
         return
-    name_width = min(max(len(row["name"]) for row in rows), 40)
+    # Names come from agents: escape sequences in them are shown, never run.
+    names = [terminal_safe(row["name"]) for row in rows]
+    name_width = min(max(len(name) for name in names), 40)
     click.echo("")
     click.echo(
         f"{'ID':<36}  {'NAME':<{name_width}}  {'STATUS':<14}  {'RUNTIME':<12}  "
         f"{'HB AGE':>9}  {'TASKS':>5}"
     )
-    for row in rows:
-        name = (
-            row["name"] if len(row["name"]) <= name_width else row["name"][: name_width - 1] + "…"
-        )
+    for row, full_name in zip(rows, names, strict=True):
+        name = full_name if len(full_name) <= name_width else full_name[: name_width - 1] + "…"
         click.echo(
             f"{row['id']!s:<36}  {name:<{name_width}}  {row['status']:<14}  "
-            f"{row['runtime']:<12}  {_age(row['heartbeat_age_seconds']):>9}  "
+            f"{terminal_safe(row['runtime']):<12}  {_age(row['heartbeat_age_seconds']):>9}  "
             f"{row['active_tasks'] if row['active_tasks'] is not None else '-':>5}"
         )
     if len(rows) < total:

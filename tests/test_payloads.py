@@ -12,6 +12,7 @@ from ingest_helpers import names_field
 
 from registry.ingestion.payloads import (
     AGENT_CARD_MAX_BYTES,
+    AGENT_CARD_MAX_DEPTH,
     MAX_SPEND_CENTS,
     MAX_STRING,
     MAX_URL,
@@ -131,8 +132,9 @@ def test_native_status_management_is_read_from_capabilities() -> None:
 
 
 def test_a_deep_but_reasonable_agent_card_is_accepted() -> None:
-    card: dict[str, Any] = {"leaf": True}
-    for _ in range(200):
+    # AGENT_CARD_MAX_DEPTH levels: the card, then nested objects, the last holding a list.
+    card: dict[str, Any] = {"leaf": True, "list": [1, "x", None]}
+    for _ in range(AGENT_CARD_MAX_DEPTH - 2):
         card = {"nested": card, "list": [1, "x", None]}
     assert parse_payload(RegisterPayload, register(agent_card=card)).agent_card == card
 

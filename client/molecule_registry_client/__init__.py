@@ -24,6 +24,7 @@ Failures:
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -83,6 +84,9 @@ class RegistryTimeout(RegistryError):
     """No reply in time: is a worker consuming the `registry` queue?"""
 
 
+TASK_ID_PREFIX = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
 def safe_url(url: str) -> str:
     """The URL with its password hidden, fit for a log line or an error."""
     return str(maybe_sanitize_url(url, mask="***"))
@@ -93,7 +97,12 @@ def _origin() -> str:
 
 
 def celery_message(
-    task_name: str, payload: Mapping[str, Any], *, origin: str, keep_result: bool = False
+    task_name: str,
+    payload: Mapping[str, Any],
+    *,
+    origin: str,
+    keep_result: bool = False,
+    task_id_prefix: str = "",
 ) -> tuple[Any, dict[str, Any], str]:
     """(body, headers, task id) of a Celery message protocol v2 for `task_name`.
 
@@ -101,7 +110,7 @@ def celery_message(
     the payload is the one positional argument. `argsrepr` never shows the payload: it
     holds the token, and monitoring tools display this header.
     """
-    task_id = str(uuid.uuid4())
+    task_id = f"{task_id_prefix}-{uuid.uuid4()}" if task_id_prefix else str(uuid.uuid4())
     headers = {
         "lang": "py",
         "task": task_name,
@@ -169,7 +178,10 @@ class RegistryClient:
     with backoff up to `retry_interval_max` seconds, bound how long a send may take
     when the broker is down. `queue_type` must match the workers' BROKER_QUEUE_TYPE
     on RabbitMQ (`quorum` or `classic`): the client declares the queues, and RabbitMQ
-    refuses a declaration whose type differs from the queue's.
+    refuses a declaration whose type differs from the queue's. `task_id_prefix`
+    starts every task id (`<prefix>-<uuid>`): with a Redis result backend whose ACL
+    lets this caller read only `celery-task-meta-<prefix>-*` (`scripts/roles.sh redis
+    caller`), its registration answers are readable by it alone.
     """
 
     def __init__(
@@ -183,8 +195,14 @@ class RegistryClient:
         retry_interval_max: float = 1.0,
         pool_size: int = 10,
         queue_type: str = "classic",
+        task_id_prefix: str = "",
     ) -> None:
         self.broker_url = broker_url
+        # Letters, digits and _ only: the ACL pattern "<prefix>-*" must never match
+        # another caller's ids, and a glob character would widen it.
+        if task_id_prefix and not TASK_ID_PREFIX.fullmatch(task_id_prefix):
+            raise ValueError(f"task_id_prefix {task_id_prefix!r}: 1-64 letters, digits or _")
+        self.task_id_prefix = task_id_prefix
         self._queue_arguments = queue_arguments(queue_type)  # a bad type fails here
         if result_backend is None and broker_url.startswith(("redis://", "rediss://")):
             result_backend = broker_url
@@ -328,7 +346,11 @@ class RegistryClient:
         """Publish one message; returns its id. Retries broker connection errors."""
         queue = self._queue(queue_for(task_name))
         body, headers, task_id = celery_message(
-            task_name, payload, origin=_origin(), keep_result=keep_result
+            task_name,
+            payload,
+            origin=_origin(),
+            keep_result=keep_result,
+            task_id_prefix=self.task_id_prefix,
         )
         try:
             with self._producers.acquire(block=True, timeout=30) as producer:

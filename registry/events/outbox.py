@@ -19,6 +19,7 @@ from uuid import UUID
 from sqlalchemy import Connection, text
 
 from registry.config import get_settings
+from registry.events.size import bounded_payload
 from registry.jsontext import dumps
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
@@ -95,6 +96,8 @@ def insert_recorded_event(
     """Insert into structure_events and the outbox; returns the event with its id and time."""
     if event_type in BROADCAST_ONLY_EVENTS:
         raise ValueError(f"{event_type} is broadcast-only and is never recorded")
+    # Recorded as published: a replay from structure_events matches the stream entry.
+    payload = bounded_payload(payload)
     row = conn.execute(
         _INSERT_EVENT,
         {
@@ -134,6 +137,7 @@ def insert_recorded_events(
     for event_type, _, _ in events:
         if event_type in BROADCAST_ONLY_EVENTS:
             raise ValueError(f"{event_type} is broadcast-only and is never recorded")
+    events = [(t, ws, bounded_payload(p)) for t, ws, p in events]
     rows = conn.execute(
         _INSERT_EVENTS,
         {

@@ -108,7 +108,8 @@ def _removed(p: dict[str, Any]) -> str:
 def _card(p: dict[str, Any]) -> str:
     card = p.get("agent_card")
     if not isinstance(card, dict):
-        return "agent card updated"
+        size = p.get("agent_card_bytes")  # a large card travels as its digest only
+        return "agent card updated" + (_join(f"{size} bytes") if isinstance(size, int) else "")
     skills = card.get("skills")
     return "agent card updated" + _join(
         f"name {_quoted(card['name'])}" if card.get("name") else "",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -44,6 +45,10 @@ MAX_URL = 2_048
 MAX_TOKEN = 256
 MAX_NAME = 256
 AGENT_CARD_MAX_BYTES = 256 * 1024
+# Levels of objects/arrays, the card itself the first. Real cards use a handful; 24
+# keeps a refused card's message (body list, args, payload, card: 3 levels more)
+# within a 32-level bound on whole message bodies, so the refusal names the card.
+AGENT_CARD_MAX_DEPTH = 24
 MAX_SPEND_CENTS = 10**12
 MAX_INT32 = 2**31 - 1
 # A producer clock far ahead would block every later heartbeat by the ordering guard.
@@ -98,22 +103,30 @@ def _cap(value: str | None) -> str | None:
 
 
 def _json_strings(value: Any) -> Iterator[str]:
-    """Every key and string value in a decoded JSON document (iterative: no stack limit)."""
-    stack = [value]
+    """Every key and string value in a decoded JSON document, refusing one nested deeper
+    than AGENT_CARD_MAX_DEPTH (iterative: no stack limit, whatever the depth)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             yield item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth >= AGENT_CARD_MAX_DEPTH:
+                raise ValueError(
+                    f"is nested more than {AGENT_CARD_MAX_DEPTH} levels deep "
+                    "(objects and arrays, the card itself included)"
+                )
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _check_agent_card(value: Any) -> Any:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object")
+    # The depth is checked first, by this iterative walk: pydantic, json and the
+    # event encoders all recurse, and a card a few hundred levels deep failed the
+    # task in serialisation ("Maximum serialization depth exceeded") instead of
+    # being refused.
     for item in _json_strings(value):
         _storable_text(item)
     try:
@@ -252,8 +265,27 @@ class CanCommunicatePayload(_Payload):
 P = TypeVar("P", bound=BaseModel)
 
 
+# Error locations hold keys the producer chose (a capability name, a card key): a
+# newline or an escape sequence there would forge a log line or a terminal's output.
+# Names of our own fields are shown bare; any other key JSON-quoted (ASCII only, so
+# every control character is escaped) and cut to LOC_PART_CAP characters.
+_PLAIN_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}|\[key\]")
+LOC_PART_CAP = 64
+MAX_DESCRIBED_ERRORS = 10  # a payload with thousands of bad keys gives one bounded text
+
+
+def _loc_part(part: Any) -> str:
+    if isinstance(part, int) and not isinstance(part, bool):
+        return str(part)
+    text = str(part)
+    if _PLAIN_PART.fullmatch(text):
+        return text
+    clipped = text[:LOC_PART_CAP]
+    return json.dumps(clipped) + ("…" if len(text) > LOC_PART_CAP else "")
+
+
 def _describe(error: dict[str, Any]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "payload"
+    field = ".".join(_loc_part(part) for part in error["loc"]) or "payload"
     message = error["msg"]
     # pydantic prefixes custom messages with "Value error, "; the field name is clearer.
     message = message.removeprefix("Value error, ")
@@ -269,7 +301,11 @@ def parse_payload(model: type[P], raw: Any) -> P:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise PayloadError("; ".join(_describe(e) for e in exc.errors())) from None
+        errors = exc.errors()
+        texts = [_describe(e) for e in errors[:MAX_DESCRIBED_ERRORS]]
+        if len(errors) > MAX_DESCRIBED_ERRORS:
+            texts.append(f"and {len(errors) - MAX_DESCRIBED_ERRORS} more errors")
+        raise PayloadError("; ".join(texts)) from None
 
 
 def parse_heartbeat_batch(raw: Any) -> list[HeartbeatPayload | PayloadError]:
