@@ -85,6 +85,9 @@ def _expired(expires: Any) -> bool:
 def heartbeat_strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Callable[..., None]:
     """Celery strategy for `registry.heartbeat` (see the module docstring)."""
     batcher = get_batcher(TRANSIENT_ERRORS)
+    # Heartbeats wait in the batcher unacknowledged, so the consumer's prefetch window
+    # bounds what a batch can gather: the batcher must not wait for more than that.
+    batcher.bound_by(lambda: consumer.qos.value)
     revoked = consumer.controller.state.revoked
     eventer = consumer.event_dispatcher
     send_event = (

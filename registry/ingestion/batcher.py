@@ -146,6 +146,25 @@ class HeartbeatBatcher:
         self._pid: int | None = None
         self._last_flush = 0.0  # monotonic time the previous batch ended
         self.batches = 0  # how many batches were applied (tests, diagnostics)
+        # How many unacknowledged messages the broker may hand this process at once
+        # (the consumer's prefetch window), when the caller knows it: see _take_batch.
+        self._window: Callable[[], int | None] = lambda: None
+
+    def bound_by(self, window: Callable[[], int | None]) -> None:
+        """Tell the batcher the prefetch window its heartbeats arrive through (a count,
+        or None/0 when unbounded), read afresh for every batch (it may change)."""
+        self._window = window
+
+    def _batch_limit(self) -> int:
+        """The most heartbeats a batch can gather: max_items, or fewer when the prefetch
+        window is smaller. A message waiting here is unacknowledged, so once the window
+        is all here the broker hands over nothing more until this batch commits: waiting
+        for company then would only add the whole wait to every batch."""
+        try:
+            window = self._window()
+        except Exception:  # the consumer is restarting: no bound known this time
+            window = None
+        return min(self.max_items, window) if window and window > 0 else self.max_items
 
     def submit(self, heartbeat: HeartbeatPayload) -> dict[str, Any]:
         """Apply `heartbeat` with whatever else is waiting; returns once it committed
@@ -174,7 +193,7 @@ class HeartbeatBatcher:
             self._waiting.append(pending)
             # Wake the flusher only when it has something new to decide: the first
             # heartbeat to wait, or a full batch (not on every arrival while it waits).
-            if len(self._waiting) == 1 or len(self._waiting) >= self.max_items:
+            if len(self._waiting) == 1 or len(self._waiting) >= self._batch_limit():
                 self._cond.notify()
 
     def _start_if_needed(self) -> None:
@@ -194,7 +213,8 @@ class HeartbeatBatcher:
             # commit) is shared by many.
             busy = time.monotonic() - self._last_flush < BUSY_WITHIN_SECONDS
             deadline = time.monotonic() + (self.max_wait_seconds if busy else 0.0)
-            while len(self._waiting) < self.max_items:
+            limit = self._batch_limit()
+            while len(self._waiting) < limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
