@@ -1,0 +1,105 @@
+"""Serve the board alone (at `/`) with uvicorn: `molecule-registry board`, tests, bench, demo.
+
+The socket is bound first, so a busy port is an error before anything starts and
+port 0 is resolved for the Host check (it must know the board's port).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterable
+from types import FrameType
+
+import redis
+import uvicorn
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+
+from gateway.board import Board, board_lifespan, board_routes
+from gateway.board_events import DEFAULT_MAX_STREAMS
+from gateway.http11 import BoardH11Protocol
+from registry.board.hosts import HostCheck
+
+STREAMS_DRAIN_SECONDS = 3.0  # open streams end within a second of stop(); this is a backstop
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn waits for open connections before the app's shutdown: end the streams first."""
+
+    def __init__(self, config: uvicorn.Config, board: Board) -> None:
+        super().__init__(config)
+        self.board = board
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.board.stop()
+        super().handle_exit(sig, frame)
+
+
+class BoardServer:
+    """One board on its own socket: `serve_forever()` here, or `start()` in a thread."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        engine: Engine,
+        client: redis.Redis,
+        allowed_hosts: Iterable[str] = (),
+        *,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind((host, port))
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        host_check = HostCheck(host, self.server_address[1], allowed_hosts)
+        self.board = Board(engine, client, host_check, max_streams=max_streams)
+        app = Starlette(
+            routes=board_routes(self.board), lifespan=lambda _app: board_lifespan(self.board)
+        )
+        config = uvicorn.Config(
+            app,
+            http=BoardH11Protocol,
+            lifespan="on",
+            log_config=None,  # the CLI's (or the test's) logging stays as it is
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(STREAMS_DRAIN_SECONDS),
+        )
+        self.server = _Uvicorn(config, self.board)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/"
+
+    def serve_forever(self) -> None:
+        """Serve until SIGINT/SIGTERM (main thread) or `stop()`."""
+        self.socket.listen(2048)
+        self.server.run(sockets=[self.socket])
+
+    def start(self) -> None:
+        """Serve in a thread; returns once the board answers."""
+        self._thread = threading.Thread(target=self.serve_forever, name="board", daemon=True)
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the board server did not start")
+            self._thread.join(0.02)
+
+    def stop(self) -> None:
+        """End the event streams, then the server; waits for the thread."""
+        self.board.stop()
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.socket.close()
