@@ -37,7 +37,10 @@ class _Uvicorn(uvicorn.Server):
 
 
 class BoardServer:
-    """One board on its own socket: `serve_forever()` here, or `start()` in a thread."""
+    """One board on its own socket: `serve_forever()` here, or `start()` in a thread.
+
+    `prefix`: the path it is served under ("" for `/`; the gateway uses "/board").
+    """
 
     def __init__(
         self,
@@ -48,7 +51,9 @@ class BoardServer:
         allowed_hosts: Iterable[str] = (),
         *,
         max_streams: int = DEFAULT_MAX_STREAMS,
+        prefix: str = "",
     ) -> None:
+        self.prefix = prefix.rstrip("/")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -61,7 +66,8 @@ class BoardServer:
         host_check = HostCheck(host, self.server_address[1], allowed_hosts)
         self.board = Board(engine, client, host_check, max_streams=max_streams)
         app = Starlette(
-            routes=board_routes(self.board), lifespan=lambda _app: board_lifespan(self.board)
+            routes=board_routes(self.board, self.prefix),
+            lifespan=lambda _app: board_lifespan(self.board),
         )
         config = uvicorn.Config(
             app,
@@ -79,7 +85,7 @@ class BoardServer:
     def url(self) -> str:
         host, port = self.server_address
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}/"
+        return f"http://{shown}:{port}{self.prefix}/"
 
     def serve_forever(self) -> None:
         """Serve until SIGINT/SIGTERM (main thread) or `stop()`."""
