@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.board_events import DEFAULT_MAX_STREAMS, EventStream, EventStreams
 from gateway.board_guard import BoardGuard
+from gateway.signals import stop_on_signals
 from registry.board.hosts import HostCheck
 from registry.board.snapshot import (
     BadRequest,
@@ -88,10 +89,17 @@ class Board:
 
 @asynccontextmanager
 async def board_lifespan(board: Board) -> AsyncIterator[None]:
-    """For the app's lifespan: at shutdown, the board's event streams end."""
+    """For the app's lifespan: the board's event streams end at SIGINT/SIGTERM.
+
+    uvicorn waits for open connections to close *before* the lifespan's exit, and an
+    event stream never closes by itself: so the streams are ended at the signal
+    (the server's own handler runs next), not only at the exit.
+    """
+    restore = stop_on_signals(board.stop)
     try:
         yield
     finally:
+        restore()
         board.stop()
 
 

@@ -62,16 +62,33 @@ class EventStreams:
         self.engine = engine
         self.client = client
         self.max_streams = max_streams
-        self.open_count = 0  # changed on the event loop only: no lock
+        self.open_count = 0
         self.stopping = threading.Event()
-        self._stops: set[threading.Event] = set()
+        self._stops: set[threading.Event] = set()  # one per open stream
+        self._lock = threading.Lock()  # stop() may come from another thread (a signal)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the loop, when first used
+
+    def admit(self) -> threading.Event | None:
+        """A slot for one more stream (its stop event), or None when full or stopping."""
+        with self._lock:
+            if self.stopping.is_set() or self.open_count >= self.max_streams:
+                return None
+            self.open_count += 1
+            stop = threading.Event()
+            self._stops.add(stop)
+            return stop
+
+    def release(self, stop: threading.Event) -> None:
+        with self._lock:
+            self._stops.discard(stop)
+            self.open_count -= 1
 
     def stop(self) -> None:
         """End every stream within a second (thread-safe: a signal handler may call it)."""
-        self.stopping.set()
-        for stop in list(self._stops):
-            stop.set()
+        with self._lock:
+            self.stopping.set()
+            for stop in self._stops:
+                stop.set()
 
     def limiter(self) -> anyio.CapacityLimiter:
         # Streams' own threads: they never wait for, nor starve, the snapshot requests'.
@@ -97,18 +114,16 @@ class EventStream:
         except ValueError:
             await send_error(send, 400, f"{self.token!r} is not a stream position")
             return
-        if streams.stopping.is_set() or streams.open_count >= streams.max_streams:
-            log.warning("board: event stream refused: %d open (the cap)", streams.open_count)
-            await send_error(
-                send,
-                503,
-                f"too many board event streams open ({streams.max_streams}); retry later",
-                extra={"Retry-After": str(REFUSED_RETRY_SECONDS)},
-            )
+        stop = streams.admit()
+        if stop is None:
+            if streams.stopping.is_set():
+                message = "the board is stopping; retry later"
+            else:
+                log.warning("board: event stream refused: %d open (the cap)", streams.open_count)
+                message = f"too many board event streams open ({streams.max_streams}); retry later"
+            retry = {"Retry-After": str(REFUSED_RETRY_SECONDS)}
+            await send_error(send, 503, message, extra=retry)
             return
-        streams.open_count += 1
-        stop = threading.Event()
-        streams._stops.add(stop)
         beats = ChannelBeats(streams.client)
         try:
             try:
@@ -124,8 +139,7 @@ class EventStream:
             await self._respond(scope, receive, send, subscriber=subscriber, beats=beats, stop=stop)
         finally:
             beats.close()
-            streams._stops.discard(stop)
-            streams.open_count -= 1
+            streams.release(stop)
 
     async def _respond(
         self,

@@ -1,6 +1,6 @@
 """Serve the board alone (at `/`) with uvicorn: `molecule-registry board`, tests, bench, demo.
 
-The socket is bound first, so a busy port is an error before anything starts and
+The socket is bound (and listening) first, so a busy port is an error before anything starts and
 port 0 is resolved for the Host check (it must know the board's port).
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterable
-from types import FrameType
 
 import redis
 import uvicorn
@@ -21,19 +20,7 @@ from gateway.board_events import DEFAULT_MAX_STREAMS
 from gateway.http11 import BoardH11Protocol
 from registry.board.hosts import HostCheck
 
-STREAMS_DRAIN_SECONDS = 3.0  # open streams end within a second of stop(); this is a backstop
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn waits for open connections before the app's shutdown: end the streams first."""
-
-    def __init__(self, config: uvicorn.Config, board: Board) -> None:
-        super().__init__(config)
-        self.board = board
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.board.stop()
-        super().handle_exit(sig, frame)
+STREAMS_DRAIN_SECONDS = 3  # open streams end within a second of stop(); a backstop
 
 
 class BoardServer:
@@ -59,6 +46,7 @@ class BoardServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.socket.bind((host, port))
+            self.socket.listen(2048)  # connections wait in the backlog until uvicorn runs
         except OSError:
             self.socket.close()
             raise
@@ -76,9 +64,9 @@ class BoardServer:
             log_config=None,  # the CLI's (or the test's) logging stays as it is
             access_log=False,
             server_header=False,
-            timeout_graceful_shutdown=int(STREAMS_DRAIN_SECONDS),
+            timeout_graceful_shutdown=STREAMS_DRAIN_SECONDS,
         )
-        self.server = _Uvicorn(config, self.board)
+        self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
@@ -88,8 +76,8 @@ class BoardServer:
         return f"http://{shown}:{port}{self.prefix}/"
 
     def serve_forever(self) -> None:
-        """Serve until SIGINT/SIGTERM (main thread) or `stop()`."""
-        self.socket.listen(2048)
+        """Serve until SIGINT/SIGTERM (main thread; board_lifespan ends the streams
+        first) or `stop()`."""
         self.server.run(sockets=[self.socket])
 
     def start(self) -> None:
