@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -147,3 +148,32 @@ def test_board_command_stops_on_ctrl_c_with_a_stream_open(db, test_env):
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_a_browser_that_stops_reading_is_dropped(db, redis_client, monkeypatch):
+    monkeypatch.setattr("gateway.board_events.WRITE_TIMEOUT_SECONDS", 1)
+    ws = make_workspace(db, "flooded")
+    with served(db, redis_client, max_streams=1) as server:
+        stalled = socket.create_connection(server.server_address)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        host, port = server.server_address
+        stalled.sendall(f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        try:
+            deadline = time.monotonic() + 10
+            while server.board.streams.open_count == 0:
+                assert time.monotonic() < deadline, "the stream never opened"
+                time.sleep(0.05)
+            # Megabytes of events it never reads: the kernel's buffers fill, then the
+            # server's, then a write waits longer than the timeout.
+            filler = "x" * 4000
+            deadline = time.monotonic() + 60
+            while server.board.streams.open_count:
+                assert time.monotonic() < deadline, "the stalled stream was never dropped"
+                events = [(EventType.AGENT_CARD_UPDATED, ws, {"agent_card": {"f": filler}})] * 200
+                publish(db, redis_client, events, per_transaction=100)
+            conn = connect(server)  # its slot is free for another page
+            conn.request("GET", "/api/events")
+            assert conn.getresponse().status == 200
+            conn.close()
+        finally:
+            stalled.close()
