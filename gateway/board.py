@@ -13,9 +13,16 @@ bodies of 1 KiB or more; the event stream is never compressed, nor buffered).
 The snapshot and details endpoints are blocking database reads: Starlette runs them
 in its worker threads.
 
-    board = Board(engine, client, HostCheck(host, port, allowed_hosts))
-    routes = board_routes(board, prefix="/board")
-    # and in the app's lifespan: `async with board_lifespan(board): ...`
+How the gateway mounts it (its Host check names the gateway's own address):
+
+    board = Board(get_engine(), get_redis(), HostCheck(host, port, allowed_hosts))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with board_lifespan(board):  # streams end at SIGINT/SIGTERM and at exit
+            yield
+
+    app = Starlette(routes=[*board_routes(board, prefix="/board"), ...], lifespan=lifespan)
 """
 
 from __future__ import annotations
