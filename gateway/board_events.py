@@ -65,7 +65,9 @@ class EventStreams:
         self.open_count = 0
         self.stopping = threading.Event()
         self._stops: set[threading.Event] = set()  # one per open stream
-        self._lock = threading.Lock()  # stop() may come from another thread (a signal)
+        # stop() may come from another thread, or from a signal handler interrupting
+        # admit() on this one: reentrant.
+        self._lock = threading.RLock()
         self._limiter: anyio.CapacityLimiter | None = None  # made on the loop, when first used
 
     def admit(self) -> threading.Event | None:
@@ -161,7 +163,7 @@ class EventStream:
                 ],
             }
         )
-        client = Headers(scope=scope).get("host", "?")
+        host = Headers(scope=scope).get("host", "?")
         async with anyio.create_task_group() as tasks:
 
             async def watch() -> None:
@@ -174,9 +176,9 @@ class EventStream:
             try:
                 await self._follow(send, subscriber, beats, stop)
             except OSError:
-                log.debug("board: event stream (Host %s) closed", client)
+                log.debug("board: event stream (Host %s) closed", host)
             except Exception:  # headers are sent: end this stream, the browser reconnects
-                log.exception("board: event stream (Host %s) failed", client)
+                log.exception("board: event stream (Host %s) failed", host)
             tasks.cancel_scope.cancel()
 
     async def _follow(
