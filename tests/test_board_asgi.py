@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import http.client
 import json
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from board_helpers import make_workspace, publish
@@ -177,3 +179,20 @@ def test_a_browser_that_stops_reading_is_dropped(db, redis_client, monkeypatch):
             conn.close()
         finally:
             stalled.close()
+
+
+def test_the_registry_never_imports_the_web_stack_at_module_level():
+    """gateway/ is an application layer over registry/: the CLI imports it lazily only."""
+    root = Path(__file__).resolve().parent.parent / "registry"
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [f"{path}: {name}" for name in names if name.split(".")[0] == "gateway"]
+    assert found == []
