@@ -71,8 +71,8 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
+from gateway.board_serve import BoardServer  # noqa: E402
 from registry import migrate  # noqa: E402
-from registry.board.server import BoardServer  # noqa: E402
 from registry.db import get_engine, get_redis  # noqa: E402
 from registry.statuses import EventType  # noqa: E402
 from registry.uow import record_event_on_commit, unit_of_work  # noqa: E402
@@ -307,9 +307,8 @@ def time_get(url: str, runs: int = 5) -> float:
 def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
     fresh_database()
     by_status = seed_fleet(size)
-    server = BoardServer(("127.0.0.1", 0), get_engine(), get_redis())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
-    thread.start()
+    server = BoardServer("127.0.0.1", 0, get_engine(), get_redis())
+    server.start()
     # The machine is shared: its load (1-minute average) is part of the figures.
     result: dict[str, Any] = {"fleet": size, "load_start": os.getloadavg()[0]}
     try:
@@ -358,9 +357,7 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
             )
             browser.close()
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        server.stop()
     result["load_end"] = os.getloadavg()[0]
     return result
 
@@ -369,9 +366,8 @@ def screenshot(size: int, path: Path) -> None:
     """docs/board.png: the board on a seeded fleet, a few changes in its event list."""
     fresh_database()
     by_status = seed_fleet(size)
-    server = BoardServer(("127.0.0.1", 0), get_engine(), get_redis())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2})
-    thread.start()
+    server = BoardServer("127.0.0.1", 0, get_engine(), get_redis())
+    server.start()
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -391,9 +387,7 @@ def screenshot(size: int, path: Path) -> None:
             page.screenshot(path=str(path))
             browser.close()
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        server.stop()
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,8 +31,15 @@ def _is_loopback(host: str) -> bool:
     help="Another Host name the board answers to (a DNS name in front of it); repeatable. "
     "Requests naming any other host are refused (DNS-rebinding defence).",
 )
+@click.option(
+    "--max-streams",
+    type=click.IntRange(1),
+    default=None,
+    help="Event streams (open pages) served at once; more are refused with 503 "
+    "(each holds a worker thread and ~2 Redis connections). Default: 200.",
+)
 @friendly_errors
-def board(host: str, port: int, allowed_hosts: tuple[str, ...]) -> None:
+def board(host: str, port: int, allowed_hosts: tuple[str, ...], max_streams: int | None) -> None:
     """Serve the live fleet board: problems first, a map of the whole fleet, live.
 
     The page loads the fleet from PostgreSQL (in pages, problems first), then follows
@@ -40,11 +47,20 @@ def board(host: str, port: int, allowed_hosts: tuple[str, ...]) -> None:
     --allow-host name). It has no authentication: keep it on localhost (or behind an
     authenticating proxy).
     """
-    from registry.board.server import serve
+    # The web stack is an application layer over registry/: imported here only.
+    from gateway.board_events import DEFAULT_MAX_STREAMS
+    from gateway.board_serve import BoardServer
 
     engine, client = reachable_stores()
     try:
-        server = serve(host, port, engine, client, allowed_hosts)
+        server = BoardServer(
+            host,
+            port,
+            engine,
+            client,
+            allowed_hosts,
+            max_streams=max_streams or DEFAULT_MAX_STREAMS,
+        )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     if not _is_loopback(host):
@@ -55,9 +71,8 @@ def board(host: str, port: int, allowed_hosts: tuple[str, ...]) -> None:
         )
     click.echo(f"fleet board on {server.url} (Ctrl-C to stop)")
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever()  # until SIGINT/SIGTERM: streams end, then the server
     except KeyboardInterrupt:
         pass
     finally:
-        server.stopping.set()
-        server.server_close()
+        server.stop()

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,9 +23,9 @@ from board_helpers import FLEET_5000, make_workspace, private_redis, publish, se
 from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy import text
 
+from gateway.board_serve import BoardServer
 from registry.board.beats import ChannelBeats
 from registry.board.hosts import HostCheck
-from registry.board.server import BoardServer
 from registry.events.outbox import BROADCAST_CHANNEL
 from registry.events.subscriber import Position, stream_head
 from registry.statuses import EventType
@@ -54,15 +53,12 @@ CLI = str(Path(sys.executable).parent / "molecule-registry")
 
 @pytest.fixture
 def board(db, redis_client) -> Iterator[BoardServer]:
-    server = BoardServer(("127.0.0.1", 0), db, redis_client)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
+    server = BoardServer("127.0.0.1", 0, db, redis_client)
+    server.start()
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -495,13 +491,14 @@ def test_tile_changes_colour_on_degrading_heartbeat_and_offline_sweep(page, db, 
     created = celery_app.send_task(
         "registry.create_workspace", args=[{"name": "degrade-me"}], queue="registry"
     ).get(timeout=20)
-    ws = created["workspace_id"]
-    registered = celery_app.send_task(
+    ws, token = created["workspace_id"], created["auth_token"]  # injected by the provisioner
+    celery_app.send_task(
         "registry.register",
-        args=[{"id": ws, "agent_card": {"name": "d"}, "delivery_mode": "poll"}],
+        args=[
+            {"id": ws, "agent_card": {"name": "d"}, "delivery_mode": "poll", "auth_token": token}
+        ],
         queue="registry",
     ).get(timeout=20)
-    token = registered["auth_token"]
     tile(page, ws, "online")  # created after the page loaded: fetched on its first event
     wait_for_colour(page, ws, ONLINE_RGB, since=time.monotonic(), within=2.0)
 
@@ -585,9 +582,8 @@ def test_page_opened_late_shows_the_fleet_then_follows_it(browser, board, db, re
 def test_page_reloads_the_fleet_after_a_redis_restart(browser, db):
     ws = make_workspace(db, "survivor", status="online")
     with private_redis() as redis_server:
-        server = BoardServer(("127.0.0.1", 0), db, redis_server.client())
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-        thread.start()
+        server = BoardServer("127.0.0.1", 0, db, redis_server.client())
+        server.start()
         context = browser.new_context()
         try:
             page = context.new_page()
@@ -609,9 +605,7 @@ def test_page_reloads_the_fleet_after_a_redis_restart(browser, db):
             page.wait_for_selector('#link[data-state="live"]', timeout=10_000)
         finally:
             context.close()
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=10)
+            server.stop()
 
 
 def test_board_command_serves_until_stopped(db, test_env):

@@ -142,6 +142,7 @@ def test_the_root_wheel_holds_the_registry_and_no_demo_tooling(tmp_path):
         "registry/config.py",
         "registry/ingestion/heartbeats.py",
         "registry/board/static/index.html",
+        "gateway/board.py",
         "tasks/base.py",
         "workers/app.py",
         "migrations/versions/0001_core_schema.py",

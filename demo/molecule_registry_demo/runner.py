@@ -339,16 +339,14 @@ class Demo:
 
     def _serve_board(self) -> None:
         """The fleet board beside the terminal summary: the fleet in a browser too."""
-        from registry.board.server import serve
+        from gateway.board_serve import BoardServer
 
         engine, client = _engine(self.settings), _redis(self.settings)
         try:
-            board = serve("127.0.0.1", BOARD_PORT, engine, client)
+            board = BoardServer("127.0.0.1", BOARD_PORT, engine, client)
         except OSError:
-            board = serve("127.0.0.1", 0, engine, client)
-        threading.Thread(
-            target=board.serve_forever, kwargs={"poll_interval": 0.5}, name="board", daemon=True
-        ).start()
+            board = BoardServer("127.0.0.1", 0, engine, client)
+        board.start()
         self.board = board
         self.result["board_url"] = board.url
         self.out(f"fleet board: {board.url}")
@@ -443,8 +441,7 @@ class Demo:
         self.result["killed"] = killed
         engine.close()
         if self.board is not None:
-            self.board.shutdown()
-            self.board.server_close()
+            self.board.stop()
         if self.options.summary_json is not None:
             self.options.summary_json.write_text(json.dumps(self.result, indent=2, sort_keys=True))
         if killed:

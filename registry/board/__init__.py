@@ -1,6 +1,8 @@
 """The live fleet board: a local web page for a fleet of 5,000 to 50,000 workspaces.
 
-`server.py` serves the page (static files in `static/`, no build step), the fleet
+The board's domain pieces live here; its web routes are `gateway/board.py` (served
+alone by `molecule-registry board`, or mounted by the gateway at `/board`). They serve
+the page (static files in `static/`, no build step, relative URLs), the fleet
 in gzipped pages, problems first (`snapshot.py`; a load's later pages are slices
 of one ordered read, `ordered.py`), and the events as server-sent
 events: status changes from the stream through a `registry.events.subscriber.Subscriber`

@@ -29,6 +29,7 @@ const MAX_EVENTS = 100;
 const FEED_ROW_H = 60; // board.css agrees
 const REFRESH_MS = 30000; // incremental: only rows whose status changed (no-event changes)
 const REFRESH_OVERLAP_MS = 60000; // a transaction may commit after our last read began
+const STREAM_RETRY_MS = 5000; // after the server refused the event stream (503)
 const STALE_AFTER_S = 90;
 // Tile geometry (board.css agrees): fixed sizes make the virtual list pure arithmetic.
 const TILE_MIN_W = 210;
@@ -908,7 +909,7 @@ async function showDetails(id) {
   panel.hidden = false;
   let ws;
   try {
-    ws = await getJSON(`/api/workspaces/${encodeURIComponent(id)}`);
+    ws = await getJSON(`api/workspaces/${encodeURIComponent(id)}`);
   } catch (err) {
     $("details-facts").replaceChildren(el("dd", "", `could not load: ${err.message}`));
     return;
@@ -1074,7 +1075,7 @@ async function fetchWorkspace(id) {
   if (fetching.has(id)) return;
   fetching.add(id);
   try {
-    const ws = await getJSON(`/api/workspaces/${id}`);
+    const ws = await getJSON(`api/workspaces/${id}`);
     if (ws.status === "removed") drop(id); else upsert(ws, true);
   } catch (err) {
     console.warn("board: could not fetch workspace", id, err);
@@ -1108,7 +1109,7 @@ async function start() {
   setLink("connecting", "loading…");
   let first;
   try {
-    first = await getJSON(`/api/snapshot?limit=${FIRST_PAGE}`);
+    first = await getJSON(`api/snapshot?limit=${FIRST_PAGE}`);
   } catch (err) {
     setLink("down", "registry unreachable, retrying…");
     setTimeout(() => { if (mine === generation) start(); }, 3000);
@@ -1125,7 +1126,7 @@ async function start() {
   // The next page is asked for before this one is added: the server works while we do.
   const pageAfter = (cursor) => {
     if (!cursor) return null;
-    const pending = getJSON(`/api/snapshot?limit=${PAGE}&after=${encodeURIComponent(cursor)}`);
+    const pending = getJSON(`api/snapshot?limit=${PAGE}&after=${encodeURIComponent(cursor)}`);
     pending.catch(() => {}); // awaited below, unless a newer load took over
     return pending;
   };
@@ -1152,7 +1153,7 @@ async function start() {
 }
 
 function follow(position) {
-  source = new EventSource(`/api/events?since=${encodeURIComponent(position)}`);
+  source = new EventSource(`api/events?since=${encodeURIComponent(position)}`);
   source.addEventListener("registry", (msg) => apply(JSON.parse(msg.data)));
   // Heartbeats and task updates, the newest per workspace, from the broadcast channel.
   source.addEventListener("beats", (msg) => { for (const ev of JSON.parse(msg.data)) apply(ev); });
@@ -1161,7 +1162,17 @@ function follow(position) {
     start(); // heartbeats in the gap are gone: the database has the truth
   });
   source.onopen = openLink;
-  source.onerror = () => setLink("down", "reconnecting…"); // EventSource retries by itself
+  const mine = source;
+  source.onerror = () => {
+    // A stream refused outright (503: the board's stream cap, or Redis down) is not
+    // retried by EventSource: load again a little later. A dropped one is retried.
+    if (mine === source && mine.readyState === EventSource.CLOSED) {
+      setLink("down", "event stream refused, retrying…");
+      setTimeout(() => { if (mine === source) start(); }, STREAM_RETRY_MS);
+      return;
+    }
+    setLink("down", "reconnecting…");
+  };
 }
 
 // Pick up what publishes no event (a workspace created in provisioning, a pause): only
@@ -1170,7 +1181,7 @@ async function refresh() {
   if (!lastSync || loading) return;
   const since = new Date(Date.parse(lastSync) - REFRESH_OVERLAP_MS).toISOString();
   try {
-    const delta = await getJSON(`/api/snapshot?changed_since=${encodeURIComponent(since)}`);
+    const delta = await getJSON(`api/snapshot?changed_since=${encodeURIComponent(since)}`);
     clockOffsetMs = Date.parse(delta.server_time) - Date.now();
     lastSync = delta.server_time;
     for (const row of delta.workspaces) {
