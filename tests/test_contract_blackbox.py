@@ -521,7 +521,7 @@ def test_can_communicate_by_name(
         return result["allowed"]
 
     assert allowed(child, child)
-    assert allowed(root, other_root)  # siblings at the root
+    assert not allowed(root, other_root)  # two roots are not siblings (§12)
     assert allowed(root, grandchild)  # ancestor
     assert allowed(grandchild, root)  # descendant
     assert not allowed(grandchild, cousin)
