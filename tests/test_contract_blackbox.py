@@ -485,7 +485,7 @@ def test_backstop_and_provisioning_sweeps_count_their_changes(
     assert row(db, prov)["last_sample_error"]
     failed = [p for t, p in events(db, prov) if t == "WORKSPACE_PROVISION_FAILED"]
     assert failed and failed[0]["source"] == "provision_timeout_sweep"
-    assert failed[0]["timeout_secs"] == 600 and failed[0]["runtime"] == "langgraph"
+    assert failed[0]["timeout_secs"] == 720 and failed[0]["runtime"] == "langgraph"
 
 
 # --- §9 can_communicate -----------------------------------------------------------------
