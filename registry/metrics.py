@@ -4,6 +4,8 @@ Series (see docs/OPERATIONS.md):
 
 - `registry_heartbeats_total{outcome}`            heartbeats handled: ok, ignored, rejected, …
 - `registry_heartbeats_rejected_total{reason}`    refused before they applied: invalid, unauthorized, …
+- `registry_heartbeat_cards_skipped_total{reason}` heartbeat `agent_card`s not used for the
+                                                  backfill: not_an_object, invalid, url_refused
 - `registry_transitions_total{from,to}`           status transitions applied
 - `registry_sweep_runs_total{sweep,outcome}`      sweep runs: ok or error
 - `registry_sweep_duration_seconds{sweep}`        histogram of sweep run time
@@ -36,6 +38,11 @@ HEARTBEATS = Counter("registry_heartbeats_total", "Heartbeats handled, by outcom
 HEARTBEATS_REJECTED = Counter(
     "registry_heartbeats_rejected_total",
     "Heartbeats refused before they could apply, by reason",
+    ["reason"],
+)
+HEARTBEAT_CARDS_SKIPPED = Counter(
+    "registry_heartbeat_cards_skipped_total",
+    "Heartbeat agent cards not used to backfill a workspace's card, by reason",
     ["reason"],
 )
 TRANSITIONS = Counter(

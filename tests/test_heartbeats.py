@@ -64,10 +64,13 @@ ROWS: list[tuple[str, str, bool, dict[str, Any], str, tuple[str, dict] | None]] 
      "online", ("WORKSPACE_ONLINE", {"recovered_from": "provisioning"})),
     ("awaiting_agent registered before", "awaiting_agent", True, {},
      "online", ("WORKSPACE_ONLINE", {"recovered_from": "awaiting_agent"})),
-    ("awaiting_agent never registered", "awaiting_agent", False, {}, "awaiting_agent", None),
+    # CONTRACT §12: unconditional now (the original's newest registry).
+    ("awaiting_agent never registered", "awaiting_agent", False, {},
+     "online", ("WORKSPACE_ONLINE", {"recovered_from": "awaiting_agent"})),
     ("paused", "paused", True, {"error_rate": 0.9}, "paused", None),
     ("hibernated", "hibernated", True, {}, "hibernated", None),
-    ("failed", "failed", False, {}, "failed", None),
+    ("failed", "failed", False, {},
+     "online", ("WORKSPACE_ONLINE", {"recovered_from": "failed"})),
 ]  # fmt: skip
 
 
