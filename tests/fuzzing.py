@@ -345,7 +345,9 @@ def check_blocked_url(url: str, always: bool, saas: bool) -> None:
     try:
         check_agent_url(url, saas=saas, resolver=NoLookup())
     except UnsafeURL as exc:
-        assert exc.rule in ("blocked_range", "private_range"), (url, exc.rule, str(exc))
+        # A URL with userinfo is refused for that first (CONTRACT §6, amended).
+        named = ("blocked_range", "private_range") + (("userinfo",) if "@" in url else ())
+        assert exc.rule in named, (url, exc.rule, str(exc))
         return
     raise AssertionError(f"blocked address passed the guard: {url!r}")
 
