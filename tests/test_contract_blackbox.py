@@ -28,6 +28,8 @@ STREAM = "events:stream"
 # RFC 3339, UTC: a `Z` or `+00:00` offset.
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 CARD = {"name": "agent", "skills": []}
+# What a registration stores and announces: an empty description is the name (§12).
+STORED_CARD = {**CARD, "description": "agent"}
 
 
 def send(celery_app: Celery, name: str, payload: Any = None, queue: str = "registry") -> Any:
@@ -258,8 +260,12 @@ def test_event_json_format_on_channel_and_stream(
         assert event["workspace_id"] == ws
         assert RFC3339_UTC.match(event["timestamp"]), event["timestamp"]
         assert datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).tzinfo
-        assert event["payload"] == {"url": None, "agent_card": CARD, "delivery_mode": "poll"} or (
-            event["payload"]["agent_card"] == CARD
+        assert event["payload"] == {
+            "url": None,
+            "agent_card": STORED_CARD,
+            "delivery_mode": "poll",
+        } or (
+            event["payload"]["agent_card"] == STORED_CARD
             and event["payload"]["delivery_mode"] == "poll"
             and set(event["payload"]) == {"url", "agent_card", "delivery_mode"}
         )
@@ -299,7 +305,7 @@ def test_register_redelivery_same_id_and_payload_gets_the_same_token(
     ).get(timeout=30)
     assert other["status"] == "unauthorized"
     assert first["auth_token"] not in json.dumps(other)
-    assert row(db, ws)["agent_card"] == CARD
+    assert row(db, ws)["agent_card"] == STORED_CARD
     # A fresh message without the token is refused; with it, accepted (no new token).
     assert register(celery_app, ws)["status"] == "unauthorized"
     ok = register(celery_app, ws, auth_token=first["auth_token"])
@@ -643,7 +649,7 @@ def test_health_sweep_sends_stale_remote_agents_to_awaiting_agent(
     with db.begin() as conn:
         conn.execute(
             text(
-                "UPDATE workspaces SET last_heartbeat_at = now() - interval '100 seconds' "
+                "UPDATE workspaces SET last_heartbeat_at = now() - interval '200 seconds' "
                 "WHERE id = :id"
             ),
             {"id": ext},
@@ -851,7 +857,7 @@ def test_update_card_of_removed_or_unknown_workspace_changes_nothing(
         assert result["status"] in ("rejected", "unauthorized"), result
         assert result["error"]
     assert snapshot(db) == before
-    assert row(db, ws)["agent_card"] == CARD
+    assert row(db, ws)["agent_card"] == STORED_CARD
 
 
 def test_create_workspace_refusals_change_nothing(
