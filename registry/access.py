@@ -112,7 +112,7 @@ def denial_reason(conn: Connection, caller_id: UUID, target_id: UUID) -> str:
     """
     try:
         rows = conn.execute(
-            text("SELECT id, status FROM workspaces WHERE id IN (:caller, :target)"),
+            text("SELECT id, status, parent_id FROM workspaces WHERE id IN (:caller, :target)"),
             {"caller": caller_id, "target": target_id},
         ).all()
     except SQLAlchemyError:  # e.g. the transaction was aborted by a failed check
@@ -124,4 +124,6 @@ def denial_reason(conn: Connection, caller_id: UUID, target_id: UUID) -> str:
             return f"{field}: unknown workspace {ws}"
         if status == "removed":
             return f"{field}: workspace {ws} was removed"
+    if all(row.parent_id is None for row in rows):
+        return "not related: two workspaces without a parent are not siblings"
     return "not related: neither the same workspace, siblings, nor ancestor and descendant"

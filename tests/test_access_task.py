@@ -99,7 +99,9 @@ def test_every_rule_through_the_task(tree: Tree, worker, celery_app) -> None:
         assert answer["allowed"] is allowed, why
         assert ("reason" in answer) is (not allowed), why
     assert answers[("child", "cousin")]["reason"].startswith("not related")
-    assert answers[("root", "other_root")]["reason"].startswith("not related")
+    assert answers[("root", "other_root")]["reason"] == (
+        "not related: two workspaces without a parent are not siblings"
+    )
     assert answers[("root", "removed")]["reason"] == (
         f"target_id: workspace {tree.removed} was removed"
     )
