@@ -18,6 +18,7 @@ from ingest_helpers import (
     insert_workspace,
     new_id,
     recorded_events,
+    register_now,
     run_message,
     set_status,
     workspace,
@@ -26,7 +27,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
 from molecule_registry_client.names import HEARTBEAT_TASK, REGISTER_TASK
+from registry.ingestion.heartbeats import apply_heartbeats
+from registry.ingestion.payloads import HeartbeatPayload, parse_payload
 from registry.ingestion.registration import keeps_provisioner_url
+from registry.uow import unit_of_work
 
 pytestmark = pytest.mark.integration
 
@@ -456,3 +460,38 @@ def test_a_stored_trick_url_is_never_kept(db: Engine, worker: Any, celery_app: C
     ws = insert_workspace(db, status="online", url=TRICK_URL)
     register_msg(celery_app, ws, url=GOOD_URL, delivery_mode="push")
     assert workspace(db, ws).url == GOOD_URL
+
+
+def test_a_heartbeat_card_is_looked_up_only_when_authorised_and_wanted(db: Engine) -> None:
+    # A card's URL check may wait on DNS: never for a stranger, never for a card that
+    # would change nothing (the row has one and no register failure to clear).
+    looked_up: list[str] = []
+
+    def resolver(host: str) -> list[str]:
+        looked_up.append(host)
+        return ["93.184.216.34"]
+
+    ws = new_id()
+    token = register_now(ws, card={"name": "agent"})["auth_token"]
+    with db.begin() as conn:
+        conn.execute(text("UPDATE workspaces SET agent_card = NULL WHERE id = :id"), {"id": ws})
+    card = {"name": "agent", "url": "https://agent.example.com/a2a"}
+
+    def beat(auth: str | None) -> dict[str, Any]:
+        raw = {"workspace_id": ws, "agent_card": card, "auth_token": auth}
+        payload = parse_payload(HeartbeatPayload, {k: v for k, v in raw.items() if v})
+        with unit_of_work() as uow:
+            (result,) = apply_heartbeats(uow, [payload], resolver=resolver)
+        return result
+
+    assert beat("forged")["status"] == "unauthorized"
+    assert beat(None)["status"] == "unauthorized"
+    assert looked_up == []
+    assert workspace(db, ws).agent_card is None
+
+    assert beat(token)["status"] == "ok"
+    assert looked_up == ["agent.example.com"]
+    assert workspace(db, ws).agent_card == card
+
+    assert beat(token)["status"] == "ok"  # the row has a card now: no lookup
+    assert looked_up == ["agent.example.com"]
