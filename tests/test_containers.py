@@ -481,3 +481,24 @@ def test_backend_docker_honours_tls_settings(tmp_path: Path) -> None:
         assert client.api.cert == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("raw", ["has space", "a/b", "x" * 65, "label=value", "ünïcode", "a,b"])
+def test_invalid_platform_instance_id_falls_back_loudly(
+    raw: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry import config
+
+    monkeypatch.setattr(config, "_warned", set())  # "once" is per process; start afresh
+    with caplog.at_level(logging.WARNING, logger="registry.config"):
+        loaded = [config.load({"PLATFORM_INSTANCE_ID": raw}) for _ in range(2)]
+    assert {s.platform_instance_id for s in loaded} == {"default"}
+    warnings = [r.getMessage() for r in caplog.records if "PLATFORM_INSTANCE_ID" in r.getMessage()]
+    assert len(warnings) == 1 and "using the default 'default'" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("raw", ["default", "a1b2c3d4e5f60718", "prod.eu-1_blue", "x" * 64])
+def test_valid_platform_instance_ids(raw: str) -> None:
+    from registry import config
+
+    assert config.load({"PLATFORM_INSTANCE_ID": f" {raw} "}).platform_instance_id == raw
