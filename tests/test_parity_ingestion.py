@@ -26,7 +26,7 @@ from ingest_helpers import (
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
-from molecule_registry_client.names import HEARTBEAT_TASK, REGISTER_TASK
+from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, HEARTBEAT_TASK, REGISTER_TASK
 from registry.ingestion.heartbeats import apply_heartbeats
 from registry.ingestion.payloads import HeartbeatPayload, parse_payload
 from registry.ingestion.registration import keeps_provisioner_url
@@ -495,3 +495,27 @@ def test_a_heartbeat_card_is_looked_up_only_when_authorised_and_wanted(db: Engin
 
     assert beat(token)["status"] == "ok"  # the row has a card now: no lookup
     assert looked_up == ["agent.example.com"]
+
+
+def test_a_batch_applies_the_new_fields_and_refuses_a_bad_is_busy_alone(
+    db: Engine, worker: Any, celery_app: Celery
+) -> None:
+    filled, busy, bad = (insert_workspace(db, status="online") for _ in range(3))
+    bad_before = row_json(db, bad)
+    card = {"name": "from-a-batch"}
+    envelope = {
+        "heartbeats": [
+            {"workspace_id": filled, "agent_card": card},
+            {"workspace_id": busy, "is_busy": True},
+            {"workspace_id": bad, "is_busy": "no"},
+            {"workspace_id": filled, "agent_card": {"name": "second"}, "active_tasks": 1},
+        ]
+    }
+
+    result = run_message(celery_app, HEARTBEAT_BATCH_TASK, envelope)
+
+    assert result == {"status": "ok", "applied": 3, "ignored": 0, "rejected": 1, "unauthorized": 0}
+    assert workspace(db, filled).agent_card == card  # the first card filled it; kept
+    assert workspace(db, filled).is_busy is True  # the last heartbeat: active_tasks 1
+    assert workspace(db, busy).is_busy is True
+    assert row_json(db, bad) == bad_before
