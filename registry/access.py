@@ -3,7 +3,10 @@
 Allowed when any of these holds:
 
 - caller = target;
-- siblings: same `parent_id`, or both at the root (`parent_id` NULL);
+- siblings: the same (non-null) `parent_id`. Two workspaces that both have no
+  parent are NOT siblings (CONTRACT §9 as amended by §12, like the original's newest
+  registry): unrelated top-level workspaces, often of different teams, must not reach
+  each other just because nobody nested them;
 - the caller is an ancestor of the target (any number of levels up, within the bound);
 - the caller is a descendant of the target (likewise).
 
@@ -56,7 +59,7 @@ _QUERY = text(
     )
     SELECT c.id IS NOT NULL AND t.id IS NOT NULL AND (
                c.id = t.id
-               OR c.parent_id IS NOT DISTINCT FROM t.parent_id  -- siblings, or both roots
+               OR c.parent_id = t.parent_id  -- siblings; two roots (NULL) are not
                OR EXISTS (SELECT 1 FROM chain a                -- caller is an ancestor
                            WHERE a.origin = t.id AND a.depth > 0 AND a.id = c.id)
                OR EXISTS (SELECT 1 FROM chain d                -- caller is a descendant
@@ -109,7 +112,7 @@ def denial_reason(conn: Connection, caller_id: UUID, target_id: UUID) -> str:
     """
     try:
         rows = conn.execute(
-            text("SELECT id, status FROM workspaces WHERE id IN (:caller, :target)"),
+            text("SELECT id, status, parent_id FROM workspaces WHERE id IN (:caller, :target)"),
             {"caller": caller_id, "target": target_id},
         ).all()
     except SQLAlchemyError:  # e.g. the transaction was aborted by a failed check
@@ -121,4 +124,6 @@ def denial_reason(conn: Connection, caller_id: UUID, target_id: UUID) -> str:
             return f"{field}: unknown workspace {ws}"
         if status == "removed":
             return f"{field}: workspace {ws} was removed"
+    if all(row.parent_id is None for row in rows):
+        return "not related: two workspaces without a parent are not siblings"
     return "not related: neither the same workspace, siblings, nor ancestor and descendant"

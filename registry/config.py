@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -74,6 +75,17 @@ def boolean(raw: str) -> bool:
 
 def text(raw: str) -> str:
     return raw.strip()
+
+
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def instance_id(raw: str) -> str:
+    """A platform instance id: it goes into a Docker label filter, so a plain token."""
+    value = raw.strip()
+    if not _INSTANCE_ID.match(value):
+        raise ValueError("must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    return value
 
 
 def queue_type(raw: str) -> str:
@@ -155,14 +167,14 @@ class Settings:
     remote_liveness_stale_after: int = _opt(
         "REMOTE_LIVENESS_STALE_AFTER",
         positive_int,
-        90,
+        180,
         "seconds without heartbeat before an external workspace becomes `awaiting_agent`",
     )
     provision_timeout_seconds: int | None = _opt(
         "PROVISION_TIMEOUT_SECONDS",
         positive_int,
         None,
-        "a positive integer replaces every runtime's provisioning timeout (10 min; `hermes` 30 min)",
+        "a positive integer replaces every runtime's provisioning timeout (12 min; `hermes` 30 min)",
     )
     deploy_mode: str = _opt(
         "MOLECULE_DEPLOY_MODE",
@@ -282,6 +294,14 @@ class Settings:
         "none",
         "`docker` enables the container checker, hibernation stopper and orphan reaper "
         "(Docker Engine API; `DOCKER_HOST` honoured); `none` disables them",
+    )
+    platform_instance_id: str = _opt(
+        "PLATFORM_INSTANCE_ID",
+        instance_id,
+        "default",
+        "the provisioner's `molecule.platform.instance` label value (copy it from the "
+        "provisioner: the first 16 hex digits of the SHA-256 of its database URL); the "
+        "orphan sweep reaps a rowless container only when it carries this instance's id",
     )
     token_secret: str = _opt(
         "REGISTRY_TOKEN_SECRET",

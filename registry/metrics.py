@@ -4,6 +4,8 @@ Series (see docs/OPERATIONS.md):
 
 - `registry_heartbeats_total{outcome}`            heartbeats handled: ok, ignored, rejected, …
 - `registry_heartbeats_rejected_total{reason}`    refused before they applied: invalid, unauthorized, …
+- `registry_heartbeat_cards_skipped_total{reason}` heartbeat `agent_card`s not used for the
+                                                  backfill: not_an_object, invalid, url_refused
 - `registry_transitions_total{from,to}`           status transitions applied
 - `registry_sweep_runs_total{sweep,outcome}`      sweep runs: ok or error
 - `registry_sweep_duration_seconds{sweep}`        histogram of sweep run time
@@ -43,6 +45,11 @@ MESSAGES_REFUSED = Counter(
     "Messages refused at intake before any task ran (malformed envelope, headers or body), "
     "by task (`unknown` when the name is not a registry task) and reason",
     ["task", "reason"],
+)
+HEARTBEAT_CARDS_SKIPPED = Counter(
+    "registry_heartbeat_cards_skipped_total",
+    "Heartbeat agent cards not used to backfill a workspace's card, by reason",
+    ["reason"],
 )
 TRANSITIONS = Counter(
     "registry_transitions_total", "Status transitions applied, by from and to", ["from", "to"]

@@ -21,6 +21,14 @@ class Status(StrEnum):
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
 EXTERNAL_RUNTIME = "external"
+# A runtime with no container of its own (the original's test and demo runtime): the
+# container sweeps leave it alone, like `external` (CONTRACT §12).
+MOCK_RUNTIME = "mock"
+# Runtimes whose delivery mode defaults to poll (CONTRACT §4.1 step 2, §12): they run
+# where the platform cannot dial them.
+POLL_RUNTIMES: frozenset[str] = frozenset({EXTERNAL_RUNTIME, "kimi", "kimi-cli"})
+# Runtimes without a platform container: no container check, no stale-token revoking.
+CONTAINERLESS_RUNTIMES: tuple[str, ...] = (EXTERNAL_RUNTIME, MOCK_RUNTIME)
 DEFAULT_RUNTIME = "langgraph"
 
 

@@ -12,13 +12,22 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from registry.sweeps.containers import (
+    DEFAULT_INSTANCE_ID,
+    INSTANCE_LABEL,
     MANAGED_LABEL,
     MANAGED_LABEL_VALUE,
     ContainerError,
     ManagedContainer,
     container_name,
-    volume_name,
+    container_names,
+    legacy_container_name,
+    volume_names,
 )
+
+# The labels of a container this registry's platform instance manages.
+OURS = {MANAGED_LABEL: MANAGED_LABEL_VALUE, INSTANCE_LABEL: DEFAULT_INSTANCE_ID}
+# Managed by another platform instance sharing the engine.
+THEIRS = {MANAGED_LABEL: MANAGED_LABEL_VALUE, INSTANCE_LABEL: "0123456789abcdef"}
 
 
 @dataclass
@@ -28,13 +37,16 @@ class FakeContainers:
     - `running`: workspace ids whose container runs (`is_running` → True);
     - `failing`: workspace ids for which `is_running` and `stop` raise ContainerError;
     - `stop_fails`: when True, every `stop`/`stop_container` raises ContainerError;
-    - `managed`: container names `list_managed` reports (`ws-<prefix>`);
-    - `unlabelled`: `ws-<prefix>` container names without the managed label;
-      `list_workspace_containers` reports these and the managed ones, the name
-      unchecked, like an engine ignoring its filter (the sweep's own guard decides);
+    - `managed`: container names `list_managed` reports (`ws-<id>` or legacy
+      `ws-<prefix>`), carrying both labels with this instance's id;
+    - `unlabelled`: container names without the managed labels;
+    - `foreign`: container names managed by another platform instance (`list_managed`
+      leaves them out, as the engine's label filter does);
+      `list_workspace_containers` reports all three, the name unchecked, like an
+      engine ignoring its filter (the sweep's own guard decides);
     - `list_fails`: when True, both listings raise ContainerError;
     - `failing_names`: container names whose `stop_container` raises;
-    - `volume_fails`: prefixes whose `remove_volume` raises.
+    - `volume_fails`: keys (full id or legacy prefix) whose `remove_volume` raises.
 
     Records: `calls` (method, argument) in order; `stopped` container names and
     `removed_volumes` volume names that succeeded. A successful stop also takes the
@@ -47,6 +59,7 @@ class FakeContainers:
     stop_fails: bool = False
     managed: set[str] = field(default_factory=set)
     unlabelled: set[str] = field(default_factory=set)
+    foreign: set[str] = field(default_factory=set)
     list_fails: bool = False
     failing_names: set[str] = field(default_factory=set)
     volume_fails: set[str] = field(default_factory=set)
@@ -75,7 +88,10 @@ class FakeContainers:
         self._record("stop", workspace_id)
         if workspace_id in self.failing:
             raise ContainerError(f"fake: cannot stop {container_name(workspace_id)}")
-        self._stop(container_name(workspace_id))
+        # The current name first, then the legacy one (as DockerContainers does).
+        existing = self.managed | self.unlabelled | self.foreign
+        names = [n for n in container_names(workspace_id) if n in existing]
+        self._stop(names[0] if names else container_name(workspace_id))
         self.running.discard(workspace_id)
 
     # ContainerReaper
@@ -84,11 +100,7 @@ class FakeContainers:
         if self.list_fails:
             raise ContainerError("fake: cannot list containers")
         return [
-            ManagedContainer(
-                name=name,
-                workspace_prefix=name.removeprefix("ws-"),
-                labels={MANAGED_LABEL: MANAGED_LABEL_VALUE},
-            )
+            ManagedContainer(name=name, workspace_prefix=name.removeprefix("ws-"), labels=OURS)
             for name in sorted(self.managed)
         ]
 
@@ -96,42 +108,56 @@ class FakeContainers:
         self._record("list_workspace_containers", None)
         if self.list_fails:
             raise ContainerError("fake: cannot list containers")
-        labelled = {MANAGED_LABEL: MANAGED_LABEL_VALUE}
+
+        def labels(name: str) -> dict[str, str]:
+            return OURS if name in self.managed else THEIRS if name in self.foreign else {}
+
         return [
             ManagedContainer(
-                name=name,
-                workspace_prefix=name.removeprefix("ws-"),
-                labels=labelled if name in self.managed else {},
+                name=name, workspace_prefix=name.removeprefix("ws-"), labels=labels(name)
             )
-            for name in sorted(self.managed | self.unlabelled)
+            for name in sorted(self.managed | self.unlabelled | self.foreign)
             if name.startswith("ws-")
         ]
 
     def stop_container(self, name: str) -> None:
         self._record("stop_container", name)
         self._stop(name)
-        self.running = {ws for ws in self.running if container_name(ws) != name}
+        self.running = {ws for ws in self.running if name not in container_names(ws)}
 
     def remove_volume(self, workspace_prefix: str) -> None:
         self._record("remove_volume", workspace_prefix)
         if workspace_prefix in self.volume_fails:
-            raise ContainerError(f"fake: cannot remove {volume_name(workspace_prefix)}")
+            raise ContainerError(f"fake: cannot remove {volume_names(workspace_prefix)}")
         with self._lock:
-            self.removed_volumes.append(volume_name(workspace_prefix))
+            self.removed_volumes.extend(volume_names(workspace_prefix))
 
-    def add_managed(self, workspace_id: UUID | str, *, running: bool = True) -> str:
-        """Pretend the platform started a container for `workspace_id`; its name."""
-        name = container_name(workspace_id)
+    def add_managed(
+        self, workspace_id: UUID | str, *, running: bool = True, legacy: bool = False
+    ) -> str:
+        """Pretend the platform started a container for `workspace_id`; its name
+        (`ws-<id>`, or the legacy `ws-<first 12>`)."""
+        name = self._name(workspace_id, legacy)
         self.managed.add(name)
         if running and isinstance(workspace_id, UUID):
             self.running.add(workspace_id)
         return name
 
-    def add_unlabelled(self, workspace_id: UUID | str) -> str:
-        """A `ws-<prefix>` container without the managed label; its name."""
-        name = container_name(workspace_id)
+    def add_unlabelled(self, workspace_id: UUID | str, *, legacy: bool = False) -> str:
+        """A workspace-named container without the managed labels; its name."""
+        name = self._name(workspace_id, legacy)
         self.unlabelled.add(name)
         return name
+
+    def add_foreign(self, workspace_id: UUID | str, *, legacy: bool = False) -> str:
+        """A container another platform instance manages on the same engine; its name."""
+        name = self._name(workspace_id, legacy)
+        self.foreign.add(name)
+        return name
+
+    @staticmethod
+    def _name(workspace_id: UUID | str, legacy: bool) -> str:
+        return legacy_container_name(workspace_id) if legacy else container_name(workspace_id)
 
     def _stop(self, name: str) -> None:
         if self.stop_fails or name in self.failing_names:
@@ -140,3 +166,4 @@ class FakeContainers:
             self.stopped.append(name)
             self.managed.discard(name)
             self.unlabelled.discard(name)
+            self.foreign.discard(name)

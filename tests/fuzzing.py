@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from registry.ingestion import payloads
 from registry.ingestion.payloads import PayloadError, parse_payload
-from registry.ingestion.registration import check_url_for_mode
+from registry.ingestion.registration import agent_url_for
 from registry.ingestion.urlguard import RANGES, UnsafeURL, check_agent_url, embedded_ipv4
 from registry.outcomes import Rejected
 
@@ -205,9 +205,10 @@ def check_payload(model: type, raw: Any) -> bool:
         # The next gate a registration meets: the URL check names the field or passes.
         for mode in ("push", "poll"):
             try:
-                check_url_for_mode(parsed.url, mode, NoAnswer())
+                agent_url_for(parsed, mode, NoAnswer())
             except Rejected as exc:
-                assert str(exc).startswith("url: "), str(exc)
+                # Push mode may fall back to the card's url (CONTRACT §12).
+                assert str(exc).startswith(("url: ", "agent_card.url: ")), str(exc)
     return True
 
 
@@ -345,7 +346,9 @@ def check_blocked_url(url: str, always: bool, saas: bool) -> None:
     try:
         check_agent_url(url, saas=saas, resolver=NoLookup())
     except UnsafeURL as exc:
-        assert exc.rule in ("blocked_range", "private_range"), (url, exc.rule, str(exc))
+        # A URL with userinfo is refused for that first (CONTRACT §6, amended).
+        named = ("blocked_range", "private_range") + (("userinfo",) if "@" in url else ())
+        assert exc.rule in named, (url, exc.rule, str(exc))
         return
     raise AssertionError(f"blocked address passed the guard: {url!r}")
 

@@ -49,9 +49,12 @@ def test_siblings_under_a_parent(conn: Connection) -> None:
     assert can_communicate(conn, b, a)
 
 
-def test_both_at_the_root_are_siblings(conn: Connection) -> None:
+def test_TestCanCommunicate_Denied_RootSiblings(conn: Connection) -> None:
+    # CONTRACT §12: two workspaces without a parent may no longer talk to each other.
     a, b = add(conn), add(conn)
-    assert can_communicate(conn, a, b)
+    assert not can_communicate(conn, a, b)
+    assert not can_communicate(conn, b, a)
+    assert can_communicate(conn, a, a)  # the same root workspace still may
 
 
 def test_root_and_a_child_of_another_root_are_not(conn: Connection) -> None:
@@ -95,7 +98,7 @@ def test_removed_counts_as_unknown(conn: Connection) -> None:
     assert not can_communicate(conn, removed, live)
     assert not can_communicate(conn, removed, removed)
     assert not can_communicate(conn, parent, removed)
-    assert not can_communicate(conn, removed_root, parent)  # would be root siblings
+    assert not can_communicate(conn, removed_root, removed_root)  # not even itself
 
 
 def test_removed_intermediate_still_links_the_chain(conn: Connection) -> None:

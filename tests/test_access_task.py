@@ -65,7 +65,7 @@ def tree(db: Engine) -> Tree:
 RULES = [
     ("child", "child", True, "self"),
     ("child", "sibling", True, "siblings under one parent"),
-    ("root", "other_root", True, "both at the root"),
+    ("root", "other_root", False, "two roots are not siblings (CONTRACT §12)"),
     ("root", "grandchild", True, "caller is an ancestor (3 levels)"),
     ("grandchild", "root", True, "caller is a descendant (3 levels)"),
     ("parent", "child", True, "parent → child"),
@@ -99,6 +99,9 @@ def test_every_rule_through_the_task(tree: Tree, worker, celery_app) -> None:
         assert answer["allowed"] is allowed, why
         assert ("reason" in answer) is (not allowed), why
     assert answers[("child", "cousin")]["reason"].startswith("not related")
+    assert answers[("root", "other_root")]["reason"] == (
+        "not related: two workspaces without a parent are not siblings"
+    )
     assert answers[("root", "removed")]["reason"] == (
         f"target_id: workspace {tree.removed} was removed"
     )

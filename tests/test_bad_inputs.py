@@ -25,7 +25,7 @@ from ingest_helpers import (
     register_now,
     send,
 )
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from molecule_registry_client.names import (
     CREATE_WORKSPACE_TASK,
@@ -83,9 +83,6 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("register: agent_card NaN", REGISTER_TASK, reg(agent_card={"score": NAN}), "agent_card"),
     ("register: agent_card NUL", REGISTER_TASK, reg(agent_card={"x": "\x00"}), "agent_card"),
     ("register: agent_card lone surrogate", REGISTER_TASK, reg(agent_card={"x": "\ud800"}), "agent_card"),
-    ("register: push url scheme", REGISTER_TASK, reg(url="ftp://localhost/", delivery_mode="push"), "url"),
-    ("register: poll url scheme", REGISTER_TASK, reg(url="file:///etc/passwd", delivery_mode="poll"), "url"),
-    ("register: push url blocked", REGISTER_TASK, reg(url="http://169.254.169.254/", delivery_mode="push"), "url"),
     ("register: delivery_mode unknown", REGISTER_TASK, reg(delivery_mode="websocket"), "delivery_mode"),
     ("register: auth_token oversized", REGISTER_TASK, reg(auth_token="t" * 1000), "auth_token"),
     ("register: url with NUL", REGISTER_TASK, reg(url="http://localhost/\x00", delivery_mode="poll"), "url"),
@@ -127,6 +124,18 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("remove: unknown workspace", REMOVE_WORKSPACE_TASK, const({"workspace_id": new_id()}), "workspace_id"),
 ]  # fmt: skip
 
+# Registrations refused after their token was accepted (CONTRACT §12): the same
+# guarantees, except that workspaces.last_register_failure_at records the refusal.
+REGISTER_FAILURES: list[tuple[str, Build, str]] = [
+    ("register: push url scheme", reg(url="ftp://localhost/", delivery_mode="push"), "url"),
+    ("register: poll url scheme", reg(url="file:///etc/passwd", delivery_mode="poll"), "url"),
+    ("register: push url blocked", reg(url="http://169.254.169.254/", delivery_mode="push"), "url"),
+    ("register: poll url blocked", reg(url="http://127.0.0.1:8000/", delivery_mode="poll"), "url"),
+    ("register: poll url userinfo", reg(url="http://127.0.0.1@169.254.169.254/", delivery_mode="poll"), "url"),
+    ("register: push url missing", reg(delivery_mode="push"), "url"),
+    ("register: push card url blocked", reg(delivery_mode="push", agent_card={"url": "http://10.0.0.1/"}), "agent_card.url"),
+]  # fmt: skip
+
 # Valid input the hijack guard refuses: the same guarantees, status `unauthorized`.
 UNAUTHORIZED: list[tuple[str, str, Build]] = [
     ("register without the token", REGISTER_TASK, drop(reg(delivery_mode="poll"), "auth_token")),
@@ -143,11 +152,28 @@ def token(db: Engine) -> str:
 
 
 def deliver(
-    engine: Engine, client: redis.Redis, app: Celery, task: str, payload: Any
+    engine: Engine,
+    client: redis.Redis,
+    app: Celery,
+    task: str,
+    payload: Any,
+    *,
+    stamped: bool = False,
 ) -> dict[str, Any]:
-    """Send, wait for the single run, and prove PostgreSQL and Redis are untouched."""
+    """Send, wait for the single run, and prove PostgreSQL and Redis are untouched
+    (`stamped`: but for the register-failure stamp, which must then be set)."""
     before = (db_snapshot(engine), redis_snapshot(client))
     result = RECORDER.assert_ran_once(send(app, task, payload)).retval
+    if stamped:
+        with engine.begin() as conn:
+            cleared = conn.execute(
+                text(
+                    "UPDATE workspaces SET last_register_failure_at = NULL "
+                    "WHERE id = :id AND last_register_failure_at > now() - interval '1 minute'"
+                ),
+                {"id": WS},
+            ).rowcount
+        assert cleared == 1, "the refusal after auth was not recorded"
     assert (db_snapshot(engine), redis_snapshot(client)) == before
     return result
 
@@ -167,6 +193,26 @@ def test_bad_input_is_rejected_and_changes_nothing(
     field: str,
 ) -> None:
     result = deliver(db, redis_client, celery_app, task, build(token))
+    assert set(result) == {"status", "error"}, result
+    assert result["status"] == "rejected"
+    assert names_field(result["error"], field), result
+    assert token not in result["error"]
+
+
+@pytest.mark.parametrize(
+    ("build", "field"), [c[1:] for c in REGISTER_FAILURES], ids=[c[0] for c in REGISTER_FAILURES]
+)
+def test_registration_refused_after_auth_records_only_the_failure(
+    *,
+    db: Engine,
+    redis_client: redis.Redis,
+    worker: Any,
+    celery_app: Celery,
+    token: str,
+    build: Build,
+    field: str,
+) -> None:
+    result = deliver(db, redis_client, celery_app, REGISTER_TASK, build(token), stamped=True)
     assert set(result) == {"status", "error"}, result
     assert result["status"] == "rejected"
     assert names_field(result["error"], field), result

@@ -133,6 +133,14 @@ def test_a_dns_lookup_past_its_timeout_is_refused_and_changes_nothing(
     assert time.monotonic() - started < short_dns_timeout + 2
     assert answer["status"] == "rejected"
     assert "does not resolve" in str(answer["error"]) and "0.5 s" in str(answer["error"])
+    # Refused after its token was accepted: only the register-failure stamp (§12) is
+    # written. Clearing it gives back exactly the state before.
+    assert workspace(db, ws).last_register_failure_at is not None
+    with db.begin() as conn:
+        conn.execute(
+            text("UPDATE workspaces SET last_register_failure_at = NULL WHERE id = :id"),
+            {"id": ws},
+        )
     assert db_snapshot(db) == before
 
 
@@ -191,6 +199,6 @@ def test_a_task_past_its_time_limit_is_stopped_before_its_message_is_redelivered
         assert broker.hlen("unacked") == 0
         assert broker.llen("registry") == 0
     assert db_snapshot(db) == before  # the killed attempt committed nothing
-    assert workspace(db, ws).agent_card == {"name": "agent"}
+    assert workspace(db, ws).agent_card == {"name": "agent", "description": "agent"}
     assert uuid.UUID(sent.id)
     wait_until(lambda: lock_waiters(db) == 0)

@@ -91,7 +91,7 @@ def test_refusals_raise_with_the_registry_error_text(db, worker, client):
 
     with pytest.raises(RegistryRefused, match="unauthorized"):
         client.update_card(ws, {"name": "b"}, auth_token="not-the-token")
-    assert _row(db, ws).agent_card == {"name": "a"}
+    assert _row(db, ws).agent_card == {"name": "a", "description": "a"}  # filled in (§12)
 
 
 def test_messages_are_routed_by_name_as_json_to_the_right_queues():

@@ -15,6 +15,7 @@ from fakes import FakeContainers
 from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
 from registry.config import Settings
 from registry.sweeps.containers import (
+    INSTANCE_LABEL,
     MANAGED_LABEL,
     ContainerChecker,
     ContainerError,
@@ -24,13 +25,18 @@ from registry.sweeps.containers import (
     ManagedContainer,
     container_backend,
     container_name,
+    container_names,
     id_prefix,
-    volume_name,
+    legacy_container_name,
+    volume_names,
 )
 
-MANAGED = {MANAGED_LABEL: "true"}
+MANAGED = {MANAGED_LABEL: "true", INSTANCE_LABEL: "default"}
+OTHER_INSTANCE = {MANAGED_LABEL: "true", INSTANCE_LABEL: "0123456789abcdef"}
 WS = UUID("0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b")
-WS_NAME = "ws-0f3c2a9b-1d2"
+WS_NAME = "ws-0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b"
+LEGACY_NAME = "ws-0f3c2a9b-1d2"
+OTHER = "ws-aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"  # another workspace's container
 
 
 @pytest.fixture
@@ -46,10 +52,20 @@ def docker_containers(engine: FakeDockerEngine) -> Iterator[DockerContainers]:
 
 
 def test_naming_contract() -> None:
+    # CONTRACT §12: the original's newest provisioner names, legacy still recognised.
     assert id_prefix(WS) == "0f3c2a9b-1d2"
-    assert container_name(WS) == WS_NAME
-    assert container_name(str(WS)) == WS_NAME
-    assert volume_name("0f3c2a9b-1d2") == "ws-0f3c2a9b-1d2-data"
+    assert container_name(WS) == container_name(str(WS)) == WS_NAME
+    assert legacy_container_name(WS) == LEGACY_NAME
+    assert container_names(WS) == (WS_NAME, LEGACY_NAME)
+    assert volume_names(str(WS)) == (f"{WS_NAME}-configs", f"{WS_NAME}-claude-sessions")
+    assert volume_names("0f3c2a9b-1d2") == (
+        "ws-0f3c2a9b-1d2-configs",
+        "ws-0f3c2a9b-1d2-claude-sessions",
+    )
+    assert (MANAGED_LABEL, INSTANCE_LABEL) == (
+        "molecule.platform.managed",
+        "molecule.platform.instance",
+    )
 
 
 def test_implementations_satisfy_the_protocols(engine: FakeDockerEngine) -> None:
@@ -76,8 +92,22 @@ def test_is_running_stopped(engine: FakeDockerEngine, docker_containers: DockerC
     assert docker_containers.is_running(WS) is False
 
 
-def test_is_running_missing_container_is_a_real_no(docker_containers: DockerContainers) -> None:
+def test_is_running_falls_back_to_the_legacy_name(
+    engine: FakeDockerEngine, docker_containers: DockerContainers
+) -> None:
+    engine.add_container(LEGACY_NAME, running=True)
+    assert docker_containers.is_running(WS) is True
+    assert [r.path for r in engine.requests] == [
+        f"/containers/{WS_NAME}/json",  # 404 first
+        f"/containers/{LEGACY_NAME}/json",
+    ]
+
+
+def test_is_running_missing_container_is_a_real_no(
+    engine: FakeDockerEngine, docker_containers: DockerContainers
+) -> None:
     assert docker_containers.is_running(WS) is False
+    assert len(engine.requests) == 2  # both names asked; 404 twice is "not running"
 
 
 def test_is_running_engine_error_raises(
@@ -85,7 +115,7 @@ def test_is_running_engine_error_raises(
 ) -> None:
     engine.add_container(WS_NAME)
     engine.fail[WS_NAME] = 500
-    with pytest.raises(ContainerError, match="inspect ws-0f3c2a9b-1d2"):
+    with pytest.raises(ContainerError, match=f"inspect {WS_NAME}"):
         docker_containers.is_running(WS)
 
 
@@ -124,7 +154,19 @@ def test_stop(engine: FakeDockerEngine, docker_containers: DockerContainers) -> 
     docker_containers.stop(WS)
     assert engine.containers[WS_NAME].running is False
     assert len(engine.requests_to("POST", f"/containers/{WS_NAME}/stop")) == 1
-    assert len(engine.requests) == 1  # no inspect before the stop
+    assert len(engine.requests) == 1  # no inspect before the stop, no legacy try
+
+
+def test_stop_falls_back_to_the_legacy_name(
+    engine: FakeDockerEngine, docker_containers: DockerContainers
+) -> None:
+    engine.add_container(LEGACY_NAME, running=True)
+    docker_containers.stop(WS)
+    assert engine.containers[LEGACY_NAME].running is False
+    assert [r.path for r in engine.requests] == [
+        f"/containers/{WS_NAME}/stop",
+        f"/containers/{LEGACY_NAME}/stop",
+    ]
 
 
 def test_stop_already_stopped_is_success(
@@ -132,13 +174,15 @@ def test_stop_already_stopped_is_success(
 ) -> None:
     engine.add_container(WS_NAME, running=False)
     docker_containers.stop(WS)  # the engine answers 304
+    assert len(engine.requests) == 1  # stopped already is found: no legacy try
 
 
 def test_stop_missing_container_is_success(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
-    docker_containers.stop(WS)
+    docker_containers.stop(WS)  # 404 on both names counts as stopped
     assert len(engine.requests_to("POST", f"/containers/{WS_NAME}/stop")) == 1
+    assert len(engine.requests_to("POST", f"/containers/{LEGACY_NAME}/stop")) == 1
 
 
 def test_stop_engine_error_raises(
@@ -146,16 +190,17 @@ def test_stop_engine_error_raises(
 ) -> None:
     engine.add_container(WS_NAME)
     engine.fail[WS_NAME] = 500
-    with pytest.raises(ContainerError, match="stop ws-0f3c2a9b-1d2"):
+    with pytest.raises(ContainerError, match=f"stop {WS_NAME}"):
         docker_containers.stop(WS)
+    assert engine.requests_to("POST", f"/containers/{LEGACY_NAME}/stop") == []  # no guess
 
 
 def test_stop_container_by_name(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
-    engine.add_container("ws-abcdef012345", running=True)
-    docker_containers.stop_container("ws-abcdef012345")
-    assert engine.containers["ws-abcdef012345"].running is False
+    engine.add_container(OTHER, running=True)
+    docker_containers.stop_container(OTHER)
+    assert engine.containers[OTHER].running is False
 
 
 @pytest.mark.parametrize("name", ["../volumes/x", "ws-1/stop", "", "ws-a?all=1", "-ws"])
@@ -167,7 +212,20 @@ def test_unsafe_names_never_reach_the_engine(
     assert engine.requests == []
 
 
-@pytest.mark.parametrize("prefix", ["", "../x", "abc/def", "pg-data", "ab%", "0f3c2a9b_1d2"])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "../x",
+        "abc/def",
+        "pg-data",
+        "ab%",
+        "0f3c2a9b_1d2",
+        "0f3c2a9b-1d2e",  # neither 12 nor 36 characters
+        "0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2",
+        "0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b-workspace",
+    ],
+)
 def test_non_workspace_prefixes_never_reach_the_engine(
     engine: FakeDockerEngine, docker_containers: DockerContainers, prefix: str
 ) -> None:
@@ -179,36 +237,53 @@ def test_non_workspace_prefixes_never_reach_the_engine(
 # --- list_managed -----------------------------------------------------------------
 
 
-def test_list_managed_sends_the_label_filter(
+def test_list_managed_sends_both_label_filters(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
-    engine.add_container("ws-aaaaaaaaaaaa", running=True, labels={**MANAGED, "tier": "2"})
-    engine.add_container("ws-bbbbbbbbbbbb", running=False, labels=MANAGED)
-    engine.add_container("ws-cccccccccccc", running=True)  # not managed
+    engine.add_container(OTHER, running=True, labels={**MANAGED, "tier": "2"})
+    engine.add_container(LEGACY_NAME, running=False, labels=MANAGED)
+    engine.add_container("ws-cccccccc-ccc", running=True)  # not managed
+    engine.add_container("ws-dddddddd-ddd", labels=OTHER_INSTANCE)  # another platform's
+    engine.add_container("ws-eeeeeeee-eee", labels={"molecule.managed": "true"})  # old label
     engine.add_container("postgres", running=True)
 
     found = docker_containers.list_managed()
 
     assert found == [
-        ManagedContainer("ws-aaaaaaaaaaaa", "aaaaaaaaaaaa", {**MANAGED, "tier": "2"}),
-        ManagedContainer("ws-bbbbbbbbbbbb", "bbbbbbbbbbbb", MANAGED),  # stopped ones too
+        ManagedContainer(OTHER, OTHER.removeprefix("ws-"), {**MANAGED, "tier": "2"}),
+        ManagedContainer(LEGACY_NAME, "0f3c2a9b-1d2", MANAGED),  # stopped ones too
+    ] or found == [
+        ManagedContainer(LEGACY_NAME, "0f3c2a9b-1d2", MANAGED),
+        ManagedContainer(OTHER, OTHER.removeprefix("ws-"), {**MANAGED, "tier": "2"}),
     ]
     (request,) = engine.requests_to("GET", "/containers/json")
-    assert request.filters() == {"label": ["molecule.managed=true"]}
+    assert request.filters() == {
+        "label": ["molecule.platform.managed=true", "molecule.platform.instance=default"]
+    }
     assert request.query["all"] == ["1"]
 
 
-def test_list_managed_rechecks_label_and_name(
+def test_list_managed_uses_the_configured_instance_id(engine: FakeDockerEngine) -> None:
+    engine.add_container(WS_NAME, labels=MANAGED)
+    engine.add_container(OTHER, labels=OTHER_INSTANCE)
+    with DockerContainers(engine.base_url, instance_id="0123456789abcdef") as theirs:
+        assert [c.name for c in theirs.list_managed()] == [OTHER]
+
+
+def test_list_managed_rechecks_labels_and_name(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
     # An engine that ignores the filter must still never hand a foreign container
-    # to the reaper; a managed container not named ws-* maps to no workspace.
+    # to the reaper; a managed container not named after a workspace maps to none.
     engine.ignore_filters = True
-    engine.add_container("ws-aaaaaaaaaaaa", labels=MANAGED)
-    engine.add_container("ws-cccccccccccc")  # unmanaged
-    engine.add_container("ws-dddddddddddd", labels={MANAGED_LABEL: "false"})
+    engine.add_container(WS_NAME, labels=MANAGED)
+    engine.add_container("ws-cccccccc-ccc")  # unmanaged
+    engine.add_container("ws-dddddddd-ddd", labels={**MANAGED, MANAGED_LABEL: "false"})
+    engine.add_container("ws-eeeeeeee-eee", labels=OTHER_INSTANCE)
+    engine.add_container("ws-ffffffff-fff", labels={MANAGED_LABEL: "true"})  # no instance
     engine.add_container("molecule-proxy", labels=MANAGED)
-    assert [c.name for c in docker_containers.list_managed()] == ["ws-aaaaaaaaaaaa"]
+    engine.add_container("ws-0f3c2a9b-1d2e", labels=MANAGED)  # neither 12 nor 36
+    assert [c.name for c in docker_containers.list_managed()] == [WS_NAME]
 
 
 def test_list_managed_empty(docker_containers: DockerContainers) -> None:
@@ -230,13 +305,13 @@ def test_list_workspace_containers_sends_the_name_filter(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
     engine.add_container(WS_NAME, running=False)  # unlabelled, stopped: listed all the same
-    engine.add_container("ws-aaaaaaaa-bbb", labels={**MANAGED, "tier": "2"})
+    engine.add_container("ws-aaaaaaaa-bbb", labels={**MANAGED, "tier": "2"})  # legacy
     engine.add_container("postgres")
 
     found = docker_containers.list_workspace_containers()
 
     assert found == [
-        ManagedContainer(WS_NAME, "0f3c2a9b-1d2", {}),
+        ManagedContainer(WS_NAME, str(WS), {}),
         ManagedContainer("ws-aaaaaaaa-bbb", "aaaaaaaa-bbb", {**MANAGED, "tier": "2"}),
     ]
     (request,) = engine.requests_to("GET", "/containers/json")
@@ -248,8 +323,16 @@ def test_list_workspace_containers_rechecks_the_exact_name(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
     # The engine's name filter matches anywhere in the name, so it lets these through;
-    # none is `ws-` + the first 12 characters of a UUID.
-    for name in ("dev-ws-0f3c2a9b-1d2", "ws-0f3c2a9b-1d2e", "ws-0f3c2a9b_1d2", "ws-pg-data"):
+    # none is `ws-` + a UUID's text or its first 12 characters.
+    for name in (
+        "dev-ws-0f3c2a9b-1d2",
+        "ws-0f3c2a9b-1d2e",
+        "ws-0f3c2a9b_1d2",
+        "ws-pg-data",
+        f"{WS_NAME}-configs",
+        f"x{WS_NAME}",
+        WS_NAME[:-1],
+    ):
         engine.add_container(name, labels=MANAGED)
     engine.add_container("ws-0F3C2A9B-1D2")
     assert [c.name for c in docker_containers.list_workspace_containers()] == ["ws-0F3C2A9B-1D2"]
@@ -270,28 +353,37 @@ def test_list_workspace_containers_engine_error_raises(
 # --- remove_volume ----------------------------------------------------------------
 
 
-def test_remove_volume(engine: FakeDockerEngine, docker_containers: DockerContainers) -> None:
-    engine.volumes.add("ws-aaaaaaaaaaaa-data")
-    docker_containers.remove_volume("aaaaaaaaaaaa")
-    assert engine.volumes == set()
-    assert len(engine.requests_to("DELETE", "/volumes/ws-aaaaaaaaaaaa-data")) == 1
+@pytest.mark.parametrize("key", [str(WS), "0f3c2a9b-1d2"], ids=["full id", "legacy prefix"])
+def test_remove_volume(
+    engine: FakeDockerEngine, docker_containers: DockerContainers, key: str
+) -> None:
+    kept = f"ws-{key}-workspace"  # the agent's work: never removed
+    engine.volumes |= {f"ws-{key}-configs", f"ws-{key}-claude-sessions", kept}
+    docker_containers.remove_volume(key)
+    assert engine.volumes == {kept}
+    assert len(engine.requests_to("DELETE", f"/volumes/ws-{key}-configs")) == 1
+    assert len(engine.requests_to("DELETE", f"/volumes/ws-{key}-claude-sessions")) == 1
+    assert engine.requests_to("DELETE", f"/volumes/{kept}") == []
 
 
 def test_remove_missing_volume_is_success(
     engine: FakeDockerEngine, docker_containers: DockerContainers
 ) -> None:
-    docker_containers.remove_volume("aaaaaaaaaaaa")
-    assert len(engine.requests_to("DELETE", "/volumes/ws-aaaaaaaaaaaa-data")) == 1
+    docker_containers.remove_volume("aaaaaaaa-aaa")  # 404 on both
+    assert len(engine.requests_to("DELETE", "/volumes/ws-aaaaaaaa-aaa-configs")) == 1
+    assert len(engine.requests_to("DELETE", "/volumes/ws-aaaaaaaa-aaa-claude-sessions")) == 1
 
 
 @pytest.mark.parametrize("status", [500, 409])  # 409: volume still in use
 def test_remove_volume_engine_error_raises(
     engine: FakeDockerEngine, docker_containers: DockerContainers, status: int
 ) -> None:
-    engine.volumes.add("ws-aaaaaaaaaaaa-data")
-    engine.fail["ws-aaaaaaaaaaaa-data"] = status
-    with pytest.raises(ContainerError, match="remove volume ws-aaaaaaaaaaaa-data"):
-        docker_containers.remove_volume("aaaaaaaaaaaa")
+    engine.volumes |= {"ws-aaaaaaaa-aaa-configs", "ws-aaaaaaaa-aaa-claude-sessions"}
+    engine.fail["ws-aaaaaaaa-aaa-configs"] = status
+    with pytest.raises(ContainerError, match="remove volume ws-aaaaaaaa-aaa-configs"):
+        docker_containers.remove_volume("aaaaaaaa-aaa")
+    # The other volume is still removed: one failure does not keep both.
+    assert engine.volumes == {"ws-aaaaaaaa-aaa-configs"}
 
 
 # --- factory ----------------------------------------------------------------------
@@ -308,6 +400,17 @@ def test_backend_docker_uses_docker_host() -> None:
     )
     assert isinstance(backend, DockerContainers)
     assert backend.base_url == "tcp://10.0.0.5:2375"
+
+
+def test_backend_docker_uses_the_platform_instance_id() -> None:
+    backend = container_backend(
+        Settings(container_backend="docker", platform_instance_id="a1b2c3d4e5f60718"), environ={}
+    )
+    assert isinstance(backend, DockerContainers)
+    assert backend.instance_id == "a1b2c3d4e5f60718"
+    assert container_backend(Settings(container_backend="docker"), environ={}).instance_id == (
+        "default"
+    )
 
 
 def test_backend_docker_default_host() -> None:
@@ -347,16 +450,16 @@ def test_fake_containers_knobs() -> None:
 
     name = fake.add_managed(uuid.uuid4())
     bare = fake.add_unlabelled(uuid.uuid4())
-    fake.volume_fails.add("deadbeef0000")
+    fake.volume_fails.add("deadbeef-000")
     assert [c.name for c in fake.list_managed()] == [name]
     assert {c.name for c in fake.list_workspace_containers()} == {name, bare}
     fake.stop_container(name)
     fake.stop_container(bare)
     assert fake.list_managed() == fake.list_workspace_containers() == []
     with pytest.raises(ContainerError):
-        fake.remove_volume("deadbeef0000")
+        fake.remove_volume("deadbeef-000")
     fake.remove_volume(name.removeprefix("ws-"))
-    assert fake.removed_volumes == [f"{name}-data"]
+    assert fake.removed_volumes == [f"{name}-configs", f"{name}-claude-sessions"]
     assert fake.calls_to("stop") == [running, running]
 
 
@@ -378,3 +481,24 @@ def test_backend_docker_honours_tls_settings(tmp_path: Path) -> None:
         assert client.api.cert == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("raw", ["has space", "a/b", "x" * 65, "label=value", "ünïcode", "a,b"])
+def test_invalid_platform_instance_id_falls_back_loudly(
+    raw: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry import config
+
+    monkeypatch.setattr(config, "_warned", set())  # "once" is per process; start afresh
+    with caplog.at_level(logging.WARNING, logger="registry.config"):
+        loaded = [config.load({"PLATFORM_INSTANCE_ID": raw}) for _ in range(2)]
+    assert {s.platform_instance_id for s in loaded} == {"default"}
+    warnings = [r.getMessage() for r in caplog.records if "PLATFORM_INSTANCE_ID" in r.getMessage()]
+    assert len(warnings) == 1 and "using the default 'default'" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("raw", ["default", "a1b2c3d4e5f60718", "prod.eu-1_blue", "x" * 64])
+def test_valid_platform_instance_ids(raw: str) -> None:
+    from registry import config
+
+    assert config.load({"PLATFORM_INSTANCE_ID": f" {raw} "}).platform_instance_id == raw

@@ -28,6 +28,8 @@ STREAM = "events:stream"
 # RFC 3339, UTC: a `Z` or `+00:00` offset.
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 CARD = {"name": "agent", "skills": []}
+# What a registration stores and announces: an empty description is the name (§12).
+STORED_CARD = {**CARD, "description": "agent"}
 
 
 def send(celery_app: Celery, name: str, payload: Any = None, queue: str = "registry") -> Any:
@@ -258,8 +260,12 @@ def test_event_json_format_on_channel_and_stream(
         assert event["workspace_id"] == ws
         assert RFC3339_UTC.match(event["timestamp"]), event["timestamp"]
         assert datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).tzinfo
-        assert event["payload"] == {"url": None, "agent_card": CARD, "delivery_mode": "poll"} or (
-            event["payload"]["agent_card"] == CARD
+        assert event["payload"] == {
+            "url": None,
+            "agent_card": STORED_CARD,
+            "delivery_mode": "poll",
+        } or (
+            event["payload"]["agent_card"] == STORED_CARD
             and event["payload"]["delivery_mode"] == "poll"
             and set(event["payload"]) == {"url", "agent_card", "delivery_mode"}
         )
@@ -293,7 +299,7 @@ def test_register_resent_with_same_id_and_payload_is_no_redelivery(
     assert len(stored) == 1 and first["auth_token"] not in {stored[0][0], stored[0][1]}
     assert stored[0][1] == first["auth_token"][:8]
     assert first["auth_token"] not in json.dumps(again)
-    assert row(db, ws)["agent_card"] == CARD
+    assert row(db, ws)["agent_card"] == STORED_CARD
     # A fresh message without the token is refused; with it, accepted (no new token).
     assert register(celery_app, ws)["status"] == "unauthorized"
     ok = register(celery_app, ws, auth_token=first["auth_token"])
@@ -481,7 +487,7 @@ def test_backstop_and_provisioning_sweeps_count_their_changes(
     assert row(db, prov)["last_sample_error"]
     failed = [p for t, p in events(db, prov) if t == "WORKSPACE_PROVISION_FAILED"]
     assert failed and failed[0]["source"] == "provision_timeout_sweep"
-    assert failed[0]["timeout_secs"] == 600 and failed[0]["runtime"] == "langgraph"
+    assert failed[0]["timeout_secs"] == 720 and failed[0]["runtime"] == "langgraph"
 
 
 # --- §9 can_communicate -----------------------------------------------------------------
@@ -517,7 +523,7 @@ def test_can_communicate_by_name(
         return result["allowed"]
 
     assert allowed(child, child)
-    assert allowed(root, other_root)  # siblings at the root
+    assert not allowed(root, other_root)  # two roots are not siblings (§12)
     assert allowed(root, grandchild)  # ancestor
     assert allowed(grandchild, root)  # descendant
     assert not allowed(grandchild, cousin)
@@ -639,7 +645,7 @@ def test_health_sweep_sends_stale_remote_agents_to_awaiting_agent(
     with db.begin() as conn:
         conn.execute(
             text(
-                "UPDATE workspaces SET last_heartbeat_at = now() - interval '100 seconds' "
+                "UPDATE workspaces SET last_heartbeat_at = now() - interval '200 seconds' "
                 "WHERE id = :id"
             ),
             {"id": ext},
@@ -847,7 +853,7 @@ def test_update_card_of_removed_or_unknown_workspace_changes_nothing(
         assert result["status"] in ("rejected", "unauthorized"), result
         assert result["error"]
     assert snapshot(db) == before
-    assert row(db, ws)["agent_card"] == CARD
+    assert row(db, ws)["agent_card"] == STORED_CARD
 
 
 def test_create_workspace_refusals_change_nothing(

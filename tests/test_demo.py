@@ -167,6 +167,8 @@ def test_demo_shows_every_status_and_leaves_no_process(test_env, tmp_path):
             assert status.value in entry["reached"], (behaviour, entry, output[-4000:])
             assert f"{status.value:<15} ✓" in output, behaviour
         assert summary["missing"] == []
+        # CONTRACT §12: a late agent's workspace failed first, then came back online.
+        assert {"failed", "online"} <= set(summary["behaviours"]["late"]["reached"])
         assert board_fleet["total"] > 0 and summary["board_url"] == board_url[1]
         assert summary["heartbeats_sent"] > 100
         assert summary["send_errors"] == 0

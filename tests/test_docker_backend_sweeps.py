@@ -16,14 +16,21 @@ from maintenance_helpers import add_workspace, environment, events, status_of
 from sqlalchemy import Engine
 
 from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
-from registry.sweeps.containers import MANAGED_LABEL, DockerContainers, container_name, volume_name
-from registry.sweeps.containers import id_prefix as prefix_of
+from registry.sweeps.containers import (
+    INSTANCE_LABEL,
+    MANAGED_LABEL,
+    DockerContainers,
+    container_name,
+    legacy_container_name,
+    volume_names,
+)
 from registry.sweeps.hibernation import sweep_hibernation
 from registry.sweeps.orphans import sweep_orphans
 
 pytestmark = pytest.mark.integration
 
-MANAGED = {MANAGED_LABEL: "true"}
+MANAGED = {MANAGED_LABEL: "true", INSTANCE_LABEL: "default"}
+OTHER_INSTANCE = {MANAGED_LABEL: "true", INSTANCE_LABEL: "0123456789abcdef"}
 
 
 @pytest.fixture
@@ -38,11 +45,25 @@ def docker(engine_api: FakeDockerEngine) -> Iterator[DockerContainers]:
         yield containers
 
 
-def managed(engine_api: FakeDockerEngine, ws: uuid.UUID, *, volume: bool = True) -> str:
-    name = container_name(ws)
-    engine_api.add_container(name, running=True, labels=MANAGED)
+def volumes_of(name: str) -> set[str]:
+    """The volumes the reaper removes with container `name` (CONTRACT §12)."""
+    return set(volume_names(name.removeprefix("ws-")))
+
+
+def managed(
+    engine_api: FakeDockerEngine,
+    ws: uuid.UUID,
+    *,
+    volume: bool = True,
+    legacy: bool = False,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """A workspace container as the provisioner creates it, with its volumes (the
+    `-workspace` one, never removed, included); its name."""
+    name = legacy_container_name(ws) if legacy else container_name(ws)
+    engine_api.add_container(name, running=True, labels=MANAGED if labels is None else labels)
     if volume:
-        engine_api.volumes.add(volume_name(prefix_of(ws)))
+        engine_api.volumes |= volumes_of(name) | {f"{name}-workspace"}
     return name
 
 
@@ -57,7 +78,7 @@ def test_hibernation_stops_the_container(
     assert engine_api.containers[name].running is False
     assert len(engine_api.requests_to("POST", f"/containers/{name}/stop")) == 1
     assert status_of(db, ws) == "hibernated"
-    assert volume_name(prefix_of(ws)) in engine_api.volumes  # hibernation keeps the data
+    assert volumes_of(name) <= engine_api.volumes  # hibernation keeps the data
 
 
 def test_hibernation_engine_error_restores_status_then_retries(
@@ -96,9 +117,7 @@ def test_orphans_both_passes(
     removed_name, live_name, wiped_name = (managed(engine_api, ws) for ws in (removed, live, wiped))
     # Pass 1 goes by name: a removed workspace's container without the label is reaped too.
     unlabelled = add_workspace(db, status="removed")
-    unlabelled_name = container_name(unlabelled)
-    engine_api.add_container(unlabelled_name, running=True)
-    engine_api.volumes.add(volume_name(prefix_of(unlabelled)))
+    unlabelled_name = managed(engine_api, unlabelled, labels={})
     # Foreign containers: no label, or a label but not a workspace name.
     engine_api.add_container("postgres", running=True)
     engine_api.add_container(container_name(uuid.uuid4()), running=True)  # unlabelled ws-*
@@ -113,7 +132,8 @@ def test_orphans_both_passes(
     assert engine_api.containers[wiped_name].running is False
     assert engine_api.containers[live_name].running is True
     assert all(engine_api.containers[n].running for n in ("postgres", "ws-0f3c2a9b_1d2"))
-    assert engine_api.volumes == {volume_name(prefix_of(live))}
+    kept = {f"{n}-workspace" for n in (removed_name, live_name, wiped_name, unlabelled_name)}
+    assert engine_api.volumes == volumes_of(live_name) | kept
     assert engine_api.requests_to("POST", "/containers/ws-0f3c2a9b_1d2/stop") == []
 
     # The engine lists stopped containers too: the next sweep's repeat is harmless.
@@ -129,7 +149,8 @@ def test_orphans_stop_failure_keeps_the_volume_volume_failure_is_logged(
     stuck_name = managed(engine_api, stuck)
     managed(engine_api, busy_volume)
     engine_api.fail[stuck_name] = 500
-    engine_api.fail[volume_name(prefix_of(busy_volume))] = 409  # volume in use
+    busy = sorted(volumes_of(container_name(busy_volume)))[0]
+    engine_api.fail[busy] = 409  # volume in use
 
     result = sweep_orphans(docker)
 
@@ -140,8 +161,111 @@ def test_orphans_stop_failure_keeps_the_volume_volume_failure_is_logged(
         "volume_errors": 1,
         "error": None,
     }
-    assert volume_name(prefix_of(stuck)) in engine_api.volumes
-    assert engine_api.requests_to("DELETE", f"/volumes/{volume_name(prefix_of(stuck))}") == []
+    assert volumes_of(stuck_name) <= engine_api.volumes
+    for volume in volumes_of(stuck_name):
+        assert engine_api.requests_to("DELETE", f"/volumes/{volume}") == []
+
+
+def test_TestSweepOnce_WipedDBDoesNotCrossReapOtherInstance(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    # Two platform instances share one engine, and this registry's database was wiped:
+    # no container has a row. Only this instance's (both labels, its id) are reaped.
+    add_workspace(db, status="online")  # the fleet that is left
+    ours = managed(engine_api, uuid.uuid4())
+    ours_legacy = managed(engine_api, uuid.uuid4(), legacy=True)
+    theirs = managed(engine_api, uuid.uuid4(), labels=OTHER_INSTANCE)
+    theirs_legacy = managed(engine_api, uuid.uuid4(), legacy=True, labels=OTHER_INSTANCE)
+    no_instance = managed(engine_api, uuid.uuid4(), labels={MANAGED_LABEL: "true"})
+    old_label = managed(engine_api, uuid.uuid4(), labels={"molecule.managed": "true"})
+    untouched = (theirs, theirs_legacy, no_instance, old_label)
+
+    result = sweep_orphans(docker)
+
+    assert result["unknown"]["stopped"] == result["unknown"]["volumes_removed"] == 2
+    assert not engine_api.containers[ours].running
+    assert not engine_api.containers[ours_legacy].running
+    for name in untouched:
+        assert engine_api.containers[name].running, name
+        assert engine_api.requests_to("POST", f"/containers/{name}/stop") == []
+        assert volumes_of(name) | {f"{name}-workspace"} <= engine_api.volumes
+    assert not (volumes_of(ours) | volumes_of(ours_legacy)) & engine_api.volumes
+    # The engine filtered on both labels; a misbehaving engine changes nothing.
+    (listing,) = [
+        r
+        for r in engine_api.requests_to("GET", "/containers/json")
+        if "label" in (r.filters() or {})
+    ]
+    assert sorted(listing.filters()["label"]) == [
+        "molecule.platform.instance=default",
+        "molecule.platform.managed=true",
+    ]
+    engine_api.ignore_filters = True
+    again = sweep_orphans(docker)  # ours again (stopped already: harmless), never theirs
+    assert again["unknown"]["stopped"] == 2
+    for name in untouched:
+        assert engine_api.containers[name].running, name
+        assert engine_api.requests_to("POST", f"/containers/{name}/stop") == []
+
+
+def test_orphans_with_another_instance_id_reap_only_that_instance(
+    db: Engine, engine_api: FakeDockerEngine
+) -> None:
+    ours = managed(engine_api, uuid.uuid4())
+    theirs = managed(engine_api, uuid.uuid4(), labels=OTHER_INSTANCE)
+    with DockerContainers(engine_api.base_url, timeout=5, instance_id="0123456789abcdef") as other:
+        assert sweep_orphans(other)["unknown"]["stopped"] == 1
+    assert engine_api.containers[ours].running
+    assert not engine_api.containers[theirs].running
+
+
+def test_orphans_never_touch_a_container_with_a_foreign_name_or_volume(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    removed = add_workspace(db, status="removed")
+    name = managed(engine_api, removed)
+    foreign_volume = f"{name}-data"  # an old or foreign suffix: never removed
+    engine_api.volumes.add(foreign_volume)
+    odd_names = [
+        f"ws-{str(removed)[:16]}",  # neither 12 nor 36 characters
+        f"ws-{removed}x",
+        f"ws-{str(removed)[:35]}_",
+    ]
+    for odd in odd_names:
+        engine_api.add_container(odd, running=True, labels=MANAGED)
+
+    result = sweep_orphans(docker)
+
+    assert result["removed"]["stopped"] == 1
+    assert foreign_volume in engine_api.volumes
+    assert engine_api.requests_to("DELETE", f"/volumes/{foreign_volume}") == []
+    for odd in odd_names:
+        assert engine_api.containers[odd].running
+        assert engine_api.requests_to("POST", f"/containers/{odd}/stop") == []
+
+
+def test_health_sweep_checks_the_legacy_name_and_skips_mock(
+    db: Engine, engine_api: FakeDockerEngine, docker: DockerContainers
+) -> None:
+    from registry.config import get_settings
+    from registry.sweeps.health import sweep_health
+
+    legacy = add_workspace(db, status="online")
+    managed(engine_api, legacy, legacy=True)  # an older provisioner's container, running
+    gone = add_workspace(db, status="online")  # no container under either name
+    mock = add_workspace(db, status="online", runtime="mock")  # never has a container
+
+    result = sweep_health(get_settings(), docker)
+
+    assert result["changed"] == 1
+    assert (status_of(db, legacy), status_of(db, gone), status_of(db, mock)) == (
+        "online",
+        "offline",
+        "online",
+    )
+    for ws in (mock,):
+        for name in (container_name(ws), legacy_container_name(ws)):
+            assert engine_api.requests_to("GET", f"/containers/{name}/json") == []
 
 
 def test_orphans_engine_down_fails_both_passes_without_crashing(

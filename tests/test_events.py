@@ -83,7 +83,9 @@ def test_every_event_reaches_the_table_the_channel_and_the_stream(
         assert_event_shape(event, recorded=event in recorded)
     assert outbox_size(db) == 0  # every recorded event was confirmed published
 
-    assert published[0]["payload"] == {"url": "", "agent_card": {"v": 1}, "delivery_mode": "poll"}
+    # The registration fills the card's name and description from the row (§12).
+    stored = {"v": 1, "name": ws, "description": ws}
+    assert published[0]["payload"] == {"url": "", "agent_card": stored, "delivery_mode": "poll"}
     assert published[1]["payload"] == {"current_task": "a", "active_tasks": 1}
     assert published[2]["payload"] == {"active_tasks": 1, "uptime_seconds": 0}
     assert published[4]["payload"] == {"error_rate": 0.9, "sample_error": None}

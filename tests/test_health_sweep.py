@@ -1,6 +1,6 @@
 """Health sweep (CONTRACT §5): the container pass (FakeContainers) and the remote-agent pass.
 
-Default settings: REMOTE_LIVENESS_STALE_AFTER 90 s.
+Default settings: REMOTE_LIVENESS_STALE_AFTER 180 s (CONTRACT §12).
 """
 
 from __future__ import annotations
@@ -173,16 +173,16 @@ def test_no_backend_skips_the_container_pass_and_says_so_once(liveness_db, caplo
 
 
 def test_quiet_external_agents_go_awaiting_agent(liveness_db, redis_client):
-    (stale,) = add_fleet(liveness_db, 1, runtime="external", heartbeat_age="95 seconds")
+    (stale,) = add_fleet(liveness_db, 1, runtime="external", heartbeat_age="185 seconds")
     (stale_degraded,) = add_fleet(
-        liveness_db, 1, status="degraded", runtime="external", heartbeat_age="95 seconds"
+        liveness_db, 1, status="degraded", runtime="external", heartbeat_age="185 seconds"
     )
     (never,) = add_fleet(liveness_db, 1, runtime="external", heartbeat_age=None)
-    set_past(liveness_db, never, "updated_at", "95 seconds")  # COALESCE falls back to it
-    (fresh,) = add_fleet(liveness_db, 1, runtime="external", heartbeat_age="85 seconds")
+    set_past(liveness_db, never, "updated_at", "185 seconds")  # COALESCE falls back to it
+    (fresh,) = add_fleet(liveness_db, 1, runtime="external", heartbeat_age="175 seconds")
     (never_fresh,) = add_fleet(liveness_db, 1, runtime="external", heartbeat_age=None)
     # A container-backed workspace this quiet is the backstop's business, not this pass's.
-    (internal,) = add_fleet(liveness_db, 1, heartbeat_age="95 seconds")
+    (internal,) = add_fleet(liveness_db, 1, heartbeat_age="185 seconds")
     redis_client.set(url_key(stale), "http://laptop.example", ex=300)
 
     result = sweep_health(get_settings(), None)

@@ -64,10 +64,13 @@ ROWS: list[tuple[str, str, bool, dict[str, Any], str, tuple[str, dict] | None]] 
      "online", ("WORKSPACE_ONLINE", {"recovered_from": "provisioning"})),
     ("awaiting_agent registered before", "awaiting_agent", True, {},
      "online", ("WORKSPACE_ONLINE", {"recovered_from": "awaiting_agent"})),
-    ("awaiting_agent never registered", "awaiting_agent", False, {}, "awaiting_agent", None),
+    # CONTRACT §12: unconditional now (the original's newest registry).
+    ("awaiting_agent never registered", "awaiting_agent", False, {},
+     "online", ("WORKSPACE_ONLINE", {"recovered_from": "awaiting_agent"})),
     ("paused", "paused", True, {"error_rate": 0.9}, "paused", None),
     ("hibernated", "hibernated", True, {}, "hibernated", None),
-    ("failed", "failed", False, {}, "failed", None),
+    ("failed", "failed", False, {},
+     "online", ("WORKSPACE_ONLINE", {"recovered_from": "failed"})),
 ]  # fmt: skip
 
 
@@ -297,8 +300,17 @@ def test_unknown_unauthorized_and_removed_heartbeats_write_nothing(
     assert (db_snapshot(db), redis_snapshot(redis_client)) == before
 
 
-def test_a_provisioned_workspace_without_a_token_may_heartbeat(db: Engine) -> None:
-    ws = create_now("box")["workspace_id"]
+def test_a_provisioned_workspace_heartbeats_with_the_token_it_was_created_with(
+    db: Engine,
+) -> None:
+    created = create_now("box")  # the provisioner injects created["auth_token"]
+    ws = created["workspace_id"]
+    assert heartbeat_now(ws)["status"] == "unauthorized"
+    assert heartbeat_now(ws, created["auth_token"])["workspace_status"] == "online"
+
+
+def test_a_workspace_without_a_live_token_may_heartbeat(db: Engine) -> None:
+    ws = insert_workspace(db, status="provisioning")  # written by another service
     assert heartbeat_now(ws)["workspace_status"] == "online"
 
 
@@ -343,14 +355,14 @@ def test_a_rejected_heartbeat_is_logged_without_its_token(
 ) -> None:
     secret = "tok-" + uuid.uuid4().hex
     task = task_named(celery_app, HEARTBEAT_TASK)
-    with caplog.at_level(logging.WARNING, logger="workers.heartbeat_intake"):
+    with caplog.at_level(logging.WARNING, logger="registry.ingestion.intake"):
         invalid = task.apply(
             args=[{"workspace_id": new_id(), "auth_token": secret, "error_rate": 7}]
         )
         unknown = task.apply(args=[{"workspace_id": new_id(), "auth_token": secret}])
     assert invalid.get()["status"] == "rejected"
     assert unknown.get()["status"] == "rejected"
-    assert len([r for r in caplog.records if r.name == "workers.heartbeat_intake"]) == 2
+    assert len([r for r in caplog.records if r.name == "registry.ingestion.intake"]) == 2
     assert secret not in caplog.text
 
 

@@ -55,8 +55,9 @@ def test_container_of_a_removed_workspace_is_stopped_then_its_volume_removed(db:
     }
     assert fake.calls_to("stop_container") == [name]
     reaping = [call for call in fake.calls if not call[0].startswith("list_")]
-    assert reaping == [("stop_container", name), ("remove_volume", id_prefix(ws))]
-    assert fake.removed_volumes == [f"{name}-data"]
+    assert reaping == [("stop_container", name), ("remove_volume", str(ws))]
+    assert name == f"ws-{ws}"  # the full id (CONTRACT §12)
+    assert fake.removed_volumes == [f"{name}-configs", f"{name}-claude-sessions"]
 
 
 def test_unlabelled_container_of_a_removed_workspace_is_reaped_by_name(db: Engine) -> None:
@@ -69,7 +70,7 @@ def test_unlabelled_container_of_a_removed_workspace_is_reaped_by_name(db: Engin
     assert result["removed"]["stopped"] == result["removed"]["volumes_removed"] == 1
     assert result["unknown"]["stopped"] == 0
     assert fake.stopped == [name]
-    assert fake.removed_volumes == [f"{name}-data"]
+    assert fake.removed_volumes == [f"{name}-configs", f"{name}-claude-sessions"]
     # Pass 1 lists by name, pass 2 by label: each pass lists once.
     assert fake.calls_to("list_workspace_containers") == fake.calls_to("list_managed") == [None]
 
@@ -108,10 +109,46 @@ def test_a_prefix_shared_by_a_removed_and_a_live_row_is_left_alone(db: Engine) -
     add_workspace(db, status="removed", ws_id=removed)
     add_workspace(db, status="online", ws_id=live)
     fake = FakeContainers()
-    fake.add_managed(removed)
+    fake.add_managed(removed, legacy=True)  # `ws-0f3c2a9b-1d2`: either workspace's
 
     assert sweep_orphans(fake)["changed"] == 0
     assert fake.calls_to("stop_container") == []
+
+    # Under its full name the container is unambiguous: the removed one's is reaped.
+    full = fake.add_managed(removed)
+    assert sweep_orphans(fake)["changed"] == 1
+    assert fake.stopped == [full]
+
+
+def test_legacy_named_containers_are_still_recognised(db: Engine) -> None:
+    removed = add_workspace(db, status="removed")
+    fake = FakeContainers()
+    legacy = fake.add_unlabelled(removed, legacy=True)
+    wiped = fake.add_managed(uuid.uuid4(), legacy=True)
+
+    result = sweep_orphans(fake)
+
+    assert (result["removed"]["stopped"], result["unknown"]["stopped"]) == (1, 1)
+    assert sorted(fake.stopped) == sorted([legacy, wiped])
+    assert legacy == f"ws-{id_prefix(removed)}"
+    assert f"{legacy}-configs" in fake.removed_volumes
+    assert f"{legacy}-claude-sessions" in fake.removed_volumes
+
+
+def test_TestSweepOnce_WipedDBDoesNotCrossReapOtherInstance(db: Engine) -> None:
+    # Two platforms share one engine; this registry's database was wiped. Only the
+    # containers labelled with this instance's id are its own.
+    fake = FakeContainers()
+    ours = fake.add_managed(uuid.uuid4())
+    theirs = fake.add_foreign(uuid.uuid4())
+    theirs_legacy = fake.add_foreign(uuid.uuid4(), legacy=True)
+
+    result = sweep_orphans(fake)
+
+    assert result["unknown"]["stopped"] == 1
+    assert fake.stopped == [ours]
+    assert {theirs, theirs_legacy} <= fake.foreign  # never touched
+    assert all(not v.startswith((theirs, theirs_legacy)) for v in fake.removed_volumes)
 
 
 def test_stop_failure_keeps_the_volume_and_retries_next_sweep(db: Engine) -> None:
@@ -135,7 +172,7 @@ def test_a_volume_error_is_only_logged(db: Engine, caplog: pytest.LogCaptureFixt
     fake = FakeContainers()
     fake.add_managed(first)
     fake.add_managed(second)
-    fake.volume_fails.add(id_prefix(first))
+    fake.volume_fails.add(str(first))
 
     with caplog.at_level(logging.WARNING, logger="registry.sweeps.orphans"):
         result = sweep_orphans(fake)
@@ -159,7 +196,7 @@ def test_wiped_database_container_is_stopped_and_its_volume_removed(
     assert result["changed"] == 1
     assert result["unknown"]["stopped"] == result["unknown"]["volumes_removed"] == 1
     assert fake.stopped == [name]
-    assert fake.removed_volumes == [f"{name}-data"]
+    assert fake.removed_volumes == [f"{name}-configs", f"{name}-claude-sessions"]
     assert "database wiped?" in caplog.text
 
 
@@ -176,7 +213,11 @@ def test_foreign_or_wildcard_prefixes_are_never_queried_or_touched(
         "ws-zzzzzzzz-zzz",
         "ws-",
         "ws-0f3c",  # too short: would match many rows
-        "ws-0f3c2a9b-1d2e",  # too long: not a container name of ours
+        "ws-0f3c2a9b-1d2e",  # neither 12 nor 36 characters: not a container name of ours
+        "ws-0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2",  # 35
+        "ws-0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2bc",  # 37
+        "ws-0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2_",  # a wildcard in a full id
+        "ws-0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b-configs",  # a volume's name
         "ws-pg-data",
     }
     fake.managed |= foreign
@@ -186,10 +227,7 @@ def test_foreign_or_wildcard_prefixes_are_never_queried_or_touched(
     assert fake.stopped == [ours]
     assert result["ignored"] == len(foreign)
     # One query per pass; pass 2 no longer sees the container pass 1 stopped.
-    assert prefix_queries(statements) == [
-        sorted([id_prefix(removed), id_prefix(live)]),
-        [id_prefix(live)],
-    ]
+    assert prefix_queries(statements) == [sorted([str(removed), str(live)]), [str(live)]]
 
 
 def test_one_query_per_pass_whatever_the_number_of_containers(
@@ -319,7 +357,11 @@ def test_prefix_lookup_refuses_wildcards_and_uses_the_index(db: Engine) -> None:
         plan = "\n".join(
             conn.execute(
                 text("EXPLAIN " + orphans._STATUSES_BY_PREFIX.text),
-                {"prefixes": ["0f3c2a9b-1d2"]},
+                {
+                    "prefixes": ["0f3c2a9b-1d2"],
+                    "lows": ["0f3c2a9b-1d20-0000-0000-000000000000"],
+                    "highs": ["0f3c2a9b-1d2f-ffff-ffff-ffffffffffff"],
+                },
             ).scalars()
         )
     # A prefix is a range of the primary key: no index on id::text to maintain.
@@ -337,6 +379,10 @@ def test_prefix_range_covers_exactly_the_ids_that_start_with_it(db: Engine) -> N
             )
         found = statuses_by_prefix(conn, ["0f3c2a9b-1d2", "0f3c2a9b-1d1", "0f3c2a9b-1d4"])
     assert found == {"0f3c2a9b-1d2": ["removed", "removed"], "0f3c2a9b-1d1": ["removed"]}
+    with db.connect() as conn:  # a full id is a range of one
+        assert statuses_by_prefix(conn, [inside[0], "0f3c2a9b-1d20-0000-0000-000000000001"]) == {
+            inside[0]: ["removed"]
+        }
 
 
 def test_task_without_a_backend(db: Engine, worker, celery_app) -> None:

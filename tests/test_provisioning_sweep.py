@@ -37,23 +37,23 @@ def provisioning(db: Engine, runtime: str, age: str) -> UUID:
     return add_workspace(db, status="provisioning", runtime=runtime, in_status_for=age)
 
 
-def test_default_timeout_is_ten_minutes(db: Engine, redis_client) -> None:
-    stuck = provisioning(db, "langgraph", "11 minutes")
-    young = provisioning(db, "langgraph", "9 minutes")
+def test_default_timeout_is_twelve_minutes(db: Engine, redis_client) -> None:
+    stuck = provisioning(db, "langgraph", "13 minutes")
+    young = provisioning(db, "langgraph", "11 minutes")
 
     result = sweep()
 
     assert result == {"status": "ok", "changed": 1, "more": False}
     row = workspace(db, stuck)
     assert row.status == "failed"
-    assert "never registered within 600 s" in row.last_sample_error
+    assert "never registered within 720 s" in row.last_sample_error
     assert status_of(db, young) == "provisioning"
     (event,) = events(db)
     assert event.event_type == "WORKSPACE_PROVISION_FAILED"
     assert event.workspace_id == stuck
     assert event.payload == {
         "error": row.last_sample_error,
-        "timeout_secs": 600,
+        "timeout_secs": 720,
         "runtime": "langgraph",
         "source": "provision_timeout_sweep",
     }
@@ -101,8 +101,8 @@ def test_a_long_override_also_lengthens_the_default(db: Engine) -> None:
 def test_invalid_override_falls_back_to_the_runtime_defaults(db: Engine, raw: str) -> None:
     override = load({"PROVISION_TIMEOUT_SECONDS": raw}).provision_timeout_seconds
     assert override is None
-    langgraph = provisioning(db, "langgraph", "11 minutes")
-    hermes = provisioning(db, "hermes", "11 minutes")
+    langgraph = provisioning(db, "langgraph", "13 minutes")
+    hermes = provisioning(db, "hermes", "13 minutes")
 
     sweep(override=override)
 
@@ -138,7 +138,7 @@ def test_only_provisioning_is_swept(db: Engine) -> None:
 
 
 def test_a_workspace_that_registered_meanwhile_is_left_alone(db: Engine) -> None:
-    ws = provisioning(db, "langgraph", "11 minutes")
+    ws = provisioning(db, "langgraph", "13 minutes")
     # Its first heartbeat lands before the sweep: provisioning → online.
     with unit_of_work() as uow:
         (result,) = apply_heartbeats(uow, [HeartbeatPayload(workspace_id=ws)])
@@ -150,7 +150,7 @@ def test_a_workspace_that_registered_meanwhile_is_left_alone(db: Engine) -> None
 
 
 def test_a_registration_in_flight_wins(db: Engine) -> None:
-    ws = provisioning(db, "langgraph", "11 minutes")
+    ws = provisioning(db, "langgraph", "13 minutes")
     # A registration holds the row lock (not yet committed) while the sweep runs:
     # the sweep passes over the row without waiting, and the registration commits.
     with db.connect() as registering:
@@ -176,7 +176,7 @@ def test_a_registration_in_flight_wins(db: Engine) -> None:
 
 
 def test_a_locked_row_that_stays_provisioning_fails_on_the_next_tick(db: Engine) -> None:
-    ws = provisioning(db, "langgraph", "11 minutes")
+    ws = provisioning(db, "langgraph", "13 minutes")
     with db.connect() as other:
         other.begin()
         other.execute(text("SELECT 1 FROM workspaces WHERE id = :id FOR UPDATE"), {"id": ws})
@@ -187,7 +187,7 @@ def test_a_locked_row_that_stays_provisioning_fails_on_the_next_tick(db: Engine)
 
 
 def test_failed_rows_stay_failed_and_are_not_swept_twice(db: Engine) -> None:
-    provisioning(db, "langgraph", "11 minutes")
+    provisioning(db, "langgraph", "13 minutes")
     assert sweep()["changed"] == 1
     assert sweep()["changed"] == 0
     assert len(events(db)) == 1
@@ -206,7 +206,7 @@ def test_status_changed_at_is_the_clock(db: Engine) -> None:
 
 
 def test_two_concurrent_sweeps_fail_each_row_once(db: Engine) -> None:
-    ids = {provisioning(db, "langgraph", "11 minutes") for _ in range(40)}
+    ids = {provisioning(db, "langgraph", "13 minutes") for _ in range(40)}
 
     results = run_concurrently(2, sweep)
 
@@ -217,14 +217,14 @@ def test_two_concurrent_sweeps_fail_each_row_once(db: Engine) -> None:
 
 def test_a_full_batch_says_more(db: Engine) -> None:
     for _ in range(3):
-        provisioning(db, "langgraph", "11 minutes")
+        provisioning(db, "langgraph", "13 minutes")
     with unit_of_work() as uow:
         assert sweep_provisioning(uow, limit=2) == {"status": "ok", "changed": 2, "more": True}
     assert sweep()["changed"] == 1
 
 
 def test_task_on_the_sweeps_queue(db: Engine, worker, celery_app) -> None:
-    stuck = provisioning(db, "hermes", "11 minutes")
+    stuck = provisioning(db, "hermes", "13 minutes")
     young = provisioning(db, "langgraph", "5 minutes")
 
     result = celery_app.send_task("registry.sweep_provisioning", queue="registry.sweeps").get(

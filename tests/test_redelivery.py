@@ -253,8 +253,11 @@ def _kill_a_worker_holding_messages(
             ).scalar_one()
         row = workspace(engine, stalled)
         return online == len(fresh) + len(recovering) and (
-            row.agent_card in ({"v": 2}, {"v": 3}) and row.current_task == "stalled"
+            row.agent_card in (registered_v2, {"v": 3}) and row.current_task == "stalled"
         )
+
+    # A registration fills in the card's name and description (CONTRACT §12).
+    registered_v2 = {"v": 2, "name": stalled, "description": stalled}
 
     try:
         with managed_process(argv, env=env, ready=WORKER_READY, log_dir=log_dir, name="fresh") as w:
@@ -274,8 +277,8 @@ def _kill_a_worker_holding_messages(
     assert "auth_token" not in results[stalled]
     assert len(tokens_of(engine, stalled)) == 1
     assert [e["agent_card"] for e in _online_events(engine, stalled)] == [
-        {"name": "agent"},
-        {"v": 2},
+        {"name": "agent", "description": "agent"},
+        registered_v2,
     ]
     # ...one card update...
     cards = [p for kind, p in recorded_events(engine, stalled) if kind == "AGENT_CARD_UPDATED"]

@@ -69,7 +69,7 @@ def test_resent_registration_with_another_payload_is_unauthorized(
     assert "auth_token" in answer["error"]
     assert db_snapshot(db) == before_db  # nothing overwritten: url, card, tokens, events
     assert redis_snapshot(redis_client) == before_redis
-    assert workspace(db, ws).agent_card == {"name": "a"}
+    assert workspace(db, ws).agent_card == {"name": "a", "description": "a"}  # filled (§12)
 
 
 def test_same_message_after_the_redelivery_window_is_unauthorized(

@@ -30,7 +30,7 @@ from ingest_helpers import (
     wait_until,
     workspace,
 )
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from molecule_registry_client.names import REGISTER_TASK, UPDATE_CARD_TASK
 from registry.config import get_settings, reload_settings
@@ -85,6 +85,29 @@ def unchanged(engine: Engine, client: redis.Redis) -> Callable[[], None]:
     return check
 
 
+def unchanged_but_the_failure_stamp(engine: Engine, client: redis.Redis) -> Callable[[], None]:
+    """`unchanged`, except that workspaces.last_register_failure_at may be set (§12):
+    a registration refused after its token was accepted records that, and only that."""
+
+    def snapshot() -> Any:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT (to_jsonb(w) - 'last_register_failure_at')::text "
+                    "FROM workspaces w ORDER BY 1"
+                )
+            ).scalars()
+            others = {k: v for k, v in db_snapshot(engine).items() if k != "workspaces"}
+            return list(rows), others, redis_snapshot(client)
+
+    before = snapshot()
+
+    def check() -> None:
+        assert snapshot() == before
+
+    return check
+
+
 # --- first registration, tokens and the hijack guard ------------------------
 
 
@@ -100,7 +123,8 @@ def test_first_registration_creates_the_row_and_returns_a_token_once(
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)  # 32 bytes, URL-safe base64, no padding
     row = workspace(db, ws)
     assert (row.name, row.status, row.delivery_mode) == (ws, "online", "poll")
-    assert row.agent_card == {"name": "a", "skills": ["x"]}
+    # An empty description is filled from the name (CONTRACT §12).
+    assert row.agent_card == {"name": "a", "skills": ["x"], "description": "a"}
     assert row.last_heartbeat_at is not None and row.registered_at is not None
     (stored,) = tokens_of(db, ws)
     assert stored.token_hash == hashlib.sha256(token.encode()).hexdigest()
@@ -125,7 +149,7 @@ def test_a_registered_workspace_needs_its_token(db: Engine, redis_client: redis.
     assert "auth_token" not in again  # no new token
     assert len(tokens_of(db, ws)) == 1
     assert tokens_of(db, ws)[0].last_used_at is not None  # a successful check is recorded
-    assert workspace(db, ws).agent_card == {"name": "b"}
+    assert workspace(db, ws).agent_card == {"name": "b", "description": "b"}
 
 
 def test_a_token_of_another_workspace_is_refused_everywhere(
@@ -181,7 +205,11 @@ def test_a_provisioner_url_is_kept_on_reregistration(db: Engine, redis_client: r
     (event,) = recorded_events(db, ws)
     assert event == (
         "WORKSPACE_ONLINE",
-        {"url": provisioned, "agent_card": {"name": "agent"}, "delivery_mode": "push"},
+        {
+            "url": provisioned,
+            "agent_card": {"name": "agent", "description": "agent"},
+            "delivery_mode": "push",
+        },
     )
 
 
@@ -283,10 +311,18 @@ def test_poll_mode_accepts_an_empty_url_and_never_resolves(db: Engine) -> None:
     ws = new_id()
     assert register_now(ws, url="", resolver=must_not_resolve)["delivery_mode"] == "poll"
     assert workspace(db, ws).url is None
-    # Even a name that would fail the push check is stored without a lookup.
-    other = new_id()
-    register_now(other, url="http://10.1.2.3:8000", resolver=must_not_resolve)
-    assert workspace(db, other).url == "http://10.1.2.3:8000"
+
+
+def test_poll_mode_url_passes_the_url_check_too(db: Engine, redis_client: redis.Redis) -> None:
+    # CONTRACT §6 (amended): every URL stored from an agent passes the check, poll too.
+    ws = insert_workspace(db, status="online", runtime="external")
+    check = unchanged_but_the_failure_stamp(db, redis_client)
+    result = outcome(lambda: register_now(ws, url="http://10.1.2.3:8000"))
+    assert result["status"] == "rejected"
+    assert result["error"].startswith("url: 10.1.2.3 is in a private range")
+    check()
+    register_now(ws, url="http://8.8.8.8:8000", resolver=must_not_resolve)
+    assert workspace(db, ws).url == "http://8.8.8.8:8000"
 
 
 def test_poll_mode_still_refuses_a_non_http_url(db: Engine, redis_client: redis.Redis) -> None:
@@ -369,7 +405,12 @@ def test_register_and_update_card_messages(db: Engine, worker: Any, celery_app: 
     assert again["status"] == "unauthorized"
     with_token = {"id": ws, "agent_card": {"n": 2}, "auth_token": token}
     again = run_message(celery_app, REGISTER_TASK, {**with_token, "url": "http://localhost:9"})
-    assert again == {"status": "registered", "workspace_id": ws, "delivery_mode": "push"}
+    assert again == {
+        "status": "registered",
+        "workspace_id": ws,
+        "delivery_mode": "push",
+        "workspace_status": "online",
+    }
 
     card = {"workspace_id": ws, "agent_card": {"n": 3}, "auth_token": token}
     assert run_message(celery_app, UPDATE_CARD_TASK, card)["status"] == "updated"

@@ -2,7 +2,7 @@
 
 Defaults: HEARTBEAT_BACKLOG_SECONDS 60, SELF_PRESERVATION_THRESHOLD 0.5 (fleets of
 20 or more), LIVENESS_TTL_SECONDS 180 (at risk after 90 s), REMOTE_LIVENESS_STALE_AFTER
-90 (external at risk after 45 s).
+180 (external at risk after 90 s).
 """
 
 from __future__ import annotations

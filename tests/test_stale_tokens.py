@@ -2,9 +2,10 @@
 
 Revoked: exactly the live tokens of container-backed workspaces, not `removed` or
 `provisioning`, whose container does not exist and that were not used for 5 minutes.
-Left alone: a token issued a moment ago, an external workspace's token, a token whose
-container runs (or exists stopped), a removed or provisioning workspace's token. A
-listing error skips the pass; an empty listing is a real answer. A revoked workspace
+Left alone: a token issued a moment ago, an external or mock workspace's token, a
+token whose container runs (or exists stopped, under its full or legacy name), a
+removed or provisioning workspace's token. A listing error skips the pass; an empty
+listing is a real answer. A revoked workspace
 can bootstrap again (first registration without a token).
 """
 
@@ -71,6 +72,11 @@ def test_the_stale_token_pass_revokes_exactly_what_the_contract_names(db: Engine
     _token(db, recently_used, unused_for="1 day", used_ago="4 minutes")
     external = add_workspace(db, status="offline", runtime="external")
     _token(db, external, unused_for="1 day")
+    mock = add_workspace(db, status="online", runtime="mock")  # no container (§12)
+    _token(db, mock, unused_for="1 day")
+    legacy = add_workspace(db, status="online")  # its container has the legacy name
+    _token(db, legacy, unused_for="1 day")
+    fake.add_managed(legacy, legacy=True)
     running = add_workspace(db, status="online")
     _token(db, running, unused_for="1 day")
     fake.add_managed(running)
@@ -87,7 +93,10 @@ def test_the_stale_token_pass_revokes_exactly_what_the_contract_names(db: Engine
     assert result["stale_tokens"] == {"revoked": len(gone) + 1, "error": None}
     for ws in [*gone.values(), used_long_ago]:
         assert not _live(db, ws), ws
-    for ws in (just_issued, recently_used, external, running, stopped, removed, provisioning):
+    for ws in (
+        just_issued, recently_used, external, mock, legacy, running, stopped, removed,
+        provisioning,
+    ):  # fmt: skip
         assert _live(db, ws), ws
     # Idempotent: nothing left to revoke.
     assert sweep_orphans(fake)["stale_tokens"] == {"revoked": 0, "error": None}

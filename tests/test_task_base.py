@@ -72,7 +72,7 @@ def test_a_refusal_inside_the_unit_of_work_changes_nothing(app, db, caplog):
         card = conn.execute(
             text("SELECT agent_card FROM workspaces WHERE id = :id"), {"id": ws}
         ).scalar_one()
-    assert card == {}
+    assert card == {"name": ws, "description": ws}  # as the first registration stored it (§12)
 
 
 def test_a_periodic_task_is_timed_as_a_task_and_as_a_sweep_and_never_retried(app, db):

@@ -16,14 +16,14 @@ def facts(
     error_rate: float = 0.0,
     sample_error: str | None = "boom",
     native: bool = False,
-    registered: bool = True,
+    register_failing: bool = False,
 ) -> HeartbeatFacts:
     return HeartbeatFacts(
         runtime_state=runtime_state,
         error_rate=error_rate,
         sample_error=sample_error,
         native_status_mgmt=native,
-        registered_before=registered,
+        register_failing=register_failing,
     )
 
 
@@ -56,11 +56,19 @@ TABLE: list[tuple[str, str, HeartbeatFacts, tuple[Status, EventType, dict[str, A
     ("offline", "offline", facts(), (Status.ONLINE, ONLINE, {"recovered_from": "offline"})),
     ("offline even if erroring and wedged", "offline", facts(runtime_state="wedged", error_rate=1),
      (Status.ONLINE, ONLINE, {"recovered_from": "offline"})),
-    ("provisioning", "provisioning", facts(registered=False),
+    ("provisioning", "provisioning", facts(),
      (Status.ONLINE, ONLINE, {"recovered_from": "provisioning"})),
-    ("awaiting_agent registered before", "awaiting_agent", facts(),
+    ("awaiting_agent", "awaiting_agent", facts(),
      (Status.ONLINE, ONLINE, {"recovered_from": "awaiting_agent"})),
-    ("awaiting_agent never registered", "awaiting_agent", facts(registered=False), None),
+    ("failed", "failed", facts(), (Status.ONLINE, ONLINE, {"recovered_from": "failed"})),
+    # CONTRACT §12: a registration refused after auth less than 5 minutes ago.
+    ("online, recent register failure", "online", facts(register_failing=True),
+     (Status.DEGRADED, DEGRADED, {"register_failure": True, "sample_error": "boom"})),
+    ("online wedged and a register failure: wedged first", "online",
+     facts(runtime_state="wedged", register_failing=True),
+     (Status.DEGRADED, DEGRADED, {"runtime_state": "wedged", "sample_error": "boom"})),
+    ("degraded healthy but a register failure blocks recovery", "degraded",
+     facts(register_failing=True), None),
 ]  # fmt: skip
 
 
@@ -76,7 +84,7 @@ def test_transition_table_row(current: str, seen: HeartbeatFacts, expected: Any)
     assert (rule.to_status, rule.event, rule.payload(seen)) == expected
 
 
-UNTOUCHED = ("failed", "paused", "hibernating", "hibernated", "removed")
+UNTOUCHED = ("paused", "hibernating", "hibernated", "removed")
 
 
 @pytest.mark.parametrize("current", UNTOUCHED)
@@ -91,7 +99,9 @@ def test_no_heartbeat_moves_a_workspace_out_of_these_statuses(
 
 def test_the_table_covers_every_status_exactly_as_the_spec_lists() -> None:
     moved_from = {str(rule.from_status) for rule in HEARTBEAT_RULES}
-    assert moved_from == {"online", "degraded", "offline", "provisioning", "awaiting_agent"}
+    assert moved_from == {
+        "online", "degraded", "offline", "provisioning", "awaiting_agent", "failed"
+    }  # fmt: skip
     assert moved_from | set(UNTOUCHED) == set(ALL_STATUSES)
-    # Only online has two rules (wedged first, then error rate): first match wins.
-    assert [str(r.from_status) for r in HEARTBEAT_RULES].count("online") == 2
+    # Only online has several rules (wedged, error rate, register failure): first wins.
+    assert [str(r.from_status) for r in HEARTBEAT_RULES].count("online") == 3

@@ -65,6 +65,13 @@ ALWAYS_BLOCKED = [
     ("0.0.0.0", "0.0.0.0/8", "unspecified"),
     ("[::]", "::/128", "unspecified"),
     ("[::ffff:0.0.0.0]", "0.0.0.0/8", "unspecified"),
+    # Amended CONTRACT §6 (turn 3).
+    ("[fec0::1]", "fec0::/10", "site-local"),
+    ("[feff:ffff::1]", "fec0::/10", "site-local"),
+    ("[100::1]", "100::/64", "discard-only"),
+    ("198.18.0.1", "198.18.0.0/15", "benchmarking"),
+    ("198.19.255.255", "198.18.0.0/15", "benchmarking"),
+    ("192.0.0.8", "192.0.0.0/24", "IETF protocol assignments"),
 ]
 
 # One address inside every range SaaS mode relaxes.
@@ -100,8 +107,11 @@ JUST_OUTSIDE = [
     "100.128.0.0",
     "223.255.255.255",
     "[fe7f:ffff::1]",
-    "[fec0::1]",
     "[::2]",
+    "198.17.255.255",
+    "198.20.0.0",
+    "192.0.1.0",
+    "[100:0:0:1::1]",
     "[fbff:ffff::1]",
     "[fe00::1]",
     "[2001:db7:ffff::1]",
@@ -163,8 +173,6 @@ def test_ipv4_mapped_private_allowed_in_saas_and_public_allowed() -> None:
     [
         "HTTP://8.8.8.8/",
         "Https://8.8.8.8:443/x?y=1#z",
-        "http://user@8.8.8.8/",
-        "http://user:secret@8.8.8.8:8080/",
         "http://8.8.8.8./",
     ],
 )
@@ -172,10 +180,22 @@ def test_url_forms_that_pass(url: str) -> None:
     check_agent_url(url, saas=False, resolver=FakeResolver())
 
 
-def test_userinfo_does_not_hide_the_host() -> None:
-    exc = reject("http://8.8.8.8@169.254.169.254/")
-    assert exc.rule == "blocked_range"
-    assert "169.254.169.254" in str(exc)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://8.8.8.8@169.254.169.254/",
+        "http://127.0.0.1@169.254.169.254/latest/meta-data/",
+        "http://user@8.8.8.8/",
+        "http://user:secret@8.8.8.8:8080/",
+        "http://user:pw@localhost:9000/",
+        "http://@8.8.8.8/",
+    ],
+)
+def test_userinfo_is_refused(url: str) -> None:
+    # CONTRACT §6 (amended): no URL with userinfo, whatever its host.
+    exc = reject(url)
+    assert exc.rule == "userinfo"
+    assert "secret" not in str(exc) and "pw@" not in str(exc)  # credentials never echoed
 
 
 def test_trailing_dot_on_ip_literal_is_still_checked() -> None:
@@ -189,7 +209,6 @@ def test_trailing_dot_on_ip_literal_is_still_checked() -> None:
         "http://localhost:8000/a2a",
         "https://LOCALHOST/",
         "http://LocalHost./",
-        "http://user:pw@localhost:9000/",
     ],
 )
 @pytest.mark.parametrize("saas", [False, True])
@@ -405,7 +424,7 @@ def test_saas_mode_unknown_value_is_off_with_one_warning(
     ],
 )
 def test_every_textual_form_of_a_blocked_address_is_refused(host: str, network: str) -> None:
-    for url in (f"http://{host}/", f"HTTPS://user:pw@{host}:8443/a2a"):
+    for url in (f"http://{host}/", f"HTTPS://{host}:8443/a2a"):
         exc = reject(url, saas=True)
         assert exc.rule == "blocked_range", url
         assert f"({network}, " in str(exc)

@@ -40,9 +40,9 @@ def _parse_mix(_ctx: click.Context, param: click.Parameter, value: str | None) -
     "--mix",
     callback=_parse_mix,
     metavar="NAME=WEIGHT,...",
-    help="Behaviour weights: healthy, dying, flaky, idle, laptop, stuck "
-    "(default healthy=55,dying=10,flaky=10,idle=10,laptop=10,stuck=5; "
-    "behaviours not named get none).",
+    help="Behaviour weights: healthy, dying, flaky, idle, laptop, stuck, late, "
+    "misconfigured, paused (default healthy=55,dying=8,flaky=8,idle=8,laptop=8,stuck=4,"
+    "late=3,misconfigured=3,paused=3; behaviours not named get none).",
 )
 @click.option(
     "--heartbeat-interval",

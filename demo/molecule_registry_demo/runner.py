@@ -51,7 +51,7 @@ from molecule_registry_demo.dbguard import (
 )
 from molecule_registry_demo.simulator import DEFAULT_MIX, Behaviour, Fleet, Timings, allocate
 from molecule_registry_demo.simulator.fake_engine import FakeDockerEngine
-from molecule_registry_demo.simulator.fleet import retire_earlier_fleets
+from molecule_registry_demo.simulator.fleet import DatabaseOperator, retire_earlier_fleets
 from molecule_registry_demo.simulator.processes import Supervisor, celery_argv
 from molecule_registry_demo.simulator.summary import (
     LiveSummary,
@@ -378,9 +378,15 @@ class Demo:
             liveness_ttl=float(self.timings["LIVENESS_TTL_SECONDS"]),
             remote_stale_after=float(self.timings["REMOTE_LIVENESS_STALE_AFTER"]),
             hibernation_idle_minutes=HIBERNATION_IDLE_MINUTES,
+            provision_timeout=float(self.timings["PROVISION_TIMEOUT_SECONDS"]),
         )
         fleet = Fleet(
-            self.client, self.counts, timings=timings, containers=engine, seed=options.seed
+            self.client,
+            self.counts,
+            timings=timings,
+            containers=engine,
+            operator=DatabaseOperator(_engine(self.settings)),
+            seed=options.seed,
         )
         self.fleet = fleet
         _announce(self.out, options, self.counts, self.timings, fleet.run_tag)

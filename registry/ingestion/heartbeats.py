@@ -2,6 +2,8 @@
 
 A batch costs a fixed number of statements whatever its size N:
 
+0. only when some heartbeat carries an `agent_card`: one unlocked SELECT of the rows
+   that could use it, and the card URL checks (registry.ingestion.cardbackfill);
 1. one SELECT that locks the rows (in id order) and reads their tokens;
 2. one `UPDATE workspaces ... FROM unnest(...)` for every workspace that keeps its
    status, and one for those whose status changes (only when some do), each row
@@ -31,6 +33,7 @@ from sqlalchemy import text
 from registry import metrics
 from registry.config import get_settings
 from registry.events.outbox import Event
+from registry.ingestion.cardbackfill import usable_cards
 from registry.ingestion.payloads import MAX_SENT_AT_SKEW_SECONDS, HeartbeatPayload
 from registry.ingestion.tokens import (
     LAST_USED_RESOLUTION_SECONDS,
@@ -39,8 +42,14 @@ from registry.ingestion.tokens import (
     is_authorized,
     touch_tokens,
 )
+from registry.ingestion.urlguard import Resolver
+from registry.jsontext import dumps
 from registry.liveness.keys import liveness_key
-from registry.liveness.transitions import HeartbeatFacts, heartbeat_transition
+from registry.liveness.transitions import (
+    REGISTER_FAILURE_WINDOW_SECONDS,
+    HeartbeatFacts,
+    heartbeat_transition,
+)
 from registry.outcomes import Ignored, MessageRefused, Rejected, Unauthorized
 from registry.statuses import EventType, Status
 from registry.uow import UnitOfWork, record_events_on_commit
@@ -49,7 +58,9 @@ _LOCK_AND_READ = text(
     """
     SELECT hb.ord, w.id::text AS id, w.status, w.current_task, now() AS db_now,
            w.last_heartbeat_sent_at AS last_sent_at,
-           w.registered_at IS NOT NULL AS registered_before,
+           w.agent_card IS NULL AS card_missing,
+           COALESCE(w.last_register_failure_at
+                    > now() - make_interval(secs => :failure_window), false) AS register_failing,
            t.has_live, t.matched_id, t.touch_due
     FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) WITH ORDINALITY AS hb(id, hash, ord)
     JOIN workspaces w ON w.id = hb.id
@@ -80,9 +91,11 @@ _ROWS = """
         CAST(:active_tasks AS int[]), CAST(:uptime_seconds AS int[]),
         CAST(:current_task AS text[]), CAST(:monthly_spend AS bigint[]),
         CAST(:runtime_metadata AS text[]), CAST(:sent_at AS timestamptz[]),
-        CAST(:busy_before AS boolean[])
+        CAST(:busy_before AS boolean[]), CAST(:is_busy AS boolean[]),
+        CAST(:card AS text[]), CAST(:clear_failure AS boolean[])
     ) AS v(id, expected, new_status, error_rate, sample_error, active_tasks, uptime_seconds,
-           current_task, monthly_spend, runtime_metadata, sent_at, busy_before)
+           current_task, monthly_spend, runtime_metadata, sent_at, busy_before, is_busy,
+           card, clear_failure)
 """
 
 _SET_HEARTBEAT_COLUMNS = """
@@ -101,7 +114,13 @@ _SET_HEARTBEAT_COLUMNS = """
     -- busy heartbeat earlier in the batch ended the previous idle spell.
     idle_since = CASE WHEN v.active_tasks > 0 THEN NULL
                       WHEN v.busy_before THEN now()
-                      ELSE COALESCE(w.idle_since, now()) END
+                      ELSE COALESCE(w.idle_since, now()) END,
+    is_busy = v.is_busy,
+    -- CONTRACT §12: a heartbeat's card only fills a row that has none (checked again
+    -- here, under the lock), and a usable one clears a register failure.
+    agent_card = COALESCE(w.agent_card, CAST(v.card AS jsonb)),
+    last_register_failure_at = CASE WHEN v.clear_failure THEN NULL
+                                    ELSE w.last_register_failure_at END
 """
 
 _UPDATE_SAME_STATUS = text(
@@ -137,7 +156,8 @@ class _Locked:
     status: str
     current_task: str | None
     last_sent_at: datetime | None
-    registered_before: bool
+    card_missing: bool  # the row has no agent_card (a heartbeat's card may fill it)
+    register_failing: bool  # last_register_failure_at is within the window (§12)
     has_live_token: bool
     matched_token: dict[int, str | None]  # token id by position in the batch
     touch_due: set[str]  # matched tokens whose last_used_at is due a refresh
@@ -155,6 +175,8 @@ class _RowWrite:
     busy_before: bool  # a heartbeat before `last` reported active tasks
     sent_at: datetime | None  # newest sent_at applied
     key_ttl: int  # liveness key TTL the freshest heartbeat allows
+    card: dict[str, Any] | None = None  # the card that backfills the row, if any
+    clear_failure: bool = False  # a usable card cleared last_register_failure_at
 
     def absorb(self, hb: HeartbeatPayload, key_ttl: int) -> None:
         self.busy_before = self.busy_before or self.last.active_tasks > 0
@@ -175,6 +197,7 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
             "ids": [str(hb.workspace_id) for hb in heartbeats],
             "hashes": [hash_token(hb.auth_token) if hb.auth_token else "" for hb in heartbeats],
             "touch_after": LAST_USED_RESOLUTION_SECONDS,
+            "failure_window": REGISTER_FAILURE_WINDOW_SECONDS,
         },
     ).all()
     locked: dict[str, _Locked] = {}
@@ -185,7 +208,8 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
                 row.status,
                 row.current_task,
                 row.last_sent_at,
-                row.registered_before,
+                row.card_missing,
+                row.register_failing,
                 row.has_live,
                 {},
                 set(),
@@ -206,11 +230,13 @@ def _age_seconds(hb: HeartbeatPayload, db_now: datetime) -> float:
 
 
 def apply_heartbeats(
-    uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]
+    uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload], *, resolver: Resolver | None = None
 ) -> list[dict[str, Any]]:
     """Apply validated heartbeats in order; one result object per heartbeat."""
     if not heartbeats:
         return []
+    # Before the row locks: a card's URL check may wait on DNS.
+    cards, cards_skipped = usable_cards(uow.conn, heartbeats, resolver)
     locked = _lock_rows(uow, heartbeats)
     ttl = get_settings().liveness_ttl_seconds
     results: list[dict[str, Any]] = []
@@ -230,14 +256,6 @@ def apply_heartbeats(
             continue
         assert state is not None  # _refusal answers for unknown workspaces
 
-        facts = HeartbeatFacts(
-            runtime_state=hb.runtime_state,
-            error_rate=hb.error_rate,
-            sample_error=hb.sample_error,
-            native_status_mgmt=bool(hb.runtime_metadata and hb.runtime_metadata.native_status_mgmt),
-            registered_before=state.registered_before,
-        )
-        rule = heartbeat_transition(state.status, facts)
         # The key lives no longer than the heartbeat's evidence: TTL minus its age.
         key_ttl = max(1, math.ceil(ttl - age))
         write = writes.get(ws)
@@ -247,18 +265,22 @@ def apply_heartbeats(
             )
         else:
             write.absorb(hb, key_ttl)
+        _take_card(cards.get(position), state, write)
+
+        facts = HeartbeatFacts(
+            runtime_state=hb.runtime_state,
+            error_rate=hb.error_rate,
+            sample_error=hb.sample_error,
+            native_status_mgmt=bool(hb.runtime_metadata and hb.runtime_metadata.native_status_mgmt),
+            register_failing=state.register_failing,
+        )
+        rule = heartbeat_transition(state.status, facts)
         if rule is not None:
             to_record.append((rule.event, ws, rule.payload(facts)))
             transitions.append((state.status, str(rule.to_status)))
             state.status = write.new_status = str(rule.to_status)
 
-        # Broadcast-only events (CONTRACT §4.2 step 8): published after the commit.
-        if (state.current_task or "") != (hb.current_task or ""):
-            task = {"current_task": hb.current_task or "", "active_tasks": hb.active_tasks}
-            uow.broadcast_events.append(Event(EventType.TASK_UPDATED, ws, task, published_at))
-        beat = {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds}
-        uow.broadcast_events.append(Event(EventType.WORKSPACE_HEARTBEAT, ws, beat, published_at))
-        state.current_task = hb.current_task
+        _broadcast(uow, ws, state, hb, published_at)
         if hb.sent_at and (state.last_sent_at is None or hb.sent_at > state.last_sent_at):
             state.last_sent_at = hb.sent_at
         matched = state.matched_token.get(position)
@@ -273,7 +295,7 @@ def apply_heartbeats(
     if writes:
         keys = " ".join(f"{liveness_key(ws)} {w.key_ttl}" for ws, w in writes.items())
         uow.on_commit(lambda pipe: pipe.eval(_SET_KEYS, 0, keys))
-    uow.after_commit(lambda: _count(results, transitions))
+    uow.after_commit(lambda: _count(results, transitions, cards_skipped))
     return results
 
 
@@ -288,6 +310,28 @@ for key, ttl in string.gmatch(ARGV[1], "(%S+) (%S+)") do
 end
 return n
 """
+
+
+def _broadcast(
+    uow: UnitOfWork, ws: str, state: _Locked, hb: HeartbeatPayload, published_at: datetime
+) -> None:
+    """Broadcast-only events (CONTRACT §4.2 step 8): published after the commit."""
+    if (state.current_task or "") != (hb.current_task or ""):
+        task = {"current_task": hb.current_task or "", "active_tasks": hb.active_tasks}
+        uow.broadcast_events.append(Event(EventType.TASK_UPDATED, ws, task, published_at))
+    beat = {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds}
+    uow.broadcast_events.append(Event(EventType.WORKSPACE_HEARTBEAT, ws, beat, published_at))
+    state.current_task = hb.current_task
+
+
+def _take_card(card: dict[str, Any] | None, state: _Locked, write: _RowWrite) -> None:
+    """A usable card fills a missing one and clears a register failure (CONTRACT §12),
+    before its heartbeat is judged: the agent has announced itself properly again."""
+    if card is None:
+        return
+    if state.card_missing:
+        write.card, state.card_missing = card, False
+    write.clear_failure, state.register_failing = True, False
 
 
 def _write_rows(uow: UnitOfWork, writes: dict[str, _RowWrite]) -> None:
@@ -316,11 +360,18 @@ def _columns(rows: list[tuple[str, _RowWrite]]) -> dict[str, list[Any]]:
         ],
         "sent_at": [w.sent_at for _, w in rows],
         "busy_before": [w.busy_before for _, w in rows],
+        "is_busy": [w.last.busy for _, w in rows],
+        "card": [dumps(w.card) if w.card is not None else None for _, w in rows],
+        "clear_failure": [w.clear_failure for _, w in rows],
     }
 
 
-def _count(results: list[dict[str, Any]], transitions: list[tuple[str, str]]) -> None:
+def _count(
+    results: list[dict[str, Any]], transitions: list[tuple[str, str]], cards_skipped: list[str]
+) -> None:
     """Metrics, once the batch committed (rolled-back work is never counted)."""
+    for reason, n in Counter(cards_skipped).items():
+        metrics.HEARTBEAT_CARDS_SKIPPED.labels(reason).inc(n)
     for status, n in Counter(r["status"] for r in results).items():
         metrics.HEARTBEATS.labels(status).inc(n)
     for (before, after), n in Counter(transitions).items():

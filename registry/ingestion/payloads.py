@@ -145,6 +145,11 @@ def _check_agent_card(value: Any) -> Any:
 AgentCard = Annotated[dict[str, Any], BeforeValidator(_check_agent_card)]
 
 
+def checked_agent_card(value: Any) -> dict[str, Any]:
+    """`value` if it is a storable agent card; ValueError saying why not."""
+    return _check_agent_card(value)  # type: ignore[no-any-return]
+
+
 def _parse_sent_at(value: Any) -> Any:
     """RFC 3339 text or Unix epoch seconds -> aware UTC datetime."""
     if value is None:
@@ -224,6 +229,17 @@ class HeartbeatPayload(_Payload):
     runtime_state: Annotated[str, Strict(), StringConstraints(max_length=64), Storable] = ""
     runtime_metadata: RuntimeMetadata | None = None
     sent_at: Annotated[datetime | None, BeforeValidator(_parse_sent_at)] = None
+    # CONTRACT §12. `agent_card` is advisory: any value is accepted here and a card that
+    # cannot be used is skipped (counted) by registry.ingestion.cardbackfill, while the
+    # rest of the heartbeat applies. `is_busy` is a fact the row stores: not a boolean
+    # is a rejection naming the field.
+    agent_card: Any = None
+    is_busy: StrictBool | None = None
+
+    @property
+    def busy(self) -> bool:
+        """What `is_busy` stores: as sent, else whether the agent reports active tasks."""
+        return self.is_busy if self.is_busy is not None else self.active_tasks > 0
 
     @field_validator("sample_error", "current_task")
     @classmethod

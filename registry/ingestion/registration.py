@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
 
 from sqlalchemy import Row, text
 
@@ -27,25 +30,39 @@ from registry.ingestion.urlguard import (
     Resolver,
     UnsafeURL,
     check_agent_url,
-    check_scheme,
     saas_mode,
     system_resolver,
 )
 from registry.jsontext import dumps
 from registry.liveness.keys import cache_urls, set_liveness
 from registry.outcomes import ConcurrentRegistration, Rejected, Unauthorized
-from registry.statuses import EXTERNAL_RUNTIME, EventType, Status
+from registry.statuses import POLL_RUNTIMES, EventType, Status
 from registry.uow import UnitOfWork, record_event_on_commit
 
-# The provisioner writes the container's loopback URL; agents report an address the
-# platform could not reach from inside its network, so the provisioner's one wins.
-PROVISIONER_URL_PREFIX = "http://127.0.0.1"
+# The provisioner writes the container's loopback URL (`http://127.0.0.1:<port>` or
+# `http://localhost:<port>`); agents report an address the platform could not reach
+# from inside its network, so the provisioner's one wins — except on port 8000, the
+# agent's own in-container port, which only a misconfigured provisioner ever wrote
+# (CONTRACT §12). The URL guard refuses agent-sent loopback addresses (§6), so a kept
+# 127.0.0.1 URL is always one the provisioner wrote.
+PROVISIONER_URL_PREFIXES = ("http://127.0.0.1:", "http://localhost:")
+AGENT_PORT = 8000
 
-_LOCK_ROW = text(
-    "SELECT id, status, runtime, delivery_mode FROM workspaces WHERE id = :id FOR UPDATE"
-)
+# Registrations leave these statuses alone (CONTRACT §12): an operator paused the
+# workspace, or the hibernation sweep is stopping or has stopped it.
+NOT_WOKEN = frozenset({Status.PAUSED, Status.HIBERNATING, Status.HIBERNATED})
+
+_COLUMNS = "id, name, status, runtime, delivery_mode, url"
+_LOCK_ROW = text(f"SELECT {_COLUMNS} FROM workspaces WHERE id = :id FOR UPDATE")
 # The same read without the lock: what the checks that may wait on DNS need.
-_READ_ROW = text("SELECT id, status, runtime, delivery_mode FROM workspaces WHERE id = :id")
+_READ_ROW = text(f"SELECT {_COLUMNS} FROM workspaces WHERE id = :id")
+# A registration refused after its token was accepted (CONTRACT §12).
+_STAMP_FAILURE = text(
+    "UPDATE workspaces SET last_register_failure_at = now() WHERE id = :id AND status <> 'removed'"
+)
+_UUID_SHAPED = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 _dns_pool: tuple[int, ThreadPoolExecutor] | None = None
 DNS_THREADS = 8
@@ -80,12 +97,13 @@ def bounded_resolver(resolver: Resolver | None, timeout: float) -> Resolver:
 
 
 def resolve_delivery_mode(requested: str, stored: str | None, runtime: str | None) -> str:
-    """CONTRACT §4.1 step 2, first match wins (external runtimes default to poll: they run on laptops without public HTTPS)."""
+    """CONTRACT §4.1 step 2, first match wins (external, kimi and kimi-cli runtimes default
+    to poll: they run where the platform cannot dial them)."""
     if requested:
         return requested
     if stored:
         return stored
-    if runtime == EXTERNAL_RUNTIME:
+    if runtime in POLL_RUNTIMES:
         return "poll"  # laptops have no public HTTPS; push would fail the URL check anyway
     return "push"
 
@@ -106,20 +124,58 @@ def check_dialable_url(url: str, resolver: Resolver | None, *, field: str = "url
         raise Rejected(message) from None
 
 
-def check_url_for_mode(url: str, mode: str, resolver: Resolver | None) -> None:
-    """In push mode the platform dials the agent, so the URL must be safe to dial."""
+def agent_url_for(payload: RegisterPayload, mode: str, resolver: Resolver | None) -> str:
+    """The URL a registration stores (CONTRACT §4.1 step 3, §6, §12), checked; "" for none.
+
+    Every URL stored from an agent passes the URL guard, in poll mode too: a poll-mode
+    URL is never dialled by the registry, but other services show, link and may dial
+    it, and the provisioner-URL rule must only ever see URLs the provisioner wrote. In
+    push mode an empty `url` falls back to the card's `url`.
+    """
+    url, field = payload.url, "url"
+    if not url and mode == "push":
+        fallback = card_url(payload.agent_card)
+        if fallback:
+            url, field = fallback.strip(), "agent_card.url"
     if mode == "push" and not url:
         raise Rejected("url: is required in push delivery mode")
-    if mode == "push":
-        check_dialable_url(url, resolver)
-        return
+    if url:
+        check_dialable_url(url, resolver, field=field)
+    return url
+
+
+def keeps_provisioner_url(stored: str | None) -> bool:
+    """Whether a re-registration keeps the stored URL (CONTRACT §12): a provisioner's
+    loopback URL with an explicit port other than 8000."""
+    if not stored or not stored.startswith(PROVISIONER_URL_PREFIXES):
+        return False
+    parts = urlsplit(stored)
     try:
-        if url:
-            # Never dialled, so never resolved; but other services show and link the
-            # stored URL, so a non-empty one must still be http(s).
-            check_scheme(url)
-    except UnsafeURL as exc:  # its message names the field ("url: ...")
-        raise Rejected(str(exc)) from None
+        port = parts.port
+    except ValueError:  # a port out of range or not a number: not a usable URL
+        return False
+    # The host must really be the loopback one the prefix names: never userinfo
+    # (`http://127.0.0.1:x@169.254.169.254:80/`) dressed up as it.
+    loopback = "@" not in parts.netloc and parts.hostname in ("127.0.0.1", "localhost")
+    return loopback and port is not None and port != AGENT_PORT
+
+
+def completed_card(card: dict[str, Any], row_name: str) -> dict[str, Any]:
+    """The card as stored (CONTRACT §12): an empty or UUID-shaped `name` is the
+    workspace's name (canvases show it), an empty `description` the name."""
+    completed = dict(card)
+    name = completed.get("name")
+    if name is None or (isinstance(name, str) and _blank_or_uuid(name)):
+        completed["name"] = name = row_name
+    description = completed.get("description")
+    if description is None or (isinstance(description, str) and not description.strip()):
+        completed["description"] = name if isinstance(name, str) else row_name
+    return completed
+
+
+def _blank_or_uuid(text_value: str) -> bool:
+    stripped = text_value.strip()
+    return not stripped or _UUID_SHAPED.match(stripped) is not None
 
 
 def authorize(state: TokenState, presented: str | None, *, allow_redelivery: bool) -> None:
@@ -165,7 +221,12 @@ def register(
     # heartbeats. Auth first, so no lookup is made for an unauthenticated message.
     unlocked = uow.conn.execute(_READ_ROW, {"id": ws}).first()
     mode = _admit(uow, payload, unlocked, message)
-    check_url_for_mode(payload.url, mode, resolver)
+    try:
+        agent_url = agent_url_for(payload, mode, resolver) or None
+    except Rejected:
+        if unlocked is not None:
+            record_register_failure(uow, ws)
+        raise
 
     # Under the lock, the authoritative checks again (a token may have been issued, or
     # the row created or removed, meanwhile). Only a changed delivery mode would need
@@ -174,8 +235,51 @@ def register(
     state = token_state(uow.conn, ws, payload.auth_token, message)
     if _admit(uow, payload, row, message, state) != mode:
         raise ConcurrentRegistration(f"{ws}: delivery mode changed during the URL check")
-    agent_url = payload.url or None
 
+    if row is not None and row.status in NOT_WOKEN:
+        # CONTRACT §12: nothing in the row changes and no status event is recorded;
+        # the agent learns the status it is in (and its token, if it has none).
+        status = str(row.status)
+    else:
+        _upsert(uow, payload, row, mode, agent_url)
+        status = str(Status.ONLINE)
+    result: dict[str, Any] = {
+        "status": "registered",
+        "workspace_id": str(ws),
+        "delivery_mode": mode,
+        "workspace_status": status,
+    }
+    if state.matched_id is not None:
+        touch_tokens(uow.conn, [state.matched_id])
+    elif message is not None and state.issued_by_this_message:
+        result["auth_token"] = derive_token(ws, message)
+    elif not state.has_live:
+        result["auth_token"] = issue_token(uow.conn, ws, message)
+    return result
+
+
+def record_register_failure(uow: UnitOfWork, ws: UUID) -> None:
+    """Stamp `last_register_failure_at` (CONTRACT §12) in a transaction of its own.
+
+    The refusal rolls the message's transaction back (a refusal changes nothing it
+    was asked to change), but this record of the refusal must outlive it: it is
+    what degrades the workspace on its next heartbeats. No row lock is held here
+    (the URL checks run before the lock), so this never waits on its own message.
+    """
+    with uow.conn.engine.begin() as conn:
+        conn.execute(_STAMP_FAILURE, {"id": ws})
+
+
+def _upsert(
+    uow: UnitOfWork,
+    payload: RegisterPayload,
+    row: Row[Any] | None,
+    mode: str,
+    agent_url: str | None,
+) -> None:
+    """Insert or update the row as online (CONTRACT §4.1 steps 4-6)."""
+    ws = payload.id
+    card = completed_card(payload.agent_card, row.name if row is not None else str(ws))
     if row is None:
         inserted = uow.conn.execute(
             text(
@@ -187,19 +291,14 @@ def register(
                 RETURNING url
                 """
             ),
-            {
-                "id": ws,
-                "name": str(ws),
-                "url": agent_url,
-                "card": dumps(payload.agent_card),
-                "mode": mode,
-            },
+            {"id": ws, "name": str(ws), "url": agent_url, "card": dumps(card), "mode": mode},
         ).first()
         if inserted is None:
             # Another registration of the same new id committed first; retrying sees it.
             raise ConcurrentRegistration(str(ws))
         effective_url = inserted.url
     else:
+        # A successful registration clears a register failure (CONTRACT §12).
         effective_url = uow.conn.execute(
             text(
                 """
@@ -209,25 +308,26 @@ def register(
                     last_heartbeat_at = now(),
                     updated_at = now(),
                     registered_at = COALESCE(registered_at, now()),
+                    last_register_failure_at = NULL,
                     delivery_mode = :mode,
-                    url = CASE WHEN url LIKE :keep THEN url ELSE :url END
+                    url = CASE WHEN :keep THEN url ELSE :url END
                 WHERE id = :id AND status <> 'removed'
                 RETURNING url
                 """
             ),
             {
                 "id": ws,
-                "card": dumps(payload.agent_card),
+                "card": dumps(card),
                 "mode": mode,
                 "url": agent_url,
-                "keep": PROVISIONER_URL_PREFIX + "%",
+                "keep": keeps_provisioner_url(row.url),
             },
         ).scalar_one()
+        if row.status != Status.ONLINE:
+            previous = str(row.status)
+            # Counted once committed: a rolled-back registration changed nothing.
+            uow.after_commit(lambda: metrics.record_transition(previous, Status.ONLINE))
 
-    if row is not None and row.status != Status.ONLINE:
-        previous = str(row.status)
-        # Counted once committed: a rolled-back registration changed nothing.
-        uow.after_commit(lambda: metrics.record_transition(previous, Status.ONLINE))
     ttl = get_settings().liveness_ttl_seconds
     uow.on_commit(lambda pipe: set_liveness(pipe, ws, ttl))
     uow.on_commit(lambda pipe: cache_urls(pipe, ws, effective_url, agent_url))
@@ -235,21 +335,8 @@ def register(
         uow,
         EventType.WORKSPACE_ONLINE,
         ws,
-        {"url": effective_url or "", "agent_card": payload.agent_card, "delivery_mode": mode},
+        {"url": effective_url or "", "agent_card": card, "delivery_mode": mode},
     )
-
-    result: dict[str, Any] = {
-        "status": "registered",
-        "workspace_id": str(ws),
-        "delivery_mode": mode,
-    }
-    if state.matched_id is not None:
-        touch_tokens(uow.conn, [state.matched_id])
-    elif message is not None and state.issued_by_this_message:
-        result["auth_token"] = derive_token(ws, message)
-    elif not state.has_live:
-        result["auth_token"] = issue_token(uow.conn, ws, message)
-    return result
 
 
 def card_url(card: dict[str, Any]) -> str | None:

@@ -12,8 +12,8 @@ resolver accepts as an address is turned into that address first (`127.1`,
 (so fullwidth digits and ideographic full stops spell 127.0.0.1 too), and an IPv6 address that carries an IPv4
 address (IPv4-mapped or -compatible, SIIT, NAT64, 6to4, Teredo) must pass the IPv4
 rules too. Anything the check cannot read unambiguously (a host that looks numeric
-but is not an address, percent-escapes, whitespace, backslashes, two `@`, a bracket
-holding no IPv6 address) is refused as malformed rather than guessed at.
+but is not an address, percent-escapes, whitespace, backslashes, userinfo (`user@`),
+a bracket holding no IPv6 address) is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ RANGES: tuple[Range, ...] = (
     Range(_net("224.0.0.0/4"), "multicast", True),
     Range(_net("fc00::/8"), "IPv6 unique local, fc00::/8", True),
     Range(_net("2001:db8::/32"), "IPv6 documentation", True),
+    # Amended in CONTRACT §6 (turn 3), as the original's newest guard blocks them.
+    Range(_net("fec0::/10"), "IPv6 site-local (deprecated)", True),
+    Range(_net("100::/64"), "IPv6 discard-only", True),
+    Range(_net("198.18.0.0/15"), "benchmarking", True),
+    Range(_net("192.0.0.0/24"), "IETF protocol assignments", True),
     # Beyond CONTRACT §6's list: on Linux a connection to the unspecified address reaches
     # the host's own services, exactly what the loopback rule keeps out.
     Range(_net("0.0.0.0/8"), "this host (unspecified)", True),
@@ -312,6 +317,10 @@ def parse_host(url: str, parts: SplitResult) -> Host:
     if at and "@" in userinfo:
         # Parsers disagree on which '@' ends the userinfo: refuse rather than pick one.
         raise UnsafeURL("userinfo", f"url: {shown(url)} has more than one '@' in its authority")
+    if at:
+        # CONTRACT §6 (amended): `http://127.0.0.1@169.254.169.254/` reads as loopback to
+        # a prefix test and dials cloud metadata; no agent needs credentials in its URL.
+        raise UnsafeURL("userinfo", f"url: {shown(url)} has userinfo (user@host); not allowed")
     name, literal = _bracketed(url, hostport) if hostport.startswith("[") else _named(url, hostport)
     try:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number

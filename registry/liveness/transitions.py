@@ -22,6 +22,8 @@ from registry.liveness.selfpreservation.counts import deltas_cte, records_its_de
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
 from registry.uow import UnitOfWork
 
+# How long a registration refused after auth keeps degrading the workspace (§12).
+REGISTER_FAILURE_WINDOW_SECONDS = 5 * 60
 DEGRADE_ERROR_RATE = 0.5
 RECOVER_ERROR_RATE = 0.1
 WEDGED = "wedged"
@@ -35,7 +37,10 @@ class HeartbeatFacts:
     error_rate: float
     sample_error: str | None
     native_status_mgmt: bool  # runtime_metadata.capabilities.status_mgmt is true
-    registered_before: bool
+    # A registration was refused after its token was accepted less than
+    # REGISTER_FAILURE_WINDOW ago (CONTRACT §12): the agent runs but cannot be reached
+    # as it asked to be, so it is not healthy whatever its error rate says.
+    register_failing: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,21 @@ HEARTBEAT_RULES: tuple[HeartbeatRule, ...] = (
         lambda f: {"error_rate": f.error_rate, "sample_error": f.sample_error},
     ),
     HeartbeatRule(
+        Status.ONLINE,
+        Status.DEGRADED,
+        EventType.WORKSPACE_DEGRADED,
+        lambda f: f.register_failing,
+        lambda f: {"register_failure": True, "sample_error": f.sample_error},
+    ),
+    HeartbeatRule(
         Status.DEGRADED,
         Status.ONLINE,
         EventType.WORKSPACE_ONLINE,
         lambda f: (
-            f.error_rate < RECOVER_ERROR_RATE and f.runtime_state == "" and not f.native_status_mgmt
+            f.error_rate < RECOVER_ERROR_RATE
+            and f.runtime_state == ""
+            and not f.native_status_mgmt
+            and not f.register_failing  # a recent register failure blocks the recovery
         ),
         _recovered(Status.DEGRADED),
     ),
@@ -90,12 +105,23 @@ HEARTBEAT_RULES: tuple[HeartbeatRule, ...] = (
         lambda _f: True,
         _recovered(Status.PROVISIONING),
     ),
+    # Unconditional since the original's newest registry (CONTRACT §12): an agent that
+    # heartbeats with the workspace's token is connected, registered before or not.
     HeartbeatRule(
         Status.AWAITING_AGENT,
         Status.ONLINE,
         EventType.WORKSPACE_ONLINE,
-        lambda f: f.registered_before,
+        lambda _f: True,
         _recovered(Status.AWAITING_AGENT),
+    ),
+    # A provisioning timeout is a guess that the container is stuck; a heartbeat proves
+    # the agent came up after all (CONTRACT §12).
+    HeartbeatRule(
+        Status.FAILED,
+        Status.ONLINE,
+        EventType.WORKSPACE_ONLINE,
+        lambda _f: True,
+        _recovered(Status.FAILED),
     ),
 )
 

@@ -1,14 +1,24 @@
-"""Container checking, stopping and reaping (CONTRACT §5) behind small interfaces.
+"""Container checking, stopping and reaping (CONTRACT §5, §12) behind small interfaces.
 
 The platform runs each workspace as a Docker container. Naming contract shared with
-the provisioner (the service that creates the containers):
+the provisioner (the service that creates the containers), as the original's newest
+provisioner writes it:
 
-- container of workspace `<id>`: `ws-<first 12 chars of str(id)>` (`container_name`);
-- its data volume: `ws-<same 12 chars>-data` (`volume_name`);
-- every container the platform manages carries the label `molecule.managed=true`.
-  The orphan sweep reaps a container whose workspace row is missing only if it
-  carries the label; one whose workspace row is `removed` it finds by name alone
-  (`list_workspace_containers`), labelled or not.
+- container of workspace `<id>`: `ws-<full 36-char id>` (`container_name`); the
+  legacy `ws-<first 12 chars>` (`legacy_container_name`) of older provisioners is
+  still recognised: checking and stopping try the full name first, then the legacy
+  one (not found under either is "not running" / "already stopped");
+- its volumes: `ws-<id>-configs` and `ws-<id>-claude-sessions`, `<id>` being the
+  same full id or legacy prefix as its container's (`volume_names`);
+  `ws-<id>-workspace` (the agent's work) is never removed;
+- every container and volume the platform manages carries the labels
+  `molecule.platform.managed=true` and `molecule.platform.instance=<instance id>`
+  (PLATFORM_INSTANCE_ID, `default` unless set). The orphan sweep reaps a container
+  whose workspace row is missing only if it carries both, with this instance's id:
+  another platform sharing the engine is never touched. One whose workspace row is
+  `removed` it finds by name alone (`list_workspace_containers`), labelled or not.
+  A name that is neither `ws-` + 36 nor `ws-` + 12 characters of a UUID's text is
+  not a workspace's and is never acted on.
 
 Three interfaces, one per use: the health sweep asks a `ContainerChecker`, the
 hibernation sweep uses a `ContainerStopper`, the orphan sweep a `ContainerReaper`.
@@ -44,9 +54,12 @@ log = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = "ws-"
 ID_PREFIX_LENGTH = 12
-VOLUME_SUFFIX = "-data"
-MANAGED_LABEL = "molecule.managed"
+# The volumes the orphan sweep removes with their container; `-workspace` never.
+VOLUME_SUFFIXES = ("-configs", "-claude-sessions")
+MANAGED_LABEL = "molecule.platform.managed"
 MANAGED_LABEL_VALUE = "true"
+INSTANCE_LABEL = "molecule.platform.instance"
+DEFAULT_INSTANCE_ID = "default"
 
 # Pinned rather than negotiated: negotiation costs a /version round trip before the
 # first call. 1.43 is Docker Engine 24; newer engines accept older API versions.
@@ -57,11 +70,12 @@ DEFAULT_TIMEOUT_SECONDS = 10
 # Docker's own rule for container names. Checked before a name goes into
 # a URL path, so a name can never address another endpoint (`..`, `/`, `?`).
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-# A workspace prefix is the start of a UUID string; the reaper never removes a volume
-# that is not shaped like a workspace's.
-_PREFIX_RE = re.compile(r"^[0-9a-fA-F-]+$")
-# `ws-` + the first 12 characters of a UUID: the only names listed by name alone.
-_WORKSPACE_CONTAINER_RE = re.compile(r"^ws-[0-9a-fA-F]{8}-[0-9a-fA-F]{3}$")
+# What follows `ws-` in a workspace's container or volume name: a full UUID's text or
+# its first 12 characters (legacy). Nothing else is ever listed, queried or removed.
+_LEGACY_KEY = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{3}"
+_FULL_KEY = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+WORKSPACE_KEY_RE = re.compile(rf"^(?:{_FULL_KEY}|{_LEGACY_KEY})$")
+_WORKSPACE_CONTAINER_RE = re.compile(rf"^ws-(?:{_FULL_KEY}|{_LEGACY_KEY})$")
 
 
 class ContainerError(Exception):
@@ -73,19 +87,31 @@ def id_prefix(workspace_id: UUID | str) -> str:
 
 
 def container_name(workspace_id: UUID | str) -> str:
-    return f"{CONTAINER_PREFIX}{id_prefix(workspace_id)}"
+    """The current name: `ws-<full id>`."""
+    return f"{CONTAINER_PREFIX}{str(workspace_id).lower()}"
 
 
-def volume_name(workspace_prefix: str) -> str:
-    return f"{CONTAINER_PREFIX}{workspace_prefix}{VOLUME_SUFFIX}"
+def legacy_container_name(workspace_id: UUID | str) -> str:
+    """The name older provisioners gave: `ws-<first 12 chars of the id>`."""
+    return f"{CONTAINER_PREFIX}{id_prefix(workspace_id).lower()}"
+
+
+def container_names(workspace_id: UUID | str) -> tuple[str, str]:
+    """Both names a workspace's container may have, the current one first."""
+    return container_name(workspace_id), legacy_container_name(workspace_id)
+
+
+def volume_names(workspace_key: str) -> tuple[str, ...]:
+    """The volumes removed with the container named `ws-<workspace_key>`."""
+    return tuple(f"{CONTAINER_PREFIX}{workspace_key}{suffix}" for suffix in VOLUME_SUFFIXES)
 
 
 @dataclass(frozen=True)
 class ManagedContainer:
     """A container named after a workspace; `labels` says whether it is managed."""
 
-    name: str  # e.g. "ws-0f3c2a9b-1d2"
-    workspace_prefix: str  # the part after "ws-": the first 12 chars of a workspace id
+    name: str  # e.g. "ws-0f3c2a9b-1d2e-4f50-8a6b-7c8d9e0f1a2b" or legacy "ws-0f3c2a9b-1d2"
+    workspace_prefix: str  # the part after "ws-": a full workspace id or its first 12 chars
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -106,20 +132,19 @@ class ContainerStopper(Protocol):
 @runtime_checkable
 class ContainerReaper(Protocol):
     def list_managed(self) -> list[ManagedContainer]:
-        """Containers named `ws-...` carrying the managed label."""
+        """Containers named `ws-...` carrying the managed label and this instance's id."""
         ...
 
     def list_workspace_containers(self) -> list[ManagedContainer]:
-        """Containers named `ws-<first 12 chars of a UUID>`, labelled or not."""
+        """Containers named `ws-<full id>` or `ws-<first 12 chars>`, labelled or not."""
         ...
 
     def stop_container(self, name: str) -> None: ...
 
     def remove_volume(self, workspace_prefix: str) -> None:
-        """Remove `ws-<prefix>-data` (a missing one counts as removed).
-
-        `workspace_prefix` must be hex digits and `-` only (ContainerError otherwise).
-        """
+        """Remove `ws-<key>-configs` and `ws-<key>-claude-sessions` (missing ones count
+        as removed). `workspace_prefix` must be a full id or a legacy 12-character
+        prefix (ContainerError otherwise)."""
         ...
 
 
@@ -144,8 +169,11 @@ class DockerContainers:
         version: str = DEFAULT_API_VERSION,
         timeout: int = DEFAULT_TIMEOUT_SECONDS,
         environment: Mapping[str, str] | None = None,
+        instance_id: str = DEFAULT_INSTANCE_ID,
     ) -> None:
         self.base_url = base_url
+        # Whose rowless containers this registry may reap (PLATFORM_INSTANCE_ID).
+        self.instance_id = instance_id
         # Given an environment, the client is configured as the docker CLI is: DOCKER_HOST,
         # DOCKER_TLS_VERIFY and DOCKER_CERT_PATH (a remote engine over verified TLS, not
         # in clear text); base_url is then only what DOCKER_HOST said, for display.
@@ -187,51 +215,72 @@ class DockerContainers:
 
     # ContainerChecker
     def is_running(self, workspace_id: UUID) -> bool:
-        name = _checked_name(container_name(workspace_id))
+        for name in container_names(workspace_id):  # current name first, then legacy
+            state = self._inspect_state(_checked_name(name))
+            if state is not None:
+                return bool(state.get("Running"))
+        return False  # gone under both names: a real answer, not an error
+
+    def _inspect_state(self, name: str) -> dict[str, Any] | None:
+        """The container's State, or None when no container has that name."""
         try:
             attrs = self._docker().api.inspect_container(name)
         except docker.errors.NotFound:
-            return False  # gone: a real answer, not an error
+            return None
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise ContainerError(f"inspect {name}: {exc}") from exc
-        return bool((attrs.get("State") or {}).get("Running"))
+        return dict(attrs.get("State") or {})
 
     # ContainerStopper
     def stop(self, workspace_id: UUID) -> None:
-        self.stop_container(container_name(workspace_id))
+        for name in container_names(workspace_id):  # current name first, then legacy
+            if self._stop(_checked_name(name)):
+                return
+        log.info("no container of workspace %s exists; nothing to stop", workspace_id)
 
     # ContainerReaper
     def stop_container(self, name: str) -> None:
-        name = _checked_name(name)
+        if not self._stop(_checked_name(name)):
+            log.info("container %s does not exist; nothing to stop", name)
+
+    def _stop(self, name: str) -> bool:
+        """Stop `name`; False when no container has that name."""
         try:
             # One call, no inspect first; the engine answers 304 if already stopped.
             # Grace period: the container's own StopTimeout (Docker default 10 s).
             self._docker().api.stop(name)
         except docker.errors.NotFound:
-            log.info("container %s does not exist; nothing to stop", name)
+            return False
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise ContainerError(f"stop {name}: {exc}") from exc
+        return True
 
-    def _list(self, filters: dict[str, str], what: str) -> list[dict[str, Any]]:
+    def _managed_labels(self) -> dict[str, str]:
+        return {MANAGED_LABEL: MANAGED_LABEL_VALUE, INSTANCE_LABEL: self.instance_id}
+
+    def _list(self, filters: dict[str, Any], what: str) -> list[dict[str, Any]]:
         try:
-            # all=True: a stopped orphan still holds its volume, so the reaper must see
+            # all=True: a stopped orphan still holds its volumes, so the reaper must see
             # it too (stopping it again is a no-op). The filter runs in the engine.
             return self._docker().api.containers(all=True, filters=filters)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise ContainerError(f"list {what}: {exc}") from exc
 
     def list_managed(self) -> list[ManagedContainer]:
-        raw = self._list({"label": f"{MANAGED_LABEL}={MANAGED_LABEL_VALUE}"}, "managed containers")
+        wanted = self._managed_labels()
+        # Several label filters: the engine returns containers carrying all of them.
+        raw = self._list({"label": [f"{k}={v}" for k, v in wanted.items()]}, "managed containers")
         found: list[ManagedContainer] = []
         for entry in raw:
             labels = entry.get("Labels") or {}
             # Re-checked here: the reaper stops what this returns, so it must never
-            # include a foreign container, whatever the engine did with the filter.
-            if labels.get(MANAGED_LABEL) != MANAGED_LABEL_VALUE:
+            # include a foreign container (another platform instance's included),
+            # whatever the engine did with the filter.
+            if any(labels.get(key) != value for key, value in wanted.items()):
                 continue
             for raw_name in entry.get("Names") or []:
                 name = raw_name.lstrip("/")  # the Engine API prefixes names with "/"
-                if name.startswith(CONTAINER_PREFIX):
+                if _WORKSPACE_CONTAINER_RE.match(name):
                     found.append(
                         ManagedContainer(
                             name=name,
@@ -263,15 +312,18 @@ class DockerContainers:
         return found
 
     def remove_volume(self, workspace_prefix: str) -> None:
-        if not _PREFIX_RE.match(workspace_prefix):
+        if not WORKSPACE_KEY_RE.match(workspace_prefix):
             raise ContainerError(f"refusing unsafe workspace prefix {workspace_prefix!r}")
-        name = volume_name(workspace_prefix)
-        try:
-            self._docker().api.remove_volume(name)
-        except docker.errors.NotFound:
-            log.info("volume %s does not exist; nothing to remove", name)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise ContainerError(f"remove volume {name}: {exc}") from exc
+        failures: list[str] = []
+        for name in volume_names(workspace_prefix):
+            try:
+                self._docker().api.remove_volume(name)
+            except docker.errors.NotFound:
+                log.info("volume %s does not exist; nothing to remove", name)
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                failures.append(f"remove volume {name}: {exc}")  # try the other one too
+        if failures:
+            raise ContainerError("; ".join(failures))
 
 
 _KNOWN_BACKENDS = ("none", "docker")
@@ -291,7 +343,11 @@ def container_backend(
     env = os.environ if environ is None else environ
     backend = settings.container_backend.strip().lower() or "none"
     if backend == "docker":
-        return DockerContainers(base_url=env.get("DOCKER_HOST") or None, environment=env)
+        return DockerContainers(
+            base_url=env.get("DOCKER_HOST") or None,
+            environment=env,
+            instance_id=settings.platform_instance_id,
+        )
     if backend not in _KNOWN_BACKENDS and backend not in _warned_backends:
         _warned_backends.add(backend)
         log.warning(

@@ -3,8 +3,9 @@
 Two passes; an error in one never stops the other.
 
 - **Containers** (only when a ContainerChecker is configured): every `online`/`degraded`
-  non-external workspace is asked "is its container running?". Not running → `offline`,
-  reason `container_gone`, keys cleared, unless `removed` or `provisioning`. A checker
+  workspace whose runtime is neither `external` nor `mock` is asked "is its container
+  running?". Not running → `offline`, reason `container_gone`, keys cleared, unless
+  `removed` or `provisioning`. A checker
   error skips that workspace: no answer is never read as "gone". This is an explicit
   signal: self-preservation does not pause it. The UPDATE re-checks that the row is
   still live and in the same status spell (`status_changed_at`) as when it was asked,
@@ -40,7 +41,7 @@ from registry.config import Settings
 from registry.db import get_engine
 from registry.liveness.selfpreservation import HEARTBEAT_STALE, evaluate_recent
 from registry.liveness.transitions import Unreachable, mark_unreachable
-from registry.statuses import EXTERNAL_RUNTIME, Status
+from registry.statuses import CONTAINERLESS_RUNTIMES, EXTERNAL_RUNTIME, Status
 from registry.sweeps.clusterlock import cluster_lock
 from registry.sweeps.containers import ContainerChecker, ContainerError
 from registry.uow import UnitOfWork, unit_of_work
@@ -92,10 +93,12 @@ class ContainerPass:
         return report
 
 
+_CONTAINERLESS = ", ".join(f"'{runtime}'" for runtime in CONTAINERLESS_RUNTIMES)
 CONTAINER_CANDIDATES = text(
     f"""
     SELECT id, status_changed_at FROM workspaces
-    WHERE status IN ('online', 'degraded') AND runtime <> '{EXTERNAL_RUNTIME}'
+    -- No container to ask about for external and mock runtimes (CONTRACT §12).
+    WHERE status IN ('online', 'degraded') AND runtime NOT IN ({_CONTAINERLESS})
       AND id > :after AND id <= :until
     ORDER BY id
     LIMIT :limit

@@ -1,22 +1,26 @@
 """Orphan containers (CONTRACT §5): stop containers no live workspace owns, free their volumes,
 and revoke the stale tokens of containers that are gone.
 
-Three independent passes over the containers named `ws-<12 chars of id>` (see
-registry.containers); each lists the containers itself and runs under its own
-guard, so an error in one never stops the others:
+Three independent passes over the containers named `ws-<full id>` or, legacy,
+`ws-<first 12 chars of id>` (see registry.sweeps.containers); each lists the
+containers itself and runs under its own guard, so an error in one never stops the
+others:
 
 1. `removed`: every container so named, labelled or not, whose prefix matches
    workspace rows that are all `removed` (a workspace deleted while its container
    kept running) → stop the container and, only if the stop succeeded, remove its
-   volume. A volume error is only logged.
-2. `unknown`: only containers carrying the `molecule.managed=true` label, whose
-   prefix matches no row at all (the database was wiped or restored from an old
-   backup) → stop and remove the volume, same rule. Without the label a container
-   the registry has no row for may be anyone's, so it is left alone.
+   volumes (`-configs`, `-claude-sessions`). A volume error is only logged.
+2. `unknown`: only containers carrying both labels `molecule.platform.managed=true`
+   and `molecule.platform.instance=<PLATFORM_INSTANCE_ID>`, whose id or prefix
+   matches no row at all (the database was wiped or restored from an old backup) →
+   stop and remove the volumes, same rule. Without both labels a container the
+   registry has no row for may be anyone's — another platform instance sharing the
+   engine included — so it is left alone.
 
-3. `stale_tokens`: a live token of a container-backed (non-`external`) workspace
-   that is not `removed` or `provisioning`, whose container does not exist (no
-   container, running or stopped, carries its `ws-<prefix>` name), and that has not
+3. `stale_tokens`: a live token of a container-backed workspace (runtime neither
+   `external` nor `mock`) that is not `removed` or `provisioning`, whose container
+   does not exist (no container, running or stopped, carries its `ws-<id>` or legacy
+   `ws-<prefix>` name), and that has not
    been used for 5 minutes (`COALESCE(last_used_at, created_at)`), is revoked: the
    container that held it is gone, and a recreated container must be able to
    bootstrap again (CONTRACT §4.1 step 1). One UPDATE revokes them, with every
@@ -26,13 +30,14 @@ guard, so an error in one never stops the others:
    token of a container-backed workspace once per sweep, the same order of work as
    the container listing it needs anyway.
 
-A prefix matching both a removed and a live row (two ids sharing 12 characters) is
-left alone: a live workspace's container is never touched on a guess.
+A legacy prefix matching both a removed and a live row (two ids sharing 12
+characters) is left alone: a live workspace's container is never touched on a guess.
 
-Only prefixes shaped like the start of a UUID (8 hex digits, `-`, 3 hex digits) are
-ever put in a query or acted on: `_` and `%` would be LIKE wildcards, and a container
-whose name is not such a prefix is not one of ours whatever its label says. All the
-prefixes of a pass go out in ONE query: each prefix is a range of the primary key.
+Only keys shaped like a full UUID's text or its first 12 characters (8 hex digits,
+`-`, 3 hex digits) are ever put in a query or acted on: `_` and `%` would be LIKE
+wildcards, and a container whose name is neither is not one of ours whatever its
+labels say. All the keys of a pass go out in ONE query: each is a range of the
+primary key (a single value for a full id).
 
 One sweep stops working at its deadline (30 s by default) and reports it; the next
 sweep carries on. Only one orphan sweep runs at a time in the whole cluster (a
@@ -53,7 +58,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from registry.db import get_engine
-from registry.statuses import EXTERNAL_RUNTIME, Status
+from registry.statuses import CONTAINERLESS_RUNTIMES, Status
 from registry.sweeps.containers import (
     ID_PREFIX_LENGTH,
     ContainerError,
@@ -69,38 +74,58 @@ ADVISORY_LOCK_KEY = 0x6D6F6C6F7270686E
 
 _disabled_logged: list[bool] = []  # the "disabled" line is logged once per process
 
-_WORKSPACE_PREFIX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{3}$")
+_LEGACY_PREFIX = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{3}$")
+_FULL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LEGACY_LOW, _LEGACY_HIGH = "0-0000-0000-000000000000", "f-ffff-ffff-ffffffffffff"
 
-# A prefix of 8 hex digits, `-` and 3 hex digits is a range of UUIDs (uuid order is
-# the order of their lowercase text), so the primary key finds the rows; the LIKE
-# states the rule. No index on `id::text` needed: every status change would have to
-# maintain it.
+# A key is a range of UUIDs (uuid order is the order of their lowercase text): a full
+# id is a range of one, a legacy prefix of 8 hex digits, `-` and 3 hex digits the ids
+# starting with it. The primary key finds the rows; the LIKE states the rule. No
+# index on `id::text` needed: every status change would have to maintain it.
 _STATUSES_BY_PREFIX = text(
     """
     SELECT p.prefix, w.status
-    FROM unnest(CAST(:prefixes AS text[])) AS p(prefix)
+    FROM unnest(CAST(:prefixes AS text[]), CAST(:lows AS uuid[]), CAST(:highs AS uuid[]))
+         AS p(prefix, low, high)
     JOIN workspaces w
-      ON w.id BETWEEN CAST(p.prefix || '0-0000-0000-000000000000' AS uuid)
-                  AND CAST(p.prefix || 'f-ffff-ffff-ffffffffffff' AS uuid)
+      ON w.id BETWEEN p.low AND p.high
      AND w.id::text LIKE p.prefix || '%'
     """
 )
 
 
+def _is_key(value: str) -> bool:
+    return _FULL_ID.match(value) is not None or _LEGACY_PREFIX.match(value) is not None
+
+
 def workspace_prefix(container: ManagedContainer) -> str | None:
-    """The container's workspace prefix, lowercased; None when it is not shaped like one."""
+    """The container's workspace key (full id or legacy prefix), lowercased; None when it
+    is shaped like neither."""
     prefix = container.workspace_prefix.lower()
-    return prefix if _WORKSPACE_PREFIX.match(prefix) else None
+    return prefix if _is_key(prefix) else None
+
+
+def _bounds(key: str) -> tuple[str, str]:
+    if _FULL_ID.match(key):
+        return key, key
+    return key + _LEGACY_LOW, key + _LEGACY_HIGH
 
 
 def statuses_by_prefix(conn: Connection, prefixes: list[str]) -> dict[str, list[str]]:
-    """Statuses of the rows each prefix matches; a prefix matching no row is absent."""
+    """Statuses of the rows each key matches; a key matching no row is absent."""
     for prefix in prefixes:  # the last guard before a query: never a wildcard
-        if not _WORKSPACE_PREFIX.match(prefix):
+        if not _is_key(prefix):
             raise ValueError(f"refusing to query unsafe prefix {prefix!r}")
     found: dict[str, list[str]] = {}
     if prefixes:
-        for row in conn.execute(_STATUSES_BY_PREFIX, {"prefixes": sorted(set(prefixes))}):
+        keys = sorted(set(prefixes))
+        bounds = [_bounds(key) for key in keys]
+        params = {
+            "prefixes": keys,
+            "lows": [low for low, _ in bounds],
+            "highs": [high for _, high in bounds],
+        }
+        for row in conn.execute(_STATUSES_BY_PREFIX, params):
             found.setdefault(row.prefix, []).append(row.status)
     return found
 
@@ -159,7 +184,7 @@ class _Deadline:
 
 
 def _reap(reaper: ContainerReaper, container: ManagedContainer, report: PassReport) -> None:
-    """Stop, then (only if stopped) remove the volume; failures counted and logged."""
+    """Stop, then (only if stopped) remove the volumes; failures counted and logged."""
     try:
         reaper.stop_container(container.name)
     except ContainerError as exc:
@@ -219,7 +244,7 @@ REMOVED_PASS = _Pass(
 )
 UNKNOWN_PASS = _Pass(
     "unknown",
-    lambda listings: listings.managed(),  # the label is what makes a rowless one ours
+    lambda listings: listings.managed(),  # both labels make a rowless one ours
     _owned_by_no_row,
     "no workspace row matches it: database wiped?",
 )
@@ -271,9 +296,11 @@ _REVOKE_STALE_TOKENS = text(
     FROM workspaces w
     WHERE t.workspace_id = w.id
       AND t.revoked_at IS NULL
-      AND w.runtime <> '{EXTERNAL_RUNTIME}'
+      AND w.runtime NOT IN ({", ".join(f"'{r}'" for r in CONTAINERLESS_RUNTIMES)})
       AND w.status NOT IN ('{Status.REMOVED}', '{Status.PROVISIONING}')
       AND COALESCE(t.last_used_at, t.created_at) < now() - make_interval(secs => :stale_after)
+      -- Its container exists under the current name or the legacy one.
+      AND NOT (w.id::text = ANY(CAST(:existing AS text[])))
       AND NOT (left(w.id::text, {ID_PREFIX_LENGTH}) = ANY(CAST(:existing AS text[])))
     RETURNING t.workspace_id, t.prefix
     """
@@ -288,7 +315,7 @@ def revoke_stale_tokens(
     Returns (workspace id, token display prefix) per revoked token.
     """
     for prefix in existing_prefixes:  # the last guard before a query
-        if not _WORKSPACE_PREFIX.match(prefix):
+        if not _is_key(prefix):
             raise ValueError(f"refusing to query unsafe prefix {prefix!r}")
     rows = conn.execute(
         _REVOKE_STALE_TOKENS,

@@ -34,7 +34,7 @@ from registry.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_SECONDS = 10 * 60
+DEFAULT_TIMEOUT_SECONDS = 12 * 60  # the original's newest default (CONTRACT §12)
 # Runtimes that boot slower than the default allows.
 RUNTIME_TIMEOUT_SECONDS: Mapping[str, int] = {"hermes": 30 * 60}
 SOURCE = "provision_timeout_sweep"

@@ -9,6 +9,7 @@ None when the agent has nothing more to do (dead, hibernated, never started).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
-from molecule_registry_client import RegistryClient, RegistryError
+from molecule_registry_client import RegistryClient, RegistryError, RegistryRefused
+from molecule_registry_client.names import REGISTER_TASK
 from molecule_registry_demo.simulator.behaviours import Behaviour
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,14 @@ class Timings:
     liveness_ttl: float = 8.0
     remote_stale_after: float = 6.0
     hibernation_idle_minutes: int = 1
+    provision_timeout: float = 10.0
+
+
+class Operator(Protocol):
+    """What the platform's operator does to a workspace outside the registry's messages
+    (the platform's API writes the shared `workspaces` table): the demo's fleet.py."""
+
+    def pause(self, workspace_id: UUID) -> None: ...
 
 
 class Containers(Protocol):
@@ -89,8 +99,10 @@ class SimulatedAgent:
         timings: Timings,
         stats: Stats,
         containers: Containers | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self.workspace_id = workspace_id
+        self.operator = operator
         self.name = name
         self.rng = rng
         self.timings = timings
@@ -296,7 +308,94 @@ class StuckAgent(SimulatedAgent):
         return None
 
 
+class LateAgent(SimulatedAgent):
+    """Its container boots slower than the provisioning timeout: the workspace is failed
+    first, then its first heartbeats bring it online (CONTRACT §12, failed → online)."""
+
+    behaviour = Behaviour.LATE
+
+    def setup(self, client: RegistryClient) -> None:
+        created = client.create_workspace(
+            self.name, id=str(self.workspace_id), **self.create_fields()
+        )
+        self.token = created.get("auth_token")  # the provisioner would hand it over
+        self.started_at = time.monotonic()
+        # Well after the provisioning sweep gave up on it.
+        self.boots_at = self.started_at + 2 * self.timings.provision_timeout + 5
+
+    def tick(self, client: RegistryClient, now: float) -> float | None:
+        if now < self.boots_at:
+            return self.boots_at - now
+        return super().tick(client, now)
+
+
+class MisconfiguredAgent(SimulatedAgent):
+    """Re-registers once with a URL the registry refuses (cloud metadata): a refusal
+    after its token was accepted, so its heartbeats degrade the workspace; a few beats
+    later it registers properly again and the workspace is back online (CONTRACT §12)."""
+
+    behaviour = Behaviour.MISCONFIGURED
+    BAD_URL = "http://169.254.169.254/latest/meta-data/"
+
+    def setup(self, client: RegistryClient) -> None:
+        super().setup(client)
+        self.beats = 0
+
+    def tick(self, client: RegistryClient, now: float) -> float | None:
+        self.beats += 1
+        if self.beats == 3:
+            # Refused, as intended: the URL check says no, and the registry records it.
+            with contextlib.suppress(RegistryRefused):
+                client.register(
+                    self.workspace_id,
+                    self.agent_card(),
+                    url=self.BAD_URL,
+                    delivery_mode="push",
+                    auth_token=self.token,
+                )
+        elif self.beats == 9:
+            self.register(client)  # fixed: a successful registration clears the failure
+        return super().tick(client, now)
+
+
+class PausedAgent(SimulatedAgent):
+    """The operator pauses its workspace; the agent keeps restarting and registering,
+    and the registry answers with the paused status instead of waking it (§12)."""
+
+    behaviour = Behaviour.PAUSED
+
+    def setup(self, client: RegistryClient) -> None:
+        super().setup(client)
+        self.beats = 0
+
+    def tick(self, client: RegistryClient, now: float) -> float | None:
+        self.beats += 1
+        if self.beats == 2 and self.operator is not None:
+            self.operator.pause(self.workspace_id)
+        if self.beats > 2 and self.beats % 3 == 0:
+            payload = {
+                "id": str(self.workspace_id),
+                "agent_card": self.agent_card(),
+                "delivery_mode": "poll",
+                "auth_token": self.token,
+            }
+            answer = client.call(REGISTER_TASK, payload)
+            self.stats.add(registrations=1)
+            log.debug("%s registered while paused: %s", self.name, answer["workspace_status"])
+        return super().tick(client, now)
+
+
 AGENT_CLASSES: dict[Behaviour, type[SimulatedAgent]] = {
     cls.behaviour: cls
-    for cls in (HealthyAgent, DyingAgent, FlakyAgent, IdleAgent, LaptopAgent, StuckAgent)
+    for cls in (
+        HealthyAgent,
+        DyingAgent,
+        FlakyAgent,
+        IdleAgent,
+        LaptopAgent,
+        StuckAgent,
+        LateAgent,
+        MisconfiguredAgent,
+        PausedAgent,
+    )
 }

@@ -14,6 +14,10 @@ class Behaviour(StrEnum):
     IDLE = "idle"  # no work, hibernation enabled → hibernated
     LAPTOP = "laptop"  # external runtime, vanishes and re-registers → awaiting_agent ↔ online
     STUCK = "stuck"  # created, never registers → failed by the provisioning sweep
+    # The original's newest registry (CONTRACT §12):
+    LATE = "late"  # boots after the provisioning timeout → failed, then its heartbeat → online
+    MISCONFIGURED = "misconfigured"  # a registration refused after auth → degraded, then fixed
+    PAUSED = "paused"  # paused by the operator; its re-registrations do not wake it
 
 
 # The status each behaviour exists to show.
@@ -24,15 +28,21 @@ SHOWCASE_STATUS: dict[Behaviour, Status] = {
     Behaviour.IDLE: Status.HIBERNATED,
     Behaviour.LAPTOP: Status.AWAITING_AGENT,
     Behaviour.STUCK: Status.FAILED,
+    Behaviour.LATE: Status.ONLINE,  # after `failed`: the comeback is the point
+    Behaviour.MISCONFIGURED: Status.DEGRADED,
+    Behaviour.PAUSED: Status.PAUSED,
 }
 
 DEFAULT_MIX: dict[Behaviour, float] = {
     Behaviour.HEALTHY: 55,
-    Behaviour.DYING: 10,
-    Behaviour.FLAKY: 10,
-    Behaviour.IDLE: 10,
-    Behaviour.LAPTOP: 10,
-    Behaviour.STUCK: 5,
+    Behaviour.DYING: 8,
+    Behaviour.FLAKY: 8,
+    Behaviour.IDLE: 8,
+    Behaviour.LAPTOP: 8,
+    Behaviour.STUCK: 4,
+    Behaviour.LATE: 3,
+    Behaviour.MISCONFIGURED: 3,
+    Behaviour.PAUSED: 3,
 }
 
 

@@ -17,9 +17,10 @@ test notices a new SDK call.
 Two uses:
 
 - The demo (`simulate_workspaces=True`, the worker gets `CONTAINER_BACKEND=docker`
-  and `DOCKER_HOST=tcp://127.0.0.1:<port>`): every `ws-<12 hex/dash chars>`
-  container and its volume exist, unlabelled (so the orphan sweep only ever reaps
-  those of removed workspaces, never "unknown" ones), and the container runs until
+  and `DOCKER_HOST=tcp://127.0.0.1:<port>`): every workspace container the registry
+  asks about (`ws-<full id>`, or the legacy `ws-<first 12>`) and its volumes
+  (`-configs`, `-claude-sessions`) exist, unlabelled (so the orphan sweep only ever
+  reaps those of removed workspaces, never "unknown" ones), and the container runs until
   someone stops it: the hibernation sweep (via the API) or the simulator itself
   (`crash`, a container that died with its agent). Listing shows only the simulated
   containers asked about so far.
@@ -31,7 +32,7 @@ Two uses:
 
 Usage:
     with FakeDockerEngine() as engine:
-        engine.add_container("ws-0123456789ab", running=True, labels={...})
+        engine.add_container("ws-<id>", running=True, labels={...})
         client = DockerContainers(engine.base_url)
 
 The server socket is bound on construction and served from `start()` (or entering
@@ -56,9 +57,11 @@ API_VERSION = "1.43"
 _VERSIONED = re.compile(r"^/v(?P<version>[0-9.]+)(?P<rest>/.*)$")
 _CONTAINER = re.compile(r"^/containers/(?P<name>[^/]+)/(?P<action>json|stop)$")
 _VOLUME = re.compile(r"^/volumes/(?P<name>[^/]+)$")
-# What a simulated workspace's container and volume are called (registry.containers).
-_SIMULATED_CONTAINER = re.compile(r"ws-[0-9a-f-]{1,12}")
-_SIMULATED_VOLUME = re.compile(r"ws-[0-9a-f-]{1,12}-data")
+# What a simulated workspace's container and volumes are called (registry.sweeps.containers):
+# the full id or the legacy 12-character prefix.
+_KEY = r"[0-9a-f]{8}-[0-9a-f]{3}(?:[0-9a-f]-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?"
+_SIMULATED_CONTAINER = re.compile(rf"ws-{_KEY}")
+_SIMULATED_VOLUME = re.compile(rf"ws-{_KEY}-(?:configs|claude-sessions)")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from molecule_registry_client import RegistryClient, RegistryError
 from molecule_registry_demo.simulator.agents import (
     AGENT_CLASSES,
     Containers,
+    Operator,
     SimulatedAgent,
     Stats,
     Timings,
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 START_ORDER = (
     Behaviour.IDLE,
     Behaviour.STUCK,
+    Behaviour.LATE,
+    Behaviour.MISCONFIGURED,
+    Behaviour.PAUSED,
     Behaviour.LAPTOP,
     Behaviour.FLAKY,
     Behaviour.DYING,
@@ -58,6 +62,7 @@ class Fleet:
         *,
         timings: Timings,
         containers: Containers | None = None,
+        operator: Operator | None = None,
         run_tag: str | None = None,
         seed: int | None = None,
         threads: int = 8,
@@ -80,6 +85,7 @@ class Fleet:
                         timings=timings,
                         stats=self.stats,
                         containers=containers,
+                        operator=operator,
                     )
                 )
         self._heap: list[tuple[float, int, SimulatedAgent]] = []
@@ -166,6 +172,24 @@ class Fleet:
             delay = None
         if delay is not None:
             self._push(now + delay, agent)
+
+
+class DatabaseOperator:
+    """The operator's pause, as the platform's API does it: a write to the shared
+    `workspaces` table (CONTRACT §3), not a registry message."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def pause(self, workspace_id: UUID) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE workspaces SET status = 'paused', updated_at = now() "
+                    "WHERE id = :id AND status <> 'removed'"
+                ),
+                {"id": workspace_id},
+            )
 
 
 # Exactly the names `Fleet` gives its agents, so no other workspace can ever match.
