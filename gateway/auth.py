@@ -1,7 +1,8 @@
 """The token check at the edge (CONTRACT §10, §4.1 step 1), with a short cache.
 
 The rule is the registry's (`registry.ingestion.tokens`): a workspace with a live token
-needs one of its own tokens; one without may call without (bootstrap). The gateway
+needs one of its own tokens; one without may call without (bootstrap). A token that is
+sent must be valid (CONTRACT §10) in any case: a revoked or foreign one is a 401. The gateway
 answers 401 at once from it, and still forwards the token: the worker checks again, so
 the cache only makes the common case cheap, never a stale verdict binding.
 
@@ -68,4 +69,9 @@ class TokenChecker:
     def _check(self, workspace_id: UUID, token: str | None) -> bool:
         with self._engine.connect() as conn:
             state = token_state(conn, workspace_id, token, None)
-        return is_authorized(state.has_live, state.matched_id)
+        if token is not None:
+            # A token that is presented must be a live one of this workspace, even when
+            # the workspace has none left (a revoked or foreign token is refused, not
+            # taken for a bootstrap call).
+            return state.matched_id is not None
+        return is_authorized(state.has_live, None)

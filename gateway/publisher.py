@@ -162,6 +162,7 @@ class Publisher:
                     )
                     self._publish(conn, HEARTBEAT_BATCH_TASK, body, headers, task_id)
                     self.batches_sent += 1
+                    log.debug("published a heartbeat batch of %d (message %s)", len(batch), task_id)
                 except Exception as exc:
                     # Logged without the payload: it holds tokens.
                     log.warning("heartbeat batch of %d not published: %s", len(batch), exc)

@@ -12,7 +12,6 @@ from registry import directory
 
 async def state(request: Request) -> JSONResponse:
     workspace_id = path_id(request)
-    await authorize(request, workspace_id)
     engine = gateway_of(request).engine
 
     def lookup() -> dict[str, object] | None:
@@ -22,5 +21,8 @@ async def state(request: Request) -> JSONResponse:
     found = await run_in_threadpool(lookup)
     if found is None:
         # The original's answer: the agent stops on `deleted: true`.
+        # Answered before the token check: removing a workspace revokes its tokens, and
+        # its agent must still learn that it was deleted (and stop).
         return JSONResponse({"workspace_id": str(workspace_id), "deleted": True}, status_code=404)
+    await authorize(request, workspace_id)
     return JSONResponse(found)
