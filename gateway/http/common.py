@@ -52,8 +52,18 @@ async def json_object(request: Request) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise Refused(400, "body: not valid JSON") from None
     if not isinstance(value, dict):
-        raise Refused(400, f"body: must be a JSON object, not {type(value).__name__}")
+        raise Refused(400, f"body: must be a JSON object, not {_json_kind(value)}")
     return value
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def validated(model: type[M], body: dict[str, Any]) -> M:
