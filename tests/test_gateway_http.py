@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from gateway_helpers import CONNECT_CARD, RunningGateway, bearer, running_gateway
 from ingest_helpers import (
     create_now,
@@ -46,7 +47,21 @@ def heartbeat_seen(engine: Engine, ws: str, after: object) -> bool:
     return row.last_heartbeat_at is not None and row.last_heartbeat_at > after
 
 
-def test_molecule_connect_sequence(db: Engine, gateway: RunningGateway) -> None:
+def results_holding(token: str, backend_url: str) -> list[str]:
+    backend = redis.Redis.from_url(backend_url)
+    try:
+        return [
+            key.decode()
+            for key in backend.scan_iter("celery-task-meta-*")
+            if token.encode() in (backend.get(key) or b"")
+        ]
+    finally:
+        backend.close()
+
+
+def test_molecule_connect_sequence(
+    db: Engine, gateway: RunningGateway, test_env: dict[str, str]
+) -> None:
     """`molecule connect`: register in poll mode without a URL, then heartbeat every
     interval with the token until a 4xx answer (here: the workspace was removed)."""
     ws = str(uuid.uuid4())
@@ -61,6 +76,8 @@ def test_molecule_connect_sequence(db: Engine, gateway: RunningGateway) -> None:
         assert body["delivery_mode"] == "poll"
         token = body["auth_token"]
         assert set(body) == {"status", "delivery_mode", "auth_token"}
+        # The answer was read once and removed: the token is nowhere in the backend.
+        assert not results_holding(token, test_env["CELERY_RESULT_BACKEND"])
         row = workspace(db, ws)
         assert (row.status, row.delivery_mode, row.agent_card) == ("online", "poll", CONNECT_CARD)
 
