@@ -1,4 +1,4 @@
-"""The platform gateway (CONTRACT "The gateway"): the original platform's HTTP calls in
+"""The platform gateway (CONTRACT §11): the original platform's HTTP calls in
 front of the registry's queue.
 
 It publishes queue messages and reads PostgreSQL; it writes nothing itself. Handlers

@@ -1,4 +1,4 @@
-"""Requests per minute per caller (CONTRACT "The gateway": `RATE_LIMIT`).
+"""Requests per minute per caller (CONTRACT §11: `RATE_LIMIT`).
 
 Fixed one-minute windows aligned on the clock, counted in this process's memory. Each
 gateway process counts alone, so N gateways behind a load balancer admit up to N times

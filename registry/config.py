@@ -363,7 +363,7 @@ class Settings:
         "0.0.0.0",  # noqa: S104 - Prometheus scrapes the worker from another host
         "address the worker's Prometheus endpoint listens on",
     )
-    # The gateway (`molecule-registry gateway`, CONTRACT "The gateway"): the original
+    # The gateway (`molecule-registry gateway`, CONTRACT §11): the original
     # platform's HTTP calls turned into queue messages.
     gateway_host: str = _opt(
         "GATEWAY_HOST",

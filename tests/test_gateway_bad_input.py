@@ -1,5 +1,5 @@
 """Bad input at the gateway: the status code, the error text, and that nothing of it
-reached the queue or the database (CONTRACT "The gateway").
+reached the queue or the database (CONTRACT §11).
 
 The gateways here publish to a Redis broker database no worker consumes, so whatever
 they published would still be in its queues: "nothing reached the queue" is an empty

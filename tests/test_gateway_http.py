@@ -1,4 +1,4 @@
-"""The gateway's HTTP calls (CONTRACT "The gateway") against real processes.
+"""The gateway's HTTP calls (CONTRACT §11) against real processes.
 
 A real gateway (`molecule-registry gateway --log-level debug` in a subprocess), the
 in-process `worker` consuming the test run's Redis broker, real PostgreSQL and Redis;

@@ -1,4 +1,4 @@
-"""The HTTP calls of CONTRACT "The gateway", one thin handler each."""
+"""The HTTP calls of CONTRACT §11, one thin handler each."""
 
 from __future__ import annotations
 
