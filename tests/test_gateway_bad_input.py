@@ -1,8 +1,8 @@
 """Bad input at the gateway: the status code, the error text, and that nothing of it
 reached the queue or the database (CONTRACT §11).
 
-The gateways here publish to a Redis broker database no worker consumes, so whatever
-they published would still be in its queues: "nothing reached the queue" is an empty
+The gateways here publish to a RabbitMQ vhost no worker consumes, so whatever they
+published would still be in its queues: "nothing reached the queue" is an empty
 broker. One gateway runs with the defaults; a strict one with `MOLECULE_ORG_ID` set
 and a small `RATE_LIMIT`.
 """
@@ -16,10 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from gateway_helpers import RunningGateway, bearer, running_gateway
 from ingest_helpers import db_snapshot, register_now
+from kombu import Connection
+from liveness_helpers import private_rabbitmq_vhost
 from sqlalchemy import Engine
+
+from molecule_registry_client.names import QUEUE_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -28,34 +31,20 @@ RATE = 5
 
 
 @pytest.fixture(scope="module")
-def idle_broker() -> Iterator[redis.Redis]:
-    """A Redis broker database of its own, consumed by nobody."""
-    from conftest import REDIS_BASE, _reserve_redis_dbs
-
-    first, _second, lock = _reserve_redis_dbs()
-    client = redis.Redis.from_url(f"{REDIS_BASE}/{first}")
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.flushdb()
-        client.close()
-        lock.close()
-
-
-def broker_url(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
+def idle_broker() -> Iterator[str]:
+    """A broker of their own (a RabbitMQ vhost), consumed by nobody."""
+    with private_rabbitmq_vhost() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    idle_broker: redis.Redis, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    idle_broker: str, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
     with running_gateway(
         test_env,
         tmp_path_factory.mktemp("gateway"),
-        CELERY_BROKER_URL=broker_url(idle_broker),
+        CELERY_BROKER_URL=idle_broker,
         GATEWAY_REGISTER_TIMEOUT_SECONDS="1",
     ) as running:
         yield running
@@ -63,12 +52,12 @@ def gateway(
 
 @pytest.fixture(scope="module")
 def strict_gateway(
-    idle_broker: redis.Redis, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    idle_broker: str, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
     with running_gateway(
         test_env,
         tmp_path_factory.mktemp("strict"),
-        CELERY_BROKER_URL=broker_url(idle_broker),
+        CELERY_BROKER_URL=idle_broker,
         MOLECULE_ORG_ID=ORG,
         # The org id alone would switch the URL guard to SaaS mode; not what is tested.
         MOLECULE_DEPLOY_MODE="self-hosted",
@@ -77,19 +66,27 @@ def strict_gateway(
         yield running
 
 
-def queued(broker: redis.Redis) -> list[dict[str, Any]]:
-    """Every message waiting in the broker's queues (kombu keeps each queue as lists)."""
+def queued(broker: str) -> list[tuple[dict[str, Any], Any]]:
+    """Every message waiting in the broker's registry queues, as (headers, decoded body);
+    taken off the queues as they are read."""
     messages = []
-    for key in broker.scan_iter():
-        if broker.type(key) == b"list":
-            messages.extend(json.loads(raw) for raw in broker.lrange(key, 0, -1))
+    with Connection(broker) as conn:
+        for name in QUEUE_NAMES:
+            channel = conn.channel()
+            try:
+                channel.queue_declare(name, passive=True)
+            except conn.channel_errors:
+                continue  # never declared: nothing was ever sent there
+            while (message := channel.basic_get(name, no_ack=True)) is not None:
+                messages.append((dict(message.headers), json.loads(message.body)))
+            channel.close()
     return messages
 
 
 @pytest.fixture
-def untouched(db: Engine, idle_broker: redis.Redis) -> Iterator[None]:
+def untouched(db: Engine, idle_broker: str) -> Iterator[None]:
     """The test's calls leave the database and the broker exactly as they were."""
-    idle_broker.flushdb()
+    queued(idle_broker)
     before = db_snapshot(db)
     yield
     assert queued(idle_broker) == []
@@ -258,11 +255,9 @@ def test_wrong_org_header(strict_gateway: RunningGateway, untouched: None):
         assert right.status_code == 404  # past the org check: an unknown workspace
 
 
-def test_flood_over_the_rate_limit(
-    strict_gateway: RunningGateway, idle_broker: redis.Redis, db: Engine
-):
+def test_flood_over_the_rate_limit(strict_gateway: RunningGateway, idle_broker: str, db: Engine):
     """RATE heartbeats pass; the rest are 429 with Retry-After, and never queued."""
-    idle_broker.flushdb()
+    queued(idle_broker)
     ws = str(uuid.uuid4())
     token = register_now(ws, card={"name": "flood"})["auth_token"]
     headers = {"X-Molecule-Org-Id": ORG, **bearer(token)}
@@ -298,27 +293,19 @@ def test_flood_over_the_rate_limit(
     assert sorted(items) == sorted([ws] * RATE + [other])
 
 
-def heartbeats_in(broker: redis.Redis) -> list[str]:
+def heartbeats_in(broker: str) -> list[str]:
     """The workspace ids of every heartbeat waiting in the broker's batch messages."""
-    import base64
-
     ids = []
-    for message in queued(broker):
-        assert message["headers"]["task"] == "registry.heartbeat_batch"
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, _kwargs, _embed = json.loads(body)
+    for headers, (args, _kwargs, _embed) in queued(broker):
+        assert headers["task"] == "registry.heartbeat_batch"
         ids.extend(item["workspace_id"] for item in args[0]["heartbeats"])
     return ids
 
 
-def test_register_with_no_worker_answers_503(
-    gateway: RunningGateway, idle_broker: redis.Redis, db: Engine
-):
+def test_register_with_no_worker_answers_503(gateway: RunningGateway, idle_broker: str, db: Engine):
     """No worker answers in time: 503 with Retry-After, and the message expires, so a
     worker that comes later never issues a token nobody receives."""
-    idle_broker.flushdb()
+    queued(idle_broker)
     ws = str(uuid.uuid4())
     with gateway.client() as http:
         answer = http.post(
@@ -329,6 +316,6 @@ def test_register_with_no_worker_answers_503(
     assert answer.status_code == 503
     assert answer.json() == {"error": refused_text}
     assert int(answer.headers["retry-after"]) > 0
-    (message,) = queued(idle_broker)
-    assert message["headers"]["task"] == "registry.register"
-    assert message["headers"]["expires"]
+    ((headers, _body),) = queued(idle_broker)
+    assert headers["task"] == "registry.register"
+    assert headers["expires"]
