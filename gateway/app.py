@@ -74,7 +74,7 @@ def build_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         finally:
             # Heartbeats still waiting are published before the process ends.
             await asyncio.to_thread(publisher.close)
-            replies.close()
+            await replies.close()
 
     # --- extra route lists (WebSocket, board) are appended here -----------------------
     all_routes: list[BaseRoute] = [*routes(), *extra_routes]

@@ -30,6 +30,8 @@ from registry.ingestion.payloads import (
     UpdateCardPayload,
 )
 
+HEARTBEAT_FIELDS = frozenset(HeartbeatPayload.model_fields) - {"auth_token"}
+
 
 async def register(request: Request) -> JSONResponse:
     payload = validated(RegisterPayload, await json_object(request))
@@ -45,11 +47,12 @@ async def register(request: Request) -> JSONResponse:
 
 
 async def heartbeat(request: Request) -> JSONResponse:
-    payload = validated(HeartbeatPayload, await json_object(request))
+    body = await json_object(request)
+    payload = validated(HeartbeatPayload, body)
     token = await authorize(request, payload.workspace_id)
-    # What the registry's model understood, as sent (unset fields stay unset), stamped
-    # with when the gateway received it unless the agent said when it sent it.
-    item = payload.model_dump(mode="json", exclude_unset=True)
+    # The fields the registry's model knows, as sent (the worker validates them again),
+    # stamped with when the gateway received it unless the agent said when it sent it.
+    item = {key: value for key, value in body.items() if key in HEARTBEAT_FIELDS}
     item.setdefault("sent_at", time.time())
     if token is not None:
         item["auth_token"] = token
