@@ -65,6 +65,7 @@ from registry.ingestion.tokens import hash_token  # noqa: E402
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="gwbench-"))
 REGISTER_RATE = 50.0
+LOW_REGISTER_RATE = 5.0  # the gateway's own share of a registration's latency
 
 
 def free_port() -> int:
@@ -172,8 +173,8 @@ def lone_heartbeat_ms(base: str, fleet: dict[str, str], count: int = 50) -> floa
     return statistics.median(took)
 
 
-async def registrations(base: str, seconds: float) -> tuple[list[float], int]:
-    """Registrations of new workspaces at REGISTER_RATE per second; (latencies ms, failures)."""
+async def registrations(base: str, seconds: float, rate: float) -> tuple[list[float], int]:
+    """Registrations of new workspaces at `rate` per second; (latencies ms, failures)."""
     latencies: list[float] = []
     failures = 0
 
@@ -195,8 +196,8 @@ async def registrations(base: str, seconds: float) -> tuple[list[float], int]:
         latencies.clear()
         tasks = []
         start = time.perf_counter()
-        for i in range(int(seconds * REGISTER_RATE)):
-            delay = start + i / REGISTER_RATE - time.perf_counter()
+        for i in range(int(seconds * rate)):
+            delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(http)))
@@ -258,7 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
         stack.enter_context(
             managed_process(
-                celery_worker_argv(["registry"], pool="threads", concurrency=4),
+                # The registry queue's worker as docs/OPERATIONS.md runs it (prefork, -c 2).
+                celery_worker_argv(["registry"], concurrency=2),
                 env=env,
                 log_dir=LOG_DIR,
                 ready=WORKER_READY,
@@ -266,13 +268,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 name="worker",
             )
         )
-        latencies, failures = asyncio.run(registrations(gateway_url, args.register_seconds))
-        figures.update(
-            register_count=len(latencies),
-            register_failures=failures,
-            register_p50=percentile(latencies, 0.5) if latencies else float("nan"),
-            register_p99=percentile(latencies, 0.99) if latencies else float("nan"),
-        )
+        for rate in (LOW_REGISTER_RATE, REGISTER_RATE):
+            started = time.perf_counter()
+            latencies, failures = asyncio.run(
+                registrations(gateway_url, args.register_seconds, rate)
+            )
+            took = time.perf_counter() - started
+            figures[f"register_{rate:g}"] = {
+                "count": len(latencies),
+                "failures": failures,
+                "p50": percentile(latencies, 0.5) if latencies else float("nan"),
+                "p99": percentile(latencies, 0.99) if latencies else float("nan"),
+                "completed_per_s": len(latencies) / took,
+            }
     return figures
 
 
@@ -298,10 +306,19 @@ def report(args: argparse.Namespace, f: dict[str, object]) -> str:
             f"| gateway answers other than 200 | {f['non2xx']} |",
             f"| gateway wrk latency p50 per round | {', '.join(f['gateway_p50'])} |",  # type: ignore[arg-type]
             f"| lone heartbeat on the idle gateway (median of 50) | {f['lone_ms']:.1f} ms |",
-            f"| registration at {REGISTER_RATE:.0f}/s through a worker: p50 / p99 | "
-            f"{f['register_p50']:.0f} / {f['register_p99']:.0f} ms ({f['register_count']} "
-            f"registrations, {f['register_failures']} failed) |",
+            *(
+                register_row(rate, f[f"register_{rate:g}"])
+                for rate in (LOW_REGISTER_RATE, REGISTER_RATE)
+            ),  # type: ignore[arg-type]
         ]
+    )
+
+
+def register_row(rate: float, r: dict[str, float]) -> str:
+    return (
+        f"| registration offered at {rate:g}/s, one worker (prefork -c 2): p50 / p99 | "
+        f"{r['p50']:.0f} / {r['p99']:.0f} ms ({r['count']:.0f} registrations, "
+        f"{r['failures']:.0f} failed; {r['completed_per_s']:.1f}/s completed) |"
     )
 
 
