@@ -152,7 +152,7 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[float, 
     out = done.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE)
     return rate, int(bad.group(1)) if bad else 0, p50.group(1) if p50 else "?"
 
 

@@ -4,14 +4,14 @@ kombu is blocking, so nothing here runs on the event loop:
 
 - `send()` publishes one message (a registration, a card update) on a pooled broker
   connection; handlers call it through the thread pool.
-- `heartbeat()` hands one heartbeat to the coalescer thread and returns a future. The
+- `heartbeat()` hands one heartbeat to the coalescer threads and returns a future. A
   thread waits at most `max_wait` seconds after the first waiting heartbeat for company
   (or until `max_items` wait), publishes them as ONE `registry.heartbeat_batch` message
   (CONTRACT §4.2a), and settles every future of the batch once the broker has it: on
   RabbitMQ only when the broker confirms it (publisher confirms, kombu's
   `confirm_publish`), on Redis when the push returns. A lone heartbeat on an idle
   gateway is therefore answered after at most `max_wait` plus one publish; a flood
-  travels in full batches, and while one batch is on the wire the next one fills.
+  travels in full batches, and while batches are on the wire the next ones fill.
 
 Messages are Celery message protocol v2, built by the project's client
 (`molecule_registry_client.celery_message`), routed by queue name like every producer.
@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 # Heartbeats waiting for the broker beyond this are answered 503 at once rather than
 # piling up in memory while the broker is down.
 MAX_WAITING_HEARTBEATS = 100_000
+
+# Batches on the wire at once. Each caller waits for its batch's confirm, so with one
+# publisher a gateway's throughput is its open calls per confirm round trip; a second
+# publisher fills and sends the next batch while the first waits. Order between
+# batches does not matter: every item carries its sent_at, and the worker never lets
+# an older heartbeat roll a newer one back (CONTRACT §4.2 step 4).
+PUBLISHER_THREADS = 2
 
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.4, "interval_max": 1}
 
@@ -75,20 +82,25 @@ class Publisher:
         self._cond = threading.Condition()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="heartbeat-publisher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"heartbeat-publisher-{n}", daemon=True)
+            for n in range(PUBLISHER_THREADS)
+        ]
         self.batches_sent = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         """Publish what is waiting, then stop the thread and close the connections."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout=15)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=15)
         self._pool.force_close_all()
 
     # Single messages (registrations, card updates).
