@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kombu import Connection, Queue
+from kombu.exceptions import KombuError
 
 from molecule_registry_client import celery_message, safe_url
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, queue_arguments, queue_for
@@ -97,7 +98,7 @@ class Publisher:
         """Publish what is waiting, then stop the thread and close the connections."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()  # every publisher thread drains and ends
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=15)
@@ -218,7 +219,7 @@ class Publisher:
                 retry=True,
                 retry_policy=_RETRY_POLICY,
             )
-        except (OSError, *conn.connection_errors, *conn.channel_errors) as exc:
+        except (KombuError, OSError, *conn.connection_errors, *conn.channel_errors) as exc:
             raise BrokerUnavailable(
                 f"cannot publish to the broker at {safe_url(self.broker_url)}: {exc}"
             ) from exc

@@ -391,3 +391,70 @@ def test_concurrent_heartbeats_travel_in_few_batches(db: Engine, gateway: Runnin
     wait_until(lambda: all(workspace(db, ws).active_tasks == 7 for ws in workspaces))
     batches = gateway.process.count(r"published a heartbeat batch of") - batches_before
     assert 1 <= batches < len(workspaces)
+
+
+def test_broker_down_is_503_with_retry_after(
+    db: Engine, test_env: dict[str, str], tmp_path
+) -> None:
+    """A broker that cannot be reached: the heartbeat is not acknowledged (503, try again)."""
+    from gateway_helpers import free_port
+
+    dead_broker = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    with (
+        running_gateway(test_env, tmp_path, CELERY_BROKER_URL=dead_broker) as gateway,
+        gateway.client() as http,
+    ):
+        beat = http.post("/registry/heartbeat", json={"workspace_id": str(uuid.uuid4())})
+        register = http.post(
+            "/registry/register",
+            json={"id": str(uuid.uuid4()), "agent_card": {"name": "a"}, "delivery_mode": "poll"},
+        )
+    for answer in (beat, register):
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"error": "the registry's broker is unavailable"}
+        assert int(answer.headers["retry-after"]) > 0
+
+
+def test_demo_agents_over_http(db: Engine, gateway: RunningGateway, test_env: dict[str, str]):
+    """`demo --via http`: the simulated agents' client registers and heartbeats through
+    the gateway, and maps its refusals to the client's errors."""
+    from molecule_registry_client import RegistryClient, RegistryRefused
+    from molecule_registry_demo.simulator.http_client import HttpRegistryClient
+
+    admin = RegistryClient(
+        test_env["CELERY_BROKER_URL"], result_backend=test_env["CELERY_RESULT_BACKEND"]
+    )
+    client = HttpRegistryClient(gateway.url, admin)
+    try:
+        ws = str(uuid.uuid4())
+        client.create_workspace("sim", id=ws)  # as the provisioner: through the queue
+        token = client.register(ws, {"name": "sim"}, delivery_mode="poll")
+        assert client.register(ws, {"name": "sim"}, delivery_mode="poll", auth_token=token) == token
+        client.heartbeat(ws, token, active_tasks=3, current_task=None, uptime_seconds=9)
+        wait_until(lambda: workspace(db, ws).active_tasks == 3)
+        with pytest.raises(RegistryRefused) as refused:
+            client.heartbeat(ws, "not-the-token")
+        assert refused.value.status == "unauthorized"
+        with pytest.raises(RegistryRefused) as rejected:
+            client.heartbeat(ws, token, active_tasks=-1)
+        assert rejected.value.status == "rejected"
+        assert rejected.value.error.startswith("active_tasks:")
+    finally:
+        client.close()
+
+
+def test_gateway_stops_promptly_on_sigterm(db: Engine, test_env: dict[str, str], tmp_path):
+    """SIGTERM (an operator, a supervisor): the gateway publishes what it holds and exits
+    well within a supervisor's grace period; every publisher thread ends."""
+    import signal
+
+    with running_gateway(test_env, tmp_path) as gateway:
+        with gateway.client() as http:
+            beat = http.post("/registry/heartbeat", json={"workspace_id": str(uuid.uuid4())})
+            assert beat.status_code == 200
+        started = time.monotonic()
+        gateway.process.signal_group(signal.SIGTERM)
+        # uvicorn ends a graceful shutdown by re-raising the signal: -SIGTERM.
+        assert gateway.process.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 5
+        assert "Application shutdown complete" in gateway.process.log()
