@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from gateway.auth import bearer_token
@@ -107,8 +108,6 @@ async def call_worker(request: Request, task_name: str, payload: dict[str, Any])
     503 with Retry-After when the broker refuses it or no answer comes in time (the
     message expires then, so no worker applies it afterwards).
     """
-    from starlette.concurrency import run_in_threadpool
-
     gateway = gateway_of(request)
     timeout = gateway.settings.gateway_register_timeout_seconds
     try:
