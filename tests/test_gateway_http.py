@@ -458,3 +458,34 @@ def test_gateway_stops_promptly_on_sigterm(db: Engine, test_env: dict[str, str],
         assert gateway.process.proc.wait(timeout=10) in (0, -signal.SIGTERM)
         assert time.monotonic() - started < 5
         assert "Application shutdown complete" in gateway.process.log()
+
+
+def test_two_gateways_side_by_side(
+    db: Engine, gateway: RunningGateway, test_env: dict[str, str], tmp_path
+) -> None:
+    """No gateway holds state another needs: register through one, carry on through the
+    other; an unknown workspace's heartbeat is accepted by either (the worker refuses it)."""
+    with running_gateway(test_env, tmp_path) as other, gateway.client() as a, other.client() as b:
+        ws = str(uuid.uuid4())
+        token = a.post(
+            "/registry/register",
+            json={"id": ws, "agent_card": CONNECT_CARD, "delivery_mode": "poll"},
+        ).json()["auth_token"]
+        beat = b.post(
+            "/registry/heartbeat",
+            json={"workspace_id": ws, "active_tasks": 4},
+            headers=bearer(token),
+        )
+        assert beat.status_code == 200
+        wait_until(lambda: workspace(db, ws).active_tasks == 4)
+        card = {**CONNECT_CARD, "version": "2.0.0"}
+        updated = b.post(
+            "/registry/update-card",
+            json={"workspace_id": ws, "agent_card": card},
+            headers=bearer(token),
+        )
+        assert updated.json() == {"status": "updated"}
+        assert a.get(f"/workspaces/{ws}/state", headers=bearer(token)).json()["status"] == "online"
+        unknown = {"workspace_id": str(uuid.uuid4())}
+        assert a.post("/registry/heartbeat", json=unknown).json() == {"status": "ok"}
+        assert b.post("/registry/heartbeat", json=unknown).json() == {"status": "ok"}
