@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +37,13 @@ HEARTBEAT_FIELDS = frozenset(HeartbeatPayload.model_fields) - {"auth_token"}
 async def register(request: Request) -> JSONResponse:
     payload = validated(RegisterPayload, await json_object(request))
     token = await authorize(request, payload.id)
-    message = payload.model_dump(mode="json", exclude_none=True) | {"auth_token": token}
+    message = payload.model_dump(mode="json", exclude_none=True) | {
+        "auth_token": token,
+        # A secret only this gateway holds (CONTRACT §4.1 step 7): if the broker delivers
+        # the message again after the worker committed it, the same token is answered;
+        # a copy re-sent by anyone else is not. Never logged (redaction: a token's shape).
+        "request_secret": secrets.token_urlsafe(32),
+    }
     reply = await call_worker(request, REGISTER_TASK, _without_none(message))
     if (refused := refusal_of(reply)) is not None:
         raise refused
