@@ -29,11 +29,9 @@ def free_port() -> int:
 
 
 def gateway_argv(port: int, log_level: str = "debug") -> list[str]:
-    code = "from registry.cli import main; main()"
+    """`molecule-registry gateway …`, the installed command of this interpreter's venv."""
     return [
-        sys.executable,
-        "-c",
-        code,
+        str(Path(sys.executable).parent / "molecule-registry"),
         "gateway",
         "--host",
         "127.0.0.1",

@@ -379,10 +379,8 @@ class Demo:
         """The gateway the agents call with `--via http`; every agent calls from this
         machine's address, so its per-address rate limit is lifted for the demo."""
         port = _free_port()
-        argv = [
-            sys.executable, "-c", "from registry.cli import main; main()",
-            "gateway", "--port", str(port), "--log-level", "warning",
-        ]  # fmt: skip
+        command = str(Path(sys.executable).parent / "molecule-registry")
+        argv = [command, "gateway", "--port", str(port), "--log-level", "warning"]
         gateway = self.supervisor.start("gateway", argv, {**env, "RATE_LIMIT": str(10**9)})
         self.gateway_url = f"http://127.0.0.1:{port}"
         self.result["gateway_url"] = self.gateway_url
