@@ -140,6 +140,23 @@ end
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, every thread included (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    url: str, script: Path, connections: int, seconds: int, pid: int
+) -> tuple[float, int, str, float]:
+    """wrk's figures plus the server process's CPU microseconds per answered request:
+    what a request costs the server whatever else the machine is doing."""
+    before = cpu_seconds(pid)
+    rate, bad, p50 = wrk(url, script, connections, seconds)
+    used = cpu_seconds(pid) - before
+    return rate, bad, p50, used / max(1.0, rate * seconds) * 1e6
+
+
 def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[float, int, str]:
     """(requests/s, non-2xx answers, latency p50) of one wrk run."""
     done = subprocess.run(
@@ -222,7 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             broker = stack.enter_context(private_rabbitmq_vhost())
         env = process_env(ENV, CELERY_BROKER_URL=broker, RATE_LIMIT=str(10**9))
         gw_port, hello_port = free_port(), free_port()
-        stack.enter_context(
+        gateway_process = stack.enter_context(
             managed_process(
                 gateway_argv(gw_port, "warning"), env=env, log_dir=LOG_DIR, name="gateway"
             )
@@ -232,7 +249,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "--port", str(hello_port), "--http", "httptools", "--loop", "uvloop",
             "--log-level", "warning", "--no-access-log", "--no-server-header",
         ]  # fmt: skip
-        stack.enter_context(managed_process(hello_argv, env=env, log_dir=LOG_DIR, name="hello"))
+        hello_process = stack.enter_context(
+            managed_process(hello_argv, env=env, log_dir=LOG_DIR, name="hello")
+        )
         wait_for_port(gw_port)
         wait_for_port(hello_port)
         gateway_url, hello_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{hello_port}"
@@ -240,17 +259,25 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         figures["lone_ms"] = lone_heartbeat_ms(gateway_url, fleet)
         wrk(gateway_url, script, args.connections, 2)  # warm: token cache, connections
         wrk(hello_url, script, args.connections, 2)
-        hello, gateway, bad, p50s = [], [], 0, []
+        hello, gateway, bad, p50s, hello_cpu, gateway_cpu = [], [], 0, [], [], []
         for _ in range(args.rounds):
-            rate, non2xx, _p50 = wrk(hello_url, script, args.connections, args.seconds)
+            rate, _bad, _p50, cpu = measured(
+                hello_url, script, args.connections, args.seconds, hello_process.proc.pid
+            )
             hello.append(rate)
-            rate, non2xx, p50 = wrk(gateway_url, script, args.connections, args.seconds)
+            hello_cpu.append(cpu)
+            rate, non2xx, p50, cpu = measured(
+                gateway_url, script, args.connections, args.seconds, gateway_process.proc.pid
+            )
             gateway.append(rate)
+            gateway_cpu.append(cpu)
             bad += non2xx
             p50s.append(p50)
         figures.update(
             hello=statistics.median(hello),
             gateway=statistics.median(gateway),
+            hello_cpu=statistics.median(hello_cpu),
+            gateway_cpu=statistics.median(gateway_cpu),
             hello_runs=hello,
             gateway_runs=gateway,
             non2xx=bad,
@@ -303,6 +330,10 @@ def report(args: argparse.Namespace, f: dict[str, object]) -> str:
             "|---|---|",
             f"| hello-world Starlette endpoint, same uvicorn | {f['hello']:,.0f} req/s ({runs('hello_runs')}) |",
             f"| gateway: authenticated heartbeats, {args.broker} broker | {f['gateway']:,.0f} req/s ({runs('gateway_runs')}); {share:.0%} of hello-world |",
+            f"| server CPU per request (its process, all threads): hello-world / gateway | "
+            f"{f['hello_cpu']:.0f} / {f['gateway_cpu']:.0f} µs: on equal CPU the gateway "
+            f"would answer {float(f['hello_cpu']) / float(f['gateway_cpu']):.0%} of "  # type: ignore[arg-type]
+            "hello-world's rate (the broker's own CPU not counted) |",
             f"| gateway answers other than 200 | {f['non2xx']} |",
             f"| gateway wrk latency p50 per round | {', '.join(f['gateway_p50'])} |",  # type: ignore[arg-type]
             f"| lone heartbeat on the idle gateway (median of 50) | {f['lone_ms']:.1f} ms |",
