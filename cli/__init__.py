@@ -17,6 +17,7 @@ from cli import (  # noqa: F401
     board,
     doctor,
     events,
+    gateway,
     liveness,
     status,
 )

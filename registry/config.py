@@ -64,6 +64,31 @@ def non_negative_float(raw: str) -> float:
     return value
 
 
+def port_number(raw: str) -> int:
+    value = int(raw.strip())
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number (0 to 65535)")
+    return value
+
+
+def heartbeat_batch_size(raw: str) -> int:
+    """1 to 1,000: the most items a `registry.heartbeat_batch` envelope may hold."""
+    from molecule_registry_client.names import MAX_HEARTBEAT_BATCH
+
+    value = int(raw.strip())
+    if not 1 <= value <= MAX_HEARTBEAT_BATCH:
+        raise ValueError(f"must be 1 to {MAX_HEARTBEAT_BATCH}")
+    return value
+
+
+def token_cache_seconds(raw: str) -> float:
+    """0 to 5: a revoked token must be refused by every gateway within 5 seconds."""
+    value = float(raw.strip())
+    if not 0 <= value <= 5:  # also rejects NaN
+        raise ValueError("must be 0 to 5 seconds")
+    return value
+
+
 def boolean(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -357,6 +382,54 @@ class Settings:
         text,
         "0.0.0.0",  # noqa: S104 - Prometheus scrapes the worker from another host
         "address the worker's Prometheus endpoint listens on",
+    )
+    # The gateway (`molecule-registry gateway`, CONTRACT §11): the original
+    # platform's HTTP calls turned into queue messages.
+    gateway_host: str = _opt(
+        "GATEWAY_HOST",
+        text,
+        "127.0.0.1",
+        "address the gateway listens on (`--host` overrides it)",
+    )
+    gateway_port: int = _opt(
+        "GATEWAY_PORT",
+        port_number,
+        8080,
+        "port the gateway listens on (`--port` overrides it)",
+    )
+    gateway_heartbeat_batch_max_items: int = _opt(
+        "GATEWAY_HEARTBEAT_BATCH_MAX_ITEMS",
+        heartbeat_batch_size,
+        500,
+        "most heartbeats one `registry.heartbeat_batch` message of the gateway carries (1 to 1000)",
+    )
+    gateway_heartbeat_batch_max_wait_ms: float = _opt(
+        "GATEWAY_HEARTBEAT_BATCH_MAX_WAIT_MS",
+        non_negative_float,
+        5.0,
+        "longest a heartbeat waits in the gateway for company before its batch is "
+        "published; a lone heartbeat on an idle gateway is answered after at most this",
+    )
+    gateway_register_timeout_seconds: float = _opt(
+        "GATEWAY_REGISTER_TIMEOUT_SECONDS",
+        positive_float,
+        10.0,
+        "how long the gateway waits for the worker's answer to a registration or card "
+        "update before answering 503 (the message expires then: no worker applies it later)",
+    )
+    gateway_token_cache_seconds: float = _opt(
+        "GATEWAY_TOKEN_CACHE_SECONDS",
+        token_cache_seconds,
+        5.0,
+        "how long the gateway trusts a token check it made (0 to 5; a revoked token is "
+        "refused by every gateway within this)",
+    )
+    rate_limit: int = _opt(
+        "RATE_LIMIT",
+        positive_int,
+        600,
+        "gateway requests per minute per token (per client address without one), "
+        "counted by each gateway process",
     )
 
     @property

@@ -137,7 +137,7 @@ def test_TestRegister_FailureRecordsLastRegisterFailure(
     # A missing URL in push mode is a failure after auth too.
     age_failure(db, ws, 10)
     missing = register_msg(celery_app, ws, url="", auth_token=token)
-    assert missing["error"] == "url: is required in push delivery mode"
+    assert missing["error"] == "url is required for push-mode workspaces"
     assert failure_age(db, ws) < 5
 
     # While it is recent, a heartbeat degrades the online workspace.

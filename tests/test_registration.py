@@ -258,7 +258,7 @@ def test_an_unknown_workspace_registers_in_push_mode_by_default(db: Engine) -> N
         "push"
     )
     missing = outcome(lambda: register_now(new_id(), delivery_mode=""))
-    assert missing == {"status": "rejected", "error": "url: is required in push delivery mode"}
+    assert missing == {"status": "rejected", "error": "url is required for push-mode workspaces"}
 
 
 # (case, url, resolver, error fragment or None when accepted)

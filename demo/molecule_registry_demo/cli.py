@@ -78,6 +78,14 @@ def _parse_mix(_ctx: click.Context, param: click.Parameter, value: str | None) -
 )
 @click.option("--seed", type=int, help="Seed of the behaviours' randomness (repeatable runs).")
 @click.option(
+    "--via",
+    type=click.Choice(["broker", "http"]),
+    default="broker",
+    show_default=True,
+    help="How the agents register and heartbeat: Celery messages on the broker, or the "
+    "original platform's HTTP calls through a gateway the demo starts.",
+)
+@click.option(
     "--allow-any-database",
     is_flag=True,
     help="Run even if DATABASE_URL is not a demo database (name ending in _demo, or one "
@@ -93,6 +101,7 @@ def demo(
     metrics_port: int,
     summary_json: Path | None,
     seed: int | None,
+    via: str,
     allow_any_database: bool,
 ) -> None:
     """Run worker, beat and liveness listener with a simulated fleet, and watch it.
@@ -115,6 +124,7 @@ def demo(
         summary_json=summary_json,
         seed=seed,
         allow_any_database=allow_any_database,
+        via=via,
     )
     try:
         code = run_demo(options, out=click.echo)

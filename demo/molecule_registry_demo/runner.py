@@ -117,6 +117,9 @@ class DemoOptions:
     seed: int | None = None
     # Run even against a database not recognised as a demo database (dbguard.py).
     allow_any_database: bool = False
+    # How the agents reach the registry: "broker" (Celery messages, the client) or
+    # "http" (the original platform's HTTP calls, through `molecule-registry gateway`).
+    via: str = "broker"
 
 
 def check_services(settings: Settings) -> None:
@@ -277,6 +280,7 @@ class Demo:
         self.node = f"demo-{os.getpid()}@{socket.gethostname()}"
         self.stop = threading.Event()
         self.supervisor = Supervisor(self.log_dir)
+        self.gateway_url = ""
         self.client: RegistryClient | None = None
         self.fleet: Fleet | None = None
         self.board: Any = None
@@ -358,6 +362,8 @@ class Demo:
         listener = self.supervisor.start(
             "liveness", [sys.executable, "-m", "workers.liveness"], env
         )
+        if self.options.via == "http":
+            self._start_gateway(env)
         self.result["processes"] = {c.name: c.pgid for c in self.supervisor.children}
         self.result["metrics_url"] = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.out(
@@ -367,12 +373,38 @@ class Demo:
         self.out(f"metrics: {self.result['metrics_url']}")
         self.out("waiting for the worker …")
 
+    def _start_gateway(self, env: dict[str, str]) -> None:
+        """The gateway the agents call with `--via http`; every agent calls from this
+        machine's address, so its per-address rate limit is lifted for the demo."""
+        port = _free_port()
+        command = str(Path(sys.executable).parent / "molecule-registry")
+        argv = [command, "gateway", "--port", str(port), "--log-level", "warning"]
+        gateway = self.supervisor.start("gateway", argv, {**env, "RATE_LIMIT": str(10**9)})
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        self.result["gateway_url"] = self.gateway_url
+        self.out(f"started the gateway (pid {gateway.pgid}): {self.gateway_url}")
+
+    def _wait_for_gateway(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self.stop.is_set():
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", int(self.gateway_url.rsplit(":", 1)[1]))) == 0:
+                    return
+            time.sleep(0.1)
+        raise DemoError(f"the gateway did not start; see its log in {self.log_dir}")
+
     def _run_fleet(self, engine: FakeDockerEngine) -> int:
         options = self.options
-        self.client = RegistryClient(
+        client = RegistryClient(
             self.settings.effective_broker_url,
             result_backend=self.settings.effective_result_backend,
         )
+        if options.via == "http":
+            from molecule_registry_demo.simulator.http_client import HttpRegistryClient
+
+            self._wait_for_gateway()
+            client = HttpRegistryClient(self.gateway_url, client)  # type: ignore[assignment]
+        self.client = client
         timings = Timings(
             heartbeat_interval=options.heartbeat_interval,
             liveness_ttl=float(self.timings["LIVENESS_TTL_SECONDS"]),

@@ -138,7 +138,7 @@ def agent_url_for(payload: RegisterPayload, mode: str, resolver: Resolver | None
         if fallback:
             url, field = fallback.strip(), "agent_card.url"
     if mode == "push" and not url:
-        raise Rejected("url: is required in push delivery mode")
+        raise Rejected("url is required for push-mode workspaces")
     if url:
         check_dialable_url(url, resolver, field=field)
     return url

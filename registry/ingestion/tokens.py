@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -160,6 +161,30 @@ def token_state(
         issued_by_this_message=key is not None
         and any(r.in_window and r.issue_key == key for r in rows),
     )
+
+
+def live_token_hashes(conn: Connection, workspace_ids: Collection[UUID]) -> dict[UUID, list[str]]:
+    """The hashes of each workspace's live (unrevoked) tokens, for many workspaces in one
+    statement (an edge checking many callers at once); a workspace with none is absent."""
+    rows = conn.execute(
+        text(
+            "SELECT workspace_id, token_hash FROM workspace_auth_tokens "
+            "WHERE workspace_id = ANY(CAST(:ids AS uuid[])) AND revoked_at IS NULL"
+        ),
+        {"ids": [str(ws) for ws in workspace_ids]},
+    ).all()
+    live: dict[UUID, list[str]] = {}
+    for row in rows:
+        live.setdefault(row.workspace_id, []).append(row.token_hash)
+    return live
+
+
+def matches(live_hashes: Collection[str], presented: str | None) -> bool:
+    """Whether `presented` is one of the live tokens whose hashes are given."""
+    if not presented:
+        return False
+    wanted = hash_token(presented)
+    return any(hmac.compare_digest(h, wanted) for h in live_hashes)
 
 
 UNAUTHORIZED_ERROR = "auth_token: missing or not valid for this workspace"

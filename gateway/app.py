@@ -1,0 +1,103 @@
+"""The gateway's Starlette application: `build_app(settings)`.
+
+Shared resources (the broker publisher, the reply reader, the token cache, the
+database engine) are opened once in the lifespan and closed there. The edge rules
+(rate limit, org header) are one middleware; the body, payload and token rules are
+one helper each (gateway.http.common), so no handler can skip them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import kombu.exceptions
+import redis.exceptions
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from gateway.auth import TokenChecker
+from gateway.context import Gateway
+from gateway.edge import EdgeMiddleware
+from gateway.errors import Refused, error_response, on_http_exception, on_refused
+from gateway.http import routes
+from gateway.http.common import RETRY_AFTER_SECONDS
+from gateway.publisher import Publisher
+from gateway.ratelimit import RateLimiter
+from gateway.replies import Replies
+from registry.config import Settings
+
+
+async def _store_unavailable(_request: Request, _exc: Exception) -> Response:
+    # PostgreSQL or the result backend is down: the caller may try again shortly.
+    return error_response(
+        503, "the registry is unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )
+
+
+def build_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The gateway application.
+
+    `extra_routes`: further route lists (the WebSocket `/ws`, the board) are appended
+    here by whoever builds the process; they share the lifespan's resources through
+    `app.state.gateway` and pass the same edge middleware.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        from registry.db import get_engine
+
+        engine = get_engine(settings.database_url)
+        publisher = Publisher(
+            settings.effective_broker_url,
+            queue_type="quorum" if settings.quorum_queues else "classic",
+            max_items=settings.gateway_heartbeat_batch_max_items,
+            max_wait=settings.gateway_heartbeat_batch_max_wait_ms / 1000,
+        )
+        publisher.start(asyncio.get_running_loop())
+        replies = Replies(settings.effective_result_backend)
+        app.state.gateway = Gateway(
+            settings=settings,
+            engine=engine,
+            tokens=TokenChecker(engine, settings.gateway_token_cache_seconds),
+            publisher=publisher,
+            replies=replies,
+        )
+        try:
+            yield
+        finally:
+            # Heartbeats still waiting are published before the process ends.
+            await asyncio.to_thread(publisher.close)
+            await replies.close()
+
+    # --- extra route lists (WebSocket, board) are appended here -----------------------
+    all_routes: list[BaseRoute] = [*routes(), *extra_routes]
+    # -----------------------------------------------------------------------------------
+    unavailable = (
+        SQLAlchemyError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        kombu.exceptions.OperationalError,
+    )
+    return Starlette(
+        routes=all_routes,
+        middleware=[
+            Middleware(
+                EdgeMiddleware,  # type: ignore[arg-type]
+                limiter=RateLimiter(settings.rate_limit),
+                org_id=settings.org_id,
+            )
+        ],
+        exception_handlers={
+            Refused: on_refused,
+            HTTPException: on_http_exception,
+            **dict.fromkeys(unavailable, _store_unavailable),
+        },
+        lifespan=lifespan,
+    )
