@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import kombu.exceptions
 import redis.exceptions
@@ -41,12 +42,19 @@ async def _store_unavailable(_request: Request, _exc: Exception) -> Response:
     )
 
 
-def build_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+def build_app(
+    settings: Settings,
+    extra_routes: Sequence[BaseRoute] = (),
+    *,
+    lifespans: Sequence[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = (),
+    edge_exempt: tuple[str, ...] = (),
+) -> Starlette:
     """The gateway application.
 
     `extra_routes`: further route lists (the WebSocket `/ws`, the board) are appended
     here by whoever builds the process; they share the lifespan's resources through
-    `app.state.gateway` and pass the same edge middleware.
+    `app.state.gateway`, and `lifespans` (their own start and stop) run inside the
+    gateway's. Paths under an `edge_exempt` prefix skip the edge rules (the board).
     """
 
     @contextlib.asynccontextmanager
@@ -70,7 +78,10 @@ def build_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
             replies=replies,
         )
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                for extra in lifespans:
+                    await stack.enter_async_context(extra())
+                yield
         finally:
             # Heartbeats still waiting are published before the process ends.
             await asyncio.to_thread(publisher.close)
@@ -92,6 +103,7 @@ def build_app(settings: Settings, extra_routes: Sequence[BaseRoute] = ()) -> Sta
                 EdgeMiddleware,  # type: ignore[arg-type]
                 limiter=RateLimiter(settings.rate_limit),
                 org_id=settings.org_id,
+                exempt_prefixes=edge_exempt,
             )
         ],
         exception_handlers={

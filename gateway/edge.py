@@ -40,13 +40,23 @@ def _header(scope: Scope, wanted: bytes) -> bytes | None:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, limiter: RateLimiter, org_id: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: RateLimiter,
+        org_id: str,
+        exempt_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.org_id = org_id.encode()
+        # Paths that are not the original platform's API (the operator's board, which a
+        # browser opens without the org header) pass through untouched.
+        self.exempt = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt and scope["path"].startswith(self.exempt)):
             await self.app(scope, receive, send)
             return
         verdict = self.limiter.hit(_caller_key(scope))

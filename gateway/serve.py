@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+from starlette.applications import Starlette
+
 from registry.config import Settings
 from registry.redaction import install_log_redaction
 
@@ -19,12 +21,10 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     the registry's redaction (CONTRACT §4.1 step 8)."""
     import uvicorn
 
-    from gateway.app import build_app
-
     install_log_redaction()
     logging.getLogger().setLevel(log_level.upper())
     uvicorn.run(
-        build_app(settings),
+        assemble(settings, host, port),
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -37,4 +37,24 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
         proxy_headers=True,
         server_header=False,
         lifespan="on",
+    )
+
+
+BOARD_PREFIX = "/board"
+
+
+def assemble(settings: Settings, host: str, port: int) -> Starlette:
+    """The whole gateway process's application: the original platform's HTTP calls, the
+    canvas WebSocket `/ws`, and the fleet board at `/board` (one web stack)."""
+    from gateway.app import build_app
+    from gateway.board import Board, board_lifespan, board_routes
+    from registry.board.hosts import HostCheck
+    from registry.db import get_engine, get_redis
+
+    board = Board(get_engine(settings.database_url), get_redis(), HostCheck(host, port))
+    return build_app(
+        settings,
+        [*board_routes(board, prefix=BOARD_PREFIX)],
+        lifespans=[lambda: board_lifespan(board)],
+        edge_exempt=(BOARD_PREFIX,),
     )

@@ -491,3 +491,22 @@ def test_two_gateways_side_by_side(
         unknown = {"workspace_id": str(uuid.uuid4())}
         assert a.post("/registry/heartbeat", json=unknown).json() == {"status": "ok"}
         assert b.post("/registry/heartbeat", json=unknown).json() == {"status": "ok"}
+
+
+def test_the_gateway_serves_the_board_at_slash_board(db: Engine, gateway: RunningGateway) -> None:
+    """One web stack: the fleet board is mounted at /board on the gateway, outside the
+    API's edge rules (a browser sends no org header), still behind its Host check."""
+    ws = str(uuid.uuid4())
+    register_now(ws, card={"name": "on-the-board"})
+    with gateway.client() as http:
+        page = http.get("/board/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        snapshot = http.get("/board/api/snapshot")
+        assert snapshot.status_code == 200
+        assert ws in snapshot.text
+        assert "x-ratelimit-limit" not in snapshot.headers
+        foreign = http.get("/board/api/snapshot", headers={"Host": "evil.example:80"})
+        assert foreign.status_code == 403
+        # The API beside it keeps its edge rules.
+        api = http.get(f"/workspaces/{ws}/state")
+        assert "x-ratelimit-limit" in api.headers
