@@ -1,0 +1,44 @@
+"""One connected WebSocket client as the fan-out sees it: what it may see, and its
+bounded send queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.admission import Viewer
+from registry.events.subscriber import ReceivedEvent
+
+# (de-duplication key, frame text): the key is the event id of a recorded event, else
+# its stream id, else None (a broadcast-only event read live from the channel).
+Frame = tuple[int | str | None, str]
+
+
+def frame_key(event: ReceivedEvent) -> int | str | None:
+    return event.event_id if event.event_id is not None else event.stream_id
+
+
+class Client:
+    """A connection's filter and queue. The queue is bounded by `limit`: a client that
+    falls further behind is marked `overflowed` and closed, never silently skipped."""
+
+    def __init__(self, viewer: Viewer, limit: int) -> None:
+        self.viewer = viewer
+        self.limit = limit
+        self.queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self.overflowed = asyncio.Event()
+        # An agent's peers (CONTRACT §9), itself included; refreshed while connected.
+        self.peers: frozenset[str] = frozenset()
+
+    def wants(self, event: ReceivedEvent) -> bool:
+        if self.viewer.is_canvas:
+            return True
+        return event.workspace_id is not None and event.workspace_id in self.peers
+
+    def offer(self, frame: Frame) -> None:
+        """Queue a frame; past the bound, mark the client to be closed instead."""
+        if self.overflowed.is_set():
+            return  # it will be closed; it resumes from the last frame it received
+        if self.queue.qsize() >= self.limit:
+            self.overflowed.set()
+            return
+        self.queue.put_nowait(frame)

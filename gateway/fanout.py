@@ -1,0 +1,133 @@
+"""One reader of the registry's events per gateway process, fanned out to every client.
+
+The reader is the registry's `Subscriber` (stream + database gap filling, dedup,
+Redis-restart and backoff handling) in a thread of its own, following from the moment
+the gateway starts, with the broadcast channel on. Each batch it reads is handed to the
+event loop, which encodes each event's frame once and offers it to every client that
+may see it. A thread, not an asyncio reader: the Subscriber is the one tested
+implementation of gaps, replays and late commits, and a blocking XREAD in one thread
+costs nothing per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+from sqlalchemy import Engine
+
+from gateway.clients import Client, frame_key
+from gateway.frames import event_frame
+from gateway.throttle import BroadcastThrottle
+from registry.events.subscriber import RETRYABLE_ERRORS, Position, ReceivedEvent, Subscriber
+from registry.events.subscriber.channel import is_broadcast_only
+
+log = logging.getLogger("gateway.websocket")
+
+READ_BLOCK_MS = 1000
+# Replays of resuming clients run in threads too; this many at once, the rest wait.
+REPLAY_THREADS = 8
+
+
+def redis_client(url: str) -> redis.Redis:
+    """The client the reader and the replays use (the Subscriber expects text replies;
+    its blocking reads stay below the socket timeout)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+class Fanout:
+    """The shared reader and the set of connected clients (one per gateway process)."""
+
+    def __init__(self, engine: Engine, redis_url: str) -> None:
+        self.engine = engine
+        self.redis = redis_client(redis_url)
+        self.replays = ThreadPoolExecutor(REPLAY_THREADS, thread_name_prefix="gateway-ws-replay")
+        self.clients: set[Client] = set()
+        self.position: str | None = None  # the reader's position, after its last item
+        self._reader_redis = redis_client(redis_url)  # its pub/sub connection is its own
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._throttle = BroadcastThrottle(self._throttled)
+        self._lock = asyncio.Lock()
+        self.closing = asyncio.Event()  # set at shutdown: every session closes (1001)
+
+    async def start(self, ready_timeout: float = 10.0) -> None:
+        """Start reading (idempotent); returns once the reader knows where "now" is,
+        or after `ready_timeout` when Redis is unreachable (it keeps trying)."""
+        async with self._lock:
+            if self._thread is not None:
+                return
+            self._loop = asyncio.get_running_loop()
+            ready = threading.Event()
+            self._thread = threading.Thread(
+                target=self._read, args=(ready,), name="gateway-ws-reader", daemon=True
+            )
+            self._thread.start()
+            await asyncio.to_thread(ready.wait, ready_timeout)
+
+    async def stop(self) -> None:
+        self.closing.set()
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        self.replays.shutdown(wait=False, cancel_futures=True)
+        for client in (self.redis, self._reader_redis):
+            client.close()
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+
+    def discard(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    # -- the reader thread --------------------------------------------------
+
+    def _read(self, ready: threading.Event) -> None:
+        subscriber = Subscriber(self._reader_redis, self.engine, since="now", broadcast=True)
+        try:
+            while not self._stop.is_set():
+                if not ready.is_set():
+                    # "now" is where new clients start; resolved once Redis answers.
+                    with contextlib.suppress(*RETRYABLE_ERRORS):
+                        subscriber.position  # noqa: B018 - the property resolves it
+                        ready.set()
+                batch = subscriber.poll_with_positions(READ_BLOCK_MS, self._stop)
+                if batch and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._deliver, batch)
+        except Exception:  # a bug, not an outage (those are absorbed by the Subscriber)
+            log.exception("gateway websocket: the event reader stopped")
+            raise
+        finally:
+            subscriber.close()
+
+    # -- on the event loop --------------------------------------------------
+
+    def _deliver(self, batch: list[tuple[object, Position]]) -> None:
+        for item, position in batch:
+            self.position = position.token()
+            if not isinstance(item, ReceivedEvent):
+                continue  # a gap notice: its recorded events follow, replayed
+            if is_broadcast_only(item.type):
+                self._throttle.offer(item)
+            else:
+                self._dispatch(item, self.position)
+
+    def _throttled(self, event: ReceivedEvent) -> None:
+        self._dispatch(event, self.position or "0-0")
+
+    def _dispatch(self, event: ReceivedEvent, position: str) -> None:
+        frame = (frame_key(event), event_frame(event, position))
+        for client in self.clients:
+            if client.wants(event):
+                client.offer(frame)
