@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from board_helpers import make_workspace, publish
-from gateway_ws_helpers import frames, gateway, numbers, open_ws
+from gateway_ws_helpers import frames, gateway, numbers, open_ws, quiet, token_for
 
 from registry.statuses import EventType
 
@@ -44,3 +44,38 @@ def test_canvas_receives_every_recorded_event_with_its_position(server, db, redi
     assert got[5]["event"] == "WORKSPACE_OFFLINE"
     assert got[5]["payload"]["status"] == "offline"
     assert len({f["position"] for f in got}) == 6
+
+
+def family(db) -> dict[str, str]:
+    """Two roots; r1 has children a1 and a2, a1 has a11; r2 has b1."""
+    ids: dict[str, str] = {}
+    ids["r1"] = make_workspace(db, "r1")
+    ids["r2"] = make_workspace(db, "r2")
+    ids["a1"] = make_workspace(db, "a1", parent_id=ids["r1"])
+    ids["a2"] = make_workspace(db, "a2", parent_id=ids["r1"])
+    ids["a11"] = make_workspace(db, "a11", parent_id=ids["a1"])
+    ids["b1"] = make_workspace(db, "b1", parent_id=ids["r2"])
+    return ids
+
+
+def test_agents_receive_only_events_of_workspaces_they_may_talk_to(server, db, redis_client):
+    ids = family(db)
+    names = {v: k for k, v in ids.items()}
+    order = ["r1", "r2", "a1", "a2", "a11", "b1"]
+    with (
+        open_ws(server) as canvas,
+        open_ws(server, workspace=ids["a1"], token=token_for(db, ids["a1"])) as a1,
+        open_ws(server, workspace=ids["b1"], token=token_for(db, ids["b1"])) as b1,
+    ):
+        publish(db, redis_client, [card(ids[name], n) for n, name in enumerate(order)])
+        seen_canvas = frames(canvas, 6)
+        seen_a1 = frames(a1, 4)
+        seen_b1 = frames(b1, 2)
+        assert quiet(a1, 1.0) == [] and quiet(b1, 0.2) == []
+    assert [names[f["workspace_id"]] for f in seen_canvas] == order
+    # a1: itself, its parent, its sibling, its child; not the other root nor its child.
+    assert [names[f["workspace_id"]] for f in seen_a1] == ["r1", "a1", "a2", "a11"]
+    assert [names[f["workspace_id"]] for f in seen_b1] == ["r2", "b1"]
+    # The same frames (and positions) as the canvas's.
+    by_position = {f["position"]: f for f in seen_canvas}
+    assert all(by_position[f["position"]] == f for f in seen_a1 + seen_b1)
