@@ -7,6 +7,9 @@ import asyncio
 
 from gateway.admission import Viewer
 from registry.events.subscriber import ReceivedEvent
+from registry.events.subscriber.dedup import RecentIds
+
+REPLAY_DEDUP_WINDOW = 20_000
 
 # (de-duplication key, frame text): the key is the event id of a recorded event, else
 # its stream id, else None (a broadcast-only event read live from the channel).
@@ -28,6 +31,10 @@ class Client:
         self.overflowed = asyncio.Event()
         # An agent's peers (CONTRACT §9), itself included; refreshed while connected.
         self.peers: frozenset[str] = frozenset()
+        # Keys of the frames a resuming client's replay sent: the shared reader may be
+        # behind the replay and offer them again; they are not queued twice. As many
+        # as the Subscriber de-duplicates.
+        self.replayed = RecentIds(REPLAY_DEDUP_WINDOW)
 
     def wants(self, event: ReceivedEvent) -> bool:
         if self.viewer.is_canvas:
@@ -38,6 +45,8 @@ class Client:
         """Queue a frame; past the bound, mark the client to be closed instead."""
         if self.overflowed.is_set():
             return  # it will be closed; it resumes from the last frame it received
+        if frame[0] is not None and frame[0] in self.replayed:
+            return  # the replay sent it: a repeat, not a loss
         if self.queue.qsize() >= self.limit:
             self.overflowed.set()
             return

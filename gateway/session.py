@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -30,7 +29,6 @@ from gateway.frames import (
 from gateway.peers import talk_set
 from gateway.resume import replay
 from registry.events.subscriber import Position, ReplayTooOld
-from registry.events.subscriber.dedup import RecentIds
 
 log = logging.getLogger("gateway.websocket")
 
@@ -40,7 +38,7 @@ PEERS_REFRESH_SECONDS = 5.0
 # One frame that takes longer than this to hand to the socket means the client is not
 # reading: it is closed as too slow, like one whose queue overflowed.
 SEND_TIMEOUT_SECONDS = 10.0
-CLOSE_TIMEOUT_SECONDS = 5.0
+CLOSE_TIMEOUT_SECONDS = 10.0
 
 
 class TooSlow(Exception):
@@ -66,9 +64,6 @@ class Session:
         self.client = client
         self.fanout = fanout
         self.since = since
-        # Keys of frames sent by the replay: the live queue, filled meanwhile, may hold
-        # them again. The overlap is at most what the queue holds.
-        self.replayed = RecentIds(4 * client.limit + 1000)
 
     async def run(self) -> None:
         tasks = {
@@ -82,51 +77,70 @@ class Session:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        first = next(iter(done))
-        error = None if first.cancelled() else first.exception()
-        if first.get_name() == "overflow" or isinstance(error, TooSlow):
+        # Bounded: a cancellation that races a completing send can be lost (the task
+        # then waits on a queue no one fills); the session must end regardless.
+        await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_SECONDS)
+        await self._end({t.get_name() for t in done}, _errors(done))
+
+    async def _end(self, ended: set[str], errors: list[BaseException]) -> None:
+        """Close with the code that says why (several tasks may end together)."""
+        if "overflow" in ended or any(isinstance(e, TooSlow) for e in errors):
             await self._close(
                 CLOSE_TOO_SLOW,
                 f"too slow: more than {self.client.limit} frames behind; "
                 "reconnect with ?since=<position of the last frame received>",
             )
-        elif isinstance(error, ReplayTooOld):
-            with contextlib.suppress(Exception):
-                await self._send(too_old_frame(error.notice.until))
-            await self._close(CLOSE_TOO_OLD, "since is older than the kept history")
-        elif first.get_name() == "closing":
+            return
+        for error in errors:
+            if isinstance(error, ReplayTooOld):
+                with contextlib.suppress(Exception):
+                    await self._send(too_old_frame(error.notice.until))
+                await self._close(CLOSE_TOO_OLD, "since is older than the kept history")
+                return
+            if isinstance(error, Revoked):
+                await self._close(CLOSE_FORBIDDEN, "workspace removed or token revoked")
+                return
+        if "incoming" in ended or any(isinstance(e, WebSocketDisconnect) for e in errors):
+            return  # the client went away
+        if "closing" in ended:
             await self._close(
                 CLOSE_GOING_AWAY, "gateway stopping; reconnect with ?since=<last position>"
             )
-        elif isinstance(error, Revoked):
-            await self._close(CLOSE_FORBIDDEN, "workspace removed or token revoked")
-        elif first.get_name() == "incoming" or isinstance(error, WebSocketDisconnect):
-            return  # the client went away
-        elif error is not None:
+            return
+        for error in errors:
             log.error("gateway websocket: connection failed: %r", error)
-            await self._close(1011, "internal error")
+        await self._close(1011, "internal error")
 
     async def _pump(self) -> None:
         if self.since is not None:
-            async for event, position in replay(self.fanout, self.since):
-                if self.client.wants(event):
-                    key = frame_key(event)
-                    await self._send(event_frame(event, position.token()))
-                    if key is not None:
-                        self.replayed.add(key)
+            # The gap first, without the live queue (a long replay during a burst would
+            # overflow it before the first frame went out); then join the fan-out and
+            # replay the short stretch between the two, de-duplicated against the queue.
+            position = await self._replay(self.since)
+            self.fanout.add(self.client)
+            await self._replay(position)
         queue = self.client.queue
-        while True:
+        while not self.client.overflowed.is_set():
             key, text = await queue.get()
-            if key is not None and key in self.replayed:
+            if key is not None and key in self.client.replayed:
                 continue  # sent by the replay already
             await self._send(text)
 
+    async def _replay(self, since: Position) -> Position:
+        """Send what follows `since`, up to now; the position reached."""
+        position = since
+        async for event, position in replay(self.fanout, since):
+            if self.client.wants(event):
+                await self._send(event_frame(event, position.token()))
+                key = frame_key(event)
+                if key is not None:
+                    self.client.replayed.add(key)
+        return position
+
     async def _send(self, text: str) -> None:
         try:
-            await asyncio.wait_for(self.ws.send_text(text), SEND_TIMEOUT_SECONDS)
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                await self.ws.send_text(text)
         except TimeoutError:
             raise TooSlow from None
 
@@ -151,6 +165,10 @@ class Session:
             self.client.peers = peers
 
     async def _close(self, code: int, reason: str) -> None:
-        close: Awaitable[None] = self.ws.close(code, reason)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(close, CLOSE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self.ws.close(code, reason)
+
+
+def _errors(tasks: set[asyncio.Task[None]]) -> list[BaseException]:
+    return [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]

@@ -69,9 +69,10 @@ class EventSocket:
                 await deny(ws, Refusal(401, "missing or invalid token for this workspace"))
                 return
             client.peers = peers
-        # Joined before accepting: what happens after the handshake is queued for it,
-        # and the replay of a resuming client overlaps the queue (de-duplicated).
-        self.fanout.add(client)
+        if since is None:
+            # Joined before accepting: what happens after the handshake is queued for
+            # it. A resuming client joins once its gap is replayed (Session).
+            self.fanout.add(client)
         self.sessions += 1
         try:
             await ws.accept()
