@@ -11,9 +11,11 @@ from registry.events.subscriber.dedup import RecentIds
 
 REPLAY_DEDUP_WINDOW = 20_000
 
-# (de-duplication key, frame text): the key is the event id of a recorded event, else
-# its stream id, else None (a broadcast-only event read live from the channel).
-Frame = tuple[int | str | None, str]
+# (de-duplication key, frame text, workspace to check first). The key is the event id
+# of a recorded event, else its stream id, else None (a broadcast-only event read live
+# from the channel). The workspace is set for an agent and a workspace newer than its
+# peer set: whether it may see it is asked before sending (CONTRACT §9).
+Frame = tuple[int | str | None, str, str | None]
 
 
 def frame_key(event: ReceivedEvent) -> int | str | None:
@@ -31,6 +33,7 @@ class Client:
         self.overflowed = asyncio.Event()
         # An agent's peers (CONTRACT §9), itself included; refreshed while connected.
         self.peers: frozenset[str] = frozenset()
+        self.denied: set[str] = set()  # new workspaces it may not talk to (until refreshed)
         # Keys of the frames a resuming client's replay sent: the shared reader may be
         # behind the replay and offer them again; they are not queued twice. As many
         # as the Subscriber de-duplicates.

@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from gateway.clients import Client, frame_key
 from gateway.frames import event_frame
@@ -61,6 +61,9 @@ class Fanout:
         self._throttle = BroadcastThrottle(self._throttled)
         self._lock = asyncio.Lock()
         self.closing = asyncio.Event()  # set at shutdown: every session closes (1001)
+        # Every workspace id known to exist: an event of any other is a new workspace's,
+        # which an agent's cached peer set cannot know about yet.
+        self._known: set[str] | None = None
 
     async def start(self, ready_timeout: float = 10.0) -> None:
         """Start reading (idempotent); returns once the reader knows where "now" is,
@@ -97,6 +100,9 @@ class Fanout:
         subscriber = Subscriber(self._reader_redis, self.engine, since="now", broadcast=True)
         try:
             while not self._stop.is_set():
+                if self._known is None:
+                    with contextlib.suppress(*RETRYABLE_ERRORS):
+                        self._known = known_workspaces(self.engine)
                 if not ready.is_set():
                     # "now" is where new clients start; resolved once Redis answers.
                     with contextlib.suppress(*RETRYABLE_ERRORS):
@@ -127,7 +133,22 @@ class Fanout:
         self._dispatch(event, self.position or "0-0")
 
     def _dispatch(self, event: ReceivedEvent, position: str) -> None:
-        frame = (frame_key(event), event_frame(event, position))
+        key, text = frame_key(event), event_frame(event, position)
+        new = self._is_new(event.workspace_id)
         for client in self.clients:
             if client.wants(event):
-                client.offer(frame)
+                client.offer((key, text, None))
+            elif new and not client.viewer.is_canvas:
+                client.offer((key, text, event.workspace_id))
+
+    def _is_new(self, workspace_id: str | None) -> bool:
+        known = self._known
+        if workspace_id is None or known is None or workspace_id in known:
+            return False
+        known.add(workspace_id)
+        return True
+
+
+def known_workspaces(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {str(i) for i in conn.execute(text("SELECT id FROM workspaces")).scalars()}

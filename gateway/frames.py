@@ -1,6 +1,7 @@
 """What a WebSocket client receives: the §7 event as a frame, plus its `position`.
 
-A frame is `{event, workspace_id, timestamp, payload, position}` (CONTRACT §11). A
+A frame is `{event, workspace_id, timestamp, payload, position}` (CONTRACT §11), plus
+`event_id` for a recorded event, as in §7 (clients may de-duplicate by it). A
 status-changing event's payload always says the new `status`: the original's canvas
 reads it from there, and our recorded payloads describe the change (reason, previous
 status) without repeating the status the event type already names.
@@ -46,17 +47,16 @@ def frame_payload(event: ReceivedEvent) -> dict[str, Any]:
 
 def event_frame(event: ReceivedEvent, position: str) -> str:
     """The frame's JSON text (built once per event, shared by every connection)."""
-    return json.dumps(
-        {
-            "event": event.type,
-            "workspace_id": event.workspace_id,
-            "timestamp": rfc3339(event.timestamp),
-            "payload": frame_payload(event),
-            "position": position,
-        },
-        separators=(",", ":"),
-        default=str,
-    )
+    body: dict[str, Any] = {
+        "event": event.type,
+        "workspace_id": event.workspace_id,
+        "timestamp": rfc3339(event.timestamp),
+        "payload": frame_payload(event),
+    }
+    if event.event_id is not None:
+        body["event_id"] = event.event_id
+    body["position"] = position
+    return json.dumps(body, separators=(",", ":"), default=str)
 
 
 def too_old_frame(oldest: datetime) -> str:

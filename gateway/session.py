@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from uuid import UUID
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -28,6 +29,7 @@ from gateway.frames import (
 )
 from gateway.peers import talk_set
 from gateway.resume import replay
+from registry.access import can_communicate_ids
 from registry.events.subscriber import Position, ReplayTooOld
 
 log = logging.getLogger("gateway.websocket")
@@ -121,10 +123,28 @@ class Session:
             await self._replay(position)
         queue = self.client.queue
         while not self.client.overflowed.is_set():
-            key, text = await queue.get()
+            key, text, check = await queue.get()
             if key is not None and key in self.client.replayed:
                 continue  # sent by the replay already
+            if check is not None and not await self._may_see(check):
+                continue
             await self._send(text)
+
+    async def _may_see(self, workspace_id: str) -> bool:
+        """An agent and a workspace newer than its peer set: ask §9 once (cached until
+        the next refresh)."""
+        client = self.client
+        if workspace_id in client.peers:
+            return True
+        if workspace_id in client.denied:
+            return False
+        assert client.viewer.workspace_id is not None
+        caller, target = UUID(client.viewer.workspace_id), UUID(workspace_id)
+        if await asyncio.to_thread(can_communicate_ids, self.fanout.engine, caller, target):
+            client.peers = client.peers | {workspace_id}
+            return True
+        client.denied.add(workspace_id)
+        return False
 
     async def _replay(self, since: Position) -> Position:
         """Send what follows `since`, up to now; the position reached."""
@@ -163,6 +183,7 @@ class Session:
             if peers is None:
                 raise Revoked
             self.client.peers = peers
+            self.client.denied.clear()
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

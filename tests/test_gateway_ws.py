@@ -40,7 +40,9 @@ def test_canvas_receives_every_recorded_event_with_its_position(server, db, redi
         )
         got = frames(canvas, 6)
     assert numbers(got[:5]) == [0, 1, 2, 3, 4]
-    assert all(set(f) == {"event", "workspace_id", "timestamp", "payload", "position"} for f in got)
+    keys = {"event", "workspace_id", "timestamp", "payload", "event_id", "position"}
+    assert all(set(f) == keys for f in got)
+    assert [f["event_id"] for f in got] == [1, 2, 3, 4, 5, 6]
     assert got[5]["event"] == "WORKSPACE_OFFLINE"
     assert got[5]["payload"]["status"] == "offline"
     assert len({f["position"] for f in got}) == 6
@@ -79,3 +81,15 @@ def test_agents_receive_only_events_of_workspaces_they_may_talk_to(server, db, r
     # The same frames (and positions) as the canvas's.
     by_position = {f["position"]: f for f in seen_canvas}
     assert all(by_position[f["position"]] == f for f in seen_a1 + seen_b1)
+
+
+def test_an_agent_sees_a_new_peer_at_once_not_after_its_peers_refresh(server, db, redis_client):
+    parent = make_workspace(db, "parent")
+    elsewhere = make_workspace(db, "elsewhere", parent_id=make_workspace(db, "root-2"))
+    with open_ws(server, workspace=parent, token=token_for(db, parent)) as agent:
+        child = make_workspace(db, "new-child", parent_id=parent)
+        stranger = make_workspace(db, "new-stranger", parent_id=elsewhere)
+        publish(db, redis_client, [card(stranger, 0), card(child, 1), card(child, 2)])
+        got = frames(agent, 2, timeout=3)  # well before the 5 s refresh
+        assert quiet(agent, 0.5) == []
+    assert [(f["workspace_id"], f["payload"]["n"]) for f in got] == [(child, 1), (child, 2)]
