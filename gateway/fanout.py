@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import redis
 from sqlalchemy import Engine, text
@@ -110,16 +111,33 @@ class Fanout:
                         ready.set()
                 batch = subscriber.poll_with_positions(READ_BLOCK_MS, self._stop)
                 if batch and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._deliver, batch)
+                    self._hand_over(self._loop, batch)
         except Exception:  # a bug, not an outage (those are absorbed by the Subscriber)
             log.exception("gateway websocket: the event reader stopped")
             raise
         finally:
             subscriber.close()
 
+    def _hand_over(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Position]]
+    ) -> None:
+        """Deliver on the event loop and wait until done: one batch in flight, so a busy
+        loop slows the reader (the stream keeps the rest) instead of piling up batches."""
+        delivered = threading.Event()
+
+        def deliver() -> None:
+            try:
+                self._deliver(batch)
+            finally:
+                delivered.set()
+
+        loop.call_soon_threadsafe(deliver)
+        while not delivered.wait(0.5) and not self._stop.is_set():
+            pass
+
     # -- on the event loop --------------------------------------------------
 
-    def _deliver(self, batch: list[tuple[object, Position]]) -> None:
+    def _deliver(self, batch: list[tuple[Any, Position]]) -> None:
         for item, position in batch:
             self.position = position.token()
             if not isinstance(item, ReceivedEvent):

@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -36,6 +37,7 @@ from registry.events.subscriber import Position
 
 log = logging.getLogger("gateway.websocket")
 
+UNAVAILABLE = Refusal(503, "registry database unavailable; retry")
 UVICORN_WS_OPTIONS: dict[str, Any] = {"ws_ping_interval": 20.0, "ws_ping_timeout": 20.0}
 
 
@@ -64,7 +66,11 @@ class EventSocket:
             return
         client = Client(viewer, self.settings.gateway_ws_queue_frames)
         if not viewer.is_canvas:
-            peers = await asyncio.to_thread(load_peers, self.fanout, viewer)
+            try:
+                peers = await asyncio.to_thread(load_peers, self.fanout, viewer)
+            except SQLAlchemyError:
+                await deny(ws, UNAVAILABLE)
+                return
             if peers is None:
                 await deny(ws, Refusal(401, "missing or invalid token for this workspace"))
                 return
@@ -94,8 +100,11 @@ class EventSocket:
             )
 
         def check() -> Viewer | Refusal:
-            with self.fanout.engine.connect() as conn:
-                return admit_agent(conn, workspace, token)
+            try:
+                with self.fanout.engine.connect() as conn:
+                    return admit_agent(conn, workspace, token)
+            except SQLAlchemyError:  # the token cannot be checked: refuse, and say why
+                return UNAVAILABLE
 
         return await asyncio.to_thread(check)
 
