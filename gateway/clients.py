@@ -18,6 +18,10 @@ REPLAY_DEDUP_WINDOW = 20_000
 Frame = tuple[int | str | None, str, str | None]
 
 
+# Queued when an agent's own workspace is removed: its connection ends there.
+GONE: Frame = (None, "", None)
+
+
 def frame_key(event: ReceivedEvent) -> int | str | None:
     return event.event_id if event.event_id is not None else event.stream_id
 
@@ -43,6 +47,13 @@ class Client:
         if self.viewer.is_canvas:
             return True
         return event.workspace_id is not None and event.workspace_id in self.peers
+
+    def removed(self, workspace_id: str) -> None:
+        """A workspace was removed (§9: no one may talk to it any more)."""
+        if workspace_id == self.viewer.workspace_id:
+            self.queue.put_nowait(GONE)  # after the frames before it: then closed
+        elif workspace_id in self.peers:
+            self.peers = self.peers - {workspace_id}
 
     def offer(self, frame: Frame) -> None:
         """Queue a frame; past the bound, mark the client to be closed instead."""

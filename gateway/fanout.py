@@ -26,6 +26,7 @@ from gateway.frames import event_frame
 from gateway.throttle import BroadcastThrottle
 from registry.events.subscriber import RETRYABLE_ERRORS, Position, ReceivedEvent, Subscriber
 from registry.events.subscriber.channel import is_broadcast_only
+from registry.statuses import EventType
 
 log = logging.getLogger("gateway.websocket")
 
@@ -158,6 +159,9 @@ class Fanout:
                 client.offer((key, text, None))
             elif new and not client.viewer.is_canvas:
                 client.offer((key, text, event.workspace_id))
+        if event.type == EventType.WORKSPACE_REMOVED and event.workspace_id is not None:
+            for client in self.clients:  # after its peers were told
+                client.removed(event.workspace_id)
 
     def _is_new(self, workspace_id: str | None) -> bool:
         known = self._known

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.admission import Viewer, agent_token_valid
-from gateway.clients import Client, frame_key
+from gateway.clients import GONE, Client, frame_key
 from gateway.fanout import Fanout
 from gateway.frames import (
     CLOSE_FORBIDDEN,
@@ -34,9 +34,11 @@ from registry.events.subscriber import Position, ReplayTooOld
 
 log = logging.getLogger("gateway.websocket")
 
-# An agent's peers change rarely (a workspace added, moved or removed): re-read them,
-# and re-check its token, this often (jittered, so a thousand agents spread out).
-PEERS_REFRESH_SECONDS = 5.0
+# An agent's peers change when a workspace is created (its events are checked one by
+# one, see `_may_see`) or removed (the fan-out drops it on WORKSPACE_REMOVED): workspaces
+# never move. The token and the set are re-read this often as well, for what no event
+# announces (a token revoked as stale); jittered, so a thousand agents spread out.
+PEERS_REFRESH_SECONDS = 30.0
 # One frame that takes longer than this to hand to the socket means the client is not
 # reading: it is closed as too slow, like one whose queue overflowed.
 SEND_TIMEOUT_SECONDS = 10.0
@@ -123,12 +125,17 @@ class Session:
             await self._replay(position)
         queue = self.client.queue
         while not self.client.overflowed.is_set():
-            key, text, check = await queue.get()
+            frame = await queue.get()
+            if frame is GONE:
+                raise Revoked
+            key, text, check = frame
             if key is not None and key in self.client.replayed:
                 continue  # sent by the replay already
             if check is not None and not await self._may_see(check):
                 continue
-            await self._send(text)
+            # No timeout here: a client that stops reading fills its queue and is closed
+            # as too slow; one frame timer each would cost more than the send.
+            await self.ws.send_text(text)
 
     async def _may_see(self, workspace_id: str) -> bool:
         """An agent and a workspace newer than its peer set: ask §9 once (cached until
@@ -158,6 +165,7 @@ class Session:
         return position
 
     async def _send(self, text: str) -> None:
+        """Send, or raise TooSlow (the replay's frames: no queue bounds them)."""
         try:
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
                 await self.ws.send_text(text)

@@ -28,8 +28,9 @@ TESTS = Path(__file__).parent
 class Gateway:
     """`uvicorn gateway_ws_app:build` in a process of its own, on a free port."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, ping_interval: float = 1.0, **env: str) -> None:
         self.env = env
+        self.ping_interval = ping_interval
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = TESTS.parent / ".pytest_cache" / f"gateway-ws-{self.port}.log"
@@ -43,9 +44,11 @@ class Gateway:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "uvicorn", "gateway_ws_app:build", "--factory"),
+                    sys.executable,
+                    *os.environ.get("GATEWAY_WS_PROFILE", "").split(),  # e.g. "-m cProfile -o f"
+                    *("-m", "uvicorn", "gateway_ws_app:build", "--factory"),
                     *("--app-dir", str(TESTS), "--port", str(self.port), "--ws", "auto"),
-                    *("--log-level", "warning", "--ws-ping-interval", "1"),
+                    *("--log-level", "warning", "--ws-ping-interval", str(self.ping_interval)),
                 ],
                 env={**os.environ, **self.env},
                 stdout=out,
@@ -74,8 +77,8 @@ class Gateway:
 
 
 @contextmanager
-def gateway(**env: str) -> Iterator[Gateway]:
-    server = Gateway(**env)
+def gateway(ping_interval: float = 1.0, **env: str) -> Iterator[Gateway]:
+    server = Gateway(ping_interval, **env)
     server.start()
     try:
         yield server

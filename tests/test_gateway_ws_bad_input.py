@@ -10,6 +10,7 @@ from gateway_ws_helpers import (
     frames,
     gateway,
     open_ws,
+    quiet,
     refused_status,
     token_for,
     until_closed,
@@ -50,17 +51,32 @@ def test_a_forged_workspace_id_is_refused(server, db):
         pass
 
 
-def test_a_revoked_token_closes_the_agent_connection(server, db):
-    ws_id = make_workspace(db, "revoked")
-    with open_ws(server, workspace=ws_id, token=token_for(db, ws_id)) as agent:
+def test_removing_the_workspace_closes_its_agent_connection(server, db, redis_client):
+    ws_id = make_workspace(db, "doomed")
+    peer = make_workspace(db, "peer")
+    with (
+        open_ws(server, workspace=ws_id, token=token_for(db, ws_id)) as agent,
+        open_ws(server, workspace=peer, token=token_for(db, peer)) as other,
+    ):
+        # What registry.remove_workspace does: removed, tokens revoked, event recorded.
         with db.begin() as conn:
+            conn.execute(
+                text("UPDATE workspaces SET status = 'removed' WHERE id = :w"), {"w": ws_id}
+            )
             conn.execute(
                 text("UPDATE workspace_auth_tokens SET revoked_at = now() WHERE workspace_id = :w"),
                 {"w": ws_id},
             )
-        _, code, reason = until_closed(agent, timeout=15)
-    assert code == 4403
-    assert "revoked" in reason
+        publish(
+            db, redis_client, [(EventType.WORKSPACE_REMOVED, ws_id, {"previous_status": "online"})]
+        )
+        got, code, reason = until_closed(agent, timeout=15)
+        (removal,) = frames(other, 1)  # its peer is told, and sees it no more
+        publish(db, redis_client, [(EventType.AGENT_CARD_UPDATED, ws_id, {"agent_card": {}})])
+        assert quiet(other, 1.0) == []
+    assert (code, reason) == (4403, "workspace removed or token revoked")
+    assert [f["event"] for f in got] == ["WORKSPACE_REMOVED"]
+    assert removal["payload"] == {"previous_status": "online", "status": "removed"}
 
 
 def test_a_canvas_from_a_foreign_origin_is_refused(server, db):
