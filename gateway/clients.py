@@ -4,6 +4,7 @@ bounded send queue."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.admission import Viewer
 from registry.events.subscriber import ReceivedEvent
@@ -36,12 +37,24 @@ class Client:
         self.queue: asyncio.Queue[Frame] = asyncio.Queue()
         self.overflowed = asyncio.Event()
         # An agent's peers (CONTRACT §9), itself included; refreshed while connected.
-        self.peers: frozenset[str] = frozenset()
+        self._peers: frozenset[str] = frozenset()
+        # Told when the peers change (the fan-out's index of who sees what).
+        self.on_peers: Callable[[Client, frozenset[str], frozenset[str]], None] | None = None
         self.denied: set[str] = set()  # new workspaces it may not talk to (until refreshed)
         # Keys of the frames a resuming client's replay sent: the shared reader may be
         # behind the replay and offer them again; they are not queued twice. As many
         # as the Subscriber de-duplicates.
         self.replayed = RecentIds(REPLAY_DEDUP_WINDOW)
+
+    @property
+    def peers(self) -> frozenset[str]:
+        return self._peers
+
+    @peers.setter
+    def peers(self, peers: frozenset[str]) -> None:
+        old, self._peers = self._peers, peers
+        if self.on_peers is not None:
+            self.on_peers(self, old, peers)
 
     def wants(self, event: ReceivedEvent) -> bool:
         if self.viewer.is_canvas:

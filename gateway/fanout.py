@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, text
 
+from gateway.audience import Audience
 from gateway.clients import Client, frame_key
 from gateway.frames import event_frame
 from gateway.throttle import BroadcastThrottle
@@ -54,7 +55,7 @@ class Fanout:
         self.engine = engine
         self.redis = redis_client(redis_url)
         self.replays = ThreadPoolExecutor(REPLAY_THREADS, thread_name_prefix="gateway-ws-replay")
-        self.clients: set[Client] = set()
+        self.audience = Audience()
         self.position: str | None = None  # the reader's position, after its last item
         self._reader_redis = redis_client(redis_url)  # its pub/sub connection is its own
         self._stop = threading.Event()
@@ -91,10 +92,10 @@ class Fanout:
             client.close()
 
     def add(self, client: Client) -> None:
-        self.clients.add(client)
+        self.audience.add(client)
 
     def discard(self, client: Client) -> None:
-        self.clients.discard(client)
+        self.audience.discard(client)
 
     # -- the reader thread --------------------------------------------------
 
@@ -153,14 +154,20 @@ class Fanout:
 
     def _dispatch(self, event: ReceivedEvent, position: str) -> None:
         key, text = frame_key(event), event_frame(event, position)
-        new = self._is_new(event.workspace_id)
-        for client in self.clients:
-            if client.wants(event):
-                client.offer((key, text, None))
-            elif new and not client.viewer.is_canvas:
-                client.offer((key, text, event.workspace_id))
+        frame = (key, text, None)
+        audience = self.audience
+        for client in audience.canvases:
+            client.offer(frame)
+        watching = audience.watching(event.workspace_id)
+        for client in watching:
+            client.offer(frame)
+        if self._is_new(event.workspace_id):
+            # No agent's peer set knows this workspace yet: each asks before sending.
+            for client in audience.agents:
+                if client not in watching:
+                    client.offer((key, text, event.workspace_id))
         if event.type == EventType.WORKSPACE_REMOVED and event.workspace_id is not None:
-            for client in self.clients:  # after its peers were told
+            for client in list(watching):  # after they were told
                 client.removed(event.workspace_id)
 
     def _is_new(self, workspace_id: str | None) -> bool:

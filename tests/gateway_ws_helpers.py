@@ -48,7 +48,14 @@ class Gateway:
                     *os.environ.get("GATEWAY_WS_PROFILE", "").split(),  # e.g. "-m cProfile -o f"
                     *("-m", "uvicorn", "gateway_ws_app:build", "--factory"),
                     *("--app-dir", str(TESTS), "--port", str(self.port), "--ws", "auto"),
-                    *("--log-level", "warning", "--ws-ping-interval", str(self.ping_interval)),
+                    *(
+                        "--log-level",
+                        "warning",
+                        "--ws-ping-interval",
+                        str(self.ping_interval),
+                        "--ws-per-message-deflate",
+                        "false",
+                    ),
                 ],
                 env={**os.environ, **self.env},
                 stdout=out,

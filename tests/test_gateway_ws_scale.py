@@ -153,6 +153,8 @@ def test_one_canvas_and_many_agents_each_receive_exactly_what_they_may_see(db, r
             loop.close()
     print(f"CPU: gateway {server_cpu:.1f} s, test process {own_cpu:.1f} s")
     behind = {w: len(expected[w]) - len(g) + 1 for w, g in received.items()}
+    closed = [g[-1]["payload"]["n"] for g in received.values() if g[-1]["event"] == "_closed"]
+    assert not closed, f"{len(closed)} connections closed: {closed[:3]}"
     assert not any(behind.values()), sorted(behind.values())[-10:]
     for who, got in received.items():
         assert [f["payload"]["n"] for f in got[1:]] == expected[who], who
