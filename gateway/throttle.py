@@ -3,7 +3,9 @@
 Heartbeats and task updates arrive once per heartbeat; a canvas needs the latest state,
 not every beat. The first event of a workspace goes out at once; later ones within the
 same second are coalesced, and the newest of them goes out when the second ends, so
-the last state is never held back for long nor lost.
+the last state is never held back for long nor lost. A task update outranks a
+heartbeat: the original's canvas shows the current task and ignores heartbeats, and a
+heartbeat batch publishes a workspace's task update just before its heartbeat.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from registry.events.subscriber import ReceivedEvent
+from registry.statuses import EventType
 
 INTERVAL_SECONDS = 1.0
 
@@ -38,9 +41,11 @@ class BroadcastThrottle:
             self._emit(event)
             self._forget_idle(now)
             return
-        if key not in self._held:  # the first held one schedules the window's end
+        held = self._held.get(key)
+        if held is None:  # the first held one schedules the window's end
             asyncio.get_running_loop().call_later(last + self._interval - now, self._release, key)
-        self._held[key] = event  # the newest wins
+        if held is None or _rank(event) >= _rank(held):
+            self._held[key] = event  # the newest wins, but a heartbeat never hides a task update
 
     def _release(self, key: str | None) -> None:
         event = self._held.pop(key, None)
@@ -58,3 +63,7 @@ class BroadcastThrottle:
         for k in quiet:
             if k not in self._held:
                 del self._last[k]
+
+
+def _rank(event: ReceivedEvent) -> int:
+    return 1 if event.type == EventType.TASK_UPDATED else 0

@@ -94,6 +94,18 @@ def test_broadcast_only_events_reach_a_canvas_at_most_once_per_workspace_per_sec
         assert all("position" in f for f in mine)
 
 
+def test_a_heartbeat_never_hides_a_task_update_held_in_the_same_second(db, redis_client):
+    ws_id = make_workspace(db, "busy")
+    mine = lambda f: f["workspace_id"] == ws_id  # noqa: E731
+    with gateway() as server, open_ws(server) as canvas:
+        beat = (EventType.WORKSPACE_HEARTBEAT, ws_id, {"active_tasks": 1, "uptime_seconds": 1})
+        publish(db, redis_client, [beat])  # opens the workspace's second
+        task = (EventType.TASK_UPDATED, ws_id, {"current_task": "t1", "active_tasks": 1})
+        publish(db, redis_client, [task, beat])  # as a heartbeat batch publishes them
+        got = frames(canvas, 2, timeout=5, keep=mine)
+    assert [f["event"] for f in got] == ["WORKSPACE_HEARTBEAT", "TASK_UPDATED"]
+
+
 def test_an_idle_connection_stays_open(db, redis_client):
     ws_id = make_workspace(db, "idle")
     with gateway() as server, open_ws(server) as canvas:
