@@ -1,16 +1,24 @@
 """The gateway's WebSocket `GET /ws` (CONTRACT §11): the registry's events as the
 original's frames, for canvases and agents, resumable and never silently dropped.
 
-Mount it in the gateway app:
+Mount it in the gateway app (at the top level or inside a `Mount`):
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with websocket_lifespan(app):  # the shared reader; closes sockets at the end
+            yield
 
     app = Starlette(routes=[..., *websocket_routes(settings)], lifespan=lifespan)
+    uvicorn.Config(app, host=host, port=port, **UVICORN_WS_OPTIONS)
 
-and, in the app's lifespan, `async with websocket_lifespan(app): yield` (starts the
-shared reader at start-up, closes every connection and the reader at shutdown; without
-it the reader starts with the first connection and is not stopped cleanly).
+Without `websocket_lifespan` the reader starts with the first connection and is not
+stopped cleanly. `UVICORN_WS_OPTIONS`: the server's pings keep idle connections alive
+(20 s), and no per-message deflate (see there).
 
-Idle connections are kept alive by WebSocket pings, which the server sends: run uvicorn
-with `UVICORN_WS_OPTIONS` (20 s pings, no per-message deflate).
+Modules: `admission` (who may connect, as what), `peers` (§9 as a set), `audience`
+(who receives an event), `clients` (a connection's filter and bounded queue), `fanout`
+(the one reader per process), `throttle` (broadcast-only events, once a second),
+`resume` (a resuming client's gap), `session` (one connection's life), `frames`.
 """
 
 from __future__ import annotations
@@ -141,8 +149,15 @@ def websocket_routes(settings: Settings) -> list[BaseRoute]:
 
 
 def _sockets(app: Any) -> list[EventSocket]:
-    routes = getattr(getattr(app, "router", app), "routes", [])
-    return [r.app for r in routes if isinstance(getattr(r, "app", None), EventSocket)]
+    """The `/ws` endpoints mounted in `app`, at any depth of `Mount`s."""
+    found: list[EventSocket] = []
+    for route in getattr(getattr(app, "router", app), "routes", []):
+        inner = getattr(route, "app", None)
+        if isinstance(inner, EventSocket):
+            found.append(inner)
+        elif inner is not None and inner is not app:
+            found.extend(_sockets(inner))
+    return found
 
 
 @contextlib.asynccontextmanager
