@@ -10,7 +10,16 @@ import threading
 import pytest
 import redis
 from board_helpers import make_workspace, private_redis, publish
-from gateway_ws_helpers import Gateway, frames, gateway, numbers, open_ws, quiet, token_for
+from gateway_ws_helpers import (
+    Gateway,
+    frames,
+    gateway,
+    numbers,
+    open_ws,
+    quiet,
+    token_for,
+    until_closed,
+)
 
 from registry.statuses import EventType
 
@@ -125,3 +134,22 @@ def test_connections_survive_a_redis_restart_and_miss_nothing(db):
         with open_ws(server, since=before[-1]["position"], workspace=child, token=token) as agent:
             assert numbers(frames(agent, 2)) == [3, 5]
             assert quiet(agent, 0.5) == []
+
+
+def test_a_stopping_gateway_closes_its_connections_which_resume_elsewhere(db, redis_client):
+    ws_id = make_workspace(db, "steady")
+    server = Gateway()
+    server.start()
+    try:
+        with open_ws(server) as canvas:
+            publish(db, redis_client, cards(ws_id, 0, 3))
+            last = frames(canvas, 3)[-1]["position"]
+            server.stop()  # SIGTERM: a graceful stop
+            _, code, _ = until_closed(canvas, timeout=20)
+    finally:
+        server.stop()
+    assert code in (1001, 1012)  # going away / service restart: reconnect
+    publish(db, redis_client, cards(ws_id, 3, 5))
+    with gateway() as other, open_ws(other, since=last) as resumed:
+        assert numbers(frames(resumed, 2)) == [3, 4]
+        assert quiet(resumed, 0.5) == []
