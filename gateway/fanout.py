@@ -25,7 +25,13 @@ from gateway.audience import Audience
 from gateway.clients import Client, frame_key
 from gateway.frames import event_frame
 from gateway.throttle import BroadcastThrottle
-from registry.events.subscriber import RETRYABLE_ERRORS, Position, ReceivedEvent, Subscriber
+from registry.events.subscriber import (
+    RETRYABLE_ERRORS,
+    Position,
+    ReceivedEvent,
+    Since,
+    Subscriber,
+)
 from registry.events.subscriber.channel import is_broadcast_only
 from registry.statuses import EventType
 
@@ -100,25 +106,36 @@ class Fanout:
     # -- the reader thread --------------------------------------------------
 
     def _read(self, ready: threading.Event) -> None:
-        subscriber = Subscriber(self._reader_redis, self.engine, since="now", broadcast=True)
-        try:
-            while not self._stop.is_set():
-                if self._known is None:
-                    with contextlib.suppress(*RETRYABLE_ERRORS):
-                        self._known = known_workspaces(self.engine)
-                if not ready.is_set():
-                    # "now" is where new clients start; resolved once Redis answers.
-                    with contextlib.suppress(*RETRYABLE_ERRORS):
-                        subscriber.position  # noqa: B018 - the property resolves it
-                        ready.set()
-                batch = subscriber.poll_with_positions(READ_BLOCK_MS, self._stop)
-                if batch and self._loop is not None:
-                    self._hand_over(self._loop, batch)
-        except Exception:  # a bug, not an outage (those are absorbed by the Subscriber)
-            log.exception("gateway websocket: the event reader stopped")
-            raise
-        finally:
-            subscriber.close()
+        since: Since = "now"
+        while not self._stop.is_set():
+            subscriber: Subscriber | None = None
+            try:
+                subscriber = Subscriber(
+                    self._reader_redis, self.engine, since=since, broadcast=True
+                )
+                self._follow(subscriber, ready)
+            except Exception:  # a bug, not an outage (the Subscriber absorbs those)
+                log.exception("gateway websocket: the event reader failed; it resumes")
+                # From the last position delivered: clients lose nothing.
+                since = Position.from_token(self.position) if self.position else "now"
+                self._stop.wait(1.0)
+            finally:
+                if subscriber is not None:
+                    subscriber.close()
+
+    def _follow(self, subscriber: Subscriber, ready: threading.Event) -> None:
+        while not self._stop.is_set():
+            if self._known is None:
+                with contextlib.suppress(*RETRYABLE_ERRORS):
+                    self._known = known_workspaces(self.engine)
+            if not ready.is_set():
+                # "now" is where new clients start; resolved once Redis answers.
+                with contextlib.suppress(*RETRYABLE_ERRORS):
+                    subscriber.position  # noqa: B018 - the property resolves it
+                    ready.set()
+            batch = subscriber.poll_with_positions(READ_BLOCK_MS, self._stop)
+            if batch and self._loop is not None:
+                self._hand_over(self._loop, batch)
 
     def _hand_over(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Position]]
@@ -144,10 +161,13 @@ class Fanout:
             self.position = position.token()
             if not isinstance(item, ReceivedEvent):
                 continue  # a gap notice: its recorded events follow, replayed
-            if is_broadcast_only(item.type):
-                self._throttle.offer(item)
-            else:
-                self._dispatch(item, self.position)
+            try:
+                if is_broadcast_only(item.type):
+                    self._throttle.offer(item)
+                else:
+                    self._dispatch(item, self.position)
+            except Exception:  # a bug: the rest of the batch must still go out
+                log.exception("gateway websocket: could not fan out %s", item.type)
 
     def _throttled(self, event: ReceivedEvent) -> None:
         self._dispatch(event, self.position or "0-0")
