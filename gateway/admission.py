@@ -58,6 +58,14 @@ def allowed_origins(settings: Settings, host: str | None, secure: bool) -> set[s
     return {*own, DEV_CANVAS_ORIGIN}
 
 
+def org_refusal(settings: Settings, sent: str | None) -> Refusal | None:
+    """`X-Molecule-Org-Id` must name this installation's organisation (§11) when it is
+    sent: a browser cannot add headers to a WebSocket, so a canvas sends none."""
+    if settings.org_id and sent is not None and sent.strip() != settings.org_id:
+        return Refusal(403, "X-Molecule-Org-Id does not match this registry")
+    return None
+
+
 def admit_canvas(
     settings: Settings, origin: str | None, host: str | None, secure: bool, token: str | None
 ) -> Viewer | Refusal:

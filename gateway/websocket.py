@@ -35,7 +35,14 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gateway.admission import Refusal, Viewer, admit_agent, admit_canvas, bearer
+from gateway.admission import (
+    Refusal,
+    Viewer,
+    admit_agent,
+    admit_canvas,
+    bearer,
+    org_refusal,
+)
 from gateway.clients import Client
 from gateway.fanout import Fanout
 from gateway.session import Session, load_peers
@@ -104,6 +111,9 @@ class EventSocket:
             self.sessions -= 1
 
     async def admit(self, ws: WebSocket) -> Viewer | Refusal:
+        org = org_refusal(self.settings, ws.headers.get("x-molecule-org-id"))
+        if org is not None:
+            return org
         token = bearer(ws.headers.get("authorization"))
         workspace = ws.headers.get("x-workspace-id")
         if workspace is None:

@@ -7,7 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 
-from gateway.admission import Refusal, Viewer, admit_canvas, bearer
+from gateway.admission import Refusal, Viewer, admit_canvas, bearer, org_refusal
 from gateway.audience import Audience
 from gateway.clients import Client
 from gateway.frames import event_frame
@@ -52,6 +52,16 @@ def test_canvas_origins_and_token():
     assert isinstance(admit_canvas(secured, None, "gw", False, None), Refusal)
     assert isinstance(admit_canvas(secured, None, "gw", False, "s3cre"), Refusal)
     assert admit_canvas(secured, None, "gw", False, "s3cret") == Viewer()
+
+
+def test_a_foreign_organisation_is_refused_when_one_is_configured():
+    assert org_refusal(load({}), "any") is None
+    configured = load({"MOLECULE_ORG_ID": "org-1"})
+    assert org_refusal(configured, None) is None  # a browser's canvas cannot send it
+    assert org_refusal(configured, "org-1") is None
+    assert org_refusal(configured, "org-2") == Refusal(
+        403, "X-Molecule-Org-Id does not match this registry"
+    )
 
 
 def test_bearer():
