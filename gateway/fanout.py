@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,6 +39,8 @@ from registry.statuses import EventType
 log = logging.getLogger("gateway.websocket")
 
 READ_BLOCK_MS = 1000
+# Longer than any agent's peer-set refresh (session.PEERS_REFRESH_SECONDS, jittered).
+FRESH_SECONDS = 60.0
 # Replays of resuming clients run in threads too; this many at once, the rest wait.
 REPLAY_THREADS = 8
 
@@ -73,6 +76,7 @@ class Fanout:
         # Every workspace id known to exist: an event of any other is a new workspace's,
         # which an agent's cached peer set cannot know about yet.
         self._known: set[str] | None = None
+        self._fresh: dict[str, float] = {}  # workspaces first seen lately -> when
 
     async def start(self, ready_timeout: float = 10.0) -> None:
         """Start reading (idempotent); returns once the reader knows where "now" is,
@@ -191,11 +195,24 @@ class Fanout:
                 client.removed(event.workspace_id)
 
     def _is_new(self, workspace_id: str | None) -> bool:
+        """Whether agents' peer sets may not know this workspace yet: first seen less
+        than `FRESH_SECONDS` ago (its later events too: an agent's check of the first
+        may still be running when the next is fanned out)."""
         known = self._known
-        if workspace_id is None or known is None or workspace_id in known:
+        if workspace_id is None or known is None:
             return False
-        known.add(workspace_id)
-        return True
+        now = time.monotonic()
+        if workspace_id not in known:
+            known.add(workspace_id)
+            self._fresh[workspace_id] = now
+            return True
+        first_seen = self._fresh.get(workspace_id)
+        if first_seen is None:
+            return False
+        if now - first_seen < FRESH_SECONDS:
+            return True
+        del self._fresh[workspace_id]  # every agent's set has been re-read since
+        return False
 
 
 def known_workspaces(engine: Engine) -> set[str]:

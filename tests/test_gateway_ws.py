@@ -89,7 +89,14 @@ def test_an_agent_sees_a_new_peer_at_once_not_after_its_peers_refresh(server, db
     with open_ws(server, workspace=parent, token=token_for(db, parent)) as agent:
         child = make_workspace(db, "new-child", parent_id=parent)
         stranger = make_workspace(db, "new-stranger", parent_id=elsewhere)
-        publish(db, redis_client, [card(stranger, 0), card(child, 1), card(child, 2)])
-        got = frames(agent, 2, timeout=3)  # well before the 5 s refresh
+        # In one go: the second event of the child is fanned out before the agent's
+        # check of the first has answered.
+        publish(
+            db,
+            redis_client,
+            [card(stranger, 0), card(child, 1), card(child, 2)],
+            per_transaction=3,
+        )
+        got = frames(agent, 2, timeout=5)  # well before the peers' 30 s refresh
         assert quiet(agent, 0.5) == []
     assert [(f["workspace_id"], f["payload"]["n"]) for f in got] == [(child, 1), (child, 2)]
