@@ -46,7 +46,7 @@ def build_app(
     settings: Settings,
     extra_routes: Sequence[BaseRoute] = (),
     *,
-    lifespans: Sequence[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = (),
+    lifespans: Sequence[Callable[[Starlette], contextlib.AbstractAsyncContextManager[Any]]] = (),
     edge_exempt: tuple[str, ...] = (),
 ) -> Starlette:
     """The gateway application.
@@ -80,7 +80,7 @@ def build_app(
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for extra in lifespans:
-                    await stack.enter_async_context(extra())
+                    await stack.enter_async_context(extra(app))
                 yield
         finally:
             # Heartbeats still waiting are published before the process ends.

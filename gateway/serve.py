@@ -23,6 +23,8 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
 
     install_log_redaction()
     logging.getLogger().setLevel(log_level.upper())
+    from gateway.websocket import UVICORN_WS_OPTIONS
+
     uvicorn.run(
         assemble(settings, host, port),
         host=host,
@@ -37,6 +39,8 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
         proxy_headers=True,
         server_header=False,
         lifespan="on",
+        # Pings keep idle WebSocket connections alive; no per-message deflate.
+        **UVICORN_WS_OPTIONS,
     )
 
 
@@ -48,13 +52,14 @@ def assemble(settings: Settings, host: str, port: int) -> Starlette:
     canvas WebSocket `/ws`, and the fleet board at `/board` (one web stack)."""
     from gateway.app import build_app
     from gateway.board import Board, board_lifespan, board_routes
+    from gateway.websocket import websocket_lifespan, websocket_routes
     from registry.board.hosts import HostCheck
     from registry.db import get_engine, get_redis
 
     board = Board(get_engine(settings.database_url), get_redis(), HostCheck(host, port))
     return build_app(
         settings,
-        [*board_routes(board, prefix=BOARD_PREFIX)],
-        lifespans=[lambda: board_lifespan(board)],
+        [*websocket_routes(settings), *board_routes(board, prefix=BOARD_PREFIX)],
+        lifespans=[websocket_lifespan, lambda _app: board_lifespan(board)],
         edge_exempt=(BOARD_PREFIX,),
     )

@@ -300,6 +300,29 @@ class Settings:
         "also append broadcast-only events (WORKSPACE_HEARTBEAT, TASK_UPDATED) to "
         "events:stream; for small fleets only (CONTRACT §7)",
     )
+    # The gateway's WebSocket `GET /ws` (CONTRACT §11).
+    gateway_allowed_origins: str = _opt(
+        "GATEWAY_ALLOWED_ORIGINS",
+        text,
+        "",
+        "comma-separated `Origin`s a canvas WebSocket is admitted from (a connection "
+        "without `Origin` is admitted)",
+        shown="the gateway's own origin and `http://localhost:3000`",
+    )
+    gateway_canvas_token: str = _opt(
+        "GATEWAY_CANVAS_TOKEN",
+        text,
+        "",
+        "when set, a canvas WebSocket (no `X-Workspace-ID`) must send it as "
+        "`Authorization: Bearer …`; a secret, never logged",
+    )
+    gateway_ws_queue_frames: int = _opt(
+        "GATEWAY_WS_QUEUE_FRAMES",
+        positive_int,
+        1000,
+        "frames a WebSocket client may fall behind by; beyond, it is closed (code 4008) "
+        "and resumes from its last position",
+    )
     heartbeat_batch_max_items: int = _opt(
         "HEARTBEAT_BATCH_MAX_ITEMS",
         positive_int,

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -510,3 +511,53 @@ def test_the_gateway_serves_the_board_at_slash_board(db: Engine, gateway: Runnin
         # The API beside it keeps its edge rules.
         api = http.get(f"/workspaces/{ws}/state")
         assert "x-ratelimit-limit" in api.headers
+
+
+def test_one_gateway_process_answers_http_and_serves_the_canvas_websocket(
+    db: Engine, worker: object, test_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The original platform end to end on one `molecule-registry gateway`: a canvas
+    follows /ws while an agent registers over HTTP; the frame carries the new status and
+    a position, and resuming from that position replays nothing already seen. (A
+    gateway of its own: the `db` fixture restarts event ids, which no real registry
+    does, and a reader that has seen higher ids would take the new ones as seen.)"""
+
+    with running_gateway(test_env, tmp_path) as gateway:
+        _canvas_follows_a_registration(gateway)
+
+
+def _canvas_follows_a_registration(gateway: RunningGateway) -> None:
+    import json
+
+    from websockets.sync.client import connect
+
+    ws_url = gateway.url.replace("http://", "ws://") + "/ws"
+    ws = str(uuid.uuid4())
+    with connect(ws_url, open_timeout=10) as canvas:
+        with gateway.client() as http:
+            answer = http.post(
+                "/registry/register",
+                json={"id": ws, "agent_card": CONNECT_CARD, "delivery_mode": "poll"},
+            )
+            assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 20
+        frame: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                frame = json.loads(canvas.recv(timeout=max(0.1, deadline - time.monotonic())))
+            except TimeoutError:
+                break
+            if frame["workspace_id"] == ws and frame["event"] == "WORKSPACE_ONLINE":
+                break
+        assert frame["event"] == "WORKSPACE_ONLINE" and frame["workspace_id"] == ws, (
+            gateway.process.tail(60)
+        )
+        assert frame["payload"]["status"] == "online"
+        assert set(frame) >= {"event", "workspace_id", "timestamp", "payload", "position"}
+    with connect(f"{ws_url}?since={frame['position']}", open_timeout=10) as resumed:
+        remove_now(ws)
+        later = json.loads(resumed.recv(timeout=20))
+        while later["workspace_id"] != ws:
+            later = json.loads(resumed.recv(timeout=20))
+        assert later["event"] == "WORKSPACE_REMOVED"
+        assert later["payload"]["status"] == "removed"
