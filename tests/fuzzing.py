@@ -208,7 +208,7 @@ def check_payload(model: type, raw: Any) -> bool:
                 agent_url_for(parsed, mode, NoAnswer())
             except Rejected as exc:
                 # Push mode may fall back to the card's url (CONTRACT §12).
-                assert str(exc).startswith(("url: ", "agent_card.url: ")), str(exc)
+                assert str(exc).startswith(("url: ", "url is ", "agent_card.url: ")), str(exc)
     return True
 
 

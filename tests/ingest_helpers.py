@@ -66,7 +66,7 @@ def wait_until(check: Callable[[], Any], *, timeout: float = 15, interval: float
 
 def names_field(error: str, field: str) -> bool:
     """Whether a rejection names `field` ("field: ..." or a sub-path "field.key: ...")."""
-    return re.match(rf"(.*; )?{re.escape(field)}[:.]", error) is not None
+    return re.match(rf"(.*; )?{re.escape(field)}[:. ]", error) is not None
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from registry.ingestion.payloads import AGENT_CARD_MAX_BYTES
 
 def card_of(size: int) -> dict[str, Any]:
     """A card whose canonical JSON is exactly `size` bytes."""
-    card = {"name": "big", "pad": ""}
+    card = {"name": "big", "description": "a big card", "pad": ""}  # nothing to fill in (§12)
     card["pad"] = "x" * (size - len(json.dumps(card, separators=(",", ":"))))
     assert card_digest(card)["agent_card_bytes"] == size
     return card

@@ -206,7 +206,7 @@ def test_registration_the_worker_refuses_is_relayed_as_400(
 
         missing = http.post("/registry/register", json={"id": ws, "agent_card": RUNTIME_CARD})
         assert missing.status_code == 400
-        assert missing.json()["error"].startswith("url: is required")
+        assert missing.json()["error"] == "url is required for push-mode workspaces"
 
 
 def test_update_card(db: Engine, gateway: RunningGateway) -> None:

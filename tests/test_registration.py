@@ -226,10 +226,10 @@ MODES: list[tuple[str, str | None, str, str, str, str]] = [
     ("payload push beats external default", None, "external", "push", AGENT_URL, "push"),
     ("stored poll when payload empty", "poll", "langgraph", "", "", "poll"),
     ("stored push when payload empty", "push", "external", "", AGENT_URL, "push"),
-    ("stored push still needs a url", "push", "langgraph", "", "", "url: is required"),
+    ("stored push still needs a url", "push", "langgraph", "", "", "url is required"),
     ("external runtime defaults to poll", None, "external", "", "", "poll"),
     ("other runtimes default to push", None, "hermes", "", AGENT_URL, "push"),
-    ("push default needs a url", None, "langgraph", "", "", "url: is required"),
+    ("push default needs a url", None, "langgraph", "", "", "url is required"),
 ]  # fmt: skip
 
 
