@@ -12,11 +12,14 @@ import sqlalchemy.exc
 
 from registry.outcomes import ConcurrentRegistration
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+# A dependency (PostgreSQL, Redis) is down or unreachable: the one definition every
+# caller uses (tasks' retries, the event subscriber, the liveness listener, the board).
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,  # connection lost, server restarting, deadlock
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,  # connection pool exhausted
-    redis.exceptions.ConnectionError,
+    redis.exceptions.ConnectionError,  # BusyLoadingError included
     redis.exceptions.TimeoutError,
-    ConcurrentRegistration,
 )
+# What a task retries: a dependency's failure, or a registration that raced another.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, ConcurrentRegistration)

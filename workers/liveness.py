@@ -35,9 +35,9 @@ import redis
 import redis.client
 import redis.exceptions
 import sqlalchemy.exc
-from redis.backoff import EqualJitterBackoff
 
 from molecule_registry_client import safe_url
+from registry.backoff import Backoff
 from registry.config import Settings, get_settings
 from registry.db import get_engine
 from registry.lifesigns import (
@@ -55,6 +55,7 @@ from registry.liveness.expiry import (
 from registry.liveness.keys import workspace_id_from_liveness_key
 from registry.liveness.selfpreservation import SelfPreservationGate
 from registry.migrate import SchemaNotAtHead, check_schema
+from registry.transient import DEPENDENCY_ERRORS
 from registry.uow import unit_of_work
 
 log = logging.getLogger("workers.liveness")
@@ -62,14 +63,8 @@ log = logging.getLogger("workers.liveness")
 READY_MESSAGE = "liveness listener ready"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# Dependency failures worth a reconnect (BusyLoadingError is a ConnectionError).
-_RECONNECT_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    OSError,
-)
+# Dependency failures worth a reconnect: the registry's, plus a raw socket error.
+_RECONNECT_ERRORS = (*DEPENDENCY_ERRORS, OSError)
 
 
 class LivenessListener:
@@ -79,13 +74,13 @@ class LivenessListener:
         *,
         batch_size: int = 500,
         poll_seconds: float = 1.0,
-        backoff: EqualJitterBackoff | None = None,
+        backoff: Backoff | None = None,
         gate: SelfPreservationGate | None = None,
     ) -> None:
         self.settings = settings
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
-        self.backoff = backoff or EqualJitterBackoff(cap=30.0, base=0.5)
+        self.backoff = backoff or Backoff(first=0.5, cap=30.0)
         self.gate = gate or SelfPreservationGate(settings)
         self.identity = listener_identity()
         self._stop = threading.Event()
@@ -111,10 +106,11 @@ class LivenessListener:
                 self._connect(client, pubsub, reconnect=ready_before)
                 ready_before = True
                 failures = 0
+                self.backoff.reset()
                 self._listen(pubsub, client)
             except _RECONNECT_ERRORS as exc:
                 failures += 1
-                delay = self.backoff.compute(failures)
+                delay = self.backoff.next_delay()
                 log.warning(
                     "lost %s (%s); reconnecting in %.1f s (attempt %d)",
                     _describe_dependency(exc, self.settings),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from registry.backoff import Backoff
 from registry.config import get_settings
 from registry.ingestion.heartbeats import STALE_REASON, apply_heartbeats
 from registry.ingestion.payloads import HeartbeatPayload
@@ -74,6 +74,7 @@ def apply_until_committed(
     results: list[dict[str, Any]] = [STALE_RESULT] * len(heartbeats)
     waiting = list(range(len(heartbeats)))
     attempt = 0
+    backoff = Backoff(first=RETRY_FIRST_SECONDS, cap=RETRY_MAX_SECONDS)
     while True:
         now = time.time()
         # The first attempt always goes to the database, which judges staleness by its
@@ -88,8 +89,8 @@ def apply_until_committed(
         try:
             applied = apply([heartbeats[i] for i in waiting])
         except transient as exc:
-            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt)
-            delay = min(random.uniform(delay / 2, delay), max(deadlines[i] for i in waiting) - now)
+            # Never past the last moment a waiting heartbeat could still count.
+            delay = min(backoff.next_delay(), max(deadlines[i] for i in waiting) - now)
             log.warning(
                 "%d heartbeat(s) waiting for a dependency (%s: %s); retry in %.1f s",
                 len(waiting),

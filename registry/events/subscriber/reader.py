@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,9 +15,14 @@ from typing import Literal
 import redis
 from sqlalchemy import Engine
 
+from registry.backoff import Backoff
 from registry.config import get_settings
 from registry.events.outbox import EVENT_STREAM
-from registry.events.subscriber.backoff import RETRYABLE_ERRORS, Backoff
+from registry.events.subscriber.backoff import (
+    BACKOFF_FIRST_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    RETRYABLE_ERRORS,
+)
 from registry.events.subscriber.channel import BroadcastListener
 from registry.events.subscriber.dedup import RecentIds
 from registry.events.subscriber.gaps import Entries, Head, detect_gap, entries_of, look, run_id_of
@@ -79,7 +85,7 @@ class Subscriber:
         self._pending: deque[tuple[Item, Position]] = deque()
         self._recent = RecentIds(dedup_window)
         self._replay: Replay | None = None
-        self._backoff = Backoff()
+        self._backoff = Backoff(first=BACKOFF_FIRST_SECONDS, cap=BACKOFF_MAX_SECONDS)
         self._late = LateCommits()
         self._too_old = too_old
         self._retention_days = (
@@ -173,7 +179,14 @@ class Subscriber:
                         self._backoff.reset()
                         return True
         except RETRYABLE_ERRORS as exc:
-            self._backoff.wait(exc, stop)
+            delay = self._backoff.next_delay()
+            text = str(exc).strip()
+            reason = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+            log.warning("event subscriber: %s; retrying in %.1f s", reason, delay)
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
             return False
         self._backoff.reset()
         return False
