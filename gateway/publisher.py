@@ -33,7 +33,7 @@ from typing import Any
 from kombu import Connection, Queue
 from kombu.exceptions import KombuError
 
-from molecule_registry_client import celery_message, safe_url
+from molecule_registry_client import celery_message, publish_message, safe_url
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, queue_arguments, queue_for
 
 log = logging.getLogger(__name__)
@@ -207,17 +207,8 @@ class Publisher:
         try:
             # With confirm_publish (RabbitMQ) publish() returns only once the broker
             # confirmed the message; a nack raises.
-            conn.Producer().publish(
-                body,
-                exchange="",
-                routing_key=queue.name,
-                serializer="json",
-                headers=headers,
-                correlation_id=task_id,
-                delivery_mode="persistent",
-                declare=[queue],
-                retry=True,
-                retry_policy=_RETRY_POLICY,
+            publish_message(
+                conn.Producer(), queue, body, headers, task_id=task_id, retry_policy=_RETRY_POLICY
             )
         except (KombuError, OSError, *conn.connection_errors, *conn.channel_errors) as exc:
             raise BrokerUnavailable(

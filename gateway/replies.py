@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from molecule_registry_client import result_reader_app
+
 POLL_SECONDS = 0.005
 READY = ("SUCCESS", "FAILURE", "REVOKED")
 
@@ -29,21 +31,10 @@ class WorkerFailed(Exception):
 
 class Replies:
     def __init__(self, result_backend_url: str) -> None:
-        from celery import Celery
         from celery.app.backends import by_url
 
         self.url = result_backend_url
-        self._app = Celery(
-            "molecule-gateway",
-            set_as_current=False,
-            config_source={
-                "result_accept_content": ["json"],
-                "result_serializer": "json",
-                "redis_socket_connect_timeout": 5,
-                "redis_socket_timeout": 5,
-                "redis_retry_on_timeout": False,
-            },
-        )
+        self._app = result_reader_app("molecule-gateway")
         backend_cls, url = by_url(result_backend_url, self._app.loader)
         # Used by the poller alone, one fetch at a time.
         self._backend: Any = backend_cls(app=self._app, url=url)

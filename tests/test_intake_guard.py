@@ -17,10 +17,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 from ingest_helpers import insert_workspace, wait_until, workspace
 from kombu import Connection
 from liveness_helpers import PrivateRedis, private_rabbitmq_vhost
+from message_fuzzing import queues_drained
 from sqlalchemy import Engine
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env
 
@@ -30,7 +30,6 @@ from molecule_registry_client.names import (
     HEARTBEAT_BATCH_TASK,
     HEARTBEAT_QUEUE,
     HEARTBEAT_TASK,
-    QUEUE_NAMES,
     REGISTER_TASK,
     SWEEP_BACKSTOP_TASK,
     SWEEP_QUEUE,
@@ -120,17 +119,6 @@ def _publish(broker_url: str, queue: str, message: dict[str, Any]) -> None:
         producer.publish(body, **options)
 
 
-def _queues_drained(broker_url: str) -> bool:
-    if broker_url.startswith("redis://"):
-        client = redis.Redis.from_url(broker_url)
-        waiting = sum(client.llen(name) for name in QUEUE_NAMES)
-        return waiting == 0 and client.hlen("unacked") == 0
-    with Connection(broker_url) as conn:
-        channel = conn.channel()
-        counts = [channel.queue_declare(name, passive=True).message_count for name in QUEUE_NAMES]
-        return sum(counts) == 0
-
-
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     # A broker of the test's own: the suite's in-process worker must not take these.
@@ -162,7 +150,7 @@ def test_no_hostile_message_stops_a_worker_and_every_queue_drains(
         )
         _publish(broker_url, HEARTBEAT_QUEUE, {"body": body, "headers": headers})
         wait_until(lambda: workspace(db, ws).active_tasks == 7, timeout=60)
-        wait_until(lambda: _queues_drained(broker_url), timeout=60)
+        wait_until(lambda: queues_drained(broker_url), timeout=60)
         assert worker.alive
         log = worker.log()
     assert "Unrecoverable error" not in log

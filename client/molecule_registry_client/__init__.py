@@ -135,6 +135,50 @@ def celery_message(
     return body, headers, task_id
 
 
+def publish_message(
+    producer: Any,
+    queue: Queue,
+    body: Any,
+    headers: dict[str, Any],
+    *,
+    task_id: str,
+    retry_policy: dict[str, Any],
+) -> None:
+    """Publish one Celery message to `queue` through the default exchange, which routes
+    by queue name on both AMQP and Redis; persistent, the queue declared as the
+    workers declare it. (With confirm_publish on RabbitMQ it returns once confirmed.)"""
+    producer.publish(
+        body,
+        exchange="",
+        routing_key=queue.name,
+        serializer="json",
+        headers=headers,
+        correlation_id=task_id,
+        delivery_mode="persistent",
+        declare=[queue],
+        retry=True,
+        retry_policy=retry_policy,
+    )
+
+
+def result_reader_app(name: str) -> Any:
+    """A Celery app that only reads results (the `results` extra): JSON, short timeouts,
+    no retry of a timed-out read (the caller decides)."""
+    from celery import Celery
+
+    return Celery(
+        name,
+        set_as_current=False,
+        config_source={
+            "result_accept_content": ["json"],
+            "result_serializer": "json",
+            "redis_socket_connect_timeout": 5,
+            "redis_socket_timeout": 5,
+            "redis_retry_on_timeout": False,
+        },
+    )
+
+
 def heartbeat_payload(
     workspace_id: uuid.UUID | str,
     auth_token: str | None = None,
@@ -354,18 +398,8 @@ class RegistryClient:
         )
         try:
             with self._producers.acquire(block=True, timeout=30) as producer:
-                # The default exchange routes by queue name on both AMQP and Redis.
-                producer.publish(
-                    body,
-                    exchange="",
-                    routing_key=queue.name,
-                    serializer="json",
-                    headers=headers,
-                    correlation_id=task_id,
-                    delivery_mode="persistent",
-                    declare=[queue],
-                    retry=True,
-                    retry_policy=self._retry_policy,
+                publish_message(
+                    producer, queue, body, headers, task_id=task_id, retry_policy=self._retry_policy
                 )
         except self._connection.channel_errors as exc:
             # The broker answered and refused, e.g. a queue declared with another type
@@ -431,19 +465,7 @@ class RegistryClient:
 
             with self._lock:
                 if self._result_app is None:
-                    from celery import Celery
-
-                    self._result_app = Celery(
-                        "registry-client",
-                        set_as_current=False,
-                        config_source={
-                            "result_accept_content": ["json"],
-                            "result_serializer": "json",
-                            "redis_socket_connect_timeout": 5,
-                            "redis_socket_timeout": 5,
-                            "redis_retry_on_timeout": False,
-                        },
-                    )
+                    self._result_app = result_reader_app("registry-client")
             backend_cls, url = by_url(self.result_backend, self._result_app.loader)
             # One per thread: backends hold connections that are not shared across threads.
             backend = self._local.backend = backend_cls(app=self._result_app, url=url)
