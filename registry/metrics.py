@@ -42,8 +42,9 @@ HEARTBEATS_REJECTED = Counter(
 )
 MESSAGES_REFUSED = Counter(
     "registry_messages_refused_total",
-    "Messages refused at intake before any task ran (malformed envelope, headers or body), "
-    "by task (`unknown` when the name is not a registry task) and reason",
+    "Messages refused, at intake (malformed envelope, headers or body) or by their task "
+    "(invalid, unauthorized, ignored, …), by task (`unknown` when the name is not a "
+    "registry task) and reason",
     ["task", "reason"],
 )
 HEARTBEAT_CARDS_SKIPPED = Counter(
@@ -89,6 +90,18 @@ TASK_RESULTS = Counter(
     "Task runs, by task name and the status of the result (retry, error when raised)",
     ["task", "status"],
 )
+
+# The heartbeat tasks' refusals are also counted in their own series (dashboards).
+_HEARTBEAT_TASKS = frozenset({"registry.heartbeat", "registry.heartbeat_batch"})
+
+
+def count_refusal(task: str, reason: str) -> None:
+    """The one place a refusal is counted, for every message type; `reason` is the label
+    decided where the message was refused (registry.outcomes.Refusal)."""
+    MESSAGES_REFUSED.labels(task, reason).inc()
+    if task in _HEARTBEAT_TASKS:
+        HEARTBEATS_REJECTED.labels(reason).inc()
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

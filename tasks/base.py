@@ -156,6 +156,7 @@ class RegistryTask(Task):
                 return handler(uow, message)
         except MessageRefused as refused:  # bad input (PayloadError) included
             result = refused.as_result()
+            metrics.count_refusal(self.name, refused.label)
             log_refusal(self.name, result, _workspace_of(message, payload))
             return result
         except Exception as exc:

@@ -60,7 +60,7 @@ def heartbeat_batch_task(payload: Any) -> dict[str, Any]:
     try:
         items = parse_heartbeat_batch(payload)
     except PayloadError as exc:  # a bad envelope is rejected whole
-        metrics.HEARTBEATS_REJECTED.labels("invalid_batch").inc()
+        metrics.count_refusal(HEARTBEAT_BATCH_TASK, "invalid_batch")
         log.warning("heartbeat batch rejected: %s", exc)
         return exc.as_result()
     valid = [item for item in items if isinstance(item, HeartbeatPayload)]
@@ -70,12 +70,12 @@ def heartbeat_batch_task(payload: Any) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     for item in items:
         if isinstance(item, PayloadError):
-            metrics.HEARTBEATS_REJECTED.labels("invalid").inc()
+            metrics.count_refusal(HEARTBEAT_BATCH_TASK, item.label)
             log.warning("heartbeat rejected in a batch: %s", item)
             counts["rejected"] += 1
             continue
         result = next(applied)
-        report_refusal(item.workspace_id, result)
+        report_refusal(item.workspace_id, result, HEARTBEAT_BATCH_TASK)
         counts["applied" if result["status"] == "ok" else result["status"]] += 1
     return _summary(counts)
 

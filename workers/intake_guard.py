@@ -223,7 +223,7 @@ def refuse(message: Any, refusal: Refusal, tasks: dict[str, Any], errors: tuple[
     """Log (without arguments), count and acknowledge a refused message."""
     name, task_id = _names_of(message)
     label = name if isinstance(name, str) and name in tasks else "unknown"
-    metrics.MESSAGES_REFUSED.labels(label, refusal.reason).inc()
+    metrics.count_refusal(label, refusal.reason)
     log.warning(
         "message refused (%s): %s [task=%s id=%s]",
         refusal.reason,

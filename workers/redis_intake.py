@@ -99,7 +99,7 @@ class _ScreenedRead:
             self._queue_cycle.rotate(dest)
             envelope, problem = envelope_error(item)
             if envelope is None:
-                metrics.MESSAGES_REFUSED.labels("unknown", "bad_envelope").inc()
+                metrics.count_refusal("unknown", "bad_envelope")
                 log.warning("message refused (bad_envelope): %s [queue=%s]", problem, dest)
                 return True
             self.connection._deliver(envelope, dest)

@@ -37,6 +37,7 @@ from registry.backoff import Backoff
 from registry.config import get_settings
 from registry.ingestion.heartbeats import STALE_REASON, apply_heartbeats
 from registry.ingestion.payloads import HeartbeatPayload
+from registry.outcomes import Ignored
 from registry.uow import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ Apply = Callable[[Sequence[HeartbeatPayload]], list[dict[str, Any]]]
 BUSY_WITHIN_SECONDS = 0.2
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
-STALE_RESULT = {"status": "ignored", "reason": STALE_REASON}
+STALE_RESULT = Ignored(STALE_REASON, label="stale").as_result()
 
 
 def apply_in_one_transaction(heartbeats: Sequence[HeartbeatPayload]) -> list[dict[str, Any]]:

@@ -138,15 +138,6 @@ UNKNOWN_ERROR = "workspace_id: unknown workspace"
 REMOVED_REASON = "workspace was removed"
 OLDER_REASON = "older than the last heartbeat applied (sent_at)"
 STALE_REASON = "stale: sent longer ago than the liveness TTL (sent_at)"
-# Metric label (registry_heartbeats_rejected_total{reason}) of each way a heartbeat that
-# passed validation can be refused; "invalid" is the validation failure itself.
-_REASONS = {
-    UNKNOWN_ERROR: "unknown_workspace",
-    UNAUTHORIZED_ERROR: "unauthorized",
-    REMOVED_REASON: "removed",
-    OLDER_REASON: "out_of_order",
-    STALE_REASON: "stale",
-}
 
 
 @dataclass
@@ -383,14 +374,15 @@ def _refusal(
 ) -> MessageRefused | None:
     """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4, freshness), or None."""
     if state is None:
-        return Rejected(UNKNOWN_ERROR)
+        return Rejected(UNKNOWN_ERROR, label="unknown_workspace")
     if hb.sent_at is not None:
         # A producer clock far ahead would block every later heartbeat by the
         # ordering guard; "ahead" is judged by the database's clock, not the worker's.
         ahead = (hb.sent_at - state.db_now).total_seconds()
         if ahead > MAX_SENT_AT_SKEW_SECONDS:
             return Rejected(
-                f"sent_at: is {ahead:.0f} s in the future (more than {MAX_SENT_AT_SKEW_SECONDS} s)"
+                f"sent_at: is {ahead:.0f} s in the future (more than {MAX_SENT_AT_SKEW_SECONDS} s)",
+                label="sent_at_in_future",
             )
     if not is_authorized(state.has_live_token, state.matched_token.get(position)):
         return Unauthorized(UNAUTHORIZED_ERROR)
@@ -400,22 +392,12 @@ def _refusal(
 def _moot(hb: HeartbeatPayload, state: _Locked, stale: bool) -> Ignored | None:
     """Valid and authorized, but there is nothing it may change."""
     if state.status == Status.REMOVED:
-        return Ignored(REMOVED_REASON)
+        return Ignored(REMOVED_REASON, label="removed")
     if hb.sent_at and state.last_sent_at and hb.sent_at < state.last_sent_at:
-        return Ignored(OLDER_REASON)
+        return Ignored(OLDER_REASON, label="out_of_order")
     if stale:
         # Evidence of life older than the liveness TTL: it may not bring back a workspace
         # marked unreachable since, nor refresh its key (CONTRACT §4.2, freshness). It
         # changes nothing at all, which also covers a workspace still marked online.
-        return Ignored(STALE_REASON)
+        return Ignored(STALE_REASON, label="stale")
     return None
-
-
-def refusal_reason(result: dict[str, Any]) -> str | None:
-    """The metric label of a refused heartbeat's result (None when it applied)."""
-    if result["status"] == "ok":
-        return None
-    text = result.get("error") or result.get("reason") or ""
-    if text.startswith("sent_at:"):
-        return "sent_at_in_future"
-    return _REASONS.get(text, str(result["status"]))

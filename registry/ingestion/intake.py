@@ -13,9 +13,10 @@ import logging
 import re
 from typing import Any
 
+from molecule_registry_client.names import HEARTBEAT_TASK
 from registry import metrics
-from registry.ingestion.heartbeats import refusal_reason
 from registry.ingestion.payloads import HeartbeatPayload, PayloadError, parse_payload
+from registry.outcomes import refusal_label
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,19 @@ def parse_heartbeat(payload: Any) -> HeartbeatPayload | dict[str, Any]:
     try:
         return parse_payload(HeartbeatPayload, payload)
     except PayloadError as exc:
-        metrics.HEARTBEATS_REJECTED.labels("invalid").inc()
+        metrics.count_refusal(HEARTBEAT_TASK, exc.label)
         # Never log the payload itself: it carries the workspace's token.
         workspace = payload.get("workspace_id") if isinstance(payload, dict) else None
         log.warning("heartbeat rejected (workspace_id=%s): %s", printable_id(workspace), exc)
         return exc.as_result()
 
 
-def report_refusal(workspace: Any, result: dict[str, Any]) -> None:
+def report_refusal(workspace: Any, result: dict[str, Any], task: str = HEARTBEAT_TASK) -> None:
     """Count and log a refused heartbeat (never its payload: it carries the token)."""
-    reason = refusal_reason(result)
+    reason = refusal_label(result)
     if reason is None:
         return
-    metrics.HEARTBEATS_REJECTED.labels(reason).inc()
+    metrics.count_refusal(task, reason)
     if result["status"] in ("rejected", "unauthorized"):
         log.warning(
             "heartbeat %s (workspace_id=%s): %s", result["status"], workspace, result.get("error")
