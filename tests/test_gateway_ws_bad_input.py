@@ -52,8 +52,9 @@ def test_a_forged_workspace_id_is_refused(server, db):
 
 
 def test_removing_the_workspace_closes_its_agent_connection(server, db, redis_client):
-    ws_id = make_workspace(db, "doomed")
-    peer = make_workspace(db, "peer")
+    team = make_workspace(db, "team")  # siblings under one parent (two roots may not talk)
+    ws_id = make_workspace(db, "doomed", parent_id=team)
+    peer = make_workspace(db, "peer", parent_id=team)
     with (
         open_ws(server, workspace=ws_id, token=token_for(db, ws_id)) as agent,
         open_ws(server, workspace=peer, token=token_for(db, peer)) as other,
