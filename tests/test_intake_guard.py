@@ -68,6 +68,7 @@ def hostile_messages() -> list[tuple[str, str, dict[str, Any]]]:
     task_message(HEARTBEAT_TASK, _heartbeat(_nested(600)), HEARTBEAT_QUEUE)
     task_message(HEARTBEAT_TASK, _heartbeat(ws), HEARTBEAT_QUEUE, id=["a", "list"])
     task_message(HEARTBEAT_TASK, _heartbeat(ws), HEARTBEAT_QUEUE, expires=12)
+    task_message(REGISTER_TASK, {"id": ws, "agent_card": {}}, DEFAULT_QUEUE, expires="")
     task_message(REGISTER_TASK, {"id": ws, "agent_card": {}}, DEFAULT_QUEUE, argsrepr=["a"])
     task_message(REGISTER_TASK, {"id": ws, "agent_card": {}}, DEFAULT_QUEUE, id=["a"])
     task_message(REGISTER_TASK, {"id": ws, "agent_card": {}}, DEFAULT_QUEUE, task=["x"])
@@ -195,6 +196,8 @@ def test_a_well_formed_message_passes_the_screen() -> None:
         ([[{}], {}, {}], {"argsrepr": ["x"]}, "bad_headers"),
         ([[{}], {}, {}], {"retries": True}, "bad_headers"),
         ([[{}], {}, {}], {"timelimit": [1]}, "bad_headers"),
+        ([[{}], {}, {}], {"expires": ""}, "bad_headers"),  # found by the fuzzing campaign
+        ([[{}], {}, {}], {"eta": "soon"}, "bad_headers"),
         ([[{}], {}, {}], {"task": "registry.nope"}, "unknown_task"),
         ([], {}, "bad_body"),
         ([[{}], {}], {}, "bad_body"),

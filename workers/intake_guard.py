@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from celery.utils.time import maybe_iso8601
 from celery.worker.consumer import Consumer
 from vine import promise
 
@@ -56,8 +59,6 @@ _TEXT_HEADERS = (
     "origin",
     "shadow",
     "lang",
-    "eta",
-    "expires",
     "replaced_task_nesting_id",
 )
 _INT_HEADERS = ("retries", "group_index", "replaced_task_nesting")
@@ -81,33 +82,52 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _header_error(headers: dict[Any, Any]) -> str | None:
-    for key in _TEXT_HEADERS:
-        value = headers.get(key)
-        if value is not None and not (isinstance(value, str) and len(value) <= MAX_HEADER_TEXT):
-            return f"header {key}: must be text"
-    for key in _INT_HEADERS:
-        value = headers.get(key)
-        if value is not None and not _is_int(value):
-            return f"header {key}: must be an integer"
-    for key in _BOOL_HEADERS:
-        value = headers.get(key)
-        if value is not None and not isinstance(value, bool):
-            return f"header {key}: must be a boolean"
-    limits = headers.get("timelimit")
-    if limits is not None and not (
-        isinstance(limits, list | tuple)
-        and len(limits) == 2
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_HEADER_TEXT
+
+
+def _is_time(value: Any) -> bool:
+    # Celery parses these as ISO 8601 and fails on text that is not (an empty one
+    # included: found by the message fuzzing campaign).
+    return isinstance(_iso8601(value), datetime)
+
+
+def _is_limits(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
         and all(
-            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value
         )
-    ):
-        return "header timelimit: must be a pair of numbers"
-    for key, kind in (("stamped_headers", list), ("stamps", dict)):
+    )
+
+
+# header: (what a present value must satisfy, what the refusal says)
+_HEADER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(_TEXT_HEADERS, (_is_text, "must be text")),
+    **dict.fromkeys(_INT_HEADERS, (_is_int, "must be an integer")),
+    **dict.fromkeys(_BOOL_HEADERS, (lambda v: isinstance(v, bool), "must be a boolean")),
+    "eta": (_is_time, "must be an ISO 8601 time"),
+    "expires": (_is_time, "must be an ISO 8601 time"),
+    "timelimit": (_is_limits, "must be a pair of numbers"),
+    "stamped_headers": (lambda v: isinstance(v, list), "must be a list"),
+    "stamps": (lambda v: isinstance(v, dict), "must be an object"),
+}
+
+
+def _header_error(headers: dict[Any, Any]) -> str | None:
+    for key, (valid, problem) in _HEADER_RULES.items():
         value = headers.get(key)
-        if value is not None and not isinstance(value, kind):
-            return f"header {key}: must be a {kind.__name__}"
+        if value is not None and not valid(value):
+            return f"header {key}: {problem}"
     return None
+
+
+def _iso8601(value: Any) -> Any:
+    try:
+        return maybe_iso8601(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _identity_error(task: Any, task_id: Any) -> str | None:
@@ -251,10 +271,21 @@ def guarded(
         try:
             handler(message)
         except Exception as exc:
-            # The type only: an exception's text may quote the payload (and a token).
-            refuse(message, _refusal("unexpected_error", type(exc).__name__), tasks, errors)
+            # The type and where it was raised, never the exception's text: that may quote
+            # the payload (a token, or a newline forging a log line).
+            refuse(message, _refusal("unexpected_error", _where(exc)), tasks, errors)
 
     return on_task_received
+
+
+def _where(exc: BaseException) -> str:
+    """`AttributeError at celery/worker/request.py:123 (function)`: enough to find the bug."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    path = "/".join(last.filename.split("/")[-3:])
+    return f"{type(exc).__name__} at {path}:{last.lineno} ({last.name})"
 
 
 class GuardedConsumer(Consumer):
