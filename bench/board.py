@@ -27,7 +27,6 @@ molecule_registry_bench_board and a Redis database pair reserved like the tests'
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import random
 import re
@@ -45,37 +44,19 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     PERFORMANCE_MD,
-    database_url,
+    REDIS_BASE,
     fresh_database,
+    reserve_redis_dbs,
+    service_env,
     vacuum_analyze,
     write_section,
 )
 
 BENCH_DB = "molecule_registry_bench_board"
-BENCH_DB_URL = database_url(BENCH_DB)
 
 
-def _reserve_redis() -> tuple[int, Any]:
-    """A Redis database pair no test run holds (the tests' lock files, /tmp)."""
-    for first in range(2, 64, 2):
-        handle = Path(f"/tmp/molecule-registry-redis-{first}.lock").open("w")  # noqa: SIM115
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return first, handle
-    raise SystemExit("no free Redis database pair")
-
-
-REDIS_DB, _REDIS_LOCK = _reserve_redis()
-BENCH_REDIS = f"redis://127.0.0.1:6379/{REDIS_DB}"
-os.environ.update(
-    DATABASE_URL=BENCH_DB_URL,
-    REDIS_URL=BENCH_REDIS,
-    CELERY_BROKER_URL=f"redis://127.0.0.1:6379/{REDIS_DB + 1}",
-    CELERY_RESULT_BACKEND=f"redis://127.0.0.1:6379/{REDIS_DB + 1}",
-)
+REDIS_DB, BROKER_DB, _REDIS_LOCK = reserve_redis_dbs()
+os.environ.update(service_env(BENCH_DB, f"{REDIS_BASE}/{REDIS_DB}", f"{REDIS_BASE}/{BROKER_DB}"))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 from sqlalchemy import text  # noqa: E402

@@ -6,16 +6,22 @@ REDIS_URL at its own database first, and only then may a registry module read th
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 PERFORMANCE_MD = ROOT / "docs" / "PERFORMANCE.md"
 PG_BASE = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 ADMIN_URL = f"{PG_BASE}/postgres"
+REDIS_BASE = os.environ.get("BENCH_REDIS_BASE", "redis://127.0.0.1:6379")
+# The lock files of tests/conftest.py: a benchmark and a test run never share Redis.
+LOCK_DIR = Path(os.environ.get("TEST_LOCK_DIR", "/tmp"))
 
 
 # --------------------------------------------------------------------------- docs
@@ -50,6 +56,50 @@ def write_section(
         lead = current.rstrip() + "\n\n" if current.strip() else ""
         current = lead + (f"{heading}\n\n" if heading else "") + block + "\n"
     path.write_text(current)
+
+
+# --------------------------------------------------------------------------- services
+
+
+def reserve_redis_dbs(base: str = REDIS_BASE) -> tuple[int, int, IO[str]]:
+    """A pair of empty Redis databases no test run or other benchmark on this host holds.
+
+    The same lock files as tests/conftest.py, so a benchmark and a test run never share
+    a database; a pair that is not empty is in use by something that does not take
+    the lock (another benchmark or a demo) and is passed over.
+    """
+    import redis
+
+    try:
+        count = int(redis.Redis.from_url(f"{base}/0").config_get("databases")["databases"])
+    except Exception:
+        count = 16
+    for first in range(2, count - 1, 2):
+        handle = (LOCK_DIR / f"molecule-registry-redis-{first}.lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        if any(redis.Redis.from_url(f"{base}/{db}").dbsize() for db in (first, first + 1)):
+            handle.close()
+            continue
+        return first, first + 1, handle
+    raise RuntimeError(f"no free pair of empty Redis databases ({count} databases)")
+
+
+def service_env(
+    database: str, redis_url: str, broker_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    """The registry's settings for database `database` and these Redis databases."""
+    broker = broker_url or redis_url
+    return {
+        "DATABASE_URL": database_url(database),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": broker,
+        "CELERY_RESULT_BACKEND": broker,
+        **extra,
+    }
 
 
 # --------------------------------------------------------------------------- database

@@ -27,18 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import REDIS_BASE, _reserve_redis_dbs  # noqa: E402
+from bench.common import (  # noqa: E402
+    REDIS_BASE,
+    fresh_database,
+    reserve_redis_dbs,
+    seed_fleet,
+    service_env,
+    unique_database_name,
+)
 
-from bench.common import database_url, fresh_database, seed_fleet, unique_database_name  # noqa: E402
-
-DATA_DB, BROKER_DB, _LOCK = _reserve_redis_dbs()
+DATA_DB, BROKER_DB, _LOCK = reserve_redis_dbs()
 DB_NAME = unique_database_name("molecule_registry_quick")
 os.environ.update(
-    DATABASE_URL=database_url(DB_NAME),
-    REDIS_URL=f"{REDIS_BASE}/{DATA_DB}",
-    CELERY_BROKER_URL=f"{REDIS_BASE}/{BROKER_DB}",
-    CELERY_RESULT_BACKEND=f"{REDIS_BASE}/{BROKER_DB}",
-    METRICS_PORT="0",
+    service_env(DB_NAME, f"{REDIS_BASE}/{DATA_DB}", f"{REDIS_BASE}/{BROKER_DB}", METRICS_PORT="0")
 )
 
 from sqlalchemy import text  # noqa: E402

@@ -30,21 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     PERFORMANCE_MD,
-    database_url,
     fresh_database,
     seed_fleet,
+    service_env,
     write_section,
 )
 
 BENCH_DB = "molecule_registry_bench"
-BENCH_DB_URL = database_url(BENCH_DB)
 BENCH_REDIS = "redis://127.0.0.1:6379/1"
-os.environ.update(
-    DATABASE_URL=BENCH_DB_URL,
-    REDIS_URL=BENCH_REDIS,
-    CELERY_BROKER_URL=BENCH_REDIS,
-    CELERY_RESULT_BACKEND=BENCH_REDIS,
-)
+os.environ.update(service_env(BENCH_DB, BENCH_REDIS))
 
 from sqlalchemy import text  # noqa: E402
 

@@ -35,22 +35,21 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     PERFORMANCE_MD,
     create_database,
-    database_url,
     drop_database,
+    service_env,
     write_section,
 )
 
 # bench/sweeps_ab.py rewrites this line to give each side a database of its own.
 DB_NAME = "molecule_registry_bench_sweeps"
-BENCH_DB_URL = database_url(DB_NAME)
 BENCH_REDIS = "redis://127.0.0.1:6379/63"
 os.environ.update(
-    DATABASE_URL=BENCH_DB_URL,
-    REDIS_URL=BENCH_REDIS,
-    CELERY_BROKER_URL=BENCH_REDIS,
-    CELERY_RESULT_BACKEND=BENCH_REDIS,
-    # Seeding a million rows can take longer than the default 30 s statement limit.
-    DB_STATEMENT_TIMEOUT_MS="0",
+    service_env(
+        DB_NAME,
+        BENCH_REDIS,
+        # Seeding a million rows can take longer than the default 30 s statement limit.
+        DB_STATEMENT_TIMEOUT_MS="0",
+    )
 )
 
 from sqlalchemy import text  # noqa: E402

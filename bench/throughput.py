@@ -32,7 +32,6 @@ from such a file without measuring again.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import secrets
@@ -49,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,10 +62,9 @@ PG_ADMIN_URL = os.environ.get(
 # Names of this run's own: two runs on one machine never drop each other's database.
 RUN_ID = secrets.token_hex(3)
 BENCH_DB = f"molecule_registry_throughput_bench_{RUN_ID}"
-REDIS_BASE = os.environ.get("BENCH_REDIS_BASE", "redis://127.0.0.1:6379")
+REDIS_BASE = common.REDIS_BASE
 AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 VHOST = f"molecule_registry_bench_{RUN_ID}"
-LOCK_DIR = Path(os.environ.get("TEST_LOCK_DIR", "/tmp"))
 
 from molecule_registry_client.names import HEARTBEAT_QUEUE  # noqa: E402
 
@@ -118,33 +116,6 @@ class WorkerCommand:
             f"celery -A {app_module} worker -Q {HEARTBEAT_QUEUE} --pool {self.pool} "
             f"-c {self.concurrency} --prefetch-multiplier {self.prefetch}"
         )
-
-
-def reserve_redis_dbs() -> tuple[int, int, IO[str]]:
-    """A pair of empty Redis databases no test run or other benchmark on this host holds.
-
-    The same lock files as tests/conftest.py, so a benchmark and a test run never share
-    a database; a pair that is not empty is in use by something that does not take
-    the lock (another benchmark or a demo) and is passed over.
-    """
-    import redis
-
-    try:
-        count = int(redis.Redis.from_url(f"{REDIS_BASE}/0").config_get("databases")["databases"])
-    except Exception:
-        count = 16
-    for first in range(2, count - 1, 2):
-        handle = (LOCK_DIR / f"molecule-registry-redis-{first}.lock").open("w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        if any(redis.Redis.from_url(f"{REDIS_BASE}/{db}").dbsize() for db in (first, first + 1)):
-            handle.close()
-            continue
-        return first, first + 1, handle
-    raise RuntimeError(f"no free pair of empty Redis databases ({count} databases)")
 
 
 def rabbitmqctl(*args: str, check: bool = True) -> None:
@@ -915,7 +886,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command = WorkerCommand(args.pool, args.concurrency, args.prefetch)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    data_db, broker_db, lock = reserve_redis_dbs()
+    data_db, broker_db, lock = common.reserve_redis_dbs(REDIS_BASE)
     database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     bench = Bench(args, command)
     bench.env = {
