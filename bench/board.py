@@ -27,7 +27,6 @@ molecule_registry_bench_board and a Redis database pair reserved like the tests'
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import random
 import re
@@ -41,38 +40,28 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DB = "molecule_registry_bench_board"
-BENCH_DB_URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{BENCH_DB}"
-
-
-def _reserve_redis() -> tuple[int, Any]:
-    """A Redis database pair no test run holds (the tests' lock files, /tmp)."""
-    for first in range(2, 64, 2):
-        handle = Path(f"/tmp/molecule-registry-redis-{first}.lock").open("w")  # noqa: SIM115
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return first, handle
-    raise SystemExit("no free Redis database pair")
-
-
-REDIS_DB, _REDIS_LOCK = _reserve_redis()
-BENCH_REDIS = f"redis://127.0.0.1:6379/{REDIS_DB}"
-os.environ.update(
-    DATABASE_URL=BENCH_DB_URL,
-    REDIS_URL=BENCH_REDIS,
-    CELERY_BROKER_URL=f"redis://127.0.0.1:6379/{REDIS_DB + 1}",
-    CELERY_RESULT_BACKEND=f"redis://127.0.0.1:6379/{REDIS_DB + 1}",
-)
 sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    PERFORMANCE_MD,
+    REDIS_BASE,
+    fresh_database,
+    reserve_redis_dbs,
+    service_env,
+    vacuum_analyze,
+    write_section,
+)
+
+BENCH_DB = "molecule_registry_bench_board"
+
+
+REDIS_DB, BROKER_DB, _REDIS_LOCK = reserve_redis_dbs()
+os.environ.update(service_env(BENCH_DB, f"{REDIS_BASE}/{REDIS_DB}", f"{REDIS_BASE}/{BROKER_DB}"))
+
 from playwright.sync_api import sync_playwright  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from gateway.board_serve import BoardServer  # noqa: E402
-from registry import migrate  # noqa: E402
 from registry.db import get_engine, get_redis  # noqa: E402
 from registry.statuses import EventType  # noqa: E402
 from registry.uow import record_event_on_commit, unit_of_work  # noqa: E402
@@ -117,18 +106,7 @@ new PerformanceObserver((list) => {
 """
 
 
-def fresh_database() -> None:
-    admin = create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
-    admin.dispose()
-    migrate.upgrade(BENCH_DB_URL)
-    get_redis().flushdb()
-
-
-def seed_fleet(size: int) -> dict[str, list[str]]:
+def seed_mixed_fleet(size: int) -> dict[str, list[str]]:
     """`size` workspaces in the issue's proportions; ids per status."""
     scale = size / sum(MIX.values())
     counts = {status: max(1, round(n * scale)) for status, n in MIX.items()}
@@ -153,9 +131,7 @@ def seed_fleet(size: int) -> dict[str, list[str]]:
             ),
             rows,
         )
-    with get_engine().connect() as conn:
-        conn.execute(text("COMMIT"))
-        conn.execute(text("VACUUM ANALYZE workspaces"))
+    vacuum_analyze("workspaces")
     return by_status
 
 
@@ -305,8 +281,15 @@ def time_get(url: str, runs: int = 5) -> float:
 
 
 def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
-    fresh_database()
-    by_status = seed_fleet(size)
+    """One run on a fleet of `size` in a database of its own, dropped after."""
+    with fresh_database(BENCH_DB):
+        get_redis().flushdb()
+        return measure_board(size, seed_mixed_fleet(size), flood_seconds, rate)
+
+
+def measure_board(
+    size: int, by_status: dict[str, list[str]], flood_seconds: float, rate: float
+) -> dict[str, Any]:
     server = BoardServer("127.0.0.1", 0, get_engine(), get_redis())
     server.start()
     # The machine is shared: its load (1-minute average) is part of the figures.
@@ -364,8 +347,12 @@ def measure(size: int, flood_seconds: float, rate: float) -> dict[str, Any]:
 
 def screenshot(size: int, path: Path) -> None:
     """docs/board.png: the board on a seeded fleet, a few changes in its event list."""
-    fresh_database()
-    by_status = seed_fleet(size)
+    with fresh_database(BENCH_DB):
+        get_redis().flushdb()
+        take_screenshot(seed_mixed_fleet(size), path)
+
+
+def take_screenshot(by_status: dict[str, list[str]], path: Path) -> None:
     server = BoardServer("127.0.0.1", 0, get_engine(), get_redis())
     server.start()
     try:
@@ -443,18 +430,6 @@ def report(results: list[dict[str, Any]], rate: float, flood_seconds: float, rep
     return "\n".join(lines)
 
 
-def write_report(section: str) -> None:
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    begin, end = "<!-- bench/board.py:begin -->", "<!-- bench/board.py:end -->"
-    current = path.read_text()
-    block = f"{begin}\n{section}\n{end}"
-    if begin in current:
-        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), block, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", default="5000", help="fleet sizes, comma-separated")
@@ -484,7 +459,7 @@ def main() -> None:
     section = report(results, args.rate, args.flood, repeat)
     print(section)
     if not args.no_write:
-        write_report(section)
+        write_section(PERFORMANCE_MD, "bench/board.py", section)
     med = statistics.median(r["input_p95_ms"] for r in results)
     print(f"median input p95 across sizes: {med:.0f} ms")
 

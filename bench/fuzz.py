@@ -27,6 +27,8 @@ import fuzzing  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from bench.common import write_section  # noqa: E402
+
 ROUND_EXAMPLES = 2_000
 
 
@@ -155,14 +157,8 @@ def table(targets: list[Target], minutes: float) -> str:
 
 
 def write_docs(figures: str) -> None:
-    path = ROOT / "docs" / "SECURITY.md"
-    begin, end = "<!-- bench/fuzz.py:begin -->", "<!-- bench/fuzz.py:end -->"
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise SystemExit(f"{path} has no {begin} ... {end} block")
-    head, rest = doc.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{figures}\n{end}{tail}")
+    # SECURITY.md must already hold the block: the figures belong in its prose.
+    write_section(ROOT / "docs" / "SECURITY.md", "bench/fuzz.py", figures, required=True)
 
 
 def main() -> int:

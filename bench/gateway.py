@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import re
-import secrets
 import shutil
 import socket
 import statistics
@@ -38,31 +37,34 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import REDIS_BASE, _reserve_redis_dbs  # noqa: E402
+from bench.common import (  # noqa: E402
+    PERFORMANCE_MD,
+    REDIS_BASE,
+    fresh_database,
+    reserve_redis_dbs,
+    seed_fleet,
+    service_env,
+    unique_database_name,
+    write_section,
+)
 
-DATA_DB, BROKER_DB, _LOCK = _reserve_redis_dbs()
-DB_NAME = f"molecule_registry_gwbench_{secrets.token_hex(4)}"
-ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-ENV = {
-    "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}",
-    "REDIS_URL": f"{REDIS_BASE}/{DATA_DB}",
-    "CELERY_BROKER_URL": f"{REDIS_BASE}/{BROKER_DB}",
-    "CELERY_RESULT_BACKEND": f"{REDIS_BASE}/{BROKER_DB}",
-    "METRICS_PORT": "0",
-    "MOLECULE_DEPLOY_MODE": "",
-    "MOLECULE_ORG_ID": "",
-}
+DATA_DB, BROKER_DB, _LOCK = reserve_redis_dbs()
+DB_NAME = unique_database_name("molecule_registry_gwbench")
+ENV = service_env(
+    DB_NAME,
+    f"{REDIS_BASE}/{DATA_DB}",
+    f"{REDIS_BASE}/{BROKER_DB}",
+    METRICS_PORT="0",
+    MOLECULE_DEPLOY_MODE="",
+    MOLECULE_ORG_ID="",
+)
 os.environ.update(ENV)
 
 import httpx  # noqa: E402
 from gateway_helpers import gateway_argv  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 from workerproc import WORKER_READY, celery_worker_argv, managed_process, process_env  # noqa: E402
 
-from registry import migrate  # noqa: E402
-from registry.db import get_engine, reset_connections  # noqa: E402
-from registry.ingestion.tokens import hash_token  # noqa: E402
-
+GATEWAY_HEADING = "## Gateway — `bench/gateway.py`"  # above the section when first written
 LOG_DIR = Path(tempfile.mkdtemp(prefix="gwbench-"))
 REGISTER_RATE = 50.0
 LOW_REGISTER_RATE = 5.0  # the gateway's own share of a registration's latency
@@ -82,40 +84,6 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
-
-
-def setup_fleet(size: int) -> dict[str, str]:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    admin.dispose()
-    migrate.upgrade(ENV["DATABASE_URL"])
-    fleet = {str(uuid.uuid4()): secrets.token_urlsafe(32) for _ in range(size)}
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO workspaces (id, name, status, registered_at, last_heartbeat_at) "
-                "SELECT id, id::text, 'online', now(), now() FROM unnest(CAST(:ids AS uuid[])) id"
-            ),
-            {"ids": list(fleet)},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO workspace_auth_tokens (workspace_id, token_hash, prefix) "
-                "SELECT ws, h, left(h, 8) "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS t(ws, h)"
-            ),
-            {"ids": list(fleet), "hashes": [hash_token(t) for t in fleet.values()]},
-        )
-    return fleet
-
-
-def drop_database() -> None:
-    reset_connections()
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def lua_script(fleet: dict[str, str]) -> Path:
@@ -228,7 +196,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    fleet = setup_fleet(args.fleet)
+    # Tokens as registered and never used, as the gateway first sees them.
+    fleet = seed_fleet(args.fleet, token_used=False, analyze=False)
     script = lua_script(fleet)
     figures: dict[str, object] = {}
     with ExitStack() as stack:
@@ -353,18 +322,6 @@ def register_row(rate: float, r: dict[str, float]) -> str:
     )
 
 
-def write_report(section: str) -> None:
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    begin, end = "<!-- bench/gateway.py:begin -->", "<!-- bench/gateway.py:end -->"
-    current = path.read_text()
-    block = f"{begin}\n{section}\n{end}"
-    if begin in current:
-        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), block, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + "\n\n## Gateway — `bench/gateway.py`\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", choices=("amqp", "redis"), default="amqp")
@@ -378,14 +335,14 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     try:
-        figures = run(args)
+        with fresh_database(DB_NAME):
+            figures = run(args)
     finally:
-        drop_database()
         _LOCK.close()
     section = report(args, figures)
     print(section)
     if not args.no_write:
-        write_report(section)
+        write_section(PERFORMANCE_MD, "bench/gateway.py", section, heading=GATEWAY_HEADING)
         print("\nwritten into docs/PERFORMANCE.md")
 
 

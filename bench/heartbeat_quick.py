@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -28,63 +27,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import REDIS_BASE, _reserve_redis_dbs  # noqa: E402
-
-DATA_DB, BROKER_DB, _LOCK = _reserve_redis_dbs()
-DB_NAME = f"molecule_registry_quick_{secrets.token_hex(4)}"
-ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-os.environ.update(
-    DATABASE_URL=ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}",
-    REDIS_URL=f"{REDIS_BASE}/{DATA_DB}",
-    CELERY_BROKER_URL=f"{REDIS_BASE}/{BROKER_DB}",
-    CELERY_RESULT_BACKEND=f"{REDIS_BASE}/{BROKER_DB}",
-    METRICS_PORT="0",
+from bench.common import (  # noqa: E402
+    REDIS_BASE,
+    fresh_database,
+    reserve_redis_dbs,
+    seed_fleet,
+    service_env,
+    unique_database_name,
 )
 
-from sqlalchemy import create_engine, text  # noqa: E402
+DATA_DB, BROKER_DB, _LOCK = reserve_redis_dbs()
+DB_NAME = unique_database_name("molecule_registry_quick")
+os.environ.update(
+    service_env(DB_NAME, f"{REDIS_BASE}/{DATA_DB}", f"{REDIS_BASE}/{BROKER_DB}", METRICS_PORT="0")
+)
 
-from registry import migrate  # noqa: E402
-from registry.db import get_engine, get_redis, reset_connections  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from registry.db import get_engine, get_redis  # noqa: E402
 from registry.ingestion.heartbeats import apply_heartbeats  # noqa: E402
 from registry.ingestion.payloads import HeartbeatPayload, parse_payload  # noqa: E402
-from registry.ingestion.tokens import hash_token  # noqa: E402
 from registry.uow import unit_of_work  # noqa: E402
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def setup_fleet(size: int) -> dict[str, str]:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
-    admin.dispose()
-    migrate.upgrade(os.environ["DATABASE_URL"])
-    fleet = {str(uuid.uuid4()): secrets.token_urlsafe(32) for _ in range(size)}
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO workspaces (id, name, status, registered_at, last_heartbeat_at) "
-                "SELECT id, id::text, 'online', now(), now() FROM unnest(CAST(:ids AS uuid[])) id"
-            ),
-            {"ids": list(fleet)},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO workspace_auth_tokens (workspace_id, token_hash, prefix, last_used_at) "
-                "SELECT ws, h, left(h, 8), now() "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS t(ws, h)"
-            ),
-            {"ids": list(fleet), "hashes": [hash_token(t) for t in fleet.values()]},
-        )
-    return fleet
-
-
-def drop_database() -> None:
-    reset_connections()
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def payloads(fleet: dict[str, str], count: int) -> list[dict[str, Any]]:
@@ -277,8 +242,8 @@ def main() -> None:
         help="pool, concurrency, prefetch of the worker (default: the heartbeat worker's)",
     )
     args = parser.parse_args()
-    try:
-        fleet = setup_fleet(args.fleet)
+    with fresh_database(DB_NAME):
+        fleet = seed_fleet(args.fleet, analyze=False)
         figures = domain(fleet, args.seconds) if args.seconds > 0 else {}
         brokers = {"none": [], "both": ["redis", "amqp"]}.get(args.broker, [args.broker])
         for broker in brokers:
@@ -287,8 +252,6 @@ def main() -> None:
                 figures[f"{broker}: {label}"] = value
         for label, value in figures.items():
             print(f"{value:12,.2f}  {label}")
-    finally:
-        drop_database()
 
 
 if __name__ == "__main__":

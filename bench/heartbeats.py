@@ -22,24 +22,26 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DB_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/molecule_registry_bench"
-BENCH_REDIS = "redis://127.0.0.1:6379/1"
-os.environ.update(
-    DATABASE_URL=BENCH_DB_URL,
-    REDIS_URL=BENCH_REDIS,
-    CELERY_BROKER_URL=BENCH_REDIS,
-    CELERY_RESULT_BACKEND=BENCH_REDIS,
-)
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from bench.common import (  # noqa: E402
+    PERFORMANCE_MD,
+    fresh_database,
+    seed_fleet,
+    service_env,
+    write_section,
+)
 
-from registry import migrate  # noqa: E402
+BENCH_DB = "molecule_registry_bench"
+BENCH_REDIS = "redis://127.0.0.1:6379/1"
+os.environ.update(service_env(BENCH_DB, BENCH_REDIS))
+
+from sqlalchemy import text  # noqa: E402
+
 from registry.db import get_engine, get_redis  # noqa: E402
 from registry.ingestion.heartbeats import apply_heartbeats  # noqa: E402
 from registry.ingestion.payloads import HeartbeatPayload, parse_payload  # noqa: E402
@@ -49,33 +51,6 @@ LIVE_INDEX_DDL = (
     "CREATE INDEX ix_workspaces_live_heartbeat ON workspaces (last_heartbeat_at) "
     "WHERE status IN ('online', 'degraded')"
 )
-
-
-def fresh_database() -> None:
-    admin = create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS molecule_registry_bench WITH (FORCE)"))
-    admin.dispose()
-    migrate.upgrade(BENCH_DB_URL)
-    get_redis().flushdb()
-
-
-def seed_fleet(size: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(size)]
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO workspaces (id, name, status, last_heartbeat_at, registered_at) "
-                "SELECT id, id::text, 'online', now(), now() FROM unnest(CAST(:ids AS uuid[])) id"
-            ),
-            {"ids": ids},
-        )
-    with get_engine().connect() as conn:
-        conn.execute(text("COMMIT"))
-        conn.execute(text("VACUUM ANALYZE workspaces"))
-    return ids
 
 
 def heartbeat(ws: str, n: int) -> HeartbeatPayload:
@@ -194,18 +169,6 @@ def end_to_end(ids: list[str], count: int) -> float:
     return (expected - 1) / float(seconds)
 
 
-def write_report(section: str) -> None:
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    begin, end = "<!-- bench/heartbeats.py:begin -->", "<!-- bench/heartbeats.py:end -->"
-    current = path.read_text() if path.exists() else "# Performance\n\n"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in current:
-        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), block, current, flags=re.S)
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", type=int, default=5000)
@@ -213,26 +176,35 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     args = parser.parse_args()
 
-    fresh_database()
-    ids = seed_fleet(args.fleet)
+    with fresh_database(BENCH_DB):
+        get_redis().flushdb()
+        ids = list(seed_fleet(args.fleet, tokens=False))
+        results = measure(ids, args.heartbeats, args.messages)
+    report(args.fleet, results)
+
+
+def measure(ids: list[str], heartbeats: int, messages: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    results["indexed_b1"] = run_apply(ids, args.heartbeats // 4, 1)
-    results["indexed_b100"] = run_apply(ids, args.heartbeats, 100)
+    results["indexed_b1"] = run_apply(ids, heartbeats // 4, 1)
+    results["indexed_b100"] = run_apply(ids, heartbeats, 100)
     results["backstop_indexed_ms"] = backstop_query_ms()
     with get_engine().begin() as conn:
         conn.execute(text("DROP INDEX ix_workspaces_live_heartbeat"))
-    results["hot_b1"] = run_apply(ids, args.heartbeats // 4, 1)
-    results["hot_b100"] = run_apply(ids, args.heartbeats, 100)
+    results["hot_b1"] = run_apply(ids, heartbeats // 4, 1)
+    results["hot_b100"] = run_apply(ids, heartbeats, 100)
     results["backstop_unindexed_ms"] = backstop_query_ms()
     with get_engine().begin() as conn:
         conn.execute(text(LIVE_INDEX_DDL))
-    results["e2e_per_second"] = end_to_end(ids, args.messages)
+    results["e2e_per_second"] = end_to_end(ids, messages)
+    return results
 
+
+def report(fleet: int, results: dict[str, Any]) -> None:
     ib1, ib100 = results["indexed_b1"], results["indexed_b100"]
     hb1, hb100 = results["hot_b1"], results["hot_b100"]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core CI machine "
-        f"(fleet {args.fleet}, PostgreSQL and Redis on localhost), "
+        f"(fleet {fleet}, PostgreSQL and Redis on localhost), "
         "by `.venv/bin/python bench/heartbeats.py`.",
         "",
         "| heartbeat path | batch 1 (per s) | batch 100 (per s) | HOT updates |",
@@ -253,7 +225,7 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
-    write_report(section)
+    write_section(PERFORMANCE_MD, "bench/heartbeats.py", section)
 
 
 if __name__ == "__main__":

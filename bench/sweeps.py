@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -31,25 +30,32 @@ from typing import Any
 from uuid import UUID
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "molecule_registry_bench_sweeps"
-ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-BENCH_DB_URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DB_NAME}"
-BENCH_REDIS = "redis://127.0.0.1:6379/63"
-os.environ.update(
-    DATABASE_URL=BENCH_DB_URL,
-    REDIS_URL=BENCH_REDIS,
-    CELERY_BROKER_URL=BENCH_REDIS,
-    CELERY_RESULT_BACKEND=BENCH_REDIS,
-    # Seeding a million rows can take longer than the default 30 s statement limit.
-    DB_STATEMENT_TIMEOUT_MS="0",
-)
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from bench.common import (  # noqa: E402
+    PERFORMANCE_MD,
+    create_database,
+    drop_database,
+    service_env,
+    write_section,
+)
 
-from registry import migrate  # noqa: E402
+# bench/sweeps_ab.py rewrites this line to give each side a database of its own.
+DB_NAME = "molecule_registry_bench_sweeps"
+BENCH_REDIS = "redis://127.0.0.1:6379/63"
+os.environ.update(
+    service_env(
+        DB_NAME,
+        BENCH_REDIS,
+        # Seeding a million rows can take longer than the default 30 s statement limit.
+        DB_STATEMENT_TIMEOUT_MS="0",
+    )
+)
+
+from sqlalchemy import text  # noqa: E402
+
 from registry.config import reload_settings  # noqa: E402
-from registry.db import get_engine, get_redis, reset_connections  # noqa: E402
+from registry.db import get_engine, get_redis  # noqa: E402
 from registry.events.retention import prune_events  # noqa: E402
 from registry.liveness.selfpreservation import evaluate_now, evaluate_recent  # noqa: E402
 from registry.sweeps import health  # noqa: E402
@@ -123,18 +129,13 @@ class NoopStopper:
         return None
 
 
-def admin_execute(sql: str) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(sql))
-    admin.dispose()
-
-
 def fresh_database(fleet: int) -> float:
-    reset_connections()
-    admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    admin_execute(f"CREATE DATABASE {DB_NAME}")
-    migrate.upgrade(BENCH_DB_URL)
+    """A migrated database seeded with `fleet` workspaces; the seconds the seed took.
+
+    Not the context manager of bench/common.py: bench/sweeps_ab.py seeds a side's
+    database through this in one process and times it in others.
+    """
+    create_database(DB_NAME)
     started = time.perf_counter()
     with get_engine().begin() as conn:
         conn.execute(text(SEED_WORKSPACES), {"n": fleet})
@@ -451,20 +452,6 @@ def targets(fleets: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(section: str) -> None:
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    begin, end = "<!-- bench/sweeps.py:begin -->", "<!-- bench/sweeps.py:end -->"
-    current = path.read_text() if path.exists() else "# Performance\n\n"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in current:
-        current = re.sub(
-            re.escape(begin) + ".*?" + re.escape(end), lambda _m: block, current, flags=re.S
-        )
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleets", default="100000,1000000")
@@ -480,12 +467,11 @@ def main() -> None:
         fleets = [measure_fleet(size, args.runs) for size in sizes]
         prune = measure_prune(args.events) if args.events else None
     finally:
-        reset_connections()
-        admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        drop_database(DB_NAME)
     command = "python bench/sweeps.py " + " ".join(sys.argv[1:])
     section = report(fleets, prune, command.strip(), (load_at_start, os.getloadavg()[0]))
     if not args.no_write:
-        write_report(section)
+        write_section(PERFORMANCE_MD, "bench/sweeps.py", section)
     print("\n" + section)
 
 

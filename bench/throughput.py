@@ -32,7 +32,6 @@ from such a file without measuring again.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import secrets
@@ -49,12 +48,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import procstats  # noqa: E402
+from bench import common, procstats  # noqa: E402
 from molecule_registry_client import celery_message  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
@@ -63,10 +62,9 @@ PG_ADMIN_URL = os.environ.get(
 # Names of this run's own: two runs on one machine never drop each other's database.
 RUN_ID = secrets.token_hex(3)
 BENCH_DB = f"molecule_registry_throughput_bench_{RUN_ID}"
-REDIS_BASE = os.environ.get("BENCH_REDIS_BASE", "redis://127.0.0.1:6379")
+REDIS_BASE = common.REDIS_BASE
 AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 VHOST = f"molecule_registry_bench_{RUN_ID}"
-LOCK_DIR = Path(os.environ.get("TEST_LOCK_DIR", "/tmp"))
 
 from molecule_registry_client.names import HEARTBEAT_QUEUE  # noqa: E402
 
@@ -120,33 +118,6 @@ class WorkerCommand:
         )
 
 
-def reserve_redis_dbs() -> tuple[int, int, IO[str]]:
-    """A pair of empty Redis databases no test run or other benchmark on this host holds.
-
-    The same lock files as tests/conftest.py, so a benchmark and a test run never share
-    a database; a pair that is not empty is in use by something that does not take
-    the lock (another benchmark or a demo) and is passed over.
-    """
-    import redis
-
-    try:
-        count = int(redis.Redis.from_url(f"{REDIS_BASE}/0").config_get("databases")["databases"])
-    except Exception:
-        count = 16
-    for first in range(2, count - 1, 2):
-        handle = (LOCK_DIR / f"molecule-registry-redis-{first}.lock").open("w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        if any(redis.Redis.from_url(f"{REDIS_BASE}/{db}").dbsize() for db in (first, first + 1)):
-            handle.close()
-            continue
-        return first, first + 1, handle
-    raise RuntimeError(f"no free pair of empty Redis databases ({count} databases)")
-
-
 def rabbitmqctl(*args: str, check: bool = True) -> None:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
@@ -161,15 +132,6 @@ def fresh_vhost() -> str:
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     return f"{AMQP_BASE}/{VHOST}"
-
-
-def pg_admin(sql: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(sql))
-    admin.dispose()
 
 
 # --------------------------------------------------------------------------- messages
@@ -243,37 +205,10 @@ class Fleet:
 
 def seed_fleet(size: int) -> Fleet:
     """`size` online workspaces, each registered before and holding one live token."""
-    from sqlalchemy import text
-
-    from registry.db import get_engine
-    from registry.ingestion.tokens import hash_token
-
-    ids = [str(uuid.uuid4()) for _ in range(size)]
-    tokens = [secrets.token_urlsafe(32) for _ in range(size)]
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO workspaces (id, name, status, delivery_mode, last_heartbeat_at, "
-                "registered_at, active_tasks, current_task) "
-                "SELECT id, id::text, 'online', 'poll', now(), now(), 1, 'serving' "
-                "FROM unnest(CAST(:ids AS uuid[])) id"
-            ),
-            {"ids": ids},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO workspace_auth_tokens (workspace_id, token_hash, prefix, last_used_at) "
-                "SELECT ws, h, left(p, 8), now() "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[]), "
-                "CAST(:tokens AS text[])) AS t(ws, h, p)"
-            ),
-            {"ids": ids, "hashes": [hash_token(t) for t in tokens], "tokens": tokens},
-        )
-    with get_engine().connect() as conn:
-        conn.execute(text("COMMIT"))
-        conn.execute(text("VACUUM ANALYZE workspaces"))
-        conn.execute(text("VACUUM ANALYZE workspace_auth_tokens"))
-    return Fleet(ids, tokens)
+    # current_task and active_tasks as the heartbeats send them: a steady fleet.
+    serving = {"delivery_mode": "'poll'", "active_tasks": "1", "current_task": "'serving'"}
+    fleet = common.seed_fleet(size, columns=serving)
+    return Fleet(list(fleet), list(fleet.values()))
 
 
 # --------------------------------------------------------------------------- phases
@@ -872,19 +807,6 @@ def _phase_labels(brokers: Sequence[str]) -> list[tuple[str, str]]:
     return labels
 
 
-def write_report(section: str) -> None:
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    begin, end = "<!-- bench/throughput.py:begin -->", "<!-- bench/throughput.py:end -->"
-    current = path.read_text()
-    block = f"{begin}\n{section}\n{end}"
-    if begin in current:
-        head, rest = current.split(begin, 1)
-        current = head + block + rest.split(end, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -964,7 +886,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command = WorkerCommand(args.pool, args.concurrency, args.prefetch)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    data_db, broker_db, lock = reserve_redis_dbs()
+    data_db, broker_db, lock = common.reserve_redis_dbs(REDIS_BASE)
     database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     bench = Bench(args, command)
     bench.env = {
@@ -986,25 +908,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if "amqp" in brokers:
             bench.brokers["amqp"] = fresh_vhost()
-        pg_admin(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        from registry import migrate
         from registry.db import get_redis
 
-        migrate.upgrade(database_url)
+        common.create_database(BENCH_DB, PG_ADMIN_URL)
         get_redis().flushdb()
         bench.fleet = seed_fleet(args.fleet)
         bench.batch_available = batch_task_registered()
         results["batch_available"] = bench.batch_available
         results.update(run_all(bench, brokers))
     finally:
-        from registry.db import get_redis, reset_connections
+        from registry.db import get_redis
 
         with suppress(Exception):
             get_redis().flushdb()
             get_redis(bench.brokers.get("redis", bench.env["REDIS_URL"])).flushdb()
-        reset_connections()
         with suppress(Exception):
-            pg_admin(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+            common.drop_database(BENCH_DB, PG_ADMIN_URL)
         if "amqp" in brokers:
             with suppress(Exception):
                 rabbitmqctl("delete_vhost", VHOST, check=False)
@@ -1021,7 +940,7 @@ def publish(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print()
     print(section)
     if not args.no_write:
-        write_report(section)
+        common.write_section(common.PERFORMANCE_MD, "bench/throughput.py", section)
         print("\nwritten into docs/PERFORMANCE.md")
 
 
