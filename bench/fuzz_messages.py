@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import secrets
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from common import fresh_database, unique_database_name, write_section  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from liveness_helpers import PrivateRedis, private_rabbitmq_vhost  # noqa: E402
@@ -41,8 +41,6 @@ from workerproc import WORKER_READY, celery_worker_argv, managed_process  # noqa
 from molecule_registry_client import celery_message  # noqa: E402
 from molecule_registry_client.names import HEARTBEAT_QUEUE, HEARTBEAT_TASK  # noqa: E402
 
-ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-BEGIN, END = "<!-- bench/fuzz_messages.py:begin -->", "<!-- bench/fuzz_messages.py:end -->"
 REFUSED = re.compile(r"message refused \((\w+)\)")
 # A bug caught by the guard names its exception type (never the message).
 UNEXPECTED = re.compile(r"message refused \(unexpected_error\): (\w+)")
@@ -160,16 +158,6 @@ def render(results: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_docs(figures: str) -> None:
-    path = ROOT / "docs" / "SECURITY.md"
-    doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        doc = doc.rstrip("\n") + f"\n\n## Message fuzzing campaign\n\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{figures}\n{END}{tail}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=5_000, help="generated per broker")
@@ -177,42 +165,34 @@ def main() -> int:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
 
-    from registry import migrate
-
-    db_name = f"molecule_registry_fuzz_{secrets.token_hex(4)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}"
     results: list[dict] = []
-    try:
-        migrate.upgrade(database_url)
-        with tempfile.TemporaryDirectory() as tmp, PrivateRedis(Path(tmp)) as server:
-            env = {
-                **os.environ,
-                "DATABASE_URL": database_url,
-                "REDIS_URL": server.url(0),
-                "CELERY_RESULT_BACKEND": server.url(0),
-                "METRICS_PORT": "0",
-                "PYTHONUNBUFFERED": "1",
-            }
-            for name in args.brokers.split(","):
-                if name == "redis":
-                    results.append(
-                        run_broker("redis", server.url(1), env, args.messages, Path(tmp))
-                    )
-                else:
-                    with private_rabbitmq_vhost() as url:
-                        results.append(run_broker("rabbitmq", url, env, args.messages, Path(tmp)))
-                print(results[-1], flush=True)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
+    with (
+        fresh_database(unique_database_name("molecule_registry_fuzz")) as database_url,
+        tempfile.TemporaryDirectory() as tmp,
+        PrivateRedis(Path(tmp)) as server,
+    ):
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": server.url(0),
+            "CELERY_RESULT_BACKEND": server.url(0),
+            "METRICS_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name in args.brokers.split(","):
+            if name == "redis":
+                results.append(run_broker("redis", server.url(1), env, args.messages, Path(tmp)))
+            else:
+                with private_rabbitmq_vhost() as url:
+                    results.append(run_broker("rabbitmq", url, env, args.messages, Path(tmp)))
+            print(results[-1], flush=True)
     figures = render(results, " ".join(["bench/fuzz_messages.py", *sys.argv[1:]]))
     print(figures)
     if args.write_docs:
-        write_docs(figures)
+        path = ROOT / "docs" / "SECURITY.md"
+        write_section(
+            path, "bench/fuzz_messages.py", figures, heading="## Message fuzzing campaign"
+        )
     ok = all(r["alive"] and r["drained"] and r["proof_applied"] for r in results)
     return 0 if ok else 1
 
