@@ -27,7 +27,7 @@ a sweep (`registry_sweep_*`).
                    sweep="health")
     def sweep_health_task(self): ...
 
-A task made with `@app.task(base=RegistryTask)` gets the retries, time limits and
+A task made with `@shared_task(base=RegistryTask)` gets the retries, time limits and
 timing too; `message_task`/`periodic_task` add the declaration (queue, schedule) that
 routing, beat and tests/test_contract.py read.
 """
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import Retry
 from pydantic import BaseModel
 
@@ -57,7 +57,6 @@ from registry.outcomes import MessageRefused
 from registry.redaction import redacted_exception
 from registry.transient import TRANSIENT_ERRORS
 from registry.uow import UnitOfWork, unit_of_work
-from workers.app import app
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,9 @@ def message_task(name: str, *, queue: str, bind: bool = True, **options: Any) ->
     DECLARATIONS[name] = Declaration(name, queue)
 
     def decorate(func: F) -> Any:
-        return app.task(name=name, base=RegistryTask, bind=bind, queue=queue, **options)(func)
+        # shared_task: bound to the app that uses it (workers.app), so no task module
+        # imports the app and celeryconfig's imports never loop back to it.
+        return shared_task(name=name, base=RegistryTask, bind=bind, queue=queue, **options)(func)
 
     return decorate
 
@@ -262,6 +263,6 @@ def periodic_task(
     DECLARATIONS[name] = Declaration(name, queue, entry=entry, every=every)
 
     def decorate(func: F) -> Any:
-        return app.task(name=name, base=PeriodicTask, bind=True, queue=queue, sweep=sweep)(func)
+        return shared_task(name=name, base=PeriodicTask, bind=True, queue=queue, sweep=sweep)(func)
 
     return decorate

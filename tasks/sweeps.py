@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import current_app
+
 from molecule_registry_client.names import (
     HEARTBEAT_PROBE_TASK,
     HEARTBEAT_QUEUE,
@@ -29,7 +31,6 @@ from registry.sweeps.containers import open_container_backend
 from registry.sweeps.health import sweep_health, sweep_remote_agents
 from registry.uow import UnitOfWork
 from tasks.base import PeriodicTask, RegistryTask, message_task, periodic_task
-from workers.app import app
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def relay_events_task(self: PeriodicTask) -> dict[str, Any]:
 def _send_probe(payload: dict[str, Any]) -> None:
     # Sent by the backstop and health ticks alike: the probe cadence is the faster of
     # the two intervals, and "only when none is waiting" keeps it to one in flight.
-    app.send_task(HEARTBEAT_PROBE_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
+    current_app.send_task(HEARTBEAT_PROBE_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
 
 
 @periodic_task(
