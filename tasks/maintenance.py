@@ -72,7 +72,11 @@ def sweep_orphans_task(self: PeriodicTask) -> dict[str, Any]:
 @beat_init.connect
 def sweep_orphans_at_start(sender: Any = None, **_: Any) -> None:
     try:
-        sweep_orphans_task.send_now()
+        # Through the app of the beat that started (its Service is the sender), not
+        # whichever app is current in this process.
+        app = getattr(sender, "app", None)
+        task = app.tasks[SWEEP_ORPHANS_TASK] if app is not None else sweep_orphans_task
+        task.send_now()
     except Exception:  # the broker may still be starting; the schedule catches up
         log.exception("could not send the start-up orphan sweep")
     else:

@@ -7,9 +7,8 @@ itself; tasks/schedule.py builds the beat schedule from these declarations.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
-
-from celery import current_app
 
 from molecule_registry_client.names import (
     HEARTBEAT_PROBE_TASK,
@@ -51,10 +50,15 @@ def relay_events_task(self: PeriodicTask) -> dict[str, Any]:
     return {"status": "ok", "changed": relayed}
 
 
-def _send_probe(payload: dict[str, Any]) -> None:
-    # Sent by the backstop and health ticks alike: the probe cadence is the faster of
-    # the two intervals, and "only when none is waiting" keeps it to one in flight.
-    current_app.send_task(HEARTBEAT_PROBE_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
+def _probe_sender(task: PeriodicTask) -> Callable[[dict[str, Any]], None]:
+    """Sends the heartbeat-queue probe through the running task's own app. Sent by the
+    backstop and health ticks alike: the probe cadence is the faster of the two
+    intervals, and "only when none is waiting" keeps it to one in flight."""
+
+    def send(payload: dict[str, Any]) -> None:
+        task.app.send_task(HEARTBEAT_PROBE_TASK, args=[payload], queue=HEARTBEAT_QUEUE)
+
+    return send
 
 
 @periodic_task(
@@ -62,7 +66,7 @@ def _send_probe(payload: dict[str, Any]) -> None:
 )
 def sweep_backstop_task(self: PeriodicTask) -> dict[str, Any]:
     settings = get_settings()
-    send_probe_if_due(settings, _send_probe)
+    send_probe_if_due(settings, _probe_sender(self))
     result = sweep_backstop(settings)
     if result["more"]:
         self.send_now()
@@ -75,7 +79,7 @@ def sweep_backstop_task(self: PeriodicTask) -> dict[str, Any]:
 def sweep_health_task(self: PeriodicTask, remote_only: bool = False) -> dict[str, Any]:
     """Both passes; `remote_only` (set only by its own re-queue) drains remote agents."""
     settings = get_settings()
-    send_probe_if_due(settings, _send_probe)
+    send_probe_if_due(settings, _probe_sender(self))
     if remote_only:
         remote = sweep_remote_agents(settings)
         result = {"status": "ok", "changed": remote["changed"], "remote": remote}

@@ -316,12 +316,20 @@ def test_orphan_task(
     assert engine_api.containers[name].running is False
 
 
+class _BeatService:
+    """Stands for celery.beat.Service, the sender of beat_init: it carries its app."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+
 def test_orphan_sweep_runs_once_when_beat_starts(
-    db: Engine, engine_api: FakeDockerEngine, docker_configured: None, worker
+    db: Engine, engine_api: FakeDockerEngine, docker_configured: None, worker, celery_app
 ) -> None:
     wiped_name = managed(engine_api, uuid.uuid4())
 
-    beat_init.send(sender=None)  # what `celery beat` (or `worker --beat`) sends at start
+    # What `celery beat` (or `worker --beat`) sends at start: its Service, whose app it is.
+    beat_init.send(sender=_BeatService(celery_app))
 
     deadline = time.monotonic() + 20
     while engine_api.containers[wiped_name].running and time.monotonic() < deadline:
