@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from gateway.admission import Viewer
 from registry.events.subscriber import ReceivedEvent
-from registry.events.subscriber.dedup import RecentIds
+from registry.events.subscriber.items import RecentIds
 
 REPLAY_DEDUP_WINDOW = 20_000
 

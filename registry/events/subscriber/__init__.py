@@ -13,12 +13,12 @@ events are also rows in `structure_events`; this module fills such a gap from th
             handle(item)  # a ReceivedEvent
         saved_token = sub.position.token()  # persist it to resume exactly here
 
-Modules, one job each: `streamids` (position arithmetic on stream ids), `position`
-(the resume-token format), `gaps` (gap detection), `replay` (database replay and
-the retention check), `latecommits` (ids a still-open transaction may commit late),
-`dedup` (de-duplication), `backoff` (riding out outages), `channel` (broadcast-only
-events live from `events:broadcast`), `items` (what is handed out) and `reader` (the
-`Subscriber` that ties them together).
+Modules, one job each: `position` (stream-id arithmetic and the resume-token format),
+`gaps` (gap detection), `replay` (database replay and the retention check),
+`latecommits` (ids a still-open transaction may commit late), `channel`
+(broadcast-only events live from `events:broadcast`), `items` (what is handed out, and
+the window that hands each out once) and `reader` (the `Subscriber` that ties them
+together and rides out outages).
 
 How it reads:
 
@@ -48,11 +48,6 @@ How it reads:
   nothing is lost, since the position only moves when an item is handed out.
 """
 
-from registry.events.subscriber.backoff import (
-    BACKOFF_FIRST_SECONDS,
-    BACKOFF_MAX_SECONDS,
-    RETRYABLE_ERRORS,
-)
 from registry.events.subscriber.gaps import stream_head
 from registry.events.subscriber.items import (
     HistoryTooOld,
@@ -61,15 +56,21 @@ from registry.events.subscriber.items import (
     ReplayTooOld,
     StreamGap,
 )
-from registry.events.subscriber.position import Position, Since
-from registry.events.subscriber.reader import Subscriber
-from registry.events.subscriber.streamids import (
+from registry.events.subscriber.position import (
     MAX_SEQ,
+    Position,
+    Since,
     format_stream_id,
     parse_stream_id,
     stream_id_at,
     stream_id_before,
     stream_id_time,
+)
+from registry.events.subscriber.reader import (
+    BACKOFF_FIRST_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    RETRYABLE_ERRORS,
+    Subscriber,
 )
 
 __all__ = [

@@ -10,8 +10,7 @@ import redis
 import redis.exceptions
 
 from registry.events.outbox import EVENT_STREAM
-from registry.events.subscriber.position import Position
-from registry.events.subscriber.streamids import parse_stream_id
+from registry.events.subscriber.position import Position, parse_stream_id
 
 Entries = list[tuple[str, dict[str, str]]]
 GapReason = Literal["trimmed", "redis_reset"]

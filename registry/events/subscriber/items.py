@@ -1,14 +1,22 @@
-"""What a subscriber hands out: a received event, or a notice that events were lost."""
+"""What a subscriber hands out: a received event, or a notice that events were lost; and
+the window of recent keys that hands each out once.
+
+Publication is at least once, delivery once per subscriber: recorded events are known by
+their `event_id`; broadcast-only events (which have none) by their published body, which
+is the same bytes on the channel and the stream.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from registry.events.outbox import rfc3339
-from registry.events.subscriber.streamids import stream_id_time
+from registry.events.subscriber.position import stream_id_time
 
 
 @dataclass(frozen=True)
@@ -132,3 +140,23 @@ def parse_time(value: Any, fallback: datetime) -> datetime:
         except ValueError:
             pass
     return fallback
+
+
+class RecentIds:
+    """The last N delivered keys: at-least-once publication, once-only delivery."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[Hashable] = deque()
+        self._ids: set[Hashable] = set()
+        self._size = size
+
+    def __contains__(self, event_id: Hashable) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: Hashable) -> None:
+        if event_id in self._ids:
+            return
+        self._order.append(event_id)
+        self._ids.add(event_id)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())

@@ -18,23 +18,24 @@ from sqlalchemy import Engine
 from registry.backoff import Backoff
 from registry.config import get_settings
 from registry.events.outbox import EVENT_STREAM
-from registry.events.subscriber.backoff import (
-    BACKOFF_FIRST_SECONDS,
-    BACKOFF_MAX_SECONDS,
-    RETRYABLE_ERRORS,
-)
 from registry.events.subscriber.channel import BroadcastListener
-from registry.events.subscriber.dedup import RecentIds
 from registry.events.subscriber.gaps import Entries, Head, detect_gap, entries_of, look, run_id_of
 from registry.events.subscriber.items import (
     HistoryTooOld,
     Item,
     ReceivedEvent,
+    RecentIds,
     ReplayTooOld,
     StreamGap,
 )
 from registry.events.subscriber.latecommits import LateCommits
-from registry.events.subscriber.position import Position, Since
+from registry.events.subscriber.position import (
+    Position,
+    Since,
+    stream_id_at,
+    stream_id_before,
+    stream_id_time,
+)
 from registry.events.subscriber.replay import (
     Pruned,
     Replay,
@@ -44,9 +45,15 @@ from registry.events.subscriber.replay import (
     pruned_before,
     rows_after,
 )
-from registry.events.subscriber.streamids import stream_id_at, stream_id_before, stream_id_time
+from registry.transient import DEPENDENCY_ERRORS
 
 log = logging.getLogger("registry.events.subscriber")
+
+# Riding out outages: the registry's dependency errors (registry/transient.py) and
+# backoff (registry/backoff.py) with the subscriber's own timings.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = DEPENDENCY_ERRORS
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
 
 
 class Subscriber:
