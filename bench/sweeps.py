@@ -14,7 +14,8 @@ workspaces due for hibernation, and the rest a realistic mix of statuses. Then:
 
 It prints the figures and rewrites its section of docs/PERFORMANCE.md.
 Run: `.venv/bin/python bench/sweeps.py [--fleets 100000,1000000] [--runs 7]`
-(PostgreSQL and Redis up; uses database molecule_registry_bench_sweeps, Redis db 63).
+(PostgreSQL and Redis up; uses database molecule_registry_bench_sweeps and a free pair of
+Redis databases, reserved as the tests reserve theirs).
 """
 
 from __future__ import annotations
@@ -34,15 +35,19 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     PERFORMANCE_MD,
+    REDIS_BASE,
     create_database,
     drop_database,
+    reserve_redis_dbs,
     service_env,
     write_section,
 )
 
 # bench/sweeps_ab.py rewrites this line to give each side a database of its own.
 DB_NAME = "molecule_registry_bench_sweeps"
-BENCH_REDIS = "redis://127.0.0.1:6379/63"
+# A free pair, held (lock file open) for the life of the process, on any Redis.
+_REDIS_DB, _, _REDIS_LOCK = reserve_redis_dbs()
+BENCH_REDIS = f"{REDIS_BASE}/{_REDIS_DB}"
 os.environ.update(
     service_env(
         DB_NAME,

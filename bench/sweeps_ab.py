@@ -12,8 +12,8 @@ connected to the side's database, from /proc; its mean per tick), which waiting 
 CPU on a busy machine does not inflate.
 
 Run: `.venv/bin/python bench/sweeps_ab.py --ref <commit> [--fleet 1000000] [--rounds 6]`
-(PostgreSQL and Redis up; databases molecule_registry_bench_ab_{before,after}, Redis
-db 63, all dropped or flushed at the end). Both trees must have a `bench/sweeps.py` of
+(PostgreSQL and Redis up; databases molecule_registry_bench_ab_{before,after} and
+the Redis database each side's bench/sweeps.py picks, all dropped or flushed at the end). Both trees must have a `bench/sweeps.py` of
 this shape (SEED_WORKSPACES, RESTORE, the entry points).
 """
 
