@@ -92,9 +92,9 @@ SELECT gen_random_uuid(), 'bench-' || g,
             ELSE 'online' END,
        CASE WHEN k = 1 OR k BETWEEN 4 AND 13 OR k = 99 THEN 'external' ELSE 'langgraph' END,
        CASE WHEN k = 0 THEN now() - interval '10 minutes' - random() * interval '10 minutes'
-            -- stale for the remote pass (90 s), not yet for the backstop (210 s); set
+            -- stale for the remote pass (REMOTE_LIVENESS_STALE_AFTER, 180 s), not yet for the backstop (210 s); set
             -- again right before the remote pass is timed (`prepare_remote`)
-            WHEN k = 1 THEN now() - interval '150 seconds'
+            WHEN k = 1 THEN now() - interval '195 seconds'
             WHEN k IN (2, 99) THEN NULL
             WHEN k BETWEEN 90 AND 98 THEN now() - interval '2 days'
             -- Live agents: seeding a million rows takes minutes, so their last heartbeat
@@ -214,10 +214,10 @@ RESTORE: dict[str, list[str]] = {
     "remote": [
         f"UPDATE workspaces SET status = 'online' WHERE status = 'awaiting_agent' AND {_RECENT}"
     ],
-    # Once, before the remote pass is timed: its candidates' last heartbeat 150 s ago
+    # Once, before the remote pass is timed: its candidates' last heartbeat 195 s ago
     # (stale for it, not for the backstop), however long the seed took.
     "remote-prepare": [
-        "UPDATE workspaces SET last_heartbeat_at = now() - interval '150 seconds' WHERE tier = 7"
+        "UPDATE workspaces SET last_heartbeat_at = now() - interval '195 seconds' WHERE tier = 7"
     ],
     "provisioning": [
         f"UPDATE workspaces SET status = 'provisioning' WHERE status = 'failed' AND {_RECENT}",
