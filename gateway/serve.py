@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from registry.config import Settings
 from registry.redaction import install_log_redaction
@@ -22,6 +22,11 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     install_log_redaction()
+    import os
+    import sys
+
+    if os.environ.get("XSW"):
+        sys.setswitchinterval(float(os.environ["XSW"]))
     logging.getLogger().setLevel(log_level.upper())
     from gateway.websocket import UVICORN_WS_OPTIONS
 
@@ -30,6 +35,9 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
         host=host,
         port=port,
         log_level=log_level.lower(),
+        # One log line per call is a tenth of a heartbeat's cost at volume: the access
+        # log is written at `--log-level debug` only (method, path and status, no header).
+        access_log=log_level.lower() == "debug",
         # The C parser and event loop where installed (uvicorn[standard]); the pure
         # Python ones otherwise.
         http="httptools" if _available("httptools") else "h11",
@@ -47,7 +55,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
 BOARD_PREFIX = "/board"
 
 
-def assemble(settings: Settings, host: str, port: int) -> Starlette:
+def assemble(settings: Settings, host: str, port: int) -> ASGIApp:
     """The whole gateway process's application: the original platform's HTTP calls, the
     canvas WebSocket `/ws`, and the fleet board at `/board` (one web stack)."""
     from gateway.app import build_app
