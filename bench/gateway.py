@@ -268,7 +268,7 @@ def wait_until_applied(workspace_ids: list[str], since: float, expected: int) ->
 def own_cost(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     """Phase 1: gateway and hello-world alternated under the same wrk; medians."""
     script, gw, hello = ctx["own_script"], ctx["gateway"], ctx["hello"]
-    wrk(gw["url"], script, args.connections, 2)  # warm: token cache, connections
+    warm = wrk(gw["url"], script, args.connections, 2)["requests"]  # warm: token cache
     wrk(hello["url"], script, args.connections, 2)
     rounds: list[dict[str, Any]] = []
     for _ in range(args.rounds):
@@ -282,6 +282,7 @@ def own_cost(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
         )
     med = lambda key: statistics.median(key(r) for r in rounds)  # noqa: E731
     return {
+        "heartbeats": sum(r["gateway"]["requests"] for r in rounds) + warm,
         "hello": med(lambda r: r["hello"]["rate"]),
         "gateway": med(lambda r: r["gateway"]["rate"]),
         "share": med(lambda r: r["gateway"]["rate"] / r["hello"]["rate"]),
@@ -485,13 +486,17 @@ def registrations(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, An
 # --------------------------------------------------------------------------- the run
 
 
-def purge(broker: str) -> None:
+def purge(broker: str) -> int:
+    """Empty the heartbeat queue; the number of messages it held."""
     from kombu import Connection
 
     from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, queue_for
 
     with Connection(broker) as conn:
-        conn.default_channel.queue_purge(queue_for(HEARTBEAT_BATCH_TASK))
+        try:
+            return int(conn.default_channel.queue_purge(queue_for(HEARTBEAT_BATCH_TASK)) or 0)
+        except conn.channel_errors:  # no such queue yet: nothing was published
+            return 0
 
 
 def with_worker(args: argparse.Namespace, ctx: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
@@ -589,8 +594,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["lone"] = lone(ctx)
         if "own" in wanted:
             print("own cost (no worker) …", flush=True)
+            purge(broker)  # the lone calls' messages
             figures["own"] = own_cost(args, ctx)
-            purge(broker)  # what phase 1 left in the broker is not the next phases' work
+            # What phase 1 left in the broker is not the next phases' work; its count
+            # gives the mean batch (the warm-up run included).
+            figures["own"]["messages"] = purge(broker)
         if {"e2e", "paced", "memory"} & set(wanted):
             figures.update(with_worker(args, ctx, wanted))
         if "register" in wanted:
@@ -648,6 +656,8 @@ def report(args: argparse.Namespace, f: dict[str, Any]) -> str:
             f"gateway answers {o['hello_cpu'] / o['gateway_cpu']:.0%} of hello-world's rate "
             "(the broker's CPU not counted) |",
             f"| gateway answers other than 200 | {o['non2xx']} |",
+            f"| heartbeats per `registry.heartbeat_batch` message in phase 1 (mean) | "
+            f"{o['heartbeats'] / max(1, o.get('messages', 0)):.1f} |",
             "| gateway wrk latency p50 per round | "
             + ", ".join(r["gateway"]["p50"] for r in o["rounds"])
             + " |",
