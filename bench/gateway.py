@@ -192,11 +192,11 @@ class Roles:
         self._before: procstats.Snapshot | None = None
 
     def start(self) -> None:
-        self._before = procstats.snapshot()
+        self._before = procstats.snapshot(set(self.groups))
 
     def stop(self) -> dict[str, float]:
         """Per role, the share of ONE core used since start() (2.0 = two cores busy)."""
-        before, after = self._before, procstats.snapshot()
+        before, after = self._before, procstats.snapshot(set(self.groups))
         assert before is not None
         wall = (after.machine_total - before.machine_total) / procstats.CORES
         used: dict[str, float] = {}
@@ -212,17 +212,30 @@ class Roles:
             used[role] = used.get(role, 0.0) + max(0, delta)
         shares = {role: ticks / wall for role, ticks in used.items()} if wall > 0 else {}
         shares["machine"] = (after.machine_busy - before.machine_busy) / max(wall, 1)
+        for pgid, name in self.groups.items():
+            # How much of the role's runnable time went waiting for a free core.
+            waiting = procstats._waiting_share(before, after, lambda _p, g, pgid=pgid: g == pgid)
+            if waiting is not None:
+                shares[f"{name} waiting"] = waiting
         return shares
 
 
 def format_roles(shares: dict[str, float]) -> str:
     order = ["gateway", "worker", "load generator", "postgres", "rabbitmq", "redis (ours)"]
     parts = [f"{role} {shares.get(role, 0.0):.2f}" for role in order]
-    rest = sum(v for k, v in shares.items() if k not in (*order, "machine"))
+    rest = sum(
+        v for k, v in shares.items() if k not in (*order, "machine") and not k.endswith("waiting")
+    )
+    waits = [
+        f"{role} {shares[f'{role} waiting']:.0%}"
+        for role in ("gateway", "worker")
+        if f"{role} waiting" in shares
+    ]
     return (
         f"cores used of {procstats.CORES}: "
         + ", ".join(parts)
         + f", everything else {rest:.2f}; machine {shares.get('machine', 0.0):.2f}"
+        + (f"; runnable but waiting for a core: {', '.join(waits)}" if waits else "")
     )
 
 

@@ -21,7 +21,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from gateway.auth import TokenChecker
+from gateway.auth import TokenChecker, lookup_engine
 from gateway.context import Gateway
 from gateway.edge import Edge, EdgeMiddleware
 from gateway.errors import (
@@ -59,6 +59,7 @@ def build_app(
         from registry.db import get_engine
 
         engine = get_engine(settings.database_url)
+        lookups = lookup_engine(settings)
         publisher = Publisher(
             settings.effective_broker_url,
             queue_type="quorum" if settings.quorum_queues else "classic",
@@ -70,7 +71,7 @@ def build_app(
         app.state.gateway = Gateway(
             settings=settings,
             engine=engine,
-            tokens=TokenChecker(engine, settings.gateway_token_cache_seconds),
+            tokens=TokenChecker(lookups, settings.gateway_token_cache_seconds),
             publisher=publisher,
             replies=replies,
         )
@@ -83,6 +84,7 @@ def build_app(
             # Heartbeats still waiting are published before the process ends.
             await asyncio.to_thread(publisher.close)
             await replies.close()
+            lookups.dispose()
 
     # --- extra route lists (WebSocket, board) are appended here -----------------------
     all_routes: list[BaseRoute] = [*routes(), *extra_routes]
