@@ -22,11 +22,6 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     install_log_redaction()
-    import os
-    import sys
-
-    if os.environ.get("XSW"):
-        sys.setswitchinterval(float(os.environ["XSW"]))
     logging.getLogger().setLevel(log_level.upper())
     from gateway.websocket import UVICORN_WS_OPTIONS
 
@@ -35,8 +30,8 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
         host=host,
         port=port,
         log_level=log_level.lower(),
-        # One log line per call is a tenth of a heartbeat's cost at volume: the access
-        # log is written at `--log-level debug` only (method, path and status, no header).
+        # The access log (method, path and status; never a header) is a formatted log
+        # record per call on the hot path: written at `--log-level debug` only.
         access_log=log_level.lower() == "debug",
         # The C parser and event loop where installed (uvicorn[standard]); the pure
         # Python ones otherwise.
