@@ -3,7 +3,9 @@
 Shared resources (the broker publisher, the reply reader, the token cache, the
 database engine) are opened once in the lifespan and closed there. The edge rules
 (rate limit, org header) are one middleware; the body, payload and token rules are
-one helper each (gateway.http.common), so no handler can skip them.
+one helper each (gateway.http.common), so no handler can skip them. The heartbeat, the
+hot path, is answered by a raw ASGI route in front of Starlette
+(gateway.http.heartbeat) that calls the same rules and shares the edge's limiter.
 """
 
 from __future__ import annotations
@@ -13,33 +15,28 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import kombu.exceptions
-import redis.exceptions
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
-from gateway.auth import TokenChecker
+from gateway.auth import TokenChecker, lookup_engine
 from gateway.context import Gateway
-from gateway.edge import EdgeMiddleware
-from gateway.errors import Refused, error_response, on_http_exception, on_refused
+from gateway.edge import Edge, EdgeMiddleware
+from gateway.errors import (
+    STORE_ERRORS,
+    Refused,
+    on_http_exception,
+    on_refused,
+    on_store_unavailable,
+)
 from gateway.http import routes
-from gateway.http.common import RETRY_AFTER_SECONDS
+from gateway.http.heartbeat import HeartbeatRoute
 from gateway.publisher import Publisher
 from gateway.ratelimit import RateLimiter
 from gateway.replies import Replies
 from registry.config import Settings
-
-
-async def _store_unavailable(_request: Request, _exc: Exception) -> Response:
-    # PostgreSQL or the result backend is down: the caller may try again shortly.
-    return error_response(
-        503, "the registry is unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    )
 
 
 def build_app(
@@ -48,7 +45,7 @@ def build_app(
     *,
     lifespans: Sequence[Callable[[Starlette], contextlib.AbstractAsyncContextManager[Any]]] = (),
     edge_exempt: tuple[str, ...] = (),
-) -> Starlette:
+) -> ASGIApp:
     """The gateway application.
 
     `extra_routes`: further route lists (the WebSocket `/ws`, the board) are appended
@@ -62,6 +59,7 @@ def build_app(
         from registry.db import get_engine
 
         engine = get_engine(settings.database_url)
+        lookups = lookup_engine(settings)
         publisher = Publisher(
             settings.effective_broker_url,
             queue_type="quorum" if settings.quorum_queues else "classic",
@@ -73,7 +71,7 @@ def build_app(
         app.state.gateway = Gateway(
             settings=settings,
             engine=engine,
-            tokens=TokenChecker(engine, settings.gateway_token_cache_seconds),
+            tokens=TokenChecker(lookups, settings.gateway_token_cache_seconds),
             publisher=publisher,
             replies=replies,
         )
@@ -86,30 +84,27 @@ def build_app(
             # Heartbeats still waiting are published before the process ends.
             await asyncio.to_thread(publisher.close)
             await replies.close()
+            lookups.dispose()
 
     # --- extra route lists (WebSocket, board) are appended here -----------------------
     all_routes: list[BaseRoute] = [*routes(), *extra_routes]
     # -----------------------------------------------------------------------------------
-    unavailable = (
-        SQLAlchemyError,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        kombu.exceptions.OperationalError,
-    )
-    return Starlette(
+    edge = Edge(RateLimiter(settings.rate_limit), settings.org_id)
+    app = Starlette(
         routes=all_routes,
         middleware=[
             Middleware(
                 EdgeMiddleware,  # type: ignore[arg-type]
-                limiter=RateLimiter(settings.rate_limit),
-                org_id=settings.org_id,
+                edge=edge,
                 exempt_prefixes=edge_exempt,
             )
         ],
         exception_handlers={
             Refused: on_refused,
             HTTPException: on_http_exception,
-            **dict.fromkeys(unavailable, _store_unavailable),
+            **dict.fromkeys(STORE_ERRORS, on_store_unavailable),
         },
         lifespan=lifespan,
     )
+    # The heartbeat, the hot path, is answered ahead of Starlette (same rules, same edge).
+    return HeartbeatRoute(app, edge)

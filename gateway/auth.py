@@ -22,9 +22,11 @@ from uuid import UUID
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from registry.config import Settings
 from registry.ingestion.tokens import hash_token, is_authorized, live_token_hashes, matches
 
-# Enough for a large fleet's heartbeats within one cache period; the oldest go first.
+# Enough for a large fleet's heartbeats within one cache period; the oldest go first
+# (expired verdicts are dropped as new ones are written).
 MAX_ENTRIES = 200_000
 
 
@@ -40,6 +42,30 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token:
         raise ValueError("Authorization: expected `Bearer <token>`")
     return token
+
+
+def lookup_engine(settings: Settings) -> Engine:
+    """The token lookups' own small pool, in autocommit: one read-only statement per
+    lookup (one every few milliseconds under a fleet's cache misses) needs no BEGIN and
+    ROLLBACK round trips, and a pool of its own keeps that mode without switching a
+    shared connection's isolation level at every checkout and checkin."""
+    from sqlalchemy import create_engine
+
+    from registry.db import session_options
+
+    return create_engine(
+        settings.database_url,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,  # a restarted PostgreSQL must not fail the next lookup
+        pool_size=2,  # lookups run one at a time (group lookup); one spare
+        max_overflow=2,
+        connect_args={
+            "connect_timeout": 5,
+            "options": session_options(
+                settings.db_statement_timeout_ms, settings.db_lock_timeout_ms
+            ),
+        },
+    )
 
 
 class TokenChecker:
@@ -94,10 +120,20 @@ class TokenChecker:
                         self._cache.move_to_end(key)
                     if not future.done():
                         future.set_result(verdict)
-                while len(self._cache) > MAX_ENTRIES:
-                    self._cache.popitem(last=False)
+                self._evict()
         finally:
             self._looking_up = False
+
+    def _evict(self) -> None:
+        """Drop expired verdicts, and the oldest beyond MAX_ENTRIES. Entries are kept in
+        the order they were written, so the expired ones are at the front: memory
+        follows the calls of one cache period, not every token seen since start."""
+        cache, now = self._cache, self._clock()
+        while cache:
+            oldest = next(iter(cache.values()))
+            if oldest[0] > now and len(cache) <= MAX_ENTRIES:
+                break
+            cache.popitem(last=False)
 
     @staticmethod
     def _verdict(live_hashes: list[str], token: str | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,18 +40,40 @@ def _header(scope: Scope, wanted: bytes) -> bytes | None:
     return None
 
 
-class EdgeMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        limiter: RateLimiter,
-        org_id: str,
-        exempt_prefixes: tuple[str, ...] = (),
-    ) -> None:
-        self.app = app
+@dataclass(frozen=True)
+class EdgeRefusal:
+    status: int
+    body: dict[str, object]
+    extra: list[tuple[bytes, bytes]]
+
+
+class Edge:
+    """The rules themselves, shared by the middleware and the heartbeat's raw route
+    (gateway.http.heartbeat) so both count against one limiter."""
+
+    def __init__(self, limiter: RateLimiter, org_id: str) -> None:
         self.limiter = limiter
         self.org_id = org_id.encode()
+
+    def screen(self, scope: Scope) -> tuple[Verdict, EdgeRefusal | None]:
+        """Count the call; the verdict, and the refusal if the call may not go on."""
+        verdict = self.limiter.hit(_caller_key(scope))
+        if not verdict.allowed:
+            retry = verdict.retry_after(time.time())
+            body = {"error": "rate limit exceeded", "retry_after": retry}
+            return verdict, EdgeRefusal(429, body, [(b"retry-after", str(retry).encode())])
+        if self.org_id and _header(scope, ORG_HEADER) != self.org_id:
+            return verdict, EdgeRefusal(403, {"error": "X-Molecule-Org-Id: wrong organization"}, [])
+        return verdict, None
+
+    async def refuse(self, send: Send, refusal: EdgeRefusal, verdict: Verdict) -> None:
+        await _answer(send, refusal.status, refusal.body, verdict, extra=refusal.extra)
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, *, edge: Edge, exempt_prefixes: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.edge = edge
         # Paths that are not the original platform's API (the operator's board, which a
         # browser opens without the org header) pass through untouched.
         self.exempt = exempt_prefixes
@@ -59,19 +82,9 @@ class EdgeMiddleware:
         if scope["type"] != "http" or (self.exempt and scope["path"].startswith(self.exempt)):
             await self.app(scope, receive, send)
             return
-        verdict = self.limiter.hit(_caller_key(scope))
-        if not verdict.allowed:
-            retry = verdict.retry_after(time.time())
-            await _answer(
-                send,
-                429,
-                {"error": "rate limit exceeded", "retry_after": retry},
-                verdict,
-                extra=[(b"retry-after", str(retry).encode())],
-            )
-            return
-        if self.org_id and _header(scope, ORG_HEADER) != self.org_id:
-            await _answer(send, 403, {"error": "X-Molecule-Org-Id: wrong organization"}, verdict)
+        verdict, refusal = self.edge.screen(scope)
+        if refusal is not None:
+            await self.edge.refuse(send, refusal, verdict)
             return
         limit_headers = verdict.headers()
 

@@ -5,13 +5,16 @@ kombu is blocking, so nothing here runs on the event loop:
 - `send()` publishes one message (a registration, a card update) on a pooled broker
   connection; handlers call it through the thread pool.
 - `heartbeat()` hands one heartbeat to the coalescer threads and returns a future. A
-  thread waits at most `max_wait` seconds after the first waiting heartbeat for company
-  (or until `max_items` wait), publishes them as ONE `registry.heartbeat_batch` message
+  thread takes what waits; while the other thread's batch is still on the wire it
+  gathers more until that one is confirmed, `max_items` wait, or `max_wait` seconds
+  after the first (an idle publisher sends at once), publishes them as ONE
+  `registry.heartbeat_batch` message
   (CONTRACT §4.2a), and settles every future of the batch once the broker has it: on
   RabbitMQ only when the broker confirms it (publisher confirms, kombu's
   `confirm_publish`), on Redis when the push returns. A lone heartbeat on an idle
-  gateway is therefore answered after at most `max_wait` plus one publish; a flood
-  travels in full batches, and while batches are on the wire the next ones fill.
+  gateway is therefore answered after one publish; a flood travels in batches as large
+  as what arrives during one confirm round trip (group commit), never waiting longer
+  than `max_wait` for company.
 
 Messages are Celery message protocol v2, built by the project's client
 (`molecule_registry_client.celery_message`), routed by queue name like every producer.
@@ -82,6 +85,7 @@ class Publisher:
         self._waiting: deque[tuple[dict[str, Any], asyncio.Future[None], float]] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._in_flight = 0  # batches between take and the broker's confirm
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads = [
             threading.Thread(target=self._run, name=f"heartbeat-publisher-{n}", daemon=True)
@@ -146,20 +150,25 @@ class Publisher:
         return future
 
     def _take(self) -> list[tuple[dict[str, Any], asyncio.Future[None], float]] | None:
-        """The next batch: blocks for the first heartbeat, then lingers up to max_wait
-        after it for more. None once closed and drained."""
+        """The next batch: blocks for the first heartbeat; then, while another batch is
+        on the wire, gathers what arrives until that one is confirmed, `max_items`
+        wait, or `max_wait` after the first. None once closed and drained."""
         with self._cond:
             while not self._waiting:
                 if self._closed:
                     return None
                 self._cond.wait()
             deadline = self._waiting[0][2] + self.max_wait
-            while len(self._waiting) < self.max_items and not self._closed:
+            # Waiting for company pays only while the wire is busy: an idle publisher
+            # sends at once (a lone heartbeat waits for no one), a busy one gathers the
+            # calls that arrive during the other's confirm round trip (group commit).
+            while len(self._waiting) < self.max_items and self._in_flight and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             count = min(self.max_items, len(self._waiting))
+            self._in_flight += 1
             return [self._waiting.popleft() for _ in range(count)]
 
     def _run(self) -> None:
@@ -182,6 +191,10 @@ class Publisher:
                     error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(exc)
                     conn.release()
                     conn = broker_connection(self.broker_url)
+                finally:
+                    with self._cond:
+                        self._in_flight -= 1
+                        self._cond.notify_all()  # a gathering publisher sends now
                 self._settle([future for _, future, _ in batch], error)
         finally:
             conn.release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from registry.config import Settings
 from registry.redaction import install_log_redaction
@@ -30,6 +30,9 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
         host=host,
         port=port,
         log_level=log_level.lower(),
+        # The access log (method, path and status; never a header) is a formatted log
+        # record per call on the hot path: written at `--log-level debug` only.
+        access_log=log_level.lower() == "debug",
         # The C parser and event loop where installed (uvicorn[standard]); the pure
         # Python ones otherwise.
         http="httptools" if _available("httptools") else "h11",
@@ -47,7 +50,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
 BOARD_PREFIX = "/board"
 
 
-def assemble(settings: Settings, host: str, port: int) -> Starlette:
+def assemble(settings: Settings, host: str, port: int) -> ASGIApp:
     """The whole gateway process's application: the original platform's HTTP calls, the
     canvas WebSocket `/ws`, and the fleet board at `/board` (one web stack)."""
     from gateway.app import build_app

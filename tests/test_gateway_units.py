@@ -56,3 +56,37 @@ def test_gateway_settings_and_their_bounds():
     assert bad.rate_limit == 600
     tuned = load({"GATEWAY_TOKEN_CACHE_SECONDS": "0", "RATE_LIMIT": "60"})
     assert (tuned.gateway_token_cache_seconds, tuned.rate_limit) == (0.0, 60)
+
+
+def test_token_cache_keeps_only_the_verdicts_of_one_period() -> None:
+    """Expired verdicts are dropped as new ones are written: the cache holds the calls
+    of one period (a fleet heartbeating every 30 s does not fill it with dead entries),
+    and a verdict is never served past its period."""
+    import asyncio
+    import uuid
+
+    from gateway.auth import TokenChecker
+
+    now = [0.0]
+    looked_up: list[set[uuid.UUID]] = []
+
+    class Checker(TokenChecker):
+        def _live(self, workspace_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+            looked_up.append(set(workspace_ids))
+            return {}  # no live token: a call without one is admitted (bootstrap)
+
+    checker = Checker(None, 5.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    first = [uuid.uuid4() for _ in range(10)]
+
+    async def calls(ids: list[uuid.UUID]) -> list[bool]:
+        return [await checker.allowed(ws, None) for ws in ids]
+
+    assert asyncio.run(calls(first)) == [True] * 10
+    assert len(checker._cache) == 10
+    assert asyncio.run(calls(first[:1])) == [True]  # cached: no lookup
+    assert len(looked_up) == 10
+    now[0] = 6.0  # every verdict expired
+    assert asyncio.run(calls([uuid.uuid4()])) == [True]
+    assert len(checker._cache) == 1
+    assert asyncio.run(calls(first[:1])) == [True]  # looked up again, not served stale
+    assert len(looked_up) == 12

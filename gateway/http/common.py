@@ -16,13 +16,12 @@ from starlette.requests import Request
 
 from gateway.auth import bearer_token
 from gateway.context import Gateway
-from gateway.errors import Refused
+from gateway.errors import RETRY_AFTER_SECONDS, Refused
 from gateway.publisher import BrokerUnavailable
 from gateway.replies import WorkerFailed
 from registry.ingestion.payloads import PayloadError, parse_payload
 
 MAX_BODY_BYTES = 64 * 1024
-RETRY_AFTER_SECONDS = 5
 UNAUTHORIZED = "missing or invalid workspace auth token"
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,18 +37,31 @@ def unavailable(error: str) -> Refused:
 
 async def json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object: 413 over 64 KiB, 400 if not JSON or not an object."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+    check_declared_length(request.headers.get("content-length", ""))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise Refused(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+            raise too_large()
         chunks.append(chunk)
+    return parse_json_object(b"".join(chunks))
+
+
+def too_large() -> Refused:
+    return Refused(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+
+
+def check_declared_length(declared: str) -> None:
+    """413 at once when the Content-Length header already says too much."""
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large()
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """`raw` as a JSON object: 400 if not JSON or not an object."""
     try:
-        value = json.loads(b"".join(chunks))
+        value = json.loads(raw)
     except (ValueError, RecursionError):
         raise Refused(400, "body: not valid JSON") from None
     if not isinstance(value, dict):
@@ -93,11 +105,20 @@ async def authorize(request: Request, workspace_id: UUID) -> str | None:
     Returns the token (None when the workspace has no live token and none was sent),
     which the handler forwards for the worker's own check.
     """
+    return await authorize_header(
+        gateway_of(request), request.headers.get("authorization"), workspace_id
+    )
+
+
+async def authorize_header(
+    gateway: Gateway, authorization: str | None, workspace_id: UUID
+) -> str | None:
+    """`authorize` from the raw `Authorization` header's value."""
     try:
-        token = bearer_token(request.headers.get("authorization"))
+        token = bearer_token(authorization)
     except ValueError:
         raise Refused(401, UNAUTHORIZED) from None
-    if not await gateway_of(request).tokens.allowed(workspace_id, token):
+    if not await gateway.tokens.allowed(workspace_id, token):
         raise Refused(401, UNAUTHORIZED)
     return token
 
