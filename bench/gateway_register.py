@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -30,6 +31,7 @@ import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,7 +60,6 @@ ENV = service_env(
 )
 os.environ.update(ENV)
 
-import httpx  # noqa: E402
 from gateway_helpers import gateway_argv  # noqa: E402
 from liveness_helpers import private_rabbitmq_vhost  # noqa: E402
 from workerproc import managed_process, process_env  # noqa: E402
@@ -102,40 +103,84 @@ class Load:
         self.failures[why] = self.failures.get(why, 0) + 1
 
 
-async def first_answer(http: httpx.AsyncClient, timeout: float = 90) -> None:
+class Http:
+    """A minimal HTTP/1.1 keep-alive client for JSON POSTs (the load generator shares
+    the box with what it measures: httpx cost it a fifth of a core at 50 calls a
+    second, this a few hundredths). One request per connection at a time; idle
+    connections are reused, a new one is opened when none is free."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        conn = (
+            self._idle.pop()
+            if self._idle
+            else await asyncio.open_connection("127.0.0.1", self.port)
+        )
+        reader, writer = conn
+        data = json.dumps(body).encode()
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        answer = json.loads(await reader.readexactly(length)) if length else {}
+        if b"connection: close" in head.lower():
+            writer.close()
+        else:
+            self._idle.append(conn)
+        return status, answer
+
+    def close(self) -> None:
+        for _reader, writer in self._idle:
+            writer.close()
+
+
+def new_registration() -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "agent_card": {"name": "bench"}, "delivery_mode": "poll"}
+
+
+async def first_answer(http: Http, timeout: float = 90) -> None:
     """Registrations until one is answered: the worker is up and has done one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = {"id": str(uuid.uuid4()), "agent_card": {"name": "w"}, "delivery_mode": "poll"}
-        with contextlib.suppress(httpx.HTTPError):
-            if (await http.post("/registry/register", json=body)).status_code == 200:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            if (await http.post("/registry/register", new_registration()))[0] == 200:
                 return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"no registration answered within {timeout:g} s")
 
 
-async def register_once(http: httpx.AsyncClient, load: Load | None) -> None:
-    body = {"id": str(uuid.uuid4()), "agent_card": {"name": "bench"}, "delivery_mode": "poll"}
+async def register_once(http: Http, load: Load | None) -> None:
     started = time.perf_counter()
     try:
-        answer = await http.post("/registry/register", json=body)
-    except httpx.HTTPError as exc:
+        status, answer = await http.post("/registry/register", new_registration())
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         if load is not None:
             load.fail(type(exc).__name__)
         return
     took = (time.perf_counter() - started) * 1000
     if load is None:
         return
-    if answer.status_code == 200 and answer.json().get("auth_token"):
+    if status == 200 and answer.get("auth_token"):
         load.latencies.append(took)
     else:
-        load.fail(f"{answer.status_code}: {answer.text[:80]}")
+        load.fail(f"{status}: {str(answer)[:80]}")
 
 
-async def open_loop(base: str, rate: float, seconds: float, warm: int) -> Load:
+async def open_loop(port: int, rate: float, seconds: float, warm: int) -> Load:
     load = Load()
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+    http = Http(port)
+    try:
         await first_answer(http)
         # Warm: connections, the worker's pool processes, the token secret, the caches.
         for _ in range(warm):
@@ -150,6 +195,8 @@ async def open_loop(base: str, rate: float, seconds: float, warm: int) -> Load:
             load.started_late_ms.append(max(0.0, time.perf_counter() - due) * 1000)
             tasks.append(asyncio.create_task(register_once(http, load)))
         await asyncio.gather(*tasks)
+    finally:
+        http.close()
     return load
 
 
@@ -199,10 +246,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             managed_process(WORKER_ARGV, env=env, log_dir=LOG_DIR, name="worker")
         )
         wait_for_port(port)
-        base = f"http://127.0.0.1:{port}"
         before = procstats.snapshot({worker.proc.pid})
         began = time.perf_counter()
-        load = asyncio.run(open_loop(base, args.rate, args.seconds, args.warm))
+        load = asyncio.run(open_loop(port, args.rate, args.seconds, args.warm))
         took = time.perf_counter() - began
         after = procstats.snapshot({worker.proc.pid})
         shares = role_shares(before, after, worker.proc.pid, gateway.proc.pid)
