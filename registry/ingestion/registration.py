@@ -64,6 +64,8 @@ _UUID_SHAPED = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 
+NO_TOKENS = TokenState(has_live=False, matched_id=None, issued_by_this_message=False)
+
 _dns_pool: tuple[int, ThreadPoolExecutor] | None = None
 DNS_THREADS = 8
 
@@ -227,7 +229,10 @@ def register(
     # the row created or removed, meanwhile). Only a changed delivery mode would need
     # another lookup: retried rather than resolved under the lock.
     row: Row[Any] | None = uow.conn.execute(_LOCK_ROW, {"id": ws}).first()
-    state = token_state(uow.conn, ws, payload.auth_token, message)
+    # Token rows reference their workspace's row (a foreign key; rows are never
+    # deleted), so a workspace without a row has none: one round trip saved for
+    # every new workspace.
+    state = NO_TOKENS if row is None else token_state(uow.conn, ws, payload.auth_token, message)
     if _admit(uow, payload, row, message, state) != mode:
         raise ConcurrentRegistration(f"{ws}: delivery mode changed during the URL check")
 
