@@ -111,15 +111,17 @@ class Http:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # (reader, writer, when it was last answered on): the server closes a connection
+        # idle for 5 s (uvicorn's keep-alive), so an older one is not reused.
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        conn = (
-            self._idle.pop()
-            if self._idle
-            else await asyncio.open_connection("127.0.0.1", self.port)
-        )
-        reader, writer = conn
+        while self._idle and time.monotonic() - self._idle[-1][2] > IDLE_REUSE_SECONDS:
+            self._idle.pop()[1].close()
+        if self._idle:
+            reader, writer, _at = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         data = json.dumps(body).encode()
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -137,12 +139,15 @@ class Http:
         if b"connection: close" in head.lower():
             writer.close()
         else:
-            self._idle.append(conn)
+            self._idle.append((reader, writer, time.monotonic()))
         return status, answer
 
     def close(self) -> None:
-        for _reader, writer in self._idle:
+        for _reader, writer, _at in self._idle:
             writer.close()
+
+
+IDLE_REUSE_SECONDS = 2.0
 
 
 def new_registration() -> dict[str, Any]:
@@ -286,7 +291,22 @@ def report(args: argparse.Namespace, figures: dict[str, object]) -> str:
             "CPU during the load (1.00 = one core; `other` is everything else on the box): "
             + format_roles(figures["shares"])  # type: ignore[arg-type]
             + ".",
+            "",
+            cost_per_registration(figures["shares"], len(lat) / took),  # type: ignore[arg-type]
         ]
+    )
+
+
+def cost_per_registration(shares: dict[str, float], rate: float) -> str:
+    """CPU milliseconds each answered registration cost each role of the chain, and the
+    cores the chain needs at the offered rate."""
+    chain = ["gateway", "worker", "postgres", "redis", "rabbitmq"]
+    each = {role: shares.get(role, 0.0) * 1000 / rate for role in chain} if rate else {}
+    total = sum(each.values())
+    parts = ", ".join(f"{role} {ms:.1f}" for role, ms in each.items())
+    return (
+        f"CPU per answered registration (ms of one core): {parts}; {total:.1f} in all "
+        f"(the shared PostgreSQL, Redis and RabbitMQ servers include others' work)."
     )
 
 

@@ -55,6 +55,9 @@ OPEN_CONCURRENCY = 50  # handshakes in flight at once (each agent's is a token c
 # registry: it only connects, receives and notes the time.
 
 
+BROADCAST_FRAMES = [0]  # frames without an event id (heartbeats, throttled), all connections
+
+
 async def _follow(url: str, headers: dict[str, str], got: list[Any], gate: asyncio.Semaphore):
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -71,6 +74,8 @@ async def _follow(url: str, headers: dict[str, str], got: list[Any], gate: async
                 # The stream id in the position starts with when Redis took the entry.
                 published = int(frame["position"].split("-", 1)[0]) / 1000
                 got.append([event_id, now, published])
+            else:
+                BROADCAST_FRAMES[0] += 1
     except ConnectionClosed as exc:
         got.append(["closed", repr(exc)])
     finally:
@@ -95,6 +100,7 @@ async def _clients(spec: dict[str, Any]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    received["broadcast_frames"] = BROADCAST_FRAMES  # type: ignore[assignment]
     Path(spec["out"]).write_text(json.dumps(received))
     print("DONE", flush=True)
 
@@ -324,6 +330,7 @@ def run(args: argparse.Namespace, env: dict[str, str], db_name: str, redis: int)
             raise RuntimeError("the client process did not finish")
         clients.wait(timeout=60)
         received = json.loads(out.read_text())
+        broadcast_frames = received.pop("broadcast_frames")[0]
     result = check(received, driver.events, parent)
     result.update(
         achieved=achieved,
@@ -331,6 +338,7 @@ def run(args: argparse.Namespace, env: dict[str, str], db_name: str, redis: int)
         open_seconds=open_seconds,
         shares=shares,
         driver_late_p99=percentile(driver.late_ms, 0.99),
+        broadcast_frames=broadcast_frames,
     )
     return result
 
@@ -366,6 +374,8 @@ def format_roles(shares: dict[str, float]) -> str:
 
 def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
     lags, fan = r["lags"], r["fanout_lags"]
+    frames_per_s = (r["frames"] + r["broadcast_frames"]) / args.seconds
+    per_frame = r["shares"]["gateway"] / frames_per_s * 1e6 if frames_per_s else float("nan")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
@@ -393,6 +403,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
             f"| of which from the stream entry to the receipt (the gateway's part): "
             f"p50 / p99 | {percentile(fan, 0.5):.0f} / {percentile(fan, 0.99):.0f} ms | |",
             f"| {args.agents + 1:,} connections opened in | {r['open_seconds']:.1f} s | |",
+            f"| broadcast-only frames received too (heartbeats, ≤ 1/s per workspace) | "
+            f"{r['broadcast_frames']:,} | |",
+            f"| gateway CPU per frame sent (all frames) | {per_frame:.0f} µs | |",
             "",
             "CPU during the run (1.00 = one core; `other` is everything else on the box): "
             + format_roles(r["shares"])

@@ -84,6 +84,7 @@ class Fanout:
         # Workspaces first seen lately -> (when, the workspaces that may see it, or None
         # when that could not be looked up).
         self._fresh: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._pruned_at = 0.0
 
     async def start(self, ready_timeout: float = 10.0) -> None:
         """Start reading (idempotent); returns once the reader knows where "now" is,
@@ -167,18 +168,26 @@ class Fanout:
             if workspace_id is None or workspace_id in known:
                 continue
             known.add(workspace_id)
-            seers: frozenset[str] | None = frozenset()  # not a workspace id: no one
-            try:
-                if _is_uuid(workspace_id):
-                    with self.engine.connect() as conn:
-                        seers = talk_set(conn, workspace_id)
-            except (*RETRYABLE_ERRORS, SQLAlchemyError):
-                seers = None  # unknown: each agent asks before it is sent (slower, same rule)
-            self._fresh[workspace_id] = (now, seers)
-        # Bounded memory: every agent's peer set has been re-read since these were new.
-        expired = [ws for ws, (seen, _s) in self._fresh.items() if now - seen >= FRESH_SECONDS]
-        for workspace_id in expired:
-            self._fresh.pop(workspace_id, None)
+            self._fresh[workspace_id] = (now, self._seers(workspace_id))
+        if now - self._pruned_at >= 1.0:
+            # Bounded memory: every agent's peer set has been re-read since these were new.
+            self._pruned_at = now
+            expired = [ws for ws, (seen, _s) in self._fresh.items() if now - seen >= FRESH_SECONDS]
+            for workspace_id in expired:
+                self._fresh.pop(workspace_id, None)
+
+    def _seers(self, workspace_id: str) -> frozenset[str] | None:
+        """The workspaces that may see `workspace_id`; None when not looked up (then each
+        agent asks before it is sent: slower, the same rule)."""
+        if not _is_uuid(workspace_id):
+            return frozenset()  # not a workspace id: no one
+        if not self.audience.agents:
+            return None  # no agent to tell: registrations alone cost no query
+        try:
+            with self.engine.connect() as conn:
+                return talk_set(conn, workspace_id)
+        except (*RETRYABLE_ERRORS, SQLAlchemyError):
+            return None
 
     def _hand_over(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Position]]
