@@ -236,7 +236,7 @@ class Fanout:
         fresh = self._fresh.get(event.workspace_id) if event.workspace_id is not None else None
         if fresh is not None:
             # A workspace newer than the agents' peer sets (their refresh re-reads them).
-            self._to_new_watchers(event.workspace_id, fresh[1], watching, (key, text, None))
+            self._to_new_watchers(event.workspace_id, fresh, watching, (key, text, None))
         if event.type == EventType.WORKSPACE_REMOVED and event.workspace_id is not None:
             for client in list(watching):  # after they were told
                 client.removed(event.workspace_id)
@@ -244,7 +244,7 @@ class Fanout:
     def _to_new_watchers(
         self,
         workspace_id: str,
-        seers: frozenset[str] | None,
+        fresh: tuple[float, frozenset[str] | None],
         watching: Iterable[Client],
         frame: Frame,
     ) -> None:
@@ -252,9 +252,12 @@ class Fanout:
         sets predate it, and add it to those sets (later frames follow the index)."""
         already = set(watching)
         audience = self.audience
-        if seers is None:  # the lookup failed: every other agent asks before sending
+        first_seen, seers = fresh
+        if seers is None:
+            # Not looked up: each agent whose peer set was read before the workspace
+            # was seen asks before it is sent (a later read knows the workspace).
             for client in audience.agents:
-                if client not in already:
+                if client not in already and client.peers_as_of < first_seen:
                     client.offer((frame[0], frame[1], workspace_id))
             return
         for seer in seers:
