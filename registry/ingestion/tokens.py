@@ -101,7 +101,7 @@ class Message:
 
 # The installation's secret, read once per process and database: it never changes
 # once the first migration made it, and reading it per registration cost a pooled
-# connection and a round trip each time (a quarter of a registration's database time).
+# connection and a round trip each time (a sixth of a registration in the worker).
 _stored_secrets: dict[str, bytes] = {}
 
 
