@@ -16,6 +16,7 @@ class Audience:
         self.canvases: set[Client] = set()
         self.agents: set[Client] = set()
         self._watching: dict[str, set[Client]] = {}  # workspace id -> agents that may see it
+        self._connected: dict[str, set[Client]] = {}  # workspace id -> its own agents' clients
 
     def __len__(self) -> int:
         return len(self.canvases) + len(self.agents)
@@ -25,6 +26,9 @@ class Audience:
             self.canvases.add(client)
             return
         self.agents.add(client)
+        own = client.viewer.workspace_id
+        if own is not None:
+            self._connected.setdefault(own, set()).add(client)
         self._watch(client, client.peers)
         client.on_peers = self._repeer
 
@@ -32,6 +36,12 @@ class Audience:
         self.canvases.discard(client)
         if client in self.agents:
             self.agents.discard(client)
+            own = client.viewer.workspace_id
+            connected = self._connected.get(own) if own is not None else None
+            if connected is not None:
+                connected.discard(client)
+                if not connected:
+                    del self._connected[own]  # type: ignore[arg-type]
             client.on_peers = None
             self._unwatch(client, client.peers)
 
@@ -40,6 +50,10 @@ class Audience:
         if workspace_id is None:
             return ()
         return self._watching.get(workspace_id, ())
+
+    def connected(self, workspace_id: str) -> Iterable[Client]:
+        """The agent connections of workspace `workspace_id` (usually none or one)."""
+        return self._connected.get(workspace_id, ())
 
     def _repeer(self, client: Client, old: frozenset[str], new: frozenset[str]) -> None:
         self._unwatch(client, old - new)

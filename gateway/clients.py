@@ -4,6 +4,7 @@ bounded send queue."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from gateway.admission import Viewer
@@ -38,6 +39,9 @@ class Client:
         self.overflowed = asyncio.Event()
         # An agent's peers (CONTRACT §9), itself included; refreshed while connected.
         self._peers: frozenset[str] = frozenset()
+        # When the peer set was last read from the database (at the latest: set before
+        # the read starts): a workspace that existed then is in it if it may be.
+        self.peers_as_of = time.monotonic()
         # Told when the peers change (the fan-out's index of who sees what).
         self.on_peers: Callable[[Client, frozenset[str], frozenset[str]], None] | None = None
         self.denied: set[str] = set()  # new workspaces it may not talk to (until refreshed)

@@ -16,15 +16,19 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from uuid import UUID
 
 import redis
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audience import Audience
-from gateway.clients import Client, frame_key
+from gateway.clients import Client, Frame, frame_key
 from gateway.frames import event_frame
+from gateway.peers import talk_set
 from gateway.throttle import BroadcastThrottle
 from registry.events.subscriber import (
     RETRYABLE_ERRORS,
@@ -75,8 +79,12 @@ class Fanout:
         self.closing = asyncio.Event()  # set at shutdown: every session closes (1001)
         # Every workspace id known to exist: an event of any other is a new workspace's,
         # which an agent's cached peer set cannot know about yet.
+        # Both kept by the reader thread; the loop only reads `_fresh`.
         self._known: set[str] | None = None
-        self._fresh: dict[str, float] = {}  # workspaces first seen lately -> when
+        # Workspaces first seen lately -> (when, the workspaces that may see it, or None
+        # when that could not be looked up).
+        self._fresh: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._pruned_at = 0.0
 
     async def start(self, ready_timeout: float = 10.0) -> None:
         """Start reading (idempotent); returns once the reader knows where "now" is,
@@ -139,7 +147,47 @@ class Fanout:
                     ready.set()
             batch = subscriber.poll_with_positions(READ_BLOCK_MS, self._stop)
             if batch and self._loop is not None:
+                self._note_new(batch)
                 self._hand_over(self._loop, batch)
+
+    def _note_new(self, batch: list[tuple[Any, Position]]) -> None:
+        """Find who may see each workspace first seen in `batch` (in this thread, before
+        the batch is handed over, so its frames go out in order).
+
+        The relation of CONTRACT §9 is symmetric, so the agents that may see a new
+        workspace are the workspaces it may talk to: one query per new workspace,
+        where asking each connected agent cost a query per agent (a thousand agents,
+        a thousand queries for every workspace that registers).
+        """
+        known = self._known
+        if known is None:
+            return
+        now = time.monotonic()
+        for item, _position in batch:
+            workspace_id = getattr(item, "workspace_id", None)
+            if workspace_id is None or workspace_id in known:
+                continue
+            known.add(workspace_id)
+            self._fresh[workspace_id] = (now, self._seers(workspace_id))
+        if now - self._pruned_at >= 1.0:
+            # Bounded memory: every agent's peer set has been re-read since these were new.
+            self._pruned_at = now
+            expired = [ws for ws, (seen, _s) in self._fresh.items() if now - seen >= FRESH_SECONDS]
+            for workspace_id in expired:
+                self._fresh.pop(workspace_id, None)
+
+    def _seers(self, workspace_id: str) -> frozenset[str] | None:
+        """The workspaces that may see `workspace_id`; None when not looked up (then each
+        agent asks before it is sent: slower, the same rule)."""
+        if not _is_uuid(workspace_id):
+            return frozenset()  # not a workspace id: no one
+        if not self.audience.agents:
+            return None  # no agent to tell: registrations alone cost no query
+        try:
+            with self.engine.connect() as conn:
+                return talk_set(conn, workspace_id)
+        except (*RETRYABLE_ERRORS, SQLAlchemyError):
+            return None
 
     def _hand_over(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Any, Position]]
@@ -185,34 +233,46 @@ class Fanout:
         watching = audience.watching(event.workspace_id)
         for client in watching:
             client.offer(frame)
-        if self._is_new(event.workspace_id):
-            # No agent's peer set knows this workspace yet: each asks before sending.
-            for client in audience.agents:
-                if client not in watching:
-                    client.offer((key, text, event.workspace_id))
+        fresh = self._fresh.get(event.workspace_id) if event.workspace_id is not None else None
+        if fresh is not None:
+            # A workspace newer than the agents' peer sets (their refresh re-reads them).
+            self._to_new_watchers(event.workspace_id, fresh, watching, (key, text, None))
         if event.type == EventType.WORKSPACE_REMOVED and event.workspace_id is not None:
             for client in list(watching):  # after they were told
                 client.removed(event.workspace_id)
 
-    def _is_new(self, workspace_id: str | None) -> bool:
-        """Whether agents' peer sets may not know this workspace yet: first seen less
-        than `FRESH_SECONDS` ago (its later events too: an agent's check of the first
-        may still be running when the next is fanned out)."""
-        known = self._known
-        if workspace_id is None or known is None:
-            return False
-        now = time.monotonic()
-        if workspace_id not in known:
-            known.add(workspace_id)
-            self._fresh[workspace_id] = now
-            return True
-        first_seen = self._fresh.get(workspace_id)
-        if first_seen is None:
-            return False
-        if now - first_seen < FRESH_SECONDS:
-            return True
-        del self._fresh[workspace_id]  # every agent's set has been re-read since
+    def _to_new_watchers(
+        self,
+        workspace_id: str,
+        fresh: tuple[float, frozenset[str] | None],
+        watching: Iterable[Client],
+        frame: Frame,
+    ) -> None:
+        """Offer a new workspace's frame to the agents that may see it but whose peer
+        sets predate it, and add it to those sets (later frames follow the index)."""
+        already = set(watching)
+        audience = self.audience
+        first_seen, seers = fresh
+        if seers is None:
+            # Not looked up: each agent whose peer set was read before the workspace
+            # was seen asks before it is sent (a later read knows the workspace).
+            for client in audience.agents:
+                if client not in already and client.peers_as_of < first_seen:
+                    client.offer((frame[0], frame[1], workspace_id))
+            return
+        for seer in seers:
+            for client in list(audience.connected(seer)):
+                if client not in already:
+                    client.offer(frame)
+                    client.peers = client.peers | {workspace_id}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
         return False
+    return True
 
 
 def known_workspaces(engine: Engine) -> set[str]:

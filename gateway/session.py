@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from uuid import UUID
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -182,6 +183,7 @@ class Session:
     async def _refresh_peers(self) -> None:
         while True:
             await asyncio.sleep(PEERS_REFRESH_SECONDS * random.uniform(0.8, 1.2))
+            as_of = time.monotonic()
             try:
                 peers = await asyncio.to_thread(load_peers, self.fanout, self.client.viewer)
             except SQLAlchemyError as exc:
@@ -191,6 +193,7 @@ class Session:
             if peers is None:
                 raise Revoked
             self.client.peers = peers
+            self.client.peers_as_of = as_of
             self.client.denied.clear()
 
     async def _close(self, code: int, reason: str) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
+
+from sqlalchemy import create_engine
 
 from gateway.admission import Refusal, Viewer, admit_canvas, bearer, org_refusal
 from gateway.audience import Audience
 from gateway.clients import Client
+from gateway.fanout import Fanout
 from gateway.frames import event_frame
 from gateway.throttle import BroadcastThrottle
 from registry.config import load
@@ -110,3 +114,41 @@ def test_the_throttle_sends_the_first_at_once_and_the_newest_when_the_second_end
 
     asyncio.run(run())
     assert [(e.workspace_id, e.payload["n"]) for e in sent] == [("w1", 0), ("w2", 9), ("w1", 4)]
+
+
+def fanout_with(*clients: Client) -> Fanout:
+    """A fan-out with these clients and no reader (nothing here connects anywhere)."""
+    fanout = Fanout(create_engine("postgresql+psycopg2://nobody@127.0.0.1:9/none"), "redis://x")
+    fanout.replays.shutdown()
+    for client in clients:
+        fanout.add(client)
+    return fanout
+
+
+def agent(workspace: str, peers: set[str]) -> Client:
+    client = Client(Viewer(workspace, "t"), 10)
+    client.peers = frozenset(peers)
+    return client
+
+
+def test_a_new_workspace_goes_to_the_agents_its_lookup_found_and_joins_their_peers():
+    canvas, allowed, other = Client(Viewer(), 10), agent("a", {"a"}), agent("b", {"b"})
+    fanout = fanout_with(canvas, allowed, other)
+    # As the reader thread found it: the workspaces that may see the new one "w".
+    fanout._fresh["w"] = (time.monotonic(), frozenset({"w", "a"}))
+    fanout._dispatch(ReceivedEvent("WORKSPACE_ONLINE", "w", NOW, {}, 1, "1-0"), "1-0")
+    assert canvas.queue.qsize() == 1
+    assert allowed.queue.get_nowait()[2] is None  # no check left to the connection
+    assert other.queue.empty()
+    assert "w" in allowed.peers and set(fanout.audience.watching("w")) == {allowed}
+
+
+def test_a_new_workspace_not_looked_up_is_checked_only_by_agents_whose_peers_predate_it():
+    older, newer = agent("a", {"a"}), agent("b", {"b"})
+    first_seen = time.monotonic()
+    older.peers_as_of, newer.peers_as_of = first_seen - 1, first_seen + 1
+    fanout = fanout_with(older, newer)
+    fanout._fresh["w"] = (first_seen, None)  # no agent was connected when it was seen
+    fanout._dispatch(ReceivedEvent("WORKSPACE_ONLINE", "w", NOW, {}, 1, "1-0"), "1-0")
+    assert older.queue.get_nowait()[2] == "w"  # asks can_communicate before sending
+    assert newer.queue.empty()  # its peer set, read later, already says whether it may

@@ -64,6 +64,8 @@ _UUID_SHAPED = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 
+NO_TOKENS = TokenState(has_live=False, matched_id=None, issued_by_this_message=False)
+
 _dns_pool: tuple[int, ThreadPoolExecutor] | None = None
 DNS_THREADS = 8
 
@@ -216,23 +218,21 @@ def register(
 ) -> dict[str, Any]:
     ws = payload.id
     message = Message.of(task_id, payload, delivery)
-    # Every check that may wait on DNS runs before the row lock (CONTRACT §4.1 step 3 is
-    # a network call): a slow or hostile name server must not stall this workspace's
-    # heartbeats. Auth first, so no lookup is made for an unauthenticated message.
-    unlocked = uow.conn.execute(_READ_ROW, {"id": ws}).first()
-    mode = _admit(uow, payload, unlocked, message)
-    try:
-        agent_url = agent_url_for(payload, mode, resolver) or None
-    except Rejected:
-        if unlocked is not None:
-            record_register_failure(uow, ws)
-        raise
+    if _needs_no_lookup(payload):
+        # Poll mode asked for and no URL anywhere: nothing to resolve and nothing to
+        # refuse before the lock, so the unlocked pass (two round trips) is skipped.
+        mode, agent_url = str(payload.delivery_mode), None
+    else:
+        mode, agent_url = _checked_before_lock(uow, payload, message, resolver)
 
     # Under the lock, the authoritative checks again (a token may have been issued, or
     # the row created or removed, meanwhile). Only a changed delivery mode would need
     # another lookup: retried rather than resolved under the lock.
     row: Row[Any] | None = uow.conn.execute(_LOCK_ROW, {"id": ws}).first()
-    state = token_state(uow.conn, ws, payload.auth_token, message)
+    # Token rows reference their workspace's row (a foreign key; rows are never
+    # deleted), so a workspace without a row has none: one round trip saved for
+    # every new workspace.
+    state = NO_TOKENS if row is None else token_state(uow.conn, ws, payload.auth_token, message)
     if _admit(uow, payload, row, message, state) != mode:
         raise ConcurrentRegistration(f"{ws}: delivery mode changed during the URL check")
 
@@ -256,6 +256,33 @@ def register(
     elif not state.has_live:
         result["auth_token"] = issue_token(uow.conn, ws, message)
     return result
+
+
+def _needs_no_lookup(payload: RegisterPayload) -> bool:
+    """Whether the URL rules have nothing to check: poll mode requested (so the stored
+    mode is not read) and neither `url` nor the card's `url` given."""
+    card = payload.agent_card.get("url")
+    return payload.delivery_mode == "poll" and not payload.url and card is None
+
+
+def _checked_before_lock(
+    uow: UnitOfWork, payload: RegisterPayload, message: Message | None, resolver: Resolver | None
+) -> tuple[str, str | None]:
+    """The delivery mode and checked URL, from an unlocked read of the row.
+
+    Every check that may wait on DNS runs before the row lock (CONTRACT §4.1 step 3 is
+    a network call): a slow or hostile name server must not stall this workspace's
+    heartbeats. Auth first, so no lookup is made for an unauthenticated message.
+    """
+    ws = payload.id
+    unlocked = uow.conn.execute(_READ_ROW, {"id": ws}).first()
+    mode = _admit(uow, payload, unlocked, message)
+    try:
+        return mode, agent_url_for(payload, mode, resolver) or None
+    except Rejected:
+        if unlocked is not None:
+            record_register_failure(uow, ws)
+        raise
 
 
 def record_register_failure(uow: UnitOfWork, ws: UUID) -> None:
