@@ -16,7 +16,9 @@ def clean_insight(engine: Engine) -> Iterator[Engine]:
     yield engine
 
 
-def fleet(engine: Engine, count: int, *, status: str = "online", parent: str | None = None) -> list[str]:
+def fleet(
+    engine: Engine, count: int, *, status: str = "online", parent: str | None = None
+) -> list[str]:
     ids = [insert_workspace(engine, status=status) for _ in range(count)]
     if parent is not None:
         with engine.begin() as conn:

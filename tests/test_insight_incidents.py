@@ -81,7 +81,9 @@ def test_five_degradations_with_one_signature_open_exactly_one_incident(
 
     # A sixth and seventh join: tagged, no second incident, no event before 30 s.
     beat(celery_app, [failing(ws, RATE_LIMIT.format(n=9)) for ws in ids[5:]])
-    assert [e.payload.get("incident_id") for e in events_of(insight_db, "WORKSPACE_DEGRADED")[-2:]] == [
+    assert [
+        e.payload.get("incident_id") for e in events_of(insight_db, "WORKSPACE_DEGRADED")[-2:]
+    ] == [
         incident.id,
         incident.id,
     ]
@@ -119,17 +121,19 @@ def test_two_signatures_make_two_incidents_and_fewer_members_none(
 ) -> None:
     ids = fleet(insight_db, 14)
     items = [failing(ws, RATE_LIMIT.format(n=n)) for n, ws in enumerate(ids[:5])]
-    items += [failing(ws, f"connection to 10.0.0.{n}:5432 refused") for n, ws in enumerate(ids[5:10])]
+    items += [
+        failing(ws, f"connection to 10.0.0.{n}:5432 refused") for n, ws in enumerate(ids[5:10])
+    ]
     items += [failing(ws, f"disk full on /var/data/{n}") for n, ws in enumerate(ids[10:14])]
     beat(celery_app, items)
     found = sorted(i.signature for i in incidents(insight_db))
-    assert found == sorted(
-        [signature(RATE_LIMIT.format(n=1)), "connection to <num>:<num> refused"]
-    )
+    assert found == sorted([signature(RATE_LIMIT.format(n=1)), "connection to <num>:<num> refused"])
     assert len(incident_events(insight_db)) == 2
 
 
-def test_a_single_degradation_opens_none(insight_db: Engine, celery_app: Celery, worker: Any) -> None:
+def test_a_single_degradation_opens_none(
+    insight_db: Engine, celery_app: Celery, worker: Any
+) -> None:
     (ws,) = fleet(insight_db, 1)
     beat(celery_app, [failing(ws, "boom")])
     assert incidents(insight_db) == []
@@ -155,7 +159,7 @@ def test_concurrent_workers_open_one_incident(insight_db: Engine, celery_app: Ce
         ids = fleet(insight_db, 10)
         pending = list(ids)
 
-        def one() -> None:
+        def one(pending: list[str] = pending) -> None:
             ws = pending.pop()
             heartbeat_now(ws, error_rate=0.9, sample_error=f"quota exceeded for key {ws}")
 

@@ -55,9 +55,7 @@ _MEASURE = text(
     """
 )
 
-_ANNOUNCE = text(
-    "UPDATE incidents SET announced_at = now(), announced_members = :n WHERE id = :id"
-)
+_ANNOUNCE = text("UPDATE incidents SET announced_at = now(), announced_members = :n WHERE id = :id")
 _RESOLVE = text("UPDATE incidents SET resolved_at = now() WHERE id = :id")
 _PRUNE_SIGNALS = text(
     """
