@@ -98,7 +98,7 @@ def record_event_on_commit(
 ) -> Event:
     """Record the event in this transaction; it is published after the commit."""
     # Incident and flapping bookkeeping of a status change, in its transaction (§7a).
-    extra = before_recording(uow.conn, [(event_type, workspace_id, payload)])
+    extra = before_recording(uow.conn, [(event_type, workspace_id, payload)], verify=True)
     event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
     uow.recorded_events.append(event)
     if extra:

@@ -32,6 +32,11 @@ _NOTE_CHANGES = text(
                      WHERE t > now() - make_interval(secs => :window)
                      ORDER BY t DESC LIMIT :threshold) AS times
         FROM workspaces w JOIN ch ON ch.id = w.id
+        -- With :verify, only a row whose status really changed in this transaction (the
+        -- trigger sets status_changed_at to the transaction's now()): an event recorded
+        -- without a change is no flap. A heartbeat batch's transitions are all real,
+        -- even when the row ends in the status it started from.
+        WHERE NOT :verify OR w.status_changed_at = now()
     )
     UPDATE workspaces w
     SET flap_changes = nw.times,
@@ -43,14 +48,18 @@ _NOTE_CHANGES = text(
 )
 
 
-def note_changes(conn: Connection, settings: Settings, ids: Sequence[str]) -> list[Recorded]:
-    """Count status changes (one id per change); WORKSPACE_FLAPPING for rows just flagged."""
+def note_changes(
+    conn: Connection, settings: Settings, ids: Sequence[str], *, verify: bool = False
+) -> list[Recorded]:
+    """Count status changes (one id per change); WORKSPACE_FLAPPING for rows just flagged.
+    `verify`: count only rows whose status changed in this transaction."""
     rows = conn.execute(
         _NOTE_CHANGES,
         {
             "ids": list(ids),
             "window": settings.flap_window_seconds,
             "threshold": settings.flap_threshold,
+            "verify": verify,
         },
     ).all()
     return [

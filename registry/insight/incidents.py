@@ -32,8 +32,12 @@ Recorded = tuple[EventType, UUID | str | None, dict[str, Any]]
 _NOTE_SIGNALS = text(
     """
     WITH input AS (
-        SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]), CAST(:samples AS text[]))
+        SELECT u.* FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]), CAST(:samples AS text[]))
             AS u(key, workspace_id, sample_error)
+        -- :verify: only a status really changed in this transaction (see
+        -- registry.insight.flapping).
+        JOIN workspaces w ON w.id = u.workspace_id
+            AND (NOT :verify OR w.status_changed_at = now())
     ), ins AS (
         INSERT INTO incident_signals (kind, key, workspace_id, sample_error)
         SELECT :kind, key, workspace_id, sample_error FROM input
@@ -82,6 +86,7 @@ def _note(
     kind: str,
     window: int,
     signals: list[tuple[str, str, str | None]],
+    verify: bool = False,
 ) -> list[Any]:
     """Record (key, workspace, sample) signals; the incidents they belong to, by key."""
     lock_keys(conn, kind, (key for key, _, _ in signals))
@@ -95,6 +100,7 @@ def _note(
             "window": window,
             "min_members": settings.incident_min_members,
             "sample_max": SAMPLE_MAX_CHARS,
+            "verify": verify,
         },
     ).all()
 
@@ -114,7 +120,11 @@ def opened_event(row: Any, kind: str, *, members: int) -> Recorded:
 
 
 def note_degradations(
-    conn: Connection, settings: Settings, degraded: list[tuple[str, dict[str, Any]]]
+    conn: Connection,
+    settings: Settings,
+    degraded: list[tuple[str, dict[str, Any]]],
+    *,
+    verify: bool = False,
 ) -> list[Recorded]:
     """Signal each WORKSPACE_DEGRADED (workspace, payload) about to be recorded; tags
     the payloads of an incident's members with its `incident_id` (in place) and
@@ -123,7 +133,7 @@ def note_degradations(
     for ws, payload in degraded:
         sample = payload.get("sample_error")
         signals.append((signature(sample), ws, sample if isinstance(sample, str) else None))
-    rows = _note(conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals)
+    rows = _note(conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals, verify)
     by_key = {row.key: row.id for row in rows}
     for (key, _, _), (_, payload) in zip(signals, degraded, strict=True):
         if key in by_key:

@@ -21,9 +21,13 @@ from registry.statuses import STATUS_AFTER_EVENT, EventType
 Recorded = tuple[EventType, UUID | str | None, dict[str, Any]]
 
 
-def before_recording(conn: Connection, events: list[Recorded]) -> list[Recorded]:
+def before_recording(
+    conn: Connection, events: list[Recorded], *, verify: bool = False
+) -> list[Recorded]:
     """Bookkeeping for status-change events about to be recorded; tags degradations
-    with their incident (in place) and returns the events to record after them."""
+    with their incident (in place) and returns the events to record after them.
+    `verify`: the caller may record a status event without a change (a registration of
+    an online workspace): count only rows whose status changed in this transaction."""
     changed = [str(ws) for kind, ws, _ in events if kind in STATUS_AFTER_EVENT and ws is not None]
     if not changed:
         return []
@@ -35,8 +39,8 @@ def before_recording(conn: Connection, events: list[Recorded]) -> list[Recorded]
         if kind == EventType.WORKSPACE_DEGRADED and ws is not None
     ]
     if degraded:
-        extra += incidents.note_degradations(conn, settings, degraded)
-    extra += flapping.note_changes(conn, settings, changed)
+        extra += incidents.note_degradations(conn, settings, degraded, verify=verify)
+    extra += flapping.note_changes(conn, settings, changed, verify=verify)
     return extra
 
 
