@@ -86,6 +86,7 @@ def _note(
     kind: str,
     window: int,
     signals: list[tuple[str, str, str | None]],
+    *,
     verify: bool = False,
 ) -> list[Any]:
     """Record (key, workspace, sample) signals; the incidents they belong to, by key."""
@@ -133,7 +134,9 @@ def note_degradations(
     for ws, payload in degraded:
         sample = payload.get("sample_error")
         signals.append((signature(sample), ws, sample if isinstance(sample, str) else None))
-    rows = _note(conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals, verify)
+    rows = _note(
+        conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals, verify=verify
+    )
     by_key = {row.key: row.id for row in rows}
     for (key, _, _), (_, payload) in zip(signals, degraded, strict=True):
         if key in by_key:
