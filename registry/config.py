@@ -308,7 +308,7 @@ class Settings:
         "also append broadcast-only events (WORKSPACE_HEARTBEAT, TASK_UPDATED) to "
         "events:stream; for small fleets only (CONTRACT §7)",
     )
-    # Fleet insight (CONTRACT §7a): incidents and flapping.
+    # Fleet insight (CONTRACT §13): incidents and flapping.
     incident_min_members: int = _opt(
         "INCIDENT_MIN_MEMBERS",
         positive_int,

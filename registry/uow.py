@@ -97,7 +97,7 @@ def record_event_on_commit(
     uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
 ) -> Event:
     """Record the event in this transaction; it is published after the commit."""
-    # Incident and flapping bookkeeping of a status change, in its transaction (§7a).
+    # Incident and flapping bookkeeping of a status change, in its transaction (§13).
     extra = before_recording(uow.conn, [(event_type, workspace_id, payload)], verify=True)
     event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
     uow.recorded_events.append(event)
@@ -110,7 +110,7 @@ def record_events_on_commit(
     uow: UnitOfWork, events: list[tuple[EventType, UUID | str | None, dict[str, Any]]]
 ) -> list[Event]:
     """`record_event_on_commit` for many events in one statement (batched paths)."""
-    events = events + before_recording(uow.conn, events)  # §7a, after the batch's own
+    events = events + before_recording(uow.conn, events)  # §13, after the batch's own
     recorded = insert_recorded_events(uow.conn, events)
     uow.recorded_events.extend(recorded)
     return recorded

@@ -1,4 +1,4 @@
-"""registry.sweep_insight (CONTRACT §7a), on registry.sweeps: incidents and flapping.
+"""registry.sweep_insight (CONTRACT §13), on registry.sweeps: incidents and flapping.
 
 No retries: the next tick does the same work.
 """

@@ -1,4 +1,4 @@
-"""Shared by the fleet-insight tests (CONTRACT §7a): rows, heartbeats, time moved back."""
+"""Shared by the fleet-insight tests (CONTRACT §13): rows, heartbeats, time moved back."""
 
 from __future__ import annotations
 

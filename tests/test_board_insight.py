@@ -1,4 +1,4 @@
-"""The board's fleet-insight parts (CONTRACT §7a): open incidents above everything else,
+"""The board's fleet-insight parts (CONTRACT §13): open incidents above everything else,
 live, and a workspace's 24 h status strip when it is opened (headless Chromium)."""
 
 from __future__ import annotations

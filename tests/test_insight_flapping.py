@@ -1,4 +1,4 @@
-"""Flapping (CONTRACT §7a): flagged at FLAP_THRESHOLD changes, unflagged after a quiet
+"""Flapping (CONTRACT §13): flagged at FLAP_THRESHOLD changes, unflagged after a quiet
 window, and FLAP_DAMPING's hold of a flapping workspace's recovery."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`molecule-registry history` and `report` (CONTRACT §7a) on a hand-built history.
+"""`molecule-registry history` and `report` (CONTRACT §13) on a hand-built history.
 
 Rows and events are written with timestamps in the past; the figures are checked
 against the timeline worked out by hand below.

@@ -1,4 +1,4 @@
-"""Incidents (CONTRACT §7a): correlated degradations and unreachable groups, end to end.
+"""Incidents (CONTRACT §13): correlated degradations and unreachable groups, end to end.
 
 Heartbeats go through a real worker (registry.heartbeat_batch messages); the insight
 sweep runs as beat would send it; time is moved by writing timestamps into the past.

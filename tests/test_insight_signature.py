@@ -1,4 +1,4 @@
-"""The signature rule (CONTRACT §7a): what varies is replaced, the cause is kept, and
+"""The signature rule (CONTRACT §13): what varies is replaced, the cause is kept, and
 any input gives a bounded, stable result without raising."""
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ RELAY_EVENTS_TASK = "registry.relay_events"
 PRUNE_EVENTS_TASK = "registry.prune_events"
 # Extension: the exact recount behind self-preservation's fleet size (rarely).
 RECONCILE_STATUS_COUNTS_TASK = "registry.reconcile_status_counts"
-# Extension (CONTRACT §7a): incidents updated and resolved, flapping cleared.
+# Extension (CONTRACT §13): incidents updated and resolved, flapping cleared.
 SWEEP_INSIGHT_TASK = "registry.sweep_insight"
 SWEEP_TASKS: tuple[str, ...] = (
     SWEEP_BACKSTOP_TASK,

@@ -1,4 +1,4 @@
-"""Fleet insight (CONTRACT §3, §7a): incidents and flapping.
+"""Fleet insight (CONTRACT §3, §13): incidents and flapping.
 
 Revision ID: 0006
 Revises: 0005

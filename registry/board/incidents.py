@@ -1,4 +1,4 @@
-"""The board's fleet-insight parts (CONTRACT §7a): open incidents, shown above
+"""The board's fleet-insight parts (CONTRACT §13): open incidents, shown above
 everything else, and a workspace's status strip over the last 24 hours."""
 
 from __future__ import annotations

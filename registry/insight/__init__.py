@@ -1,4 +1,4 @@
-"""Fleet insight (CONTRACT §7a): incidents, flapping and availability history.
+"""Fleet insight (CONTRACT §13): incidents, flapping and availability history.
 
 - `signature`: a sample error reduced to its cause (the incident key).
 - `recording`: the hooks the status-change paths call in their own transaction.

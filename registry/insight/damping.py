@@ -1,4 +1,4 @@
-"""FLAP_DAMPING (CONTRACT §7a): a flapping workspace comes back online only once it
+"""FLAP_DAMPING (CONTRACT §13): a flapping workspace comes back online only once it
 has been healthy for FLAP_HOLD_SECONDS, as Consul's `success_before_passing` does.
 
 Off by default: the transition table stays the original's. When on, the heartbeat

@@ -1,4 +1,4 @@
-"""Flapping (CONTRACT §7a): a workspace whose status keeps changing.
+"""Flapping (CONTRACT §13): a workspace whose status keeps changing.
 
 Each status change appends its time to `workspaces.flap_changes` (the newest
 FLAP_THRESHOLD within FLAP_WINDOW_SECONDS are kept, newest first), in the transaction

@@ -1,4 +1,4 @@
-"""Availability history (CONTRACT §7a), read from structure_events.
+"""Availability history (CONTRACT §13), read from structure_events.
 
 A workspace is *up* while `online` or `degraded` (alive), *down* while `offline`,
 `awaiting_agent` or `failed`; other statuses (provisioning, paused, hibernating,

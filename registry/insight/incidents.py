@@ -1,4 +1,4 @@
-"""Incidents (CONTRACT §7a): many workspaces failing for one cause, as one record.
+"""Incidents (CONTRACT §13): many workspaces failing for one cause, as one record.
 
 A degradation is a signal keyed by its sample error's signature (`shared_error`); a
 workspace marked unreachable is a signal keyed by its parent (`group_unreachable`).

@@ -1,4 +1,4 @@
-"""The hooks every status-change path calls, in its own transaction (CONTRACT §7a).
+"""The hooks every status-change path calls, in its own transaction (CONTRACT §13).
 
 `registry.uow.record_event(s)_on_commit` calls `before_recording` with the events it
 is about to insert; `registry.liveness.transitions.mark_unreachable` calls

@@ -1,4 +1,4 @@
-"""The fleet report (CONTRACT §7a): incidents, self-preservation episodes, the least
+"""The fleet report (CONTRACT §13): incidents, self-preservation episodes, the least
 available and the flapping workspaces, and the fleet's availability distribution.
 
 Availability follows registry.insight.history; at fleet scale it is computed in SQL,

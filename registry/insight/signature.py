@@ -1,4 +1,4 @@
-"""A degradation's cause: its `sample_error` reduced to a signature (CONTRACT §7a).
+"""A degradation's cause: its `sample_error` reduced to a signature (CONTRACT §13).
 
 Errors that differ only in their variable parts (numbers, ids, UUIDs, hex, quoted
 values, URL paths) share a signature, so a thousand workspaces hitting one rate

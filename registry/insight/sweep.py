@@ -1,4 +1,4 @@
-"""The insight sweep (CONTRACT §7a): incidents updated and resolved, flapping cleared.
+"""The insight sweep (CONTRACT §13): incidents updated and resolved, flapping cleared.
 
 Run by `registry.sweep_insight` on every beat tick. Each open incident is handled in
 its own transaction under its key's advisory lock and row lock, re-read after both:

@@ -262,7 +262,7 @@ def mark_unreachable(
     if not changed:
         return changed
     uow.recorded_events.extend(events)
-    # Incident and flapping bookkeeping of these changes, in this transaction (§7a).
+    # Incident and flapping bookkeeping of these changes, in this transaction (§13).
     extra = after_marking(uow.conn, [str(c.workspace_id) for c in changed])
     uow.recorded_events.extend(insert_recorded_events(uow.conn, extra))
     ids = [c.workspace_id for c in changed]

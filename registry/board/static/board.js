@@ -932,7 +932,7 @@ async function showDetails(id) {
 
 // ---- events --------------------------------------------------------------------------
 
-// ---- incidents (CONTRACT §7a) -----------------------------------------------------------
+// ---- incidents (CONTRACT §13) -----------------------------------------------------------
 
 const incidents = new Map(); // incident_id -> the open incident, as the snapshot lists it
 
