@@ -116,14 +116,22 @@ _EVENTS = text(
     SELECT event_type, payload, created_at FROM structure_events
     WHERE workspace_id = CAST(:id AS uuid) AND created_at >= :since
       AND event_type = ANY(:types)
-    ORDER BY id
+    -- Time order (ids follow commit order only roughly; a backfill may insert late).
+    ORDER BY created_at, id
     """
 )
+# The newest status event before the window: read backwards on the workspace's index
+# (id order), then the last few ordered by time. Ordering the whole read by time would
+# let the planner walk the time index back through the whole fleet's history.
 _BEFORE = text(
     """
-    SELECT event_type FROM structure_events
-    WHERE workspace_id = CAST(:id AS uuid) AND created_at < :since AND event_type = ANY(:types)
-    ORDER BY id DESC LIMIT 1
+    SELECT event_type FROM (
+        SELECT event_type, created_at, id FROM structure_events
+        WHERE workspace_id = CAST(:id AS uuid) AND created_at < :since
+          AND event_type = ANY(:types)
+        ORDER BY id DESC LIMIT 20
+    ) newest
+    ORDER BY created_at DESC, id DESC LIMIT 1
     """
 )
 

@@ -41,17 +41,19 @@ _NOTE_SIGNALS = text(
     ), ins AS (
         INSERT INTO incident_signals (kind, key, workspace_id, sample_error)
         SELECT :kind, key, workspace_id, sample_error FROM input
-    ), recent AS (
-        SELECT s.key, s.workspace_id FROM incident_signals s
-        WHERE s.kind = :kind AND s.key IN (SELECT key FROM input)
-          AND s.at > now() - make_interval(secs => :window)
-        UNION
-        SELECT key, workspace_id FROM input
-    ), counts AS (
-        SELECT key, count(*) AS n FROM recent GROUP BY key
     ), existing AS (
         SELECT i.id, i.key FROM incidents i
         WHERE i.kind = :kind AND i.resolved_at IS NULL AND i.key IN (SELECT key FROM input)
+    ), recent AS (
+        -- The window is counted only for keys without an open incident: once one is
+        -- open, a batch of its signature costs no scan of the window.
+        SELECT s.key, s.workspace_id FROM incident_signals s
+        WHERE s.kind = :kind AND s.key IN (SELECT key FROM input EXCEPT SELECT key FROM existing)
+          AND s.at > now() - make_interval(secs => :window)
+        UNION
+        SELECT key, workspace_id FROM input WHERE key NOT IN (SELECT key FROM existing)
+    ), counts AS (
+        SELECT key, count(*) AS n FROM recent GROUP BY key
     ), opened AS (
         INSERT INTO incidents (kind, key, signature, sample_error, parent_id,
                                members, peak_members, announced_members)
@@ -60,22 +62,22 @@ _NOTE_SIGNALS = text(
                CASE WHEN :kind = 'group_unreachable' THEN CAST(c.key AS uuid) END,
                c.n, c.n, c.n
         FROM counts c
-        WHERE c.n >= :min_members AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.key = c.key)
-        RETURNING id, key, sample_error
+        WHERE c.n >= :min_members
+        RETURNING id, key, sample_error, members
     ), inc AS (
-        SELECT id, key, false AS is_new, NULL AS sample_error FROM existing
-        UNION ALL SELECT id, key, true, sample_error FROM opened
+        SELECT id, key, false AS is_new, NULL AS sample_error, NULL AS n FROM existing
+        UNION ALL SELECT id, key, true, sample_error, members FROM opened
     ), mem AS (
-        -- A new incident takes every workspace of its window; an open one the batch's.
+        -- A new incident takes every workspace of its window; an open one the batch's
+        -- (a member signalling again refreshes its time: the incident is not quiet).
         INSERT INTO incident_members (incident_id, workspace_id)
-        SELECT DISTINCT inc.id, r.workspace_id
-        FROM inc JOIN recent r ON r.key = inc.key
-        WHERE inc.is_new OR r.workspace_id IN (SELECT workspace_id FROM input i2 WHERE i2.key = inc.key)
-        -- (a member signalling again refreshes its time: the incident is not quiet)
+        SELECT DISTINCT inc.id, m.workspace_id
+        FROM inc JOIN (SELECT key, workspace_id, true AS fresh FROM recent
+                       UNION ALL SELECT key, workspace_id, false FROM input) m
+             ON m.key = inc.key AND m.fresh = inc.is_new
         ON CONFLICT (incident_id, workspace_id) DO UPDATE SET last_signal_at = now()
     )
-    SELECT inc.id, inc.key, inc.is_new, inc.sample_error, c.n
-    FROM inc JOIN counts c ON c.key = inc.key
+    SELECT id, key, is_new, sample_error, n FROM inc
     """
 )
 

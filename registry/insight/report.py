@@ -49,7 +49,7 @@ _PER_WORKSPACE = f"""
         SELECT ev.workspace_id, ev.created_at AS t0,
                COALESCE(lead(ev.created_at) OVER w, now()) AS t1,
                {_AFTER_SQL} AS status, row_number() OVER w AS n, {_BEFORE_SQL} AS before
-        FROM ev WINDOW w AS (PARTITION BY ev.workspace_id ORDER BY ev.id)
+        FROM ev WINDOW w AS (PARTITION BY ev.workspace_id ORDER BY ev.created_at, ev.id)
     ), allseg AS (
         SELECT workspace_id, t0, t1, status FROM seg
         UNION ALL
@@ -76,26 +76,28 @@ _PER_WORKSPACE = f"""
     )
 """
 
-_DISTRIBUTION = text(
+# One statement: `fleet` is read twice, so PostgreSQL computes it once.
+_AVAILABILITY = text(
     _PER_WORKSPACE
     + """
-    SELECT count(*) FILTER (WHERE pct >= 100) AS b0,
-           count(*) FILTER (WHERE pct >= 99.9 AND pct < 100) AS b1,
-           count(*) FILTER (WHERE pct >= 99 AND pct < 99.9) AS b2,
-           count(*) FILTER (WHERE pct >= 95 AND pct < 99) AS b3,
-           count(*) FILTER (WHERE pct >= 90 AND pct < 95) AS b4,
-           count(*) FILTER (WHERE pct < 90) AS b5,
-           count(*) AS total, avg(pct) AS mean
-    FROM fleet
-    """
-)
-_LEAST = text(
-    _PER_WORKSPACE
-    + """
-    SELECT f.workspace_id::text AS id, w.name, w.status, f.pct
-    FROM (SELECT * FROM fleet WHERE pct < 100 ORDER BY pct, workspace_id LIMIT :limit) f
-    JOIN workspaces w ON w.id = f.workspace_id
-    ORDER BY f.pct, f.workspace_id
+    SELECT d.*, (
+        SELECT COALESCE(json_agg(json_build_object(
+                   'workspace_id', l.workspace_id, 'name', w.name, 'status', w.status,
+                   'availability_percent', round(l.pct::numeric, 3)) ORDER BY l.pct, l.workspace_id),
+               '[]')
+        FROM (SELECT * FROM fleet WHERE pct < 100 ORDER BY pct, workspace_id LIMIT :limit) l
+        JOIN workspaces w ON w.id = l.workspace_id
+    ) AS least
+    FROM (
+        SELECT count(*) FILTER (WHERE pct >= 100) AS b0,
+               count(*) FILTER (WHERE pct >= 99.9 AND pct < 100) AS b1,
+               count(*) FILTER (WHERE pct >= 99 AND pct < 99.9) AS b2,
+               count(*) FILTER (WHERE pct >= 95 AND pct < 99) AS b3,
+               count(*) FILTER (WHERE pct >= 90 AND pct < 95) AS b4,
+               count(*) FILTER (WHERE pct < 90) AS b5,
+               count(*) AS total, avg(pct) AS mean
+        FROM fleet
+    ) d
     """
 )
 _INCIDENTS = text(
@@ -153,8 +155,7 @@ def fleet_report(
         "counted": sorted(UP | DOWN),
         "limit": limit,
     }
-    dist = conn.execute(_DISTRIBUTION, params).one()
-    least = conn.execute(_LEAST, params).all()
+    dist = conn.execute(_AVAILABILITY, params).one()
     incidents = conn.execute(_INCIDENTS, {"since": since}).all()
     return {
         "since": since.isoformat(),
@@ -174,13 +175,7 @@ def fleet_report(
         ],
         "self_preservation": self_preservation_episodes(conn, since),
         "least_available": [
-            {
-                "workspace_id": r.id,
-                "name": r.name,
-                "status": r.status,
-                "availability_percent": round(float(r.pct), 3),
-            }
-            for r in least
+            {**w, "availability_percent": float(w["availability_percent"])} for w in dist.least
         ],
         "flapping": [
             {"workspace_id": r.id, "name": r.name, "status": r.status, "changes": r.changes}
