@@ -224,3 +224,30 @@ def test_no_status_change_sends_no_bookkeeping(insight_db: Engine, celery_app: C
     assert (row.flap_changes, row.flapping, signals) == (None, False, 0)
     assert get_settings().incident_min_members == 5
     assert uuid.UUID(ws)
+
+
+def test_two_sweeps_at_once_resolve_once(insight_db: Engine) -> None:
+    """Two beats' sweeps racing on a quiet incident and on a growing one: one event each."""
+    from registry.insight.sweep import sweep_insight
+
+    ids = fleet(insight_db, 12)
+    beat_items = [failing(ws, "upstream 502") for ws in ids[:5]]
+    beat_items += [failing(ws, "vector store 503 timeout") for ws in ids[5:10]]
+    from ingest_helpers import heartbeat_now
+
+    for item in beat_items:
+        heartbeat_now(item["workspace_id"], error_rate=0.9, sample_error=item["sample_error"])
+    for ws in ids[:5]:
+        heartbeat_now(ws, error_rate=0.0)
+    for ws in ids[10:]:
+        heartbeat_now(ws, error_rate=0.9, sample_error="vector store 504 timeout")
+    age(
+        insight_db,
+        "UPDATE incidents SET last_seen_at = now() - interval '1 hour', "
+        "announced_at = now() - interval '1 minute'",
+    )
+    age(insight_db, "UPDATE incident_members SET last_signal_at = now() - interval '1 hour'")
+
+    run_concurrently(4, lambda: sweep_insight(get_settings()))
+    states = sorted(e["state"] for e in incident_events(insight_db))
+    assert states == ["opened", "opened", "resolved", "updated"]
