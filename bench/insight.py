@@ -145,7 +145,7 @@ def seed_events(ids: list[str], events: int) -> str:
                 INSERT INTO structure_events (event_type, workspace_id, payload, created_at)
                 SELECT (ARRAY['WORKSPACE_DEGRADED', 'WORKSPACE_ONLINE', 'WORKSPACE_OFFLINE',
                               'WORKSPACE_ONLINE'])[1 + g % 4],
-                       (CAST(:ids AS uuid[]))[1 + (g * 7919) % :n],
+                       (CAST(:ids AS uuid[]))[1 + (CAST(g AS bigint) * 7919) % :n],
                        CASE g % 4 WHEN 1 THEN '{"recovered_from": "degraded"}'::jsonb
                                   WHEN 2 THEN '{"previous_status": "online"}'::jsonb
                                   WHEN 3 THEN '{"recovered_from": "offline"}'::jsonb
@@ -224,9 +224,12 @@ def main() -> None:
     try:
         ids = list(seed_fleet(args.fleet, tokens=False))
         degraded = measure_degradations(ids, args.degrade, args.batch)
+        print("degradations:", degraded, flush=True)
         steady = measure_steady(ids, args.batch, min(args.degrade, len(ids) // 2))
+        print("no status change:", steady, flush=True)
         subject = seed_events(ids, args.events)
         reads = measure_reads(subject, args.runs)
+        print("reads:", reads, flush=True)
     finally:
         drop_database(DB_NAME)
     command = "python bench/insight.py " + " ".join(sys.argv[1:])
