@@ -152,7 +152,11 @@ def test_open_incidents_show_above_everything_and_follow_live_changes(
         "UPDATE incidents SET last_seen_at = now() - interval '1 hour' "
         "WHERE signature LIKE 'model overloaded%'",
     )
-    age(insight_db, "UPDATE incident_members SET last_signal_at = now() - interval '1 hour'")
+    age(
+        insight_db,
+        "UPDATE structure_events SET created_at = created_at - interval '1 hour' "
+        "WHERE event_type = 'WORKSPACE_DEGRADED'",
+    )
     assert run_sweep(celery_app, SWEEP_INSIGHT_TASK)["incidents"] == {"resolved": 1}
     page.wait_for_function(
         "document.querySelectorAll('#incident-list li').length === 1", timeout=5000

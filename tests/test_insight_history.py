@@ -97,9 +97,7 @@ def fleet(insight_db: Engine) -> dict[str, str]:
             text("UPDATE incidents SET resolved_at = now() - interval '2 days' WHERE key = 'old'")
         )
         conn.execute(
-            text(
-                "UPDATE workspaces SET flapping = true, flap_changes = ARRAY[now()] WHERE id = :id"
-            ),
+            text("UPDATE workspaces SET flapping = true WHERE id = :id"),
             {"id": ids["b"]},
         )
     return ids

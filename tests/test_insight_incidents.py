@@ -73,11 +73,7 @@ def test_five_degradations_with_one_signature_open_exactly_one_incident(
     # The fifth member's event is recorded with the opening and carries the incident.
     assert degraded[-1].payload["incident_id"] == incident.id
     assert all("incident_id" not in e.payload for e in degraded[:4])
-    with insight_db.connect() as conn:
-        members = conn.exec_driver_sql(
-            f"SELECT count(*) FROM incident_members WHERE incident_id = {incident.id}"
-        ).scalar_one()
-    assert members == 5
+    assert all(e.payload["signature"] == incident.signature for e in degraded)
 
     # A sixth and seventh join: tagged, no second incident, no event before 30 s.
     beat(celery_app, [failing(ws, RATE_LIMIT.format(n=9)) for ws in ids[5:]])
@@ -105,7 +101,11 @@ def test_five_degradations_with_one_signature_open_exactly_one_incident(
         "UPDATE incidents SET last_seen_at = now() - interval '301 seconds', "
         "opened_at = now() - interval '900 seconds'",
     )
-    age(insight_db, "UPDATE incident_members SET last_signal_at = now() - interval '301 seconds'")
+    age(
+        insight_db,
+        "UPDATE structure_events SET created_at = created_at - interval '301 seconds' "
+        "WHERE event_type = 'WORKSPACE_DEGRADED'",
+    )
     assert run_sweep(celery_app, SWEEP_INSIGHT_TASK)["incidents"] == {"resolved": 1}
     resolved = incident_events(insight_db)[-1]
     assert resolved["state"] == "resolved"
@@ -145,7 +145,11 @@ def test_signals_outside_the_window_do_not_count(
 ) -> None:
     ids = fleet(insight_db, 5)
     beat(celery_app, [failing(ws, "boom 1") for ws in ids[:4]])
-    age(insight_db, "UPDATE incident_signals SET at = now() - interval '301 seconds'")
+    age(
+        insight_db,
+        "UPDATE structure_events SET created_at = created_at - interval '301 seconds' "
+        "WHERE event_type = 'WORKSPACE_DEGRADED'",
+    )
     beat(celery_app, [failing(ids[4], "boom 2")])
     assert incidents(insight_db) == []
 
@@ -155,21 +159,20 @@ def test_concurrent_workers_open_one_incident(insight_db: Engine, celery_app: Ce
     threshold is 5): every interleaving opens exactly one incident and one event."""
     from ingest_helpers import heartbeat_now
 
-    for _round in range(3):
+    for word in ("alpha", "beta", "gamma"):  # one signature per round
         ids = fleet(insight_db, 10)
         pending = list(ids)
 
-        def one(pending: list[str] = pending) -> None:
+        def one(pending: list[str] = pending, word: str = word) -> None:
             ws = pending.pop()
-            heartbeat_now(ws, error_rate=0.9, sample_error=f"quota exceeded for key {ws}")
+            heartbeat_now(ws, error_rate=0.9, sample_error=f"quota {word} exceeded for key {ws}")
 
         run_concurrently(10, one)
         open_now = [i for i in incidents(insight_db) if i.resolved_at is None]
         assert len(open_now) == 1
-        assert open_now[0].signature == "quota exceeded for key <uuid>"
+        assert open_now[0].signature == f"quota {word} exceeded for key <uuid>"
         assert len([e for e in incident_events(insight_db) if e["state"] == "opened"]) == 1
         age(insight_db, "UPDATE incidents SET resolved_at = now()")  # next round afresh
-        age(insight_db, "DELETE FROM incident_signals")
         age(insight_db, "DELETE FROM structure_events WHERE event_type = 'REGISTRY_INCIDENT'")
 
 
@@ -218,10 +221,10 @@ def test_no_status_change_sends_no_bookkeeping(insight_db: Engine, celery_app: C
     heartbeat_now(ws, error_rate=0.0)
     with insight_db.connect() as conn:
         row = conn.exec_driver_sql(
-            f"SELECT flap_changes, flapping FROM workspaces WHERE id = '{ws}'"
+            f"SELECT flap_hold_since, flapping FROM workspaces WHERE id = '{ws}'"
         ).one()
-        signals = conn.exec_driver_sql("SELECT count(*) FROM incident_signals").scalar_one()
-    assert (row.flap_changes, row.flapping, signals) == (None, False, 0)
+        incidents_now = conn.exec_driver_sql("SELECT count(*) FROM incidents").scalar_one()
+    assert (row.flap_hold_since, row.flapping, incidents_now) == (None, False, 0)
     assert get_settings().incident_min_members == 5
     assert uuid.UUID(ws)
 
@@ -246,7 +249,11 @@ def test_two_sweeps_at_once_resolve_once(insight_db: Engine) -> None:
         "UPDATE incidents SET last_seen_at = now() - interval '1 hour', "
         "announced_at = now() - interval '1 minute'",
     )
-    age(insight_db, "UPDATE incident_members SET last_signal_at = now() - interval '1 hour'")
+    age(
+        insight_db,
+        "UPDATE structure_events SET created_at = created_at - interval '1 hour' "
+        "WHERE payload->>'signature' = 'upstream <num>'",
+    )
 
     run_concurrently(4, lambda: sweep_insight(get_settings()))
     states = sorted(e["state"] for e in incident_events(insight_db))

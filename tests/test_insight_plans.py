@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from insight_helpers import clean_insight
 from sqlalchemy import Engine, text
 
 from registry.insight import history, report
@@ -83,37 +82,53 @@ def test_report_reads_the_window_by_time(engine: Engine, seeded: str) -> None:
     assert "structure_events" not in seq_scanned(plan)
 
 
-def test_incident_window_is_read_by_key(insight_db_plain: Engine) -> None:
-    with insight_db_plain.begin() as conn:
+def test_incident_window_is_read_by_signature(engine: Engine, seeded: str) -> None:
+    with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO incident_signals (kind, key, workspace_id, at) "
-                "SELECT 'shared_error', 'sig ' || (g % 500), gen_random_uuid(), "
-                "now() - random() * interval '1 hour' FROM generate_series(1, 50000) g"
-            )
+                "INSERT INTO structure_events (event_type, workspace_id, payload, created_at) "
+                "SELECT 'WORKSPACE_DEGRADED', CAST(:ws AS uuid), "
+                "jsonb_build_object('signature', 'sig ' || (g % 500)), "
+                "now() - random() * interval '1 hour' FROM generate_series(1, 20000) g"
+            ),
+            {"ws": seeded},
         )
-    with insight_db_plain.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE incident_signals"))
-    from registry.insight.incidents import _NOTE_SIGNALS
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE structure_events"))
+    from registry.insight.incidents import _NOTE
+    from registry.insight.keys import SHARED_ERROR
 
     plan = plan_of(
-        insight_db_plain,
-        _NOTE_SIGNALS,
+        engine,
+        _NOTE[SHARED_ERROR],
         {
-            "kind": "shared_error",
             "keys": ["sig 1"],
             "ws": ["00000000-0000-0000-0000-000000000001"],
             "samples": [None],
             "window": 300,
             "min_members": 5,
             "sample_max": 512,
+        },
+    )
+    assert "ix_structure_events_degraded_signature" in indexes_used(plan)
+    assert "structure_events" not in seq_scanned(plan)
+
+
+def test_flap_count_reads_each_workspace_from_the_window(engine: Engine, seeded: str) -> None:
+    from registry.insight.flapping import _NOTE_CHANGES, SLACK_SECONDS, STATUS_TYPES
+
+    plan = plan_of(
+        engine,
+        _NOTE_CHANGES,
+        {
+            "ids": [seeded],
+            "window": 600,
+            "slack": SLACK_SECONDS,
+            "types": STATUS_TYPES,
+            "threshold": 6,
+            "pending": True,
             "verify": False,
         },
     )
-    assert "ix_incident_signals_key" in indexes_used(plan)
-    assert "incident_signals" not in seq_scanned(plan)
-
-
-@pytest.fixture
-def insight_db_plain(db: Engine) -> Iterator[Engine]:
-    yield from clean_insight(db)
+    assert {"ix_structure_events_workspace", "ix_structure_events_created_at"} <= indexes_used(plan)
+    assert not seq_scanned(plan) & {"structure_events", "workspaces"}

@@ -7,13 +7,13 @@ Create Date: 2026-12-06
 - `incidents`: one row per correlated failure (kind `shared_error`, keyed by the
   signature of the members' sample errors, or `group_unreachable`, keyed by their
   parent). At most one open incident per (kind, key): a partial unique index.
-- `incident_members`: which workspaces joined which incident.
-- `incident_signals`: recent degradations / markings by (kind, key), the window an
-  incident opens from; pruned by the insight sweep.
-- `workspaces.flapping`, `flap_changes` (the times of the last status changes, at most
-  FLAP_THRESHOLD), `flap_hold_since` (FLAP_DAMPING: start of the held recovery).
+- `ix_structure_events_degraded_signature`: the degradations by signature and time
+  (partial: WORKSPACE_DEGRADED only), the window an incident opens from.
+- `workspaces.flapping` and `flap_hold_since` (FLAP_DAMPING: start of the held
+  recovery); the changes themselves are counted from structure_events.
 
-Plain `ADD COLUMN`s with constant defaults: no table rewrite.
+Plain `ADD COLUMN`s with constant defaults: no table rewrite. The partial index reads
+structure_events once (its existing degradations carry no signature yet).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("ALTER TABLE workspaces ADD COLUMN flapping boolean NOT NULL DEFAULT false")
-    op.execute("ALTER TABLE workspaces ADD COLUMN flap_changes timestamptz[]")
     op.execute("ALTER TABLE workspaces ADD COLUMN flap_hold_since timestamptz")
     op.execute("CREATE INDEX ix_workspaces_flapping ON workspaces (id) WHERE flapping")
     op.execute(
@@ -55,36 +54,17 @@ def upgrade() -> None:
         "CREATE UNIQUE INDEX ux_incidents_open ON incidents (kind, key) WHERE resolved_at IS NULL"
     )
     op.execute("CREATE INDEX ix_incidents_opened_at ON incidents (opened_at)")
+    # An incident's window is read from the degradations themselves (their payload's
+    # `signature`): partial, so no other event pays for it.
     op.execute(
-        """
-        CREATE TABLE incident_members (
-            incident_id bigint NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
-            workspace_id uuid NOT NULL,
-            last_signal_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (incident_id, workspace_id)
-        )
-        """
+        "CREATE INDEX ix_structure_events_degraded_signature ON structure_events "
+        "((payload->>'signature'), created_at) WHERE event_type = 'WORKSPACE_DEGRADED'"
     )
-    op.execute(
-        """
-        CREATE TABLE incident_signals (
-            kind text NOT NULL,
-            key text NOT NULL,
-            workspace_id uuid NOT NULL,
-            at timestamptz NOT NULL DEFAULT now(),
-            sample_error text
-        )
-        """
-    )
-    op.execute("CREATE INDEX ix_incident_signals_key ON incident_signals (kind, key, at)")
-    op.execute("CREATE INDEX ix_incident_signals_at ON incident_signals (at)")
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE incident_signals")
-    op.execute("DROP TABLE incident_members")
+    op.execute("DROP INDEX ix_structure_events_degraded_signature")
     op.execute("DROP TABLE incidents")
     op.execute("DROP INDEX ix_workspaces_flapping")
     op.execute("ALTER TABLE workspaces DROP COLUMN flap_hold_since")
-    op.execute("ALTER TABLE workspaces DROP COLUMN flap_changes")
     op.execute("ALTER TABLE workspaces DROP COLUMN flapping")

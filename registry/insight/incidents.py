@@ -1,10 +1,12 @@
 """Incidents (CONTRACT §13): many workspaces failing for one cause, as one record.
 
-A degradation is a signal keyed by its sample error's signature (`shared_error`); a
-workspace marked unreachable is a signal keyed by its parent (`group_unreachable`).
-When INCIDENT_MIN_MEMBERS distinct workspaces signal one key within the window, an
-incident opens, in the transaction of the signal that completed the count. The
-insight sweep (`registry.insight.sweep`) updates and resolves it.
+A degradation carries its sample error's signature (`shared_error`); a workspace
+marked unreachable counts for its parent (`group_unreachable`). When
+INCIDENT_MIN_MEMBERS distinct workspaces did so within the window, an incident
+opens, in the transaction of the change that completed the count. The window is
+read from `structure_events` itself (degradations by signature: a partial index), so
+the bookkeeping writes nothing but the incident. The insight sweep
+(`registry.insight.sweep`) updates and resolves it.
 """
 
 from __future__ import annotations
@@ -25,61 +27,61 @@ SAMPLE_MAX_CHARS = 512  # the sample text an incident keeps and announces
 
 Recorded = tuple[EventType, UUID | str | None, dict[str, Any]]
 
-# One statement per batch, run under the keys' locks (so the previous holder's signals
-# are committed and visible): record the signals, count each key's window (the batch's
-# own signals are not visible to the statement's snapshot: they are added by UNION),
-# open what reached the threshold, and add the members.
-_NOTE_SIGNALS = text(
-    """
-    WITH input AS (
-        SELECT u.* FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]), CAST(:samples AS text[]))
-            AS u(key, workspace_id, sample_error)
-        -- :verify: only a status really changed in this transaction (see
-        -- registry.insight.flapping).
-        JOIN workspaces w ON w.id = u.workspace_id
-            AND (NOT :verify OR w.status_changed_at = now())
-    ), ins AS (
-        INSERT INTO incident_signals (kind, key, workspace_id, sample_error)
-        SELECT :kind, key, workspace_id, sample_error FROM input
-    ), existing AS (
-        SELECT i.id, i.key FROM incidents i
-        WHERE i.kind = :kind AND i.resolved_at IS NULL AND i.key IN (SELECT key FROM input)
-    ), recent AS (
-        -- The window is counted only for keys without an open incident: once one is
-        -- open, a batch of its signature costs no scan of the window.
-        SELECT s.key, s.workspace_id FROM incident_signals s
-        WHERE s.kind = :kind AND s.key IN (SELECT key FROM input EXCEPT SELECT key FROM existing)
-          AND s.at > now() - make_interval(secs => :window)
-        UNION
-        SELECT key, workspace_id FROM input WHERE key NOT IN (SELECT key FROM existing)
-    ), counts AS (
-        SELECT key, count(*) AS n FROM recent GROUP BY key
-    ), opened AS (
-        INSERT INTO incidents (kind, key, signature, sample_error, parent_id,
-                               members, peak_members, announced_members)
-        SELECT :kind, c.key, c.key,
-               (SELECT left(sample_error, :sample_max) FROM input WHERE input.key = c.key LIMIT 1),
-               CASE WHEN :kind = 'group_unreachable' THEN CAST(c.key AS uuid) END,
-               c.n, c.n, c.n
-        FROM counts c
-        WHERE c.n >= :min_members
-        RETURNING id, key, sample_error, members
-    ), inc AS (
+# The members of a key's window already recorded, per kind: (key, workspace_id) rows
+# for the keys in `wanted` (text keys).
+_RECORDED = {
+    SHARED_ERROR: """
+        SELECT e.payload->>'signature' AS key, e.workspace_id FROM structure_events e
+        WHERE e.event_type = 'WORKSPACE_DEGRADED' AND e.payload->>'signature' IN (SELECT key FROM wanted)
+          AND e.created_at > now() - make_interval(secs => :window)""",
+    GROUP_UNREACHABLE: """
+        SELECT CAST(c.parent_id AS text) AS key, e.workspace_id
+        FROM workspaces c JOIN structure_events e ON e.workspace_id = c.id
+        WHERE c.parent_id IN (SELECT CAST(key AS uuid) FROM wanted)
+          AND e.event_type IN ('WORKSPACE_OFFLINE', 'WORKSPACE_AWAITING_AGENT')
+          AND e.created_at > now() - make_interval(secs => :window)""",
+}
+
+
+def _note_sql(kind: str) -> Any:
+    """Run under the keys' locks (so the previous holder's events are committed and
+    visible): find each key's open incident; count the window of the keys without one
+    (this batch's events may not be inserted yet: they are added by UNION); open what
+    reached the threshold."""
+    return text(
+        f"""
+        WITH input AS (
+            SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]),
+                                 CAST(:samples AS text[])) AS u(key, workspace_id, sample_error)
+        ), existing AS (
+            SELECT i.id, i.key FROM incidents i
+            WHERE i.kind = '{kind}' AND i.resolved_at IS NULL AND i.key IN (SELECT key FROM input)
+        ), wanted AS (
+            SELECT key FROM input EXCEPT SELECT key FROM existing
+        ), recent AS (
+            {_RECORDED[kind]}
+            UNION
+            SELECT key, workspace_id FROM input WHERE key IN (SELECT key FROM wanted)
+        ), counts AS (
+            SELECT key, count(*) AS n FROM recent GROUP BY key
+        ), opened AS (
+            INSERT INTO incidents (kind, key, signature, sample_error, parent_id,
+                                   members, peak_members, announced_members)
+            SELECT '{kind}', c.key, c.key,
+                   (SELECT left(sample_error, :sample_max) FROM input
+                    WHERE input.key = c.key AND sample_error IS NOT NULL LIMIT 1),
+                   {"CAST(c.key AS uuid)" if kind == GROUP_UNREACHABLE else "NULL"},
+                   c.n, c.n, c.n
+            FROM counts c WHERE c.n >= :min_members
+            RETURNING id, key, sample_error, members
+        )
         SELECT id, key, false AS is_new, NULL AS sample_error, NULL AS n FROM existing
         UNION ALL SELECT id, key, true, sample_error, members FROM opened
-    ), mem AS (
-        -- A new incident takes every workspace of its window; an open one the batch's
-        -- (a member signalling again refreshes its time: the incident is not quiet).
-        INSERT INTO incident_members (incident_id, workspace_id)
-        SELECT DISTINCT inc.id, m.workspace_id
-        FROM inc JOIN (SELECT key, workspace_id, true AS fresh FROM recent
-                       UNION ALL SELECT key, workspace_id, false FROM input) m
-             ON m.key = inc.key AND m.fresh = inc.is_new
-        ON CONFLICT (incident_id, workspace_id) DO UPDATE SET last_signal_at = now()
+        """
     )
-    SELECT id, key, is_new, sample_error, n FROM inc
-    """
-)
+
+
+_NOTE = {kind: _note_sql(kind) for kind in _RECORDED}
 
 
 def _note(
@@ -88,34 +90,30 @@ def _note(
     kind: str,
     window: int,
     signals: list[tuple[str, str, str | None]],
-    *,
-    verify: bool = False,
 ) -> list[Any]:
-    """Record (key, workspace, sample) signals; the incidents they belong to, by key."""
+    """(key, workspace, sample) signals; the open incidents of their keys, new or not."""
     lock_keys(conn, kind, (key for key, _, _ in signals))
     return conn.execute(
-        _NOTE_SIGNALS,
+        _NOTE[kind],
         {
-            "kind": kind,
             "keys": [key for key, _, _ in signals],
             "ws": [ws for _, ws, _ in signals],
             "samples": [sample for _, _, sample in signals],
             "window": window,
             "min_members": settings.incident_min_members,
             "sample_max": SAMPLE_MAX_CHARS,
-            "verify": verify,
         },
     ).all()
 
 
-def opened_event(row: Any, kind: str, *, members: int) -> Recorded:
+def opened_event(row: Any, kind: str) -> Recorded:
     payload: dict[str, Any] = {
         "state": "opened",
         "incident_id": row.id,
         "kind": kind,
         "signature": row.key,
         "sample_error": row.sample_error,
-        "members": members,
+        "members": row.n,
     }
     if kind == GROUP_UNREACHABLE:
         payload["parent_id"] = row.key
@@ -123,27 +121,22 @@ def opened_event(row: Any, kind: str, *, members: int) -> Recorded:
 
 
 def note_degradations(
-    conn: Connection,
-    settings: Settings,
-    degraded: list[tuple[str, dict[str, Any]]],
-    *,
-    verify: bool = False,
+    conn: Connection, settings: Settings, degraded: list[tuple[str, dict[str, Any]]]
 ) -> list[Recorded]:
-    """Signal each WORKSPACE_DEGRADED (workspace, payload) about to be recorded; tags
-    the payloads of an incident's members with its `incident_id` (in place) and
+    """For each WORKSPACE_DEGRADED (workspace, payload) about to be recorded: adds its
+    `signature` and, for a member of an open incident, its `incident_id` (in place);
     returns the REGISTRY_INCIDENT events of the incidents this batch opened."""
     signals = []
     for ws, payload in degraded:
         sample = payload.get("sample_error")
-        signals.append((signature(sample), ws, sample if isinstance(sample, str) else None))
-    rows = _note(
-        conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals, verify=verify
-    )
+        payload["signature"] = key = signature(sample)
+        signals.append((key, ws, sample if isinstance(sample, str) else None))
+    rows = _note(conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals)
     by_key = {row.key: row.id for row in rows}
-    for (key, _, _), (_, payload) in zip(signals, degraded, strict=True):
+    for (_, payload), (key, _, _) in zip(degraded, signals, strict=True):
         if key in by_key:
             payload["incident_id"] = by_key[key]
-    return [opened_event(row, SHARED_ERROR, members=row.n) for row in rows if row.is_new]
+    return [opened_event(row, SHARED_ERROR) for row in rows if row.is_new]
 
 
 _PARENTS = text(
@@ -155,10 +148,10 @@ _PARENTS = text(
 
 
 def note_unreachable(conn: Connection, settings: Settings, ids: list[str]) -> list[Recorded]:
-    """Signal workspaces just marked unreachable, keyed by their parent."""
+    """Workspaces just marked unreachable (their events recorded), keyed by parent."""
     parents = conn.execute(_PARENTS, {"ids": ids}).all()
     if not parents:
         return []
     signals = [(row.parent_id, row.id, None) for row in parents]
     rows = _note(conn, settings, GROUP_UNREACHABLE, GROUP_WINDOW_SECONDS, signals)
-    return [opened_event(row, GROUP_UNREACHABLE, members=row.n) for row in rows if row.is_new]
+    return [opened_event(row, GROUP_UNREACHABLE) for row in rows if row.is_new]

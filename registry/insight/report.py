@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from registry.config import get_settings
+from registry.insight.flapping import recent_changes
 from registry.insight.history import DOWN, STATUS_EVENT_TYPES, UP
 from registry.statuses import STATUS_AFTER_EVENT
 
@@ -117,10 +119,7 @@ _SELF_PRESERVATION = text(
     """
 )
 _FLAPPING = text(
-    """
-    SELECT id::text AS id, name, status, cardinality(flap_changes) AS changes
-    FROM workspaces WHERE flapping ORDER BY id LIMIT 100
-    """
+    "SELECT id::text AS id, name, status FROM workspaces WHERE flapping ORDER BY id LIMIT 100"
 )
 
 
@@ -157,6 +156,8 @@ def fleet_report(
     }
     dist = conn.execute(_AVAILABILITY, params).one()
     incidents = conn.execute(_INCIDENTS, {"since": since}).all()
+    flapping_rows = conn.execute(_FLAPPING).all()
+    changes = recent_changes(conn, get_settings(), [r.id for r in flapping_rows])
     return {
         "since": since.isoformat(),
         "incidents": [
@@ -178,8 +179,8 @@ def fleet_report(
             {**w, "availability_percent": float(w["availability_percent"])} for w in dist.least
         ],
         "flapping": [
-            {"workspace_id": r.id, "name": r.name, "status": r.status, "changes": r.changes}
-            for r in conn.execute(_FLAPPING)
+            {"workspace_id": r.id, "name": r.name, "status": r.status, "changes": changes[r.id]}
+            for r in flapping_rows
         ],
         "availability": {
             "workspaces": dist.total,

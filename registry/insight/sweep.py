@@ -15,55 +15,62 @@ from sqlalchemy import Engine, text
 from registry.config import Settings
 from registry.db import get_engine
 from registry.insight.flapping import unflag_quiet
-from registry.insight.incidents import GROUP_WINDOW_SECONDS
-from registry.insight.keys import GROUP_UNREACHABLE, lock_keys
-from registry.statuses import EventType, Status
+from registry.insight.keys import GROUP_UNREACHABLE, SHARED_ERROR, lock_keys
+from registry.statuses import EventType
 from registry.uow import UnitOfWork, record_events_on_commit, unit_of_work
 
 UPDATE_EVERY_SECONDS = 30  # at most one `updated` event per incident per this
-SIGNAL_PRUNE_BATCH = 10_000
 
-# The statuses a member counts in while it still fails for the incident's cause.
-FAILING: dict[str, list[str]] = {
-    "shared_error": [str(Status.DEGRADED)],
-    GROUP_UNREACHABLE: [str(Status.OFFLINE), str(Status.AWAITING_AGENT)],
+# Per kind: `n`, the members still failing (degraded; unreachable for a group), and
+# `last_signal`, the newest change that made one.
+_CURRENT = {
+    SHARED_ERROR: """
+        SELECT count(DISTINCT e.workspace_id) FILTER (WHERE w.status = 'degraded') AS n,
+               max(e.created_at) AS last_signal
+        FROM incidents i
+        JOIN structure_events e
+          ON e.event_type = 'WORKSPACE_DEGRADED' AND e.payload->>'signature' = i.key
+         AND e.created_at >= i.opened_at - make_interval(secs => :window)
+        JOIN workspaces w ON w.id = e.workspace_id
+        WHERE i.id = :id""",
+    GROUP_UNREACHABLE: """
+        SELECT count(*) FILTER (WHERE c.status IN ('offline', 'awaiting_agent')) AS n,
+               NULL::timestamptz AS last_signal
+        FROM incidents i JOIN workspaces c ON c.parent_id = i.parent_id
+        WHERE i.id = :id""",
 }
 
 _OPEN = text("SELECT id, kind, key FROM incidents WHERE resolved_at IS NULL ORDER BY id")
 
-_MEASURE = text(
-    """
-    WITH cur AS (
-        SELECT count(*) AS n, max(m.last_signal_at) AS last_signal
-        FROM incident_members m JOIN workspaces w ON w.id = m.workspace_id
-        WHERE m.incident_id = :id AND w.status = ANY(:failing)
-    ), locked AS (
-        SELECT id FROM incidents WHERE id = :id AND resolved_at IS NULL FOR UPDATE
+
+def _measure_sql(kind: str) -> Any:
+    return text(
+        f"""
+        WITH cur AS ({_CURRENT[kind]}
+        ), locked AS (
+            SELECT id FROM incidents WHERE id = :id AND resolved_at IS NULL FOR UPDATE
+        )
+        UPDATE incidents i
+        SET members = cur.n,
+            peak_members = GREATEST(i.peak_members, cur.n),
+            last_seen_at = CASE WHEN cur.n > 0 THEN now()
+                                ELSE GREATEST(i.last_seen_at, cur.last_signal) END,
+            updated_at = now()
+        FROM cur, locked
+        WHERE i.id = locked.id
+        RETURNING i.id, i.kind, i.signature, i.members, i.peak_members, i.announced_members,
+                  i.announced_at <= now() - make_interval(secs => :every) AS may_announce,
+                  i.members = 0 AND i.last_seen_at <= now() - make_interval(secs => :window)
+                      AS quiet,
+                  EXTRACT(EPOCH FROM now() - i.opened_at) AS age
+        """
     )
-    UPDATE incidents i
-    SET members = cur.n,
-        peak_members = GREATEST(i.peak_members, cur.n),
-        last_seen_at = CASE WHEN cur.n > 0 THEN now()
-                            ELSE GREATEST(i.last_seen_at, cur.last_signal) END,
-        updated_at = now()
-    FROM cur, locked
-    WHERE i.id = locked.id
-    RETURNING i.id, i.kind, i.signature, i.members, i.peak_members, i.announced_members,
-              i.announced_at <= now() - make_interval(secs => :every) AS may_announce,
-              i.members = 0 AND i.last_seen_at <= now() - make_interval(secs => :window) AS quiet,
-              EXTRACT(EPOCH FROM now() - i.opened_at) AS age
-    """
-)
+
+
+_MEASURE = {kind: _measure_sql(kind) for kind in _CURRENT}
 
 _ANNOUNCE = text("UPDATE incidents SET announced_at = now(), announced_members = :n WHERE id = :id")
 _RESOLVE = text("UPDATE incidents SET resolved_at = now() WHERE id = :id")
-_PRUNE_SIGNALS = text(
-    """
-    DELETE FROM incident_signals WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM incident_signals
-        WHERE at < now() - make_interval(secs => :keep) LIMIT :limit))
-    """
-)
 
 
 def _incident_event(row: Any, state: str, **extra: Any) -> tuple[EventType, None, dict[str, Any]]:
@@ -83,10 +90,9 @@ def review_incident(uow: UnitOfWork, settings: Settings, incident: Any) -> str |
     """Update or resolve one open incident; the state announced, if any."""
     lock_keys(uow.conn, incident.kind, [incident.key])
     row = uow.conn.execute(
-        _MEASURE,
+        _MEASURE[incident.kind],
         {
             "id": incident.id,
-            "failing": FAILING[incident.kind],
             "every": UPDATE_EVERY_SECONDS,
             "window": settings.incident_window_seconds,
         },
@@ -106,7 +112,7 @@ def review_incident(uow: UnitOfWork, settings: Settings, incident: Any) -> str |
 
 
 def sweep_insight(settings: Settings, engine: Engine | None = None) -> dict[str, Any]:
-    """One pass: every open incident, the flapping rows gone quiet, old signals."""
+    """One pass: every open incident, and the flapping rows gone quiet."""
     engine = engine or get_engine()
     with engine.connect() as conn:
         open_incidents = conn.execute(_OPEN).all()
@@ -119,13 +125,9 @@ def sweep_insight(settings: Settings, engine: Engine | None = None) -> dict[str,
     with unit_of_work(engine) as uow:
         stable = unflag_quiet(uow.conn, settings)
         record_events_on_commit(uow, stable)
-    keep = max(settings.incident_window_seconds, GROUP_WINDOW_SECONDS)
-    with engine.begin() as conn:
-        pruned = conn.execute(_PRUNE_SIGNALS, {"keep": keep, "limit": SIGNAL_PRUNE_BATCH}).rowcount
     return {
         "status": "ok",
         "changed": sum(announced.values()) + len(stable),
         "incidents": announced,
         "stable": len(stable),
-        "signals_pruned": pruned,
     }
