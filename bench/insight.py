@@ -117,9 +117,8 @@ def measure_degradations(ids: list[str], degrade: int, batch: int) -> dict[str, 
                 """
                 SELECT max(EXTRACT(EPOCH FROM i.opened_at - f.at)) FROM incidents i
                 CROSS JOIN LATERAL (
-                    SELECT created_at AS at FROM structure_events e
-                    WHERE e.event_type = 'WORKSPACE_DEGRADED' AND e.payload->>'signature' = i.key
-                    ORDER BY created_at, id OFFSET 4 LIMIT 1) f
+                    SELECT at FROM incident_signals s WHERE s.key = i.key
+                    ORDER BY at OFFSET 4 LIMIT 1) f
                 """
             )
         ).scalar_one()

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 def clean_insight(engine: Engine) -> Iterator[Engine]:
     """Body of an `insight_db` fixture: conftest's `db` does not know these tables."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE incidents"))
+        conn.execute(text("TRUNCATE incidents, incident_signals"))
     yield engine
 
 

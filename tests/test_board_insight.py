@@ -154,8 +154,7 @@ def test_open_incidents_show_above_everything_and_follow_live_changes(
     )
     age(
         insight_db,
-        "UPDATE structure_events SET created_at = created_at - interval '1 hour' "
-        "WHERE event_type = 'WORKSPACE_DEGRADED'",
+        "UPDATE incident_signals SET at = at - interval '1 hour'",
     )
     assert run_sweep(celery_app, SWEEP_INSIGHT_TASK)["incidents"] == {"resolved": 1}
     page.wait_for_function(

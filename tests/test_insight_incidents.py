@@ -73,7 +73,7 @@ def test_five_degradations_with_one_signature_open_exactly_one_incident(
     # The fifth member's event is recorded with the opening and carries the incident.
     assert degraded[-1].payload["incident_id"] == incident.id
     assert all("incident_id" not in e.payload for e in degraded[:4])
-    assert all(e.payload["signature"] == incident.signature for e in degraded)
+    assert all("signature" not in e.payload for e in degraded)  # the original's payloads
 
     # A sixth and seventh join: tagged, no second incident, no event before 30 s.
     beat(celery_app, [failing(ws, RATE_LIMIT.format(n=9)) for ws in ids[5:]])
@@ -103,8 +103,7 @@ def test_five_degradations_with_one_signature_open_exactly_one_incident(
     )
     age(
         insight_db,
-        "UPDATE structure_events SET created_at = created_at - interval '301 seconds' "
-        "WHERE event_type = 'WORKSPACE_DEGRADED'",
+        "UPDATE incident_signals SET at = at - interval '301 seconds'",
     )
     assert run_sweep(celery_app, SWEEP_INSIGHT_TASK)["incidents"] == {"resolved": 1}
     resolved = incident_events(insight_db)[-1]
@@ -147,8 +146,7 @@ def test_signals_outside_the_window_do_not_count(
     beat(celery_app, [failing(ws, "boom 1") for ws in ids[:4]])
     age(
         insight_db,
-        "UPDATE structure_events SET created_at = created_at - interval '301 seconds' "
-        "WHERE event_type = 'WORKSPACE_DEGRADED'",
+        "UPDATE incident_signals SET at = at - interval '301 seconds'",
     )
     beat(celery_app, [failing(ids[4], "boom 2")])
     assert incidents(insight_db) == []
@@ -251,8 +249,7 @@ def test_two_sweeps_at_once_resolve_once(insight_db: Engine) -> None:
     )
     age(
         insight_db,
-        "UPDATE structure_events SET created_at = created_at - interval '1 hour' "
-        "WHERE payload->>'signature' = 'upstream <num>'",
+        "UPDATE incident_signals SET at = at - interval '1 hour' WHERE key = 'upstream <num>'",
     )
 
     run_concurrently(4, lambda: sweep_insight(get_settings()))

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def seeded(engine: Engine) -> Iterator[str]:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE workspaces, structure_events, event_outbox CASCADE"))
+        conn.execute(
+            text("TRUNCATE workspaces, structure_events, event_outbox, incident_signals CASCADE")
+        )
         conn.execute(
             text(
                 "INSERT INTO workspaces (id, name, status) SELECT gen_random_uuid(), 'p-' || g, "
@@ -46,7 +48,9 @@ def seeded(engine: Engine) -> Iterator[str]:
         conn.execute(text("VACUUM ANALYZE structure_events"))
     yield subject
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE workspaces, structure_events, event_outbox CASCADE"))
+        conn.execute(
+            text("TRUNCATE workspaces, structure_events, event_outbox, incident_signals CASCADE")
+        )
 
 
 def plan_of(engine: Engine, statement: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -86,15 +90,13 @@ def test_incident_window_is_read_by_signature(engine: Engine, seeded: str) -> No
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO structure_events (event_type, workspace_id, payload, created_at) "
-                "SELECT 'WORKSPACE_DEGRADED', CAST(:ws AS uuid), "
-                "jsonb_build_object('signature', 'sig ' || (g % 500)), "
-                "now() - random() * interval '1 hour' FROM generate_series(1, 20000) g"
-            ),
-            {"ws": seeded},
+                "INSERT INTO incident_signals (kind, key, workspace_id, at) "
+                "SELECT 'shared_error', 'sig ' || (g % 500), gen_random_uuid(), "
+                "now() - random() * interval '1 hour' FROM generate_series(1, 50000) g"
+            )
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE structure_events"))
+        conn.execute(text("VACUUM ANALYZE incident_signals"))
     from registry.insight.incidents import _NOTE
     from registry.insight.keys import SHARED_ERROR
 
@@ -110,8 +112,8 @@ def test_incident_window_is_read_by_signature(engine: Engine, seeded: str) -> No
             "sample_max": 512,
         },
     )
-    assert "ix_structure_events_degraded_signature" in indexes_used(plan)
-    assert "structure_events" not in seq_scanned(plan)
+    assert "ix_incident_signals_key" in indexes_used(plan)
+    assert "incident_signals" not in seq_scanned(plan)
 
 
 def test_flap_count_reads_each_workspace_from_the_window(engine: Engine, seeded: str) -> None:

@@ -7,13 +7,14 @@ Create Date: 2026-12-06
 - `incidents`: one row per correlated failure (kind `shared_error`, keyed by the
   signature of the members' sample errors, or `group_unreachable`, keyed by their
   parent). At most one open incident per (kind, key): a partial unique index.
-- `ix_structure_events_degraded_signature`: the degradations by signature and time
-  (partial: WORKSPACE_DEGRADED only), the window an incident opens from.
+- `incident_signals`: each degradation's signature (kind, key, workspace, time): the
+  window an incident opens from and its members; pruned by the insight sweep once
+  older than the window and no open incident has its key. (Recorded events keep the
+  original's payloads: the signature is not added to them.)
 - `workspaces.flapping` and `flap_hold_since` (FLAP_DAMPING: start of the held
   recovery); the changes themselves are counted from structure_events.
 
-Plain `ADD COLUMN`s with constant defaults: no table rewrite. The partial index reads
-structure_events once (its existing degradations carry no signature yet).
+Plain `ADD COLUMN`s with constant defaults: no table rewrite.
 """
 
 from __future__ import annotations
@@ -54,16 +55,21 @@ def upgrade() -> None:
         "CREATE UNIQUE INDEX ux_incidents_open ON incidents (kind, key) WHERE resolved_at IS NULL"
     )
     op.execute("CREATE INDEX ix_incidents_opened_at ON incidents (opened_at)")
-    # An incident's window is read from the degradations themselves (their payload's
-    # `signature`): partial, so no other event pays for it.
     op.execute(
-        "CREATE INDEX ix_structure_events_degraded_signature ON structure_events "
-        "((payload->>'signature'), created_at) WHERE event_type = 'WORKSPACE_DEGRADED'"
+        """
+        CREATE TABLE incident_signals (
+            kind text NOT NULL,
+            key text NOT NULL,
+            workspace_id uuid NOT NULL,
+            at timestamptz NOT NULL DEFAULT now()
+        )
+        """
     )
+    op.execute("CREATE INDEX ix_incident_signals_key ON incident_signals (kind, key, at)")
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX ix_structure_events_degraded_signature")
+    op.execute("DROP TABLE incident_signals")
     op.execute("DROP TABLE incidents")
     op.execute("DROP INDEX ix_workspaces_flapping")
     op.execute("ALTER TABLE workspaces DROP COLUMN flap_hold_since")

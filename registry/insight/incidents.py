@@ -1,12 +1,11 @@
 """Incidents (CONTRACT §13): many workspaces failing for one cause, as one record.
 
-A degradation carries its sample error's signature (`shared_error`); a workspace
-marked unreachable counts for its parent (`group_unreachable`). When
-INCIDENT_MIN_MEMBERS distinct workspaces did so within the window, an incident
-opens, in the transaction of the change that completed the count. The window is
-read from `structure_events` itself (degradations by signature: a partial index), so
-the bookkeeping writes nothing but the incident. The insight sweep
-(`registry.insight.sweep`) updates and resolves it.
+A degradation signals its sample error's signature (`shared_error`, one row in
+`incident_signals`); a workspace marked unreachable counts for its parent
+(`group_unreachable`, read from its recorded event). When INCIDENT_MIN_MEMBERS
+distinct workspaces did so within the window, an incident opens, in the transaction
+of the change that completed the count. The insight sweep (`registry.insight.sweep`)
+updates and resolves it.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ Recorded = tuple[EventType, UUID | str | None, dict[str, Any]]
 # for the keys in `wanted` (text keys).
 _RECORDED = {
     SHARED_ERROR: """
-        SELECT e.payload->>'signature' AS key, e.workspace_id FROM structure_events e
-        WHERE e.event_type = 'WORKSPACE_DEGRADED' AND e.payload->>'signature' IN (SELECT key FROM wanted)
-          AND e.created_at > now() - make_interval(secs => :window)""",
+        SELECT s.key, s.workspace_id FROM incident_signals s
+        WHERE s.kind = 'shared_error' AND s.key IN (SELECT key FROM wanted)
+          AND s.at > now() - make_interval(secs => :window)""",
     GROUP_UNREACHABLE: """
         SELECT CAST(c.parent_id AS text) AS key, e.workspace_id
         FROM workspaces c JOIN structure_events e ON e.workspace_id = c.id
@@ -53,6 +52,9 @@ def _note_sql(kind: str) -> Any:
         WITH input AS (
             SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]),
                                  CAST(:samples AS text[])) AS u(key, workspace_id, sample_error)
+        ), ins AS (
+            INSERT INTO incident_signals (kind, key, workspace_id)
+            SELECT '{kind}', key, workspace_id FROM input WHERE {"true" if kind == SHARED_ERROR else "false"}
         ), existing AS (
             SELECT i.id, i.key FROM incidents i
             WHERE i.kind = '{kind}' AND i.resolved_at IS NULL AND i.key IN (SELECT key FROM input)
@@ -123,13 +125,13 @@ def opened_event(row: Any, kind: str) -> Recorded:
 def note_degradations(
     conn: Connection, settings: Settings, degraded: list[tuple[str, dict[str, Any]]]
 ) -> list[Recorded]:
-    """For each WORKSPACE_DEGRADED (workspace, payload) about to be recorded: adds its
-    `signature` and, for a member of an open incident, its `incident_id` (in place);
-    returns the REGISTRY_INCIDENT events of the incidents this batch opened."""
+    """Signal each WORKSPACE_DEGRADED (workspace, payload) about to be recorded; tags a
+    member of an open incident with its `incident_id` (in place); returns the
+    REGISTRY_INCIDENT events of the incidents this batch opened."""
     signals = []
     for ws, payload in degraded:
         sample = payload.get("sample_error")
-        payload["signature"] = key = signature(sample)
+        key = signature(sample)
         signals.append((key, ws, sample if isinstance(sample, str) else None))
     rows = _note(conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals)
     by_key = {row.key: row.id for row in rows}

@@ -25,13 +25,13 @@ UPDATE_EVERY_SECONDS = 30  # at most one `updated` event per incident per this
 # `last_signal`, the newest change that made one.
 _CURRENT = {
     SHARED_ERROR: """
-        SELECT count(DISTINCT e.workspace_id) FILTER (WHERE w.status = 'degraded') AS n,
-               max(e.created_at) AS last_signal
+        SELECT count(DISTINCT s.workspace_id) FILTER (WHERE w.status = 'degraded') AS n,
+               max(s.at) AS last_signal
         FROM incidents i
-        JOIN structure_events e
-          ON e.event_type = 'WORKSPACE_DEGRADED' AND e.payload->>'signature' = i.key
-         AND e.created_at >= i.opened_at - make_interval(secs => :window)
-        JOIN workspaces w ON w.id = e.workspace_id
+        JOIN incident_signals s
+          ON s.kind = i.kind AND s.key = i.key
+         AND s.at >= i.opened_at - make_interval(secs => :window)
+        JOIN workspaces w ON w.id = s.workspace_id
         WHERE i.id = :id""",
     GROUP_UNREACHABLE: """
         SELECT count(*) FILTER (WHERE c.status IN ('offline', 'awaiting_agent')) AS n,
@@ -68,6 +68,19 @@ def _measure_sql(kind: str) -> Any:
 
 
 _MEASURE = {kind: _measure_sql(kind) for kind in _CURRENT}
+
+# Signals older than the window whose key has no open incident are no one's members.
+_PRUNE_SIGNALS = text(
+    """
+    DELETE FROM incident_signals WHERE ctid = ANY(ARRAY(
+        SELECT s.ctid FROM incident_signals s
+        WHERE s.at < now() - make_interval(secs => :window)
+          AND NOT EXISTS (SELECT 1 FROM incidents i
+                          WHERE i.resolved_at IS NULL AND i.kind = s.kind AND i.key = s.key)
+        LIMIT :limit))
+    """
+)
+SIGNAL_PRUNE_BATCH = 50_000
 
 _ANNOUNCE = text("UPDATE incidents SET announced_at = now(), announced_members = :n WHERE id = :id")
 _RESOLVE = text("UPDATE incidents SET resolved_at = now() WHERE id = :id")
@@ -112,7 +125,7 @@ def review_incident(uow: UnitOfWork, settings: Settings, incident: Any) -> str |
 
 
 def sweep_insight(settings: Settings, engine: Engine | None = None) -> dict[str, Any]:
-    """One pass: every open incident, and the flapping rows gone quiet."""
+    """One pass: every open incident, the flapping rows gone quiet, old signals."""
     engine = engine or get_engine()
     with engine.connect() as conn:
         open_incidents = conn.execute(_OPEN).all()
@@ -125,9 +138,15 @@ def sweep_insight(settings: Settings, engine: Engine | None = None) -> dict[str,
     with unit_of_work(engine) as uow:
         stable = unflag_quiet(uow.conn, settings)
         record_events_on_commit(uow, stable)
+    window = settings.incident_window_seconds
+    with engine.begin() as conn:
+        pruned = conn.execute(
+            _PRUNE_SIGNALS, {"window": window, "limit": SIGNAL_PRUNE_BATCH}
+        ).rowcount
     return {
         "status": "ok",
         "changed": sum(announced.values()) + len(stable),
         "incidents": announced,
         "stable": len(stable),
+        "signals_pruned": pruned,
     }
