@@ -110,6 +110,7 @@ def test_incident_window_is_read_by_signature(engine: Engine, seeded: str) -> No
             "window": 300,
             "min_members": 5,
             "sample_max": 512,
+            "verify": False,
         },
     )
     assert "ix_incident_signals_key" in indexes_used(plan)

@@ -50,8 +50,13 @@ def _note_sql(kind: str) -> Any:
     return text(
         f"""
         WITH input AS (
-            SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]),
-                                 CAST(:samples AS text[])) AS u(key, workspace_id, sample_error)
+            SELECT u.* FROM unnest(CAST(:keys AS text[]), CAST(:ws AS uuid[]),
+                                   CAST(:samples AS text[])) AS u(key, workspace_id, sample_error)
+            -- :verify: only a status really changed in this transaction (see
+            -- registry.insight.flapping); a heartbeat batch's changes are all real.
+            WHERE NOT :verify OR EXISTS (
+                SELECT 1 FROM workspaces w
+                WHERE w.id = u.workspace_id AND w.status_changed_at = now())
         ), ins AS (
             INSERT INTO incident_signals (kind, key, workspace_id)
             SELECT '{kind}', key, workspace_id FROM input WHERE {"true" if kind == SHARED_ERROR else "false"}
@@ -92,6 +97,8 @@ def _note(
     kind: str,
     window: int,
     signals: list[tuple[str, str, str | None]],
+    *,
+    verify: bool = False,
 ) -> list[Any]:
     """(key, workspace, sample) signals; the open incidents of their keys, new or not."""
     lock_keys(conn, kind, (key for key, _, _ in signals))
@@ -104,6 +111,7 @@ def _note(
             "window": window,
             "min_members": settings.incident_min_members,
             "sample_max": SAMPLE_MAX_CHARS,
+            "verify": verify,
         },
     ).all()
 
@@ -123,7 +131,11 @@ def opened_event(row: Any, kind: str) -> Recorded:
 
 
 def note_degradations(
-    conn: Connection, settings: Settings, degraded: list[tuple[str, dict[str, Any]]]
+    conn: Connection,
+    settings: Settings,
+    degraded: list[tuple[str, dict[str, Any]]],
+    *,
+    verify: bool = False,
 ) -> list[Recorded]:
     """Signal each WORKSPACE_DEGRADED (workspace, payload) about to be recorded; tags a
     member of an open incident with its `incident_id` (in place); returns the
@@ -133,7 +145,9 @@ def note_degradations(
         sample = payload.get("sample_error")
         key = signature(sample)
         signals.append((key, ws, sample if isinstance(sample, str) else None))
-    rows = _note(conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals)
+    rows = _note(
+        conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals, verify=verify
+    )
     by_key = {row.key: row.id for row in rows}
     for (_, payload), (key, _, _) in zip(degraded, signals, strict=True):
         if key in by_key:

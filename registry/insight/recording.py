@@ -27,7 +27,7 @@ def before_recording(
     """Bookkeeping for status-change events about to be recorded; tags degradations
     with their incident (in place) and returns the events to record after them.
     `verify`: the caller may record a status event without a change (a registration of
-    an online workspace): flag only rows whose status changed in this transaction."""
+    an online workspace): count only rows whose status changed in this transaction."""
     changed = [str(ws) for kind, ws, _ in events if kind in STATUS_AFTER_EVENT and ws is not None]
     if not changed:
         return []
@@ -39,7 +39,7 @@ def before_recording(
         if kind == EventType.WORKSPACE_DEGRADED and ws is not None
     ]
     if degraded:
-        extra += incidents.note_degradations(conn, settings, degraded)
+        extra += incidents.note_degradations(conn, settings, degraded, verify=verify)
     extra += flapping.note_changes(conn, settings, changed, verify=verify)
     return extra
 
