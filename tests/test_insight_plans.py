@@ -81,7 +81,7 @@ def test_report_reads_the_window_by_time(engine: Engine, seeded: str) -> None:
         "counted": sorted(history.UP | history.DOWN),
         "limit": 10,
     }
-    plan = plan_of(engine, report._AVAILABILITY, params)
+    plan = plan_of(engine, report._MOVING, params)
     assert "ix_structure_events_created_at" in indexes_used(plan)
     assert "structure_events" not in seq_scanned(plan)
 

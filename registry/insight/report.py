@@ -32,76 +32,134 @@ BUCKETS: tuple[tuple[str, float], ...] = (
 )
 
 _AFTER_SQL = (
-    "CASE ev.event_type "
+    "CASE e.event_type "
     + " ".join(f"WHEN '{t}' THEN '{s}'" for t, s in STATUS_AFTER_EVENT.items())
     + " END"
 )
 _BEFORE_SQL = (
-    "CASE ev.event_type WHEN 'WORKSPACE_ONLINE' THEN ev.payload->>'recovered_from' "
-    "WHEN 'WORKSPACE_DEGRADED' THEN 'online' ELSE ev.payload->>'previous_status' END"
+    "CASE e.event_type WHEN 'WORKSPACE_ONLINE' THEN e.payload->>'recovered_from' "
+    "WHEN 'WORKSPACE_DEGRADED' THEN 'online' ELSE e.payload->>'previous_status' END"
 )
 
-_PER_WORKSPACE = f"""
+
+def _is(status_sql: str, group: str) -> str:
+    return f"CAST(COALESCE({status_sql} = ANY(:{group}), false) AS int)"
+
+
+# No sort, no per-workspace timeline: up time is the integral of "is up", which
+# changes at each event by (up after - up before). With the current status as the
+# end point, up time = (up now - sum of changes) * span + sum of (change * its age),
+# where span runs from the window's start (or the workspace's creation). Likewise for
+# counted (up or down) time. One hash aggregate over the window's status events.
+_MOVING = text(
+    f"""
     WITH ev AS (
-        SELECT e.id, e.workspace_id, e.created_at, e.event_type, e.payload
+        SELECT e.workspace_id, EXTRACT(EPOCH FROM now() - e.created_at) AS age,
+               {_is(_AFTER_SQL, "up")} - {_is(_BEFORE_SQL, "up")} AS d_up,
+               {_is(_AFTER_SQL, "counted")} - {_is(_BEFORE_SQL, "counted")} AS d_cnt
         FROM structure_events e
         WHERE e.created_at >= :since AND e.event_type = ANY(:types)
           AND e.workspace_id IS NOT NULL
-    ), seg AS (
-        SELECT ev.workspace_id, ev.created_at AS t0,
-               COALESCE(lead(ev.created_at) OVER w, now()) AS t1,
-               {_AFTER_SQL} AS status, row_number() OVER w AS n, {_BEFORE_SQL} AS before
-        FROM ev WINDOW w AS (PARTITION BY ev.workspace_id ORDER BY ev.created_at, ev.id)
-    ), allseg AS (
-        SELECT workspace_id, t0, t1, status FROM seg
-        UNION ALL
-        SELECT s.workspace_id, GREATEST(CAST(:since AS timestamptz), w.created_at), s.t0, s.before
-        FROM seg s JOIN workspaces w ON w.id = s.workspace_id WHERE s.n = 1
     ), moving AS (
-        SELECT workspace_id,
-               COALESCE(sum(EXTRACT(EPOCH FROM t1 - t0)) FILTER (WHERE status = ANY(:up)), 0) AS up,
-               COALESCE(sum(EXTRACT(EPOCH FROM t1 - t0)) FILTER (WHERE status = ANY(:down)), 0)
-                   AS down
-        FROM allseg WHERE t1 > t0 GROUP BY workspace_id
-    ), still AS (
-        SELECT w.id AS workspace_id,
-               CASE WHEN w.status = ANY(:up) THEN 1 ELSE 0 END AS up,
-               CASE WHEN w.status = ANY(:down) THEN 1 ELSE 0 END AS down
-        FROM workspaces w
-        WHERE w.status = ANY(:counted)
-          AND NOT EXISTS (SELECT 1 FROM moving m WHERE m.workspace_id = w.id)
-    ), fleet AS (
-        SELECT workspace_id, 100.0 * up / (up + down) AS pct, down AS down_seconds
-        FROM moving WHERE up + down > 0
-        UNION ALL
-        SELECT workspace_id, 100.0 * up, NULL FROM still
+        SELECT workspace_id, sum(d_up) AS su, sum(d_up * age) AS sua,
+               sum(d_cnt) AS sc, sum(d_cnt * age) AS sca
+        FROM ev GROUP BY workspace_id
+    ), per AS (
+        SELECT m.workspace_id, w.status,
+               ({_is("w.status", "up")} - m.su)
+                   * EXTRACT(EPOCH FROM now() - GREATEST(CAST(:since AS timestamptz), w.created_at))
+                   + m.sua AS up_time,
+               ({_is("w.status", "counted")} - m.sc)
+                   * EXTRACT(EPOCH FROM now() - GREATEST(CAST(:since AS timestamptz), w.created_at))
+                   + m.sca AS counted_time
+        FROM moving m JOIN workspaces w ON w.id = m.workspace_id
+    ), pct AS (
+        SELECT workspace_id, status,
+               LEAST(100.0, GREATEST(0.0, 100.0 * up_time / counted_time)) AS pct
+        FROM per WHERE counted_time > 0
     )
-"""
-
-# One statement: `fleet` is read twice, so PostgreSQL computes it once.
-_AVAILABILITY = text(
-    _PER_WORKSPACE
-    + """
-    SELECT d.*, (
-        SELECT COALESCE(json_agg(json_build_object(
-                   'workspace_id', l.workspace_id, 'name', w.name, 'status', w.status,
-                   'availability_percent', round(l.pct::numeric, 3)) ORDER BY l.pct, l.workspace_id),
-               '[]')
-        FROM (SELECT * FROM fleet WHERE pct < 100 ORDER BY pct, workspace_id LIMIT :limit) l
-        JOIN workspaces w ON w.id = l.workspace_id
-    ) AS least
-    FROM (
-        SELECT count(*) FILTER (WHERE pct >= 100) AS b0,
-               count(*) FILTER (WHERE pct >= 99.9 AND pct < 100) AS b1,
-               count(*) FILTER (WHERE pct >= 99 AND pct < 99.9) AS b2,
-               count(*) FILTER (WHERE pct >= 95 AND pct < 99) AS b3,
-               count(*) FILTER (WHERE pct >= 90 AND pct < 95) AS b4,
-               count(*) FILTER (WHERE pct < 90) AS b5,
-               count(*) AS total, avg(pct) AS mean
-        FROM fleet
-    ) d
+    SELECT (SELECT COALESCE(json_agg(json_build_object('status', status, 'n', n)), '[]')
+            FROM (SELECT status, count(*) AS n FROM per GROUP BY status) c) AS moved,
+           count(*) FILTER (WHERE pct >= 100) AS b0,
+           count(*) FILTER (WHERE pct >= 99.9 AND pct < 100) AS b1,
+           count(*) FILTER (WHERE pct >= 99 AND pct < 99.9) AS b2,
+           count(*) FILTER (WHERE pct >= 95 AND pct < 99) AS b3,
+           count(*) FILTER (WHERE pct >= 90 AND pct < 95) AS b4,
+           count(*) FILTER (WHERE pct < 90) AS b5,
+           count(*) AS total, COALESCE(sum(pct), 0) AS pct_sum,
+           (SELECT COALESCE(json_agg(json_build_object(
+                       'workspace_id', l.workspace_id, 'availability_percent', l.pct)), '[]')
+            FROM (SELECT workspace_id, round(pct, 3) AS pct FROM pct WHERE pct < 100
+                  ORDER BY pct, workspace_id LIMIT :limit) l) AS least
+    FROM pct
     """
 )
+_BY_STATUS = text(
+    "SELECT status, count(*) AS n FROM workspaces WHERE status = ANY(:counted) GROUP BY status"
+)
+# Down all along (no status event in the window): 0 %, the least available first.
+_STILL_DOWN = text(
+    """
+    SELECT w.id::text AS id FROM workspaces w
+    WHERE w.status = ANY(:down)
+      AND NOT EXISTS (SELECT 1 FROM structure_events e
+                      WHERE e.workspace_id = w.id AND e.created_at >= :since
+                        AND e.event_type = ANY(:types))
+    ORDER BY w.id LIMIT :limit
+    """
+)
+_NAMES = text(
+    "SELECT id::text AS id, name, status FROM workspaces WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
+def availability(conn: Connection, since: datetime, limit: int) -> dict[str, Any]:
+    """The fleet's availability distribution, mean, and least available workspaces."""
+    params = {
+        "since": since,
+        "types": STATUS_EVENT_TYPES,
+        "up": sorted(UP),
+        "down": sorted(DOWN),
+        "counted": sorted(UP | DOWN),
+        "limit": limit,
+    }
+    moving = conn.execute(_MOVING, params).one()
+    moved = {m["status"]: m["n"] for m in moving.moved}
+    # Workspaces without a status event in the window kept their current status.
+    still_up = still_down = 0
+    for row in conn.execute(_BY_STATUS, params):
+        still = row.n - moved.get(row.status, 0)
+        if row.status in UP:
+            still_up += still
+        else:
+            still_down += still
+    least = [(float(w["availability_percent"]), w["workspace_id"]) for w in moving.least]
+    if still_down:
+        down = conn.execute(_STILL_DOWN, params).scalars()
+        least += [(0.0, ws) for ws in down]
+    least = sorted(least)[:limit]
+    names = {r.id: r for r in conn.execute(_NAMES, {"ids": [ws for _, ws in least]})}
+    total = moving.total + still_up + still_down
+    counts = [moving.b0 + still_up, moving.b1, moving.b2, moving.b3, moving.b4]
+    counts.append(moving.b5 + still_down)
+    return {
+        "least": [
+            {
+                "workspace_id": ws,
+                "name": names[ws].name,
+                "status": names[ws].status,
+                "availability_percent": pct,
+            }
+            for pct, ws in least
+        ],
+        "workspaces": total,
+        "mean_percent": (
+            None if total == 0 else round((float(moving.pct_sum) + 100.0 * still_up) / total, 3)
+        ),
+        "distribution": {label: n for (label, _), n in zip(BUCKETS, counts, strict=True)},
+    }
+
+
 _INCIDENTS = text(
     """
     SELECT id, kind, signature, sample_error, opened_at, resolved_at, members, peak_members
@@ -146,15 +204,7 @@ def self_preservation_episodes(conn: Connection, since: datetime) -> list[dict[s
 def fleet_report(
     conn: Connection, since: datetime, *, limit: int = LEAST_AVAILABLE
 ) -> dict[str, Any]:
-    params = {
-        "since": since,
-        "types": STATUS_EVENT_TYPES,
-        "up": sorted(UP),
-        "down": sorted(DOWN),
-        "counted": sorted(UP | DOWN),
-        "limit": limit,
-    }
-    dist = conn.execute(_AVAILABILITY, params).one()
+    fleet = availability(conn, since, limit)
     incidents = conn.execute(_INCIDENTS, {"since": since}).all()
     flapping_rows = conn.execute(_FLAPPING).all()
     changes = recent_changes(conn, get_settings(), [r.id for r in flapping_rows])
@@ -175,16 +225,14 @@ def fleet_report(
             for r in incidents
         ],
         "self_preservation": self_preservation_episodes(conn, since),
-        "least_available": [
-            {**w, "availability_percent": float(w["availability_percent"])} for w in dist.least
-        ],
+        "least_available": fleet["least"],
         "flapping": [
             {"workspace_id": r.id, "name": r.name, "status": r.status, "changes": changes[r.id]}
             for r in flapping_rows
         ],
         "availability": {
-            "workspaces": dist.total,
-            "mean_percent": None if dist.mean is None else round(float(dist.mean), 3),
-            "distribution": {label: getattr(dist, f"b{n}") for n, (label, _) in enumerate(BUCKETS)},
+            "workspaces": fleet["workspaces"],
+            "mean_percent": fleet["mean_percent"],
+            "distribution": fleet["distribution"],
         },
     }
