@@ -2,10 +2,8 @@
 available and the flapping workspaces, and the fleet's availability distribution.
 
 Availability follows registry.insight.history; at fleet scale it is computed in SQL,
-one pass over the window's status events: a workspace without a status event in the
-window kept its current status all along, and the status before a workspace's first
-event in the window is the one that event names (its `previous_status`, or what it
-recovered from).
+one pass over the window's status events (see `_MOVING`): a workspace without a
+status event in the window kept its current status all along.
 """
 
 from __future__ import annotations
