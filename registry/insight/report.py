@@ -19,6 +19,7 @@ from registry.insight.history import DOWN, STATUS_EVENT_TYPES, UP
 from registry.statuses import STATUS_AFTER_EVENT
 
 LEAST_AVAILABLE = 10
+REPORT_WORK_MEM = "256MB"
 # Upper-open buckets of the distribution, best first: (label, lowest percent).
 BUCKETS: tuple[tuple[str, float], ...] = (
     ("100%", 100.0),
@@ -121,6 +122,9 @@ def availability(conn: Connection, since: datetime, limit: int) -> dict[str, Any
         "counted": sorted(UP | DOWN),
         "limit": limit,
     }
+    # One group per workspace that changed in the window (up to the fleet): room to
+    # aggregate in memory instead of spilling to disk, for this transaction only.
+    conn.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
     moving = conn.execute(_MOVING, params).one()
     moved = {m["status"]: m["n"] for m in moving.moved}
     # Workspaces without a status event in the window kept their current status.
