@@ -18,7 +18,9 @@ from cli import (  # noqa: F401
     doctor,
     events,
     gateway,
+    history,
     liveness,
+    report,
     status,
 )
 from cli.base import main

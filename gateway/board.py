@@ -3,6 +3,7 @@
 Routes, under the prefix: `/` (page), `/board.js`, `/board.css`,
 `/api/snapshot[?limit=&after=]` (the fleet in pages, problems first),
 `/api/snapshot?changed_since=<time>` (incremental), `/api/workspaces/<id>`,
+`/api/workspaces/<id>/strip` (its status over the last 24 h),
 `/api/events?since=<position>` (text/event-stream, board_events.py). The page uses
 relative URLs only, so it works under any prefix; `<prefix>` without the slash
 redirects to `<prefix>/`.
@@ -48,6 +49,7 @@ from gateway.board_events import DEFAULT_MAX_STREAMS, EventStream, EventStreams
 from gateway.board_guard import BoardGuard
 from gateway.signals import stop_on_signals
 from registry.board.hosts import HostCheck
+from registry.board.incidents import status_strip
 from registry.board.snapshot import (
     BadRequest,
     changes_since,
@@ -126,6 +128,7 @@ def board_app(board: Board) -> ASGIApp:
     routes += [
         Route("/api/snapshot", endpoints.snapshot),
         Route("/api/workspaces/{raw_id}", endpoints.workspace),
+        Route("/api/workspaces/{raw_id}/strip", endpoints.strip),
         Route("/api/events", endpoints.events),
     ]
     handlers = {HTTPException: _http_error, BadRequest: _bad_request}
@@ -180,6 +183,19 @@ class _Endpoints:
             return _error(400, f"{raw_id!r} is not a workspace id")
         with self.board.engine.connect() as conn:
             found = one_workspace(conn, workspace_id)
+        if found is None:
+            return _error(404, f"unknown workspace {workspace_id}")
+        return _json_text(dumps(found))
+
+    def strip(self, request: Request) -> Response:  # sync: run in a worker thread
+        """The workspace's status over the last 24 h (registry.board.incidents)."""
+        raw_id = request.path_params["raw_id"]
+        try:
+            workspace_id = UUID(raw_id)
+        except ValueError:
+            return _error(400, f"{raw_id!r} is not a workspace id")
+        with self.board.engine.connect() as conn:
+            found = status_strip(conn, workspace_id)
         if found is None:
             return _error(404, f"unknown workspace {workspace_id}")
         return _json_text(dumps(found))

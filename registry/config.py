@@ -89,6 +89,14 @@ def token_cache_seconds(raw: str) -> float:
     return value
 
 
+def flap_count(raw: str) -> int:
+    """2 to 100: one change is no flapping, and the change times are kept in the row."""
+    value = int(raw.strip())
+    if not 2 <= value <= 100:
+        raise ValueError("must be 2 to 100")
+    return value
+
+
 def boolean(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -299,6 +307,54 @@ class Settings:
         False,
         "also append broadcast-only events (WORKSPACE_HEARTBEAT, TASK_UPDATED) to "
         "events:stream; for small fleets only (CONTRACT §7)",
+    )
+    # Fleet insight (CONTRACT §13): incidents and flapping.
+    incident_min_members: int = _opt(
+        "INCIDENT_MIN_MEMBERS",
+        positive_int,
+        5,
+        "workspaces degrading with one error signature (or marked unreachable under one "
+        "parent) within INCIDENT_WINDOW_SECONDS that open an incident",
+    )
+    incident_window_seconds: int = _opt(
+        "INCIDENT_WINDOW_SECONDS",
+        positive_int,
+        300,
+        "window an incident's members are counted in; an incident resolves once no "
+        "member has been degraded (or unreachable) for this long",
+    )
+    flap_threshold: int = _opt(
+        "FLAP_THRESHOLD",
+        flap_count,
+        6,
+        "status changes within FLAP_WINDOW_SECONDS that flag a workspace as flapping (2 to 100)",
+    )
+    flap_window_seconds: int = _opt(
+        "FLAP_WINDOW_SECONDS",
+        positive_int,
+        600,
+        "window flapping is counted in; a flapping workspace is unflagged after this "
+        "long without a status change",
+    )
+    flap_damping: bool = _opt(
+        "FLAP_DAMPING",
+        boolean,
+        False,
+        "a flapping workspace's recovery to `online` waits until it has been healthy for "
+        "FLAP_HOLD_SECONDS (off: the transition table stays the original's)",
+    )
+    flap_hold_seconds: int = _opt(
+        "FLAP_HOLD_SECONDS",
+        positive_int,
+        120,
+        "with FLAP_DAMPING, how long a flapping workspace must stay healthy before it is "
+        "brought back online",
+    )
+    insight_sweep_interval: int = _opt(
+        "INSIGHT_SWEEP_INTERVAL",
+        positive_int,
+        10,
+        "seconds between insight sweeps (incident updates and resolution, flapping cleared)",
     )
     # The gateway's WebSocket `GET /ws` (CONTRACT §11).
     gateway_allowed_origins: str = _opt(

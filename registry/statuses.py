@@ -44,6 +44,10 @@ class EventType(StrEnum):
     REGISTRY_SELF_PRESERVATION = "REGISTRY_SELF_PRESERVATION"
     TASK_UPDATED = "TASK_UPDATED"
     WORKSPACE_HEARTBEAT = "WORKSPACE_HEARTBEAT"
+    # Fleet insight (CONTRACT §13).
+    REGISTRY_INCIDENT = "REGISTRY_INCIDENT"
+    WORKSPACE_FLAPPING = "WORKSPACE_FLAPPING"
+    WORKSPACE_STABLE = "WORKSPACE_STABLE"
 
 
 # Published but never written to structure_events (their volume is one per heartbeat).
@@ -55,4 +59,15 @@ BROADCAST_ONLY_EVENTS: frozenset[EventType] = frozenset(
 UNREACHABLE_EVENT: dict[Status, EventType] = {
     Status.OFFLINE: EventType.WORKSPACE_OFFLINE,
     Status.AWAITING_AGENT: EventType.WORKSPACE_AWAITING_AGENT,
+}
+
+# The status a workspace is in after each status-changing event (flapping counts these).
+STATUS_AFTER_EVENT: dict[EventType, Status] = {
+    EventType.WORKSPACE_ONLINE: Status.ONLINE,
+    EventType.WORKSPACE_DEGRADED: Status.DEGRADED,
+    EventType.WORKSPACE_OFFLINE: Status.OFFLINE,
+    EventType.WORKSPACE_AWAITING_AGENT: Status.AWAITING_AGENT,
+    EventType.WORKSPACE_PROVISION_FAILED: Status.FAILED,
+    EventType.WORKSPACE_HIBERNATED: Status.HIBERNATED,
+    EventType.WORKSPACE_REMOVED: Status.REMOVED,
 }

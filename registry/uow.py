@@ -27,6 +27,7 @@ from registry.events.outbox import (
     insert_recorded_events,
     queue_publication,
 )
+from registry.insight.recording import before_recording
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,12 @@ def record_event_on_commit(
     uow: UnitOfWork, event_type: EventType, workspace_id: UUID | None, payload: dict[str, Any]
 ) -> Event:
     """Record the event in this transaction; it is published after the commit."""
+    # Incident and flapping bookkeeping of a status change, in its transaction (§13).
+    extra = before_recording(uow.conn, [(event_type, workspace_id, payload)], verify=True)
     event = insert_recorded_event(uow.conn, event_type, workspace_id, payload)
     uow.recorded_events.append(event)
+    if extra:
+        uow.recorded_events.extend(insert_recorded_events(uow.conn, extra))
     return event
 
 
@@ -105,6 +110,7 @@ def record_events_on_commit(
     uow: UnitOfWork, events: list[tuple[EventType, UUID | str | None, dict[str, Any]]]
 ) -> list[Event]:
     """`record_event_on_commit` for many events in one statement (batched paths)."""
+    events = events + before_recording(uow.conn, events)  # §13, after the batch's own
     recorded = insert_recorded_events(uow.conn, events)
     uow.recorded_events.extend(recorded)
     return recorded

@@ -29,6 +29,7 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.maintenance",  # provisioning timeout, hibernation, orphans
     "tasks.access",
     "tasks.retention",  # history retention, status-count reconciliation
+    "tasks.insight",  # incidents and flapping (CONTRACT §13)
 )
 
 for _module in TASK_MODULES:

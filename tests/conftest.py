@@ -128,7 +128,7 @@ def db(engine, redis_client):
         conn.execute(
             text(
                 "TRUNCATE workspaces, workspace_auth_tokens, structure_events, event_outbox, "
-                "heartbeat_probes RESTART IDENTITY CASCADE"
+                "heartbeat_probes, incidents, incident_signals RESTART IDENTITY CASCADE"
             )
         )
         # Self-preservation state is one row; a test that left it active must not

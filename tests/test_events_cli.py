@@ -98,7 +98,29 @@ KNOWN_EVENTS: list[tuple[EventType, dict[str, Any], str]] = [
         {"active_tasks": 1, "uptime_seconds": 3725},
         "heartbeat (1 active, up 1h02m)",
     ),
-]
+    (
+        EventType.REGISTRY_INCIDENT,
+        {"state": "opened", "incident_id": 3, "kind": "shared_error",
+         "signature": "rate limited (<num>)", "sample_error": "rate limited (429)", "members": 5},
+        'incident #3 opened: 5 workspaces, shared_error "rate limited (<num>)"',
+    ),
+    (
+        EventType.REGISTRY_INCIDENT,
+        {"state": "resolved", "incident_id": 3, "kind": "shared_error", "signature": "x",
+         "members": 0, "peak_members": 40, "duration_seconds": 900},
+        "incident #3 resolved (after 15m00s, peak 40)",
+    ),
+    (
+        EventType.WORKSPACE_FLAPPING,
+        {"changes": 6, "window": 600},
+        "flapping: 6 status changes in 10m00s",
+    ),
+    (
+        EventType.WORKSPACE_STABLE,
+        {"quiet_seconds": 600},
+        "stable: no status change for 10m00s",
+    ),
+]  # fmt: skip
 
 
 CLI = str(Path(sys.executable).parent / "molecule-registry")

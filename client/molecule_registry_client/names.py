@@ -44,6 +44,8 @@ RELAY_EVENTS_TASK = "registry.relay_events"
 PRUNE_EVENTS_TASK = "registry.prune_events"
 # Extension: the exact recount behind self-preservation's fleet size (rarely).
 RECONCILE_STATUS_COUNTS_TASK = "registry.reconcile_status_counts"
+# Extension (CONTRACT §13): incidents updated and resolved, flapping cleared.
+SWEEP_INSIGHT_TASK = "registry.sweep_insight"
 SWEEP_TASKS: tuple[str, ...] = (
     SWEEP_BACKSTOP_TASK,
     SWEEP_HEALTH_TASK,
@@ -53,6 +55,7 @@ SWEEP_TASKS: tuple[str, ...] = (
     RELAY_EVENTS_TASK,
     PRUNE_EVENTS_TASK,
     RECONCILE_STATUS_COUNTS_TASK,
+    SWEEP_INSIGHT_TASK,
 )
 
 

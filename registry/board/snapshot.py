@@ -32,6 +32,7 @@ from uuid import UUID
 import redis
 from sqlalchemy import Connection, Engine, RowMapping, text
 
+from registry.board.incidents import open_incidents
 from registry.board.ordered import Key, OrderedFleet
 from registry.events.outbox import rfc3339
 from registry.events.subscriber import Position, stream_head
@@ -236,7 +237,8 @@ def fleet_snapshot(
     to read on.
 
     First page: `workspaces`, `next` (cursor, or null when this was all), `counts`
-    (per status, whole fleet), `total`, `server_time`, `position`, `self_preservation`.
+    (per status, whole fleet), `total`, `server_time`, `position`, `self_preservation`,
+    `incidents` (the open ones, registry.board.incidents).
     Later pages (`after` given): `workspaces` and `next`; from `ordered` when it has (or
     makes) a read that may serve this load.
     """
@@ -249,6 +251,7 @@ def fleet_snapshot(
         counts = {row.status: row.n for row in conn.execute(_COUNTS)}
         clock = conn.execute(_CLOCK).one()
         preservation = conn.execute(_SELF_PRESERVATION).scalar()
+        incidents = open_incidents(conn)
     position = Position(head.stream_id, clock.last_event_id, head.redis_run_id)
     load = ordered.stamp() if ordered is not None else None  # the snapshot is done
     fields = {
@@ -258,6 +261,7 @@ def fleet_snapshot(
         "server_time": rfc3339(clock.now),
         "position": position.token(),
         "self_preservation": preservation or {"active": False},
+        "incidents": incidents,
     }
     return with_tiles(fields, tiles)
 

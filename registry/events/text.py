@@ -144,6 +144,24 @@ def _heartbeat(p: dict[str, Any]) -> str:
     return "heartbeat" + _join(active, f"up {uptime}" if uptime else "")
 
 
+def _incident(p: dict[str, Any]) -> str:
+    head = f"incident #{p['incident_id']} {p['state']}"
+    if p["state"] == "opened":
+        return f"{head}: {p['members']} workspaces, {p['kind']} {_quoted(p['signature'])}"
+    if p["state"] == "resolved":
+        took = _duration(p.get("duration_seconds"))
+        return head + _join(f"after {took}" if took else "", f"peak {p.get('peak_members')}")
+    return f"{head}: {p['members']} workspaces" + _join(f"peak {p.get('peak_members')}")
+
+
+def _flapping(p: dict[str, Any]) -> str:
+    return f"flapping: {p['changes']} status changes in {_duration(p['window'])}"
+
+
+def _stable(p: dict[str, Any]) -> str:
+    return f"stable: no status change for {_duration(p['quiet_seconds'])}"
+
+
 GIST: dict[str, Callable[[dict[str, Any]], str]] = {
     EventType.WORKSPACE_ONLINE: _online,
     EventType.WORKSPACE_DEGRADED: _degraded,
@@ -156,6 +174,9 @@ GIST: dict[str, Callable[[dict[str, Any]], str]] = {
     EventType.REGISTRY_SELF_PRESERVATION: _self_preservation,
     EventType.TASK_UPDATED: _task,
     EventType.WORKSPACE_HEARTBEAT: _heartbeat,
+    EventType.REGISTRY_INCIDENT: _incident,
+    EventType.WORKSPACE_FLAPPING: _flapping,
+    EventType.WORKSPACE_STABLE: _stable,
 }
 
 

@@ -43,6 +43,7 @@ from registry.ingestion.tokens import (
     touch_tokens,
 )
 from registry.ingestion.urlguard import Resolver
+from registry.insight.damping import damped, write_holds
 from registry.jsontext import dumps
 from registry.liveness.keys import liveness_key
 from registry.liveness.transitions import (
@@ -61,7 +62,9 @@ _LOCK_AND_READ = text(
            w.agent_card IS NULL AS card_missing,
            COALESCE(w.last_register_failure_at
                     > now() - make_interval(secs => :failure_window), false) AS register_failing,
-           t.has_live, t.matched_id, t.touch_due
+           t.has_live, t.matched_id, t.touch_due,
+           w.flapping, w.flap_hold_since IS NOT NULL AS hold_started,
+           COALESCE(w.flap_hold_since <= now() - make_interval(secs => :hold), false) AS hold_done
     FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) WITH ORDINALITY AS hb(id, hash, ord)
     JOIN workspaces w ON w.id = hb.id
     LEFT JOIN LATERAL (
@@ -153,6 +156,9 @@ class _Locked:
     matched_token: dict[int, str | None]  # token id by position in the batch
     touch_due: set[str]  # matched tokens whose last_used_at is due a refresh
     db_now: datetime  # the database's clock: every time comparison uses it (CONTRACT §3)
+    flapping: bool = False  # FLAP_DAMPING (registry.insight.damping)
+    hold_started: bool = False
+    hold_done: bool = False
 
 
 @dataclass
@@ -189,6 +195,7 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
             "hashes": [hash_token(hb.auth_token) if hb.auth_token else "" for hb in heartbeats],
             "touch_after": LAST_USED_RESOLUTION_SECONDS,
             "failure_window": REGISTER_FAILURE_WINDOW_SECONDS,
+            "hold": get_settings().flap_hold_seconds,
         },
     ).all()
     locked: dict[str, _Locked] = {}
@@ -205,6 +212,9 @@ def _lock_rows(uow: UnitOfWork, heartbeats: Sequence[HeartbeatPayload]) -> dict[
                 {},
                 set(),
                 row.db_now,
+                row.flapping,
+                row.hold_started,
+                row.hold_done,
             ),
         )
         state.matched_token[row.ord - 1] = row.matched_id
@@ -229,7 +239,9 @@ def apply_heartbeats(
     # Before the row locks: a card's URL check may wait on DNS.
     cards, cards_skipped = usable_cards(uow.conn, heartbeats, resolver)
     locked = _lock_rows(uow, heartbeats)
-    ttl = get_settings().liveness_ttl_seconds
+    settings = get_settings()
+    ttl = settings.liveness_ttl_seconds
+    holds: dict[str, bool] = {}  # FLAP_DAMPING hold starts (True) and ends (False)
     results: list[dict[str, Any]] = []
     writes: dict[str, _RowWrite] = {}
     to_record: list[tuple[EventType, UUID | str | None, dict[str, Any]]] = []
@@ -265,7 +277,7 @@ def apply_heartbeats(
             native_status_mgmt=bool(hb.runtime_metadata and hb.runtime_metadata.native_status_mgmt),
             register_failing=state.register_failing,
         )
-        rule = heartbeat_transition(state.status, facts)
+        rule = damped(heartbeat_transition(state.status, facts), ws, state, settings, holds)
         if rule is not None:
             to_record.append((rule.event, ws, rule.payload(facts)))
             transitions.append((state.status, str(rule.to_status)))
@@ -281,6 +293,7 @@ def apply_heartbeats(
 
     # The rows are already locked (in id order), so the writes need no order of their own.
     _write_rows(uow, writes)
+    write_holds(uow.conn, holds)
     record_events_on_commit(uow, to_record)
     touch_tokens(uow.conn, [UUID(token) for token in used_tokens])
     if writes:

@@ -16,7 +16,13 @@ from uuid import UUID
 from sqlalchemy import TextClause, text
 
 from registry import metrics
-from registry.events.outbox import RECORDED_COLUMNS, recorded_events, recording_ctes
+from registry.events.outbox import (
+    RECORDED_COLUMNS,
+    insert_recorded_events,
+    recorded_events,
+    recording_ctes,
+)
+from registry.insight.recording import after_marking
 from registry.liveness.keys import clear_many_workspace_keys
 from registry.liveness.selfpreservation.counts import deltas_cte, records_its_deltas
 from registry.statuses import EXTERNAL_RUNTIME, UNREACHABLE_EVENT, EventType, Status
@@ -256,6 +262,9 @@ def mark_unreachable(
     if not changed:
         return changed
     uow.recorded_events.extend(events)
+    # Incident and flapping bookkeeping of these changes, in this transaction (§13).
+    extra = after_marking(uow.conn, [str(c.workspace_id) for c in changed])
+    uow.recorded_events.extend(insert_recorded_events(uow.conn, extra))
     ids = [c.workspace_id for c in changed]
     uow.on_commit(lambda pipe: clear_many_workspace_keys(pipe, ids))
     moves = Counter((c.previous_status, c.new_status) for c in changed)

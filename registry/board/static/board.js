@@ -915,6 +915,7 @@ async function showDetails(id) {
     return;
   }
   if (selected !== id) return;
+  showStrip(id);
   const facts = [
     ["status", label(ws.status)], ["runtime", ws.runtime], ["id", ws.id],
     ["tier", ws.tier], ["delivery", ws.delivery_mode || "–"],
@@ -930,6 +931,72 @@ async function showDetails(id) {
 }
 
 // ---- events --------------------------------------------------------------------------
+
+// ---- incidents (CONTRACT §13) -----------------------------------------------------------
+
+const incidents = new Map(); // incident_id -> the open incident, as the snapshot lists it
+
+function loadIncidents(list) {
+  incidents.clear();
+  for (const inc of list || []) incidents.set(inc.incident_id, inc);
+  renderIncidents();
+}
+
+function applyIncident(p) {
+  if (p.state === "resolved") incidents.delete(p.incident_id);
+  else incidents.set(p.incident_id, { ...(incidents.get(p.incident_id) || {}), ...p });
+  renderIncidents();
+}
+
+function renderIncidents() {
+  const panel = $("incidents");
+  panel.hidden = incidents.size === 0;
+  const rows = [...incidents.values()].sort((a, b) => b.incident_id - a.incident_id).map((inc) => {
+    const row = el("li");
+    row.dataset.incident = inc.incident_id;
+    const what = inc.kind === "group_unreachable" ? `parent ${inc.parent_id || inc.signature}` : inc.signature || "(no sample error)";
+    row.append(
+      el("span", "count", `${inc.members} workspace${inc.members === 1 ? "" : "s"}`),
+      el("span", "kind", inc.kind === "group_unreachable" ? "unreachable group" : "shared error"),
+      el("span", "sig", what),
+    );
+    row.title = inc.sample_error || what;
+    return row;
+  });
+  $("incident-list").replaceChildren(...rows);
+}
+
+// ---- the status strip of the selected workspace ---------------------------------------
+
+async function showStrip(id) {
+  const strip = $("strip");
+  let found;
+  try {
+    found = await getJSON(`api/workspaces/${encodeURIComponent(id)}/strip`);
+  } catch (err) {
+    strip.hidden = true;
+    return;
+  }
+  if (selected !== id) return;
+  const from = Date.parse(found.since);
+  const span = Math.max(1, Date.parse(found.until) - from);
+  const segments = found.segments.map((s) => {
+    const seg = el("div", "seg");
+    const ms = Date.parse(s.end) - Date.parse(s.start);
+    seg.style.flex = `0 0 ${(100 * ms / span).toFixed(3)}%`;
+    seg.style.setProperty("--c", s.status ? `var(--${s.status})` : "var(--panel-2)");
+    seg.dataset.status = s.status || "unknown";
+    seg.title = `${s.status ? label(s.status) : "unknown"} · ${new Date(s.start).toLocaleString()} → ${new Date(s.end).toLocaleString()}`;
+    return seg;
+  });
+  // Time before the first segment (the workspace is younger than 24 h) stays blank.
+  const lead = found.segments.length ? Date.parse(found.segments[0].start) - from : span;
+  if (lead > 0) segments.unshift(Object.assign(el("div", "seg"), { style: `flex: 0 0 ${(100 * lead / span).toFixed(3)}%; --c: transparent` }));
+  $("strip-bar").replaceChildren(...segments);
+  const avail = found.availability_percent;
+  $("strip-availability").textContent = avail === null ? "" : `${avail.toFixed(2)}% available`;
+  strip.hidden = false;
+}
 
 function renderPreservation(payload) {
   const banner = $("preservation");
@@ -1030,6 +1097,7 @@ function queueFeed(item) {
 
 function apply(ev) {
   if (ev.event === "REGISTRY_SELF_PRESERVATION") renderPreservation(ev.payload);
+  if (ev.event === "REGISTRY_INCIDENT" && ev.payload) applyIncident(ev.payload);
   const beat = ev.event === "WORKSPACE_HEARTBEAT";
   if (!beat || $("show-heartbeats").checked) queueFeed(ev);
   const id = ev.workspace_id;
@@ -1119,6 +1187,7 @@ async function start() {
   clockOffsetMs = Date.parse(first.server_time) - Date.now();
   lastSync = first.server_time;
   renderPreservation(first.self_preservation);
+  loadIncidents(first.incidents);
   clearFleet();
   loading = { counts: first.counts, total: first.total, got: first.workspaces.length };
   for (const ws of first.workspaces) upsert(ws, false, true);
