@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -147,8 +147,14 @@ class _Locked:
     register_failing: bool  # last_register_failure_at is within the window (§12)
     has_live_token: bool
     db_now: datetime  # the database's clock: every time comparison uses it (CONTRACT §3)
-    matched_token: dict[int, str | None] = field(default_factory=dict)  # by batch position
-    touch_due: set[str] = field(default_factory=set)  # matched tokens due a last_used_at
+
+
+@dataclass(slots=True)
+class _Tokens:
+    """The batch's tokens as read under the lock."""
+
+    matched: dict[int, str | None]  # the live token each heartbeat carried, by position
+    touch_due: set[str]  # matched tokens whose last_used_at is due a refresh
 
 
 @dataclass
@@ -177,7 +183,7 @@ class _RowWrite:
 
 def _lock_rows(
     uow: UnitOfWork, ids: list[str], heartbeats: Sequence[HeartbeatPayload]
-) -> dict[str, _Locked]:
+) -> tuple[dict[str, _Locked], _Tokens]:
     """Lock and read the batch's rows, keyed by the workspace id as text (cheaper to
     hash, bind and format than UUID objects, thousands of times per batch)."""
     hashes = [hash_token(hb.auth_token) if hb.auth_token else "" for hb in heartbeats]
@@ -191,14 +197,14 @@ def _lock_rows(
         },
     ).all()
     locked: dict[str, _Locked] = {}
+    tokens = _Tokens({}, set())
     for ord_, ws, status, task, db_now, last_sent, no_card, failing, live, matched, due in rows:
-        state = locked.get(ws)
-        if state is None:
-            state = locked[ws] = _Locked(status, task, last_sent, no_card, failing, live, db_now)
-        state.matched_token[ord_ - 1] = matched
+        if ws not in locked:
+            locked[ws] = _Locked(status, task, last_sent, no_card, failing, live, db_now)
+        tokens.matched[ord_ - 1] = matched
         if due:
-            state.touch_due.add(matched)
-    return locked
+            tokens.touch_due.add(matched)
+    return locked, tokens
 
 
 def array_literal(values: Sequence[str]) -> str:
@@ -208,11 +214,9 @@ def array_literal(values: Sequence[str]) -> str:
     return '{"' + '","'.join(values) + '"}' if values else "{}"
 
 
-def _age_seconds(hb: HeartbeatPayload, db_now: datetime) -> float:
-    """How long ago the heartbeat was sent, on the database clock (0 without sent_at)."""
-    if hb.sent_at is None:
-        return 0.0
-    return max(0.0, (db_now - hb.sent_at).total_seconds())
+def _age_seconds(sent_at: datetime, db_now: datetime) -> float:
+    """How long ago a heartbeat was sent, on the database clock."""
+    return max(0.0, (db_now - sent_at).total_seconds())
 
 
 def apply_heartbeats(
@@ -224,7 +228,7 @@ def apply_heartbeats(
     # Before the row locks: a card's URL check may wait on DNS.
     cards, cards_skipped = usable_cards(uow.conn, heartbeats, resolver)
     ids = [str(hb.workspace_id) for hb in heartbeats]
-    locked = _lock_rows(uow, ids, heartbeats)
+    locked, tokens = _lock_rows(uow, ids, heartbeats)
     ttl = get_settings().liveness_ttl_seconds
     results: list[dict[str, Any]] = []
     writes: dict[str, _RowWrite] = {}
@@ -236,8 +240,10 @@ def apply_heartbeats(
 
     for position, (ws, hb) in enumerate(zip(ids, heartbeats, strict=True)):
         state = locked.get(ws)
-        age = _age_seconds(hb, state.db_now) if state is not None else 0.0
-        refusal = _refusal(hb, state, position, age >= ttl)
+        sent_at = hb.sent_at
+        age = _age_seconds(sent_at, state.db_now) if sent_at and state else 0.0
+        matched = tokens.matched.get(position)
+        refusal = _refusal(hb, state, matched, age >= ttl)
         if refusal is not None:
             results.append(refusal.as_result())
             continue
@@ -252,7 +258,8 @@ def apply_heartbeats(
             )
         else:
             write.absorb(hb, key_ttl)
-        _take_card(cards.get(position), state, write)
+        if cards:
+            _take_card(cards.get(position), state, write)
 
         facts = HeartbeatFacts(
             runtime_state=hb.runtime_state,
@@ -268,10 +275,9 @@ def apply_heartbeats(
             state.status = write.new_status = str(rule.to_status)
 
         _broadcast(uow, ws, state, hb, published_at=published_at, stamp=stamp)
-        if hb.sent_at and (state.last_sent_at is None or hb.sent_at > state.last_sent_at):
-            state.last_sent_at = hb.sent_at
-        matched = state.matched_token.get(position)
-        if matched is not None and matched in state.touch_due:
+        if sent_at and (state.last_sent_at is None or sent_at > state.last_sent_at):
+            state.last_sent_at = sent_at
+        if matched is not None and matched in tokens.touch_due:
             used_tokens.add(matched)
         results.append({"status": "ok", "workspace_status": state.status})
 
@@ -354,29 +360,35 @@ def _write_rows(uow: UnitOfWork, writes: dict[str, _RowWrite]) -> None:
     """At most two UPDATEs for the whole batch: rows keeping their status, rows changing it."""
     same = [(ws, w) for ws, w in writes.items() if w.new_status == w.expected]
     changed = [(ws, w) for ws, w in writes.items() if w.new_status != w.expected]
-    for statement, rows in ((_UPDATE_SAME_STATUS, same), (_UPDATE_WITH_TRANSITION, changed)):
-        if rows:
-            uow.conn.execute(statement, {"rows": _rows_json(rows)})
+    if same:
+        uow.conn.execute(_UPDATE_SAME_STATUS, {"rows": _rows_json(same, with_status=False)})
+    if changed:
+        uow.conn.execute(_UPDATE_WITH_TRANSITION, {"rows": _rows_json(changed, with_status=True)})
 
 
-def _rows_json(rows: list[tuple[str, _RowWrite]]) -> str:
-    """The batch's rows as _ROWS reads them (optional columns only when set)."""
+def _rows_json(rows: list[tuple[str, _RowWrite]], *, with_status: bool) -> str:
+    """The batch's rows as _ROWS reads them. A key left out reads as NULL: optional
+    columns are sent only when set, and a false flag is left out (NULL is not true in
+    the CASEs that read it); new_status only for the statement that writes it."""
     out: list[dict[str, Any]] = []
     for ws, w in rows:
         hb = w.last
         row: dict[str, Any] = {
             "id": ws,
             "expected": w.expected,
-            "new_status": w.new_status,
             "error_rate": hb.error_rate,
             "active_tasks": hb.active_tasks,
             "uptime_seconds": hb.uptime_seconds,
             "current_task": hb.current_task,
             "monthly_spend": w.spend,
-            "busy_before": w.busy_before,
             "is_busy": hb.busy,
-            "clear_failure": w.clear_failure,
         }
+        if with_status:
+            row["new_status"] = w.new_status
+        if w.busy_before:
+            row["busy_before"] = True
+        if w.clear_failure:
+            row["clear_failure"] = True
         if hb.sample_error is not None:
             row["sample_error"] = hb.sample_error
         if hb.runtime_metadata is not None:
@@ -402,7 +414,7 @@ def _count(
 
 
 def _refusal(
-    hb: HeartbeatPayload, state: _Locked | None, position: int, stale: bool
+    hb: HeartbeatPayload, state: _Locked | None, matched_token: str | None, stale: bool
 ) -> MessageRefused | None:
     """Why a heartbeat must not apply (CONTRACT §4.2 steps 1, 2 and 4, freshness), or None."""
     if state is None:
@@ -416,7 +428,7 @@ def _refusal(
                 f"sent_at: is {ahead:.0f} s in the future (more than {MAX_SENT_AT_SKEW_SECONDS} s)",
                 label="sent_at_in_future",
             )
-    if not is_authorized(state.has_live_token, state.matched_token.get(position)):
+    if not is_authorized(state.has_live_token, matched_token):
         return Unauthorized(UNAUTHORIZED_ERROR)
     return _moot(hb, state, stale)
 
