@@ -44,5 +44,5 @@ import workers.startup  # noqa: E402, I001
 import workers.sweep_signals  # noqa: E402
 import workers.metrics_endpoint  # noqa: E402
 
-# Start-up objects frozen out of the cyclic collector's walks (workers/heap.py).
+# The cyclic garbage collector tuned for a worker (workers/heap.py).
 import workers.heap  # noqa: E402, F401
