@@ -284,7 +284,7 @@ def apply_heartbeats(
     # The rows are already locked (in id order), so the writes need no order of their own.
     _write_rows(uow, writes)
     record_events_on_commit(uow, to_record)
-    touch_tokens(uow.conn, [UUID(token) for token in used_tokens])
+    touch_tokens(uow.conn, used_tokens)
     if writes:
         keys = " ".join(f"{liveness_key(ws)} {w.key_ttl}" for ws, w in writes.items())
         uow.on_commit(lambda pipe: pipe.eval(_SET_KEYS, 0, keys))
