@@ -157,7 +157,7 @@ class _Tokens:
     touch_due: set[str]  # matched tokens whose last_used_at is due a refresh
 
 
-@dataclass
+@dataclass(slots=True)
 class _RowWrite:
     """What the batch writes to one workspace row: its last applicable heartbeat."""
 
