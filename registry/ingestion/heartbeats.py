@@ -5,9 +5,9 @@ A batch costs a fixed number of statements whatever its size N:
 0. only when some heartbeat carries an `agent_card`: one unlocked SELECT of the rows
    that could use it, and the card URL checks (registry.ingestion.cardbackfill);
 1. one SELECT that locks the rows (in id order) and reads their tokens;
-2. one `UPDATE workspaces ... FROM unnest(...)` for every workspace that keeps its
-   status, and one for those whose status changes (only when some do), each row
-   still conditional on `status = <status read under the lock>`;
+2. one `UPDATE workspaces ... FROM json_to_recordset(...)` for every workspace that
+   keeps its status, and one for those whose status changes (only when some do), each
+   row still conditional on `status = <status read under the lock>`;
 3. one INSERT of every recorded event (structure_events + outbox; only when some);
 4. one UPDATE of the tokens whose last_used_at is due (at most once a minute each);
 5. after the commit, one Redis pipeline (liveness keys and event publication).
