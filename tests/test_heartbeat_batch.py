@@ -364,3 +364,31 @@ def test_published_heartbeat_events_are_the_event_encoders_text(
         stamp = datetime.fromisoformat(json.loads(body)["timestamp"].replace("Z", "+00:00"))
         payload = {"active_tasks": 3, "uptime_seconds": uptime}
         assert body == Event(EventType.WORKSPACE_HEARTBEAT, ws, payload, stamp).to_json()
+
+
+def test_a_small_batch_probes_the_primary_key(db: Engine) -> None:
+    # The planner cannot count a JSON document's rows; without the LIMIT it assumed 100
+    # and scanned a fleet of thousands for every handful of heartbeats.
+    from registry.ingestion.heartbeats import _UPDATE_SAME_STATUS
+
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workspaces (id, name, status, registered_at, last_heartbeat_at) "
+                "SELECT id, id::text, 'online', now(), now() "
+                "FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, 5000)) s"
+            )
+        )
+        ids = conn.execute(text("SELECT id::text FROM workspaces LIMIT 3")).scalars().all()
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE workspaces"))
+    rows = [{"id": ws, "expected": "online", "is_busy": False} for ws in ids]
+    with db.begin() as conn:
+        plan = "\n".join(
+            conn.execute(
+                text(f"EXPLAIN {_UPDATE_SAME_STATUS.text}"),
+                {"rows": json.dumps(rows), "count": len(rows)},
+            ).scalars()
+        )
+    assert "Index Scan using workspaces_pkey" in plan, plan
+    assert "Seq Scan on workspaces" not in plan, plan

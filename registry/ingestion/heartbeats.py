@@ -85,13 +85,17 @@ _LOCK_AND_READ = text(
 # The row each workspace ends with, for all rows of the batch at once: one JSON array of
 # objects, one per workspace (a key left out is NULL). One text parameter that
 # PostgreSQL parses in one pass costs a fraction of fifteen bound lists, which the
-# driver sends as ARRAY[...] constructors of a thousand constants each.
+# driver sends as ARRAY[...] constructors of a thousand constants each. The planner
+# cannot see how many rows a JSON document holds (it assumes 100): the LIMIT, the count
+# sent, tells it, so a batch of a few rows probes the primary key instead of scanning
+# the table.
 _ROWS = """
-    json_to_recordset(CAST(:rows AS json)) AS v(
+    (SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS r(
         id uuid, expected text, new_status text, error_rate float8, sample_error text,
         active_tasks int, uptime_seconds int, current_task text, monthly_spend bigint,
         runtime_metadata jsonb, sent_at timestamptz, busy_before boolean, is_busy boolean,
         card jsonb, clear_failure boolean)
+     LIMIT :count) AS v
 """
 
 _SET_HEARTBEAT_COLUMNS = """
@@ -361,9 +365,11 @@ def _write_rows(uow: UnitOfWork, writes: dict[str, _RowWrite]) -> None:
     same = [(ws, w) for ws, w in writes.items() if w.new_status == w.expected]
     changed = [(ws, w) for ws, w in writes.items() if w.new_status != w.expected]
     if same:
-        uow.conn.execute(_UPDATE_SAME_STATUS, {"rows": _rows_json(same, with_status=False)})
+        rows = _rows_json(same, with_status=False)
+        uow.conn.execute(_UPDATE_SAME_STATUS, {"rows": rows, "count": len(same)})
     if changed:
-        uow.conn.execute(_UPDATE_WITH_TRANSITION, {"rows": _rows_json(changed, with_status=True)})
+        rows = _rows_json(changed, with_status=True)
+        uow.conn.execute(_UPDATE_WITH_TRANSITION, {"rows": rows, "count": len(changed)})
 
 
 def _rows_json(rows: list[tuple[str, _RowWrite]], *, with_status: bool) -> str:
