@@ -36,6 +36,9 @@ def _started(**_: Any) -> None:
 def _finished(**_: Any) -> None:
     client = get_redis()
     with _lock:
+        # A per-message heartbeat is applied outside the pool and sends no task_prerun
+        # (workers/heartbeat_intake.py): its drain is timed from the first one finished.
+        client.set("quick:first", repr(time.time()), nx=True)
         done = client.incr("quick:done")
     if done == int(os.environ.get("QUICK_EXPECT", "0")):
         elapsed = time.time() - float(client.get("quick:first"))

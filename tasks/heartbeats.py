@@ -68,6 +68,7 @@ def heartbeat_batch_task(payload: Any) -> dict[str, Any]:
     deadlines = [count_until(hb, first_seen, ttl) for hb in valid]
     applied = iter(apply_until_committed(valid, deadlines, transient=TRANSIENT_ERRORS))
     counts: Counter[str] = Counter()
+    applied_count = 0
     for item in items:
         if isinstance(item, PayloadError):
             metrics.count_refusal(HEARTBEAT_BATCH_TASK, item.label)
@@ -75,8 +76,12 @@ def heartbeat_batch_task(payload: Any) -> dict[str, Any]:
             counts["rejected"] += 1
             continue
         result = next(applied)
+        if result["status"] == "ok":  # the common case: nothing to report
+            applied_count += 1
+            continue
         report_refusal(item.workspace_id, result, HEARTBEAT_BATCH_TASK)
-        counts["applied" if result["status"] == "ok" else result["status"]] += 1
+        counts[result["status"]] += 1
+    counts["applied"] += applied_count
     return _summary(counts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -30,6 +31,8 @@ from test_heartbeats import ORDERINGS, ROWS, Pair, sent_pair
 
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, MAX_HEARTBEAT_BATCH, queue_for
 from registry.config import get_settings
+from registry.events.outbox import BROADCAST_CHANNEL, Event
+from registry.statuses import EventType
 
 pytestmark = pytest.mark.integration
 
@@ -304,3 +307,88 @@ def test_a_batch_message_through_the_worker(
         assert (row.status, row.current_task) == ("online", ws)
         assert recorded_events(db, ws)[-1] == ("WORKSPACE_ONLINE", {"recovered_from": "offline"})
         assert redis_client.ttl(f"ws:{ws}") > 0
+
+
+# Text a hand-built encoding would get wrong: quotes, backslashes, array and JSON
+# punctuation, the word NULL, control characters, non-ASCII, a surrogate pair's emoji.
+AWKWARD = "say \"hi\" \\ back\\slash, {braces} [] NULL\n\t\u2603 \U0001f600 \u2028 'q'"
+
+
+def test_awkward_text_reaches_the_row_as_sent(db: Engine, celery_app: Celery) -> None:
+    ws = new_id()
+    token = register_now(ws)["auth_token"]
+    metadata = {"capabilities": {AWKWARD: True, "status_mgmt": False}, "idle_timeout_seconds": 30}
+    sent = datetime.now(UTC).replace(microsecond=123456)
+    item = {
+        "workspace_id": ws,
+        "auth_token": token,
+        "sample_error": AWKWARD,
+        "current_task": AWKWARD,
+        "runtime_metadata": metadata,
+        "sent_at": sent.isoformat(),
+    }
+
+    assert batch(celery_app, {"heartbeats": [item]}) == summary(applied=1)
+
+    row = workspace(db, ws)
+    assert (row.last_sample_error, row.current_task) == (AWKWARD, AWKWARD)
+    assert row.runtime_metadata == metadata
+    assert row.last_heartbeat_sent_at == sent
+
+
+def test_published_heartbeat_events_are_the_event_encoders_text(
+    db: Engine, celery_app: Celery, redis_client: redis.Redis
+) -> None:
+    ws = new_id()
+    token = register_now(ws)["auth_token"]
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(BROADCAST_CHANNEL)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    item = {"workspace_id": ws, "auth_token": token, "active_tasks": 3, "uptime_seconds": 77}
+
+    batch(celery_app, {"heartbeats": [item, {**item, "uptime_seconds": 78}]})
+
+    bodies: list[str] = []
+    deadline = time.monotonic() + 5
+    while len(bodies) < 2 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            body = (
+                message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
+            )
+            if ws in body and "WORKSPACE_HEARTBEAT" in body:
+                bodies.append(body)
+    pubsub.close()
+    assert len(bodies) == 2, bodies
+    for body, uptime in zip(bodies, (77, 78), strict=True):
+        stamp = datetime.fromisoformat(json.loads(body)["timestamp"].replace("Z", "+00:00"))
+        payload = {"active_tasks": 3, "uptime_seconds": uptime}
+        assert body == Event(EventType.WORKSPACE_HEARTBEAT, ws, payload, stamp).to_json()
+
+
+def test_a_small_batch_probes_the_primary_key(db: Engine) -> None:
+    # The planner cannot count a JSON document's rows; without the LIMIT it assumed 100
+    # and scanned a fleet of thousands for every handful of heartbeats.
+    from registry.ingestion.heartbeats import _UPDATE_SAME_STATUS
+
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO workspaces (id, name, status, registered_at, last_heartbeat_at) "
+                "SELECT id, id::text, 'online', now(), now() "
+                "FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, 5000)) s"
+            )
+        )
+        ids = conn.execute(text("SELECT id::text FROM workspaces LIMIT 3")).scalars().all()
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE workspaces"))
+    rows = [{"id": ws, "expected": "online", "is_busy": False} for ws in ids]
+    with db.begin() as conn:
+        plan = "\n".join(
+            conn.execute(
+                text(f"EXPLAIN {_UPDATE_SAME_STATUS.text}"),
+                {"rows": json.dumps(rows), "count": len(rows)},
+            ).scalars()
+        )
+    assert "Index Scan using workspaces_pkey" in plan, plan
+    assert "Seq Scan on workspaces" not in plan, plan

@@ -42,4 +42,7 @@ import workers.startup  # noqa: E402, I001
 
 # Then the Prometheus endpoint, and the note of each sweep run `doctor` reads.
 import workers.sweep_signals  # noqa: E402
-import workers.metrics_endpoint  # noqa: E402, F401
+import workers.metrics_endpoint  # noqa: E402
+
+# The cyclic garbage collector tuned for a worker (workers/heap.py).
+import workers.heap  # noqa: E402, F401

@@ -226,15 +226,17 @@ def issue_token(conn: Connection, workspace_id: UUID, message: Message | None) -
     return token
 
 
-def touch_tokens(conn: Connection, token_ids: list[UUID]) -> None:
+def touch_tokens(conn: Connection, token_ids: Collection[UUID | str]) -> None:
     if token_ids:
         conn.execute(
             text(
-                "UPDATE workspace_auth_tokens SET last_used_at = now() WHERE id = ANY(:ids) "
-                "AND (last_used_at IS NULL OR "
+                "UPDATE workspace_auth_tokens SET last_used_at = now() "
+                "WHERE id = ANY(CAST(:ids AS uuid[])) AND (last_used_at IS NULL OR "
                 "last_used_at < now() - make_interval(secs => :res))"
             ),
-            {"ids": token_ids, "res": LAST_USED_RESOLUTION_SECONDS},
+            # One array literal (a heartbeat batch touches up to a thousand tokens): a
+            # bound list would go out as an ARRAY[...] of one constant per id.
+            {"ids": "{" + ",".join(map(str, token_ids)) + "}", "res": LAST_USED_RESOLUTION_SECONDS},
         )
 
 
