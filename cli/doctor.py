@@ -5,7 +5,8 @@ exit status: 0 when nothing failed, 1 otherwise (`--strict`: warnings count too)
 
 Checks, in order (a check that needs an unreachable store is skipped):
 - postgresql     reachable, schema at the migrations' head
-- redis          reachable (REDIS_URL: liveness keys, events)
+- redis          reachable (REDIS_URL, or the primary REDIS_SENTINELS name: liveness
+                 keys, events); a Sentinel setting that cannot work fails here
 - notifications  `notify-keyspace-events` publishes expired key-events
 - broker         reachable and persistent (Redis AOF; RabbitMQ durable or quorum queues)
 - workers        a worker consumes each registry queue (Celery remote control)
@@ -110,8 +111,12 @@ class Doctor:
 
     def redis_reachable(self) -> Check:
         from registry.db import get_redis
+        from registry.redisconn import config_problem, describe
 
-        where = safe_url(self.settings.redis_url)
+        where = describe(self.settings)
+        problem = config_problem(self.settings)
+        if problem is not None:  # never a silent fallback to REDIS_URL's own node
+            return Check("redis", FAIL, problem, "correct REDIS_SENTINELS / REDIS_SENTINEL_MASTER")
         client = get_redis()
         try:
             client.ping()
@@ -151,7 +156,7 @@ class Doctor:
 
     def broker(self) -> Check:
         url = self.settings.effective_broker_url
-        if url.startswith(("redis://", "rediss://", "unix://")):
+        if url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             check = self._redis_broker(url)
         else:
             check = self._amqp_broker(url)
@@ -159,10 +164,17 @@ class Doctor:
         return check
 
     def _redis_broker(self, url: str) -> Check:
+        from registry.redisconn import is_sentinel_url, redis_client
+
         where = safe_url(url)
-        with redis.Redis.from_url(
-            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-        ) as client:
+        options = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+        if is_sentinel_url(url):  # the Sentinels' primary, REDIS_URL's database
+            if self.settings.redis_sentinel_master == "" or self.redis is None:
+                return Check("broker", FAIL, f"cannot reach {where}: see the redis check")
+            client = redis_client(self.settings, **options)
+        else:
+            client = redis.Redis.from_url(url, **options)
+        with client:
             try:
                 persistence = client.info("persistence")
             except redis.exceptions.ConnectionError as exc:
