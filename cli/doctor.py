@@ -33,7 +33,7 @@ from cli.base import main
 from molecule_registry_client import safe_url
 from molecule_registry_client.names import HEARTBEAT_QUEUE, QUEUE_NAMES
 from registry.config import Settings, get_settings
-from registry.migrate import SchemaNotAtHead, check_schema
+from registry.migrate import DatabaseReadOnly, SchemaNotAtHead, check_schema
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 LISTENER_FIX = "start one: `python -m workers.liveness` (or `molecule-registry liveness`)"
@@ -96,6 +96,8 @@ class Doctor:
         engine = get_engine()
         try:
             revision = check_schema(engine)
+        except DatabaseReadOnly as exc:
+            return Check("postgresql", FAIL, f"{where}: {exc}")
         except SchemaNotAtHead as exc:
             return Check("postgresql", FAIL, f"{where}: {str(exc).split(':')[0]}", _MIGRATE)
         except sqlalchemy.exc.OperationalError as exc:
