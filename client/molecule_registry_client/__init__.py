@@ -242,6 +242,7 @@ class RegistryClient:
         queue_type: str = "classic",
         task_id_prefix: str = "",
         transport_options: Mapping[str, Any] | None = None,
+        result_transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.broker_url = broker_url
         # Letters, digits and _ only: the ACL pattern "<prefix>-*" must never match
@@ -254,6 +255,10 @@ class RegistryClient:
             result_backend = broker_url
         self.result_backend = result_backend
         self.result_timeout = result_timeout
+        # A `sentinel://` result backend needs its own (`{"master_name": …}`).
+        self._result_transport_options = dict(
+            transport_options if result_transport_options is None else result_transport_options
+        )
         # transport_options: e.g. `{"master_name": …}` for a `sentinel://` broker, or
         # `{"confirm_publish": True}` for RabbitMQ publisher confirms.
         self._connection = Connection(
@@ -475,8 +480,8 @@ class RegistryClient:
                 if self._result_app is None:
                     self._result_app = result_reader_app("registry-client")
                     if self.result_backend.startswith("sentinel://"):  # the master's name
-                        self._result_app.conf.result_backend_transport_options = dict(
-                            self._connection.transport_options
+                        self._result_app.conf.result_backend_transport_options = (
+                            self._result_transport_options
                         )
             backend_cls, url = by_url(self.result_backend, self._result_app.loader)
             # One per thread: backends hold connections that are not shared across threads.
