@@ -11,6 +11,7 @@ Nothing here imports the registry (tests and benchmarks set their environment fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -246,3 +247,9 @@ class RabbitCluster:
 
     def kill(self, n: int) -> None:
         os.kill(self.pid(n), signal.SIGKILL)
+
+    def discard(self) -> None:
+        """SIGKILL every node still running: quicker than `stop` when the data goes too."""
+        for n in (1, 2, 3):
+            with contextlib.suppress(OSError, ValueError):  # not running, or never started
+                os.kill(int((self.dir / f"node{n}" / "pid").read_text().strip()), signal.SIGKILL)

@@ -21,6 +21,7 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from molecule_registry_client import safe_url
+from registry.brokernodes import node_problem
 from registry.config import get_settings
 from registry.migrate import SchemaNotAtHead, check_schema
 from registry.redaction import install_log_redaction
@@ -97,7 +98,11 @@ def reachable_stores() -> tuple[Engine, redis.Redis]:
     schema is not the one this code expects."""
     from registry.db import get_engine, get_redis
 
-    check_config(get_settings())  # a bad Sentinel setting: one line, no fallback
+    settings = get_settings()
+    check_config(settings)  # a bad Sentinel setting: one line, no fallback
+    problem = node_problem(settings.effective_broker_url)  # a typo in a broker node list
+    if problem is not None:
+        raise RedisConfigError(problem)
     engine, client = get_engine(), get_redis()
     client.ping()
     check_schema(engine)

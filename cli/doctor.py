@@ -157,7 +157,22 @@ class Doctor:
         return Check("notifications", OK, f"notify-keyspace-events={flags!r} (expired events on)")
 
     def broker(self) -> Check:
+        from registry.brokernodes import node_problem, unreachable_nodes
+
         url = self.settings.effective_broker_url
+        problem = node_problem(url)
+        if problem is not None:
+            self.broker_reachable = False
+            return Check("broker", FAIL, problem, "correct CELERY_BROKER_URL's node list")
+        down = unreachable_nodes(url, timeout=self.timeout)
+        if down and len(down) < len(url.split(";")):
+            self.broker_reachable = True
+            return Check(
+                "broker",
+                WARN,
+                f"{len(down)} listed node(s) do not answer: {'; '.join(down)}",
+                "bring the node back, or take it out of CELERY_BROKER_URL",
+            )
         if url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             check = self._redis_broker(url)
         else:

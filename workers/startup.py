@@ -22,6 +22,7 @@ import sqlalchemy.exc
 from celery.signals import beat_init, celeryd_init
 
 from molecule_registry_client import safe_url
+from registry.brokernodes import node_problem, unreachable_nodes
 from registry.config import get_settings
 from registry.db import get_engine
 from registry.migrate import SchemaNotAtHead, check_schema
@@ -63,10 +64,17 @@ def ignored_settings() -> list[str]:
 
 
 def redis_refusal() -> str | None:
-    """Why this process must not start because of its Redis (Sentinel) settings, or None:
-    never a silent fallback to REDIS_URL's single node (registry/redisconn.py)."""
-    problem = config_problem(get_settings())
-    return None if problem is None else f"not started: {problem}"
+    """Why this process must not start because of its Redis (Sentinel) settings or its
+    broker node list, or None: never a silent fallback to REDIS_URL's single node
+    (registry/redisconn.py) nor to the nodes of a list that happen to be spelt right
+    (registry/brokernodes.py). A listed node that is merely down is only logged."""
+    settings = get_settings()
+    problem = config_problem(settings) or node_problem(settings.effective_broker_url)
+    if problem is not None:
+        return f"not started: {problem}"
+    for node in unreachable_nodes(settings.effective_broker_url):
+        log.warning("broker node %s does not answer; using the others", node)
+    return None
 
 
 @beat_init.connect
