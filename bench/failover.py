@@ -784,12 +784,12 @@ def report(options: Options, outcomes: list[Outcome], seconds: float) -> str:
             f"heartbeats/s), {options.registrations_per_second:g} registrations and card "
             f"updates/s, {options.dead} agents dying before each failure; LIVENESS_TTL_SECONDS="
             f"{options.ttl}, BACKSTOP_SWEEP_INTERVAL={options.backstop_interval}, "
-            f"BACKSTOP_GRACE_SECONDS={options.backstop_grace}. The failures run one after the "
-            "other on the same stores; each also SIGKILLs the worker a second after the node "
-            "and starts another. Failover is from the kill to the first heartbeat sent after "
+            f"BACKSTOP_GRACE_SECONDS={options.backstop_grace}; one worker (`-c "
+            f"{options.concurrency}`), beat and a liveness listener. The failures run one "
+            "after the other on the same stores; each also SIGKILLs the worker a second after "
+            "the node and starts another. Failover is from the kill to the first heartbeat sent after "
             "it being applied (sampled every 0.2 s), by the old worker or the new one; the "
-            "next column waits for one sent after the worker's SIGKILL, so it includes a "
-            "Celery worker's start-up, which on this shared box dominates. Heartbeats "
+            "next column waits for one sent after the worker's SIGKILL. Heartbeats "
             "acknowledged counts every acknowledged heartbeat of the run so far; false "
             "offline counts live agents (their heartbeats acknowledged, not killed) marked "
             f"during the scenario. Load average during the run: {os.getloadavg()[0]:.1f}.",
@@ -804,7 +804,7 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--workspaces", type=int, default=5000)
     parser.add_argument("--dead", type=int, default=100)
     parser.add_argument("--interval", type=float, default=3.0)
-    parser.add_argument("--ttl", type=int, default=30)
+    parser.add_argument("--ttl", type=int, default=60)
     parser.add_argument("--failures", default=",".join(FAILURES))
     parser.add_argument("--write", action="store_true", help="write docs/PERFORMANCE.md")
     args = parser.parse_args(argv)

@@ -169,3 +169,29 @@ def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
         },
     }
+
+
+# -- what a failover may not lose -------------------------------------------------------
+
+# Redis replicates asynchronously: a write the primary acknowledged can be missing on
+# the replica Sentinel promotes. Recorded events are deleted from the outbox only once
+# a replica has their publication too (WAIT), so the relay republishes any a failover
+# lost. A primary without a replica has nothing that could be promoted: nothing to wait for.
+REPLICA_WAIT_MS = 200
+
+
+def queue_replica_wait(pipe: Any, settings: Settings) -> bool:
+    """Add `WAIT 1` to a pipeline behind Sentinel; whether it was added (its answer is
+    then the pipeline's last result)."""
+    if not settings.sentinel:
+        return False
+    pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+    return True
+
+
+def replicated(client: redis.Redis, results: list[Any], waited: bool) -> bool:
+    """After a pipeline with `queue_replica_wait`: may its writes be taken as durable?"""
+    if not waited or int(results[-1]) >= 1:
+        return True
+    # No replica confirmed: fine only when there is none to promote.
+    return int(client.info("replication").get("connected_slaves", 0)) == 0

@@ -80,19 +80,23 @@ EOF
     return 0
 }
 
-start_node() {
+launch_node() {  # starts in the background; await_node waits for it
+    up "$1" && return 0
+    as_node "$1" "$rmq_bin/rabbitmq-server" -detached
+}
+
+await_node() {
     local n=$1
-    up "$n" && return 0
-    as_node "$n" "$rmq_bin/rabbitmq-server" -detached
     # -detached returns before the node registers with epmd: wait for that first.
-    for _ in $(seq 1 120); do ctl "$n" ping >/dev/null 2>&1 && break; sleep 0.5; done
+    for _ in $(seq 1 240); do ctl "$n" ping >/dev/null 2>&1 && break; sleep 0.5; done
     ctl "$n" await_startup --timeout 120 >/dev/null
 }
 
 case $cmd in
     start)
         prepare
-        for n in 1 2 3; do start_node "$n"; done
+        for n in 1 2 3; do launch_node "$n"; done  # the three boot side by side
+        for n in 1 2 3; do await_node "$n"; done
         for n in 2 3; do
             if ! ctl 1 cluster_status --formatter json 2>/dev/null | grep -q "running_nodes.*$(name "$n")"; then
                 ctl "$n" stop_app >/dev/null
