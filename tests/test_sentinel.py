@@ -117,7 +117,7 @@ def _until_sent(send, timeout: float = 30) -> float:
 def test_worker_broker_backend_and_liveness_keys_follow_the_primary_through_a_kill(
     db, test_env, group: SentinelGroup, tmp_path: Path
 ):
-    settings = group.settings()
+    settings = config.load(group.env())
     broker = settings.effective_broker_url
     env = process_env(test_env, **group.env())
     with (
