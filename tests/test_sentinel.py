@@ -261,3 +261,63 @@ READY_MARKS = {
     "worker": " ready.",
     "gateway": "Uvicorn running",
 }
+
+
+# -- recorded events survive a failover: they leave the outbox once a replica has them --
+
+
+@pytest.fixture
+def behind_sentinel(group: SentinelGroup, monkeypatch) -> Iterator[SentinelGroup]:
+    """This process's own settings pointed at the group (restored afterwards)."""
+    from registry.config import reload_settings
+    from registry.db import reset_connections
+
+    for key, value in group.env().items():
+        monkeypatch.setenv(key, value)
+    reload_settings()
+    reset_connections()
+    yield group
+    monkeypatch.undo()
+    reload_settings()
+    reset_connections()
+
+
+def _outbox(engine) -> list[int]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(text("SELECT event_id FROM event_outbox"))]
+
+
+def test_recorded_events_leave_the_outbox_only_once_a_replica_has_them(db, behind_sentinel):
+    import os
+    import signal
+
+    from registry.db import get_redis
+    from registry.events.outbox import relay_unpublished_events
+    from registry.statuses import EventType
+    from registry.uow import record_event_on_commit, unit_of_work
+
+    group = behind_sentinel
+    primary = group.node(group.primary_port())
+    wait_until(
+        lambda: primary.info("replication").get("slave0", {}).get("state") == "online",
+        what="the replica in sync",
+    )
+    with unit_of_work() as uow:
+        record_event_on_commit(uow, EventType.WORKSPACE_REMOVED, None, {"n": 1})
+    assert _outbox(db) == []  # the replica confirmed it: published for good
+
+    replica_port = group.base + 1 if group.primary_port() == group.base else group.base
+    replica_pid = int((group.dir / str(replica_port) / "redis.pid").read_text())
+    os.kill(replica_pid, signal.SIGSTOP)  # connected, but acknowledging nothing
+    try:
+        with unit_of_work() as uow:
+            event = record_event_on_commit(uow, EventType.WORKSPACE_REMOVED, None, {"n": 2})
+        # On the primary only: a failover now could lose it, so the relay keeps it.
+        assert _outbox(db) == [event.event_id]
+    finally:
+        os.kill(replica_pid, signal.SIGCONT)
+    wait_until(lambda: group.node(replica_port).xlen("events:stream") == 2, what="replicated")
+    with db.begin() as conn:
+        relayed = relay_unpublished_events(conn, get_redis(), grace_seconds=0, stream_maxlen=1000)
+    assert relayed == 1
+    assert _outbox(db) == []
