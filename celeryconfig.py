@@ -12,6 +12,7 @@ from kombu import Exchange, Queue
 
 from molecule_registry_client.names import DEFAULT_QUEUE, QUEUE_NAMES, queue_arguments
 from registry.config import get_settings
+from registry.redisconn import is_sentinel_url, sentinel_transport_options
 from tasks import schedule as _schedule
 
 _settings = get_settings()
@@ -94,6 +95,15 @@ broker_transport_options = {
     # (one ZRANGE per worker per 10 s). tests/test_redelivery.py shows the difference.
     "unacked_restore_throttle": 1,
 }
+
+# Redis behind Sentinel (REDIS_SENTINELS, REDIS_SENTINEL_MASTER): unless
+# CELERY_BROKER_URL / CELERY_RESULT_BACKEND say otherwise, broker and backend are
+# `sentinel://h1:p1/db;sentinel://h2:p2/db` (Settings.effective_broker_url), which
+# follow the primary through a failover given the master's name.
+if is_sentinel_url(broker_url):
+    broker_transport_options.update(sentinel_transport_options(_settings))
+if is_sentinel_url(result_backend):
+    result_backend_transport_options = sentinel_transport_options(_settings)
 
 # Results matter only to a producer waiting for a registration's token.
 result_expires = 300

@@ -21,9 +21,11 @@ import sqlalchemy.exc
 from sqlalchemy import Engine
 
 from molecule_registry_client import safe_url
+from registry.brokernodes import node_problem
 from registry.config import get_settings
 from registry.migrate import SchemaNotAtHead, check_schema
 from registry.redaction import install_log_redaction
+from registry.redisconn import RedisConfigError, check_config, describe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,9 +63,11 @@ def friendly_errors(func: F) -> F:
             if getattr(exc.orig, "pgcode", None) not in _SCHEMA_ERRORS:
                 raise
             raise click.ClickException(_schema_message(settings.database_url, exc)) from None
+        except RedisConfigError as exc:
+            raise click.ClickException(str(exc)) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise click.ClickException(
-                f"cannot reach Redis at {safe_url(settings.redis_url)}: {exc}"
+                f"cannot reach Redis at {describe(settings)}: {exc}"
             ) from None
 
     return wrapper  # type: ignore[return-value]
@@ -94,6 +98,11 @@ def reachable_stores() -> tuple[Engine, redis.Redis]:
     schema is not the one this code expects."""
     from registry.db import get_engine, get_redis
 
+    settings = get_settings()
+    check_config(settings)  # a bad Sentinel setting: one line, no fallback
+    problem = node_problem(settings.effective_broker_url)  # a typo in a broker node list
+    if problem is not None:
+        raise RedisConfigError(problem)
     engine, client = get_engine(), get_redis()
     client.ping()
     check_schema(engine)

@@ -5,7 +5,8 @@ exit status: 0 when nothing failed, 1 otherwise (`--strict`: warnings count too)
 
 Checks, in order (a check that needs an unreachable store is skipped):
 - postgresql     reachable, schema at the migrations' head
-- redis          reachable (REDIS_URL: liveness keys, events)
+- redis          reachable (REDIS_URL, or the primary REDIS_SENTINELS name: liveness
+                 keys, events); a Sentinel setting that cannot work fails here
 - notifications  `notify-keyspace-events` publishes expired key-events
 - broker         reachable and persistent (Redis AOF; RabbitMQ durable or quorum queues)
 - workers        a worker consumes each registry queue (Celery remote control)
@@ -32,7 +33,7 @@ from cli.base import main
 from molecule_registry_client import safe_url
 from molecule_registry_client.names import HEARTBEAT_QUEUE, QUEUE_NAMES
 from registry.config import Settings, get_settings
-from registry.migrate import SchemaNotAtHead, check_schema
+from registry.migrate import DatabaseReadOnly, SchemaNotAtHead, check_schema
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 LISTENER_FIX = "start one: `python -m workers.liveness` (or `molecule-registry liveness`)"
@@ -95,6 +96,8 @@ class Doctor:
         engine = get_engine()
         try:
             revision = check_schema(engine)
+        except DatabaseReadOnly as exc:
+            return Check("postgresql", FAIL, f"{where}: {exc}")
         except SchemaNotAtHead as exc:
             return Check("postgresql", FAIL, f"{where}: {str(exc).split(':')[0]}", _MIGRATE)
         except sqlalchemy.exc.OperationalError as exc:
@@ -110,8 +113,12 @@ class Doctor:
 
     def redis_reachable(self) -> Check:
         from registry.db import get_redis
+        from registry.redisconn import config_problem, describe
 
-        where = safe_url(self.settings.redis_url)
+        where = describe(self.settings)
+        problem = config_problem(self.settings)
+        if problem is not None:  # never a silent fallback to REDIS_URL's own node
+            return Check("redis", FAIL, problem, "correct REDIS_SENTINELS / REDIS_SENTINEL_MASTER")
         client = get_redis()
         try:
             client.ping()
@@ -150,8 +157,23 @@ class Doctor:
         return Check("notifications", OK, f"notify-keyspace-events={flags!r} (expired events on)")
 
     def broker(self) -> Check:
+        from registry.brokernodes import node_problem, unreachable_nodes
+
         url = self.settings.effective_broker_url
-        if url.startswith(("redis://", "rediss://", "unix://")):
+        problem = node_problem(url)
+        if problem is not None:
+            self.broker_reachable = False
+            return Check("broker", FAIL, problem, "correct CELERY_BROKER_URL's node list")
+        down = unreachable_nodes(url, timeout=self.timeout)
+        if down and len(down) < len(url.split(";")):
+            self.broker_reachable = True
+            return Check(
+                "broker",
+                WARN,
+                f"{len(down)} listed node(s) do not answer: {'; '.join(down)}",
+                "bring the node back, or take it out of CELERY_BROKER_URL",
+            )
+        if url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             check = self._redis_broker(url)
         else:
             check = self._amqp_broker(url)
@@ -159,10 +181,17 @@ class Doctor:
         return check
 
     def _redis_broker(self, url: str) -> Check:
+        from registry.redisconn import is_sentinel_url, redis_client
+
         where = safe_url(url)
-        with redis.Redis.from_url(
-            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-        ) as client:
+        options = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+        if is_sentinel_url(url):  # the Sentinels' primary, REDIS_URL's database
+            if self.settings.redis_sentinel_master == "" or self.redis is None:
+                return Check("broker", FAIL, f"cannot reach {where}: see the redis check")
+            client = redis_client(self.settings, **options)
+        else:
+            client = redis.Redis.from_url(url, **options)
+        with client:
             try:
                 persistence = client.info("persistence")
             except redis.exceptions.ConnectionError as exc:

@@ -30,6 +30,8 @@ from gateway.clients import Client, Frame, frame_key
 from gateway.frames import event_frame
 from gateway.peers import talk_set
 from gateway.throttle import BroadcastThrottle
+from registry import redisconn
+from registry.config import get_settings
 from registry.events.subscriber import (
     RETRYABLE_ERRORS,
     Position,
@@ -51,14 +53,18 @@ REPLAY_THREADS = 8
 
 def redis_client(url: str) -> redis.Redis:
     """The client the reader and the replays use (the Subscriber expects text replies;
-    its blocking reads stay below the socket timeout)."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    its blocking reads stay below the socket timeout). REDIS_URL goes through the
+    registry's factory, so it follows a Sentinel failover (registry/redisconn.py)."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    settings = get_settings()
+    if url == settings.redis_url:
+        return redisconn.redis_client(settings, **options)
+    return redis.Redis.from_url(url, **options)
 
 
 class Fanout:

@@ -38,6 +38,8 @@ from kombu.exceptions import KombuError
 
 from molecule_registry_client import celery_message, publish_message, safe_url
 from molecule_registry_client.names import HEARTBEAT_BATCH_TASK, queue_arguments, queue_for
+from registry.config import get_settings
+from registry.redisconn import is_sentinel_url, sentinel_transport_options
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ def _is_amqp(url: str) -> bool:
 
 def broker_connection(url: str) -> Connection:
     """A kombu connection; on RabbitMQ every publish waits for the broker's confirm."""
-    options = {"confirm_publish": True} if _is_amqp(url) else {}
+    options: dict[str, Any] = {"confirm_publish": True} if _is_amqp(url) else {}
+    if is_sentinel_url(url):  # REDIS_SENTINELS: the broker is the Sentinels' primary
+        options.update(sentinel_transport_options(get_settings()))
     return Connection(url, connect_timeout=5, transport_options=options)
 
 

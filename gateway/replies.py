@@ -28,6 +28,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from molecule_registry_client import result_reader_app
+from registry.config import get_settings
+from registry.redisconn import is_sentinel_url, sentinel_transport_options
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,10 @@ class Replies:
 
         self.url = result_backend_url
         self._app = result_reader_app("molecule-gateway")
+        if is_sentinel_url(result_backend_url):  # REDIS_SENTINELS: the master's name
+            self._app.conf.result_backend_transport_options = sentinel_transport_options(
+                get_settings()
+            )
         backend_cls, url = by_url(result_backend_url, self._app.loader)
         # Used by the poller alone, one fetch at a time.
         self._backend: Any = backend_cls(app=self._app, url=url)

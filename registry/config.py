@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,30 @@ def instance_id(raw: str) -> str:
     return value
 
 
+def host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    """Comma-separated `host:port` (IPv6 as `[addr]:port`): the Sentinels to ask."""
+    pairs: list[tuple[str, int]] = []
+    for raw_item in raw.split(","):
+        item = raw_item.strip()
+        host, sep, port = item.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"{item!r} is not host:port")
+        pairs.append((host, int(port)))
+    return tuple(pairs)
+
+
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def service_name(raw: str) -> str:
+    """A Sentinel master (service) name: Sentinel itself allows no spaces in it."""
+    value = raw.strip()
+    if not _SERVICE_NAME.match(value):
+        raise ValueError("must be 1 to 128 characters of A-Z a-z 0-9 . _ -")
+    return value
+
+
 def queue_type(raw: str) -> str:
     from molecule_registry_client.names import QUEUE_TYPES
 
@@ -167,6 +192,22 @@ class Settings:
         "DATABASE_URL", text, DEFAULT_DATABASE_URL, "SQLAlchemy URL of the registry database"
     )
     redis_url: str = _opt("REDIS_URL", text, DEFAULT_REDIS_URL, "liveness keys, caches, events")
+    redis_sentinels: tuple[tuple[str, int], ...] = _opt(
+        "REDIS_SENTINELS",
+        host_ports,
+        (),
+        "comma-separated `host:port` of the Redis Sentinels; with REDIS_SENTINEL_MASTER, "
+        "every Redis user follows the primary they name (REDIS_URL's host is then unused, "
+        "its database number and password still apply)",
+        shown="unset",
+    )
+    redis_sentinel_master: str = _opt(
+        "REDIS_SENTINEL_MASTER",
+        service_name,
+        "",
+        "the Sentinels' service (master) name; set both or neither (one alone, or a name "
+        "the Sentinels do not know, stops every process at start)",
+    )
     broker_url: str = _opt(
         "CELERY_BROKER_URL",
         text,
@@ -512,8 +553,17 @@ class Settings:
     )
 
     @property
+    def sentinel(self) -> bool:
+        """Redis is reached through Sentinel (REDIS_SENTINELS or REDIS_SENTINEL_MASTER set)."""
+        return bool(self.redis_sentinels or self.redis_sentinel_master)
+
+    @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url
+        if self.broker_url:
+            return self.broker_url
+        if self.sentinel:
+            return sentinel_transport_url(self)
+        return self.redis_url
 
     @property
     def quorum_queues(self) -> bool:
@@ -524,7 +574,26 @@ class Settings:
 
     @property
     def effective_result_backend(self) -> str:
-        return self.result_backend or self.redis_url
+        if self.result_backend:
+            return self.result_backend
+        if self.sentinel:
+            return sentinel_transport_url(self)
+        return self.redis_url
+
+
+def sentinel_transport_url(settings: Settings) -> str:
+    """`sentinel://[:password@]h1:p1/db;sentinel://…@h2:p2/db`: Celery's and kombu's
+    spelling of the Sentinels, carrying REDIS_URL's database and password."""
+    url = urlsplit(settings.redis_url)
+    auth = ""
+    if url.password is not None:
+        auth = f"{quote(unquote(url.username or ''), safe='')}:{quote(unquote(url.password), safe='')}@"
+    db = url.path.strip("/") or parse_qs(url.query).get("db", ["0"])[0]
+    hosts = [f"[{h}]" if ":" in h else h for h, _ in settings.redis_sentinels]
+    return ";".join(
+        f"sentinel://{auth}{host}:{port}/{db}"
+        for host, (_, port) in zip(hosts, settings.redis_sentinels, strict=True)
+    )
 
 
 def options() -> list[tuple[str, Option]]:

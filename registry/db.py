@@ -8,6 +8,7 @@ import redis
 from sqlalchemy import Engine, create_engine
 
 from registry.config import get_settings
+from registry.redisconn import redis_client
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -51,17 +52,23 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def get_redis(url: str | None = None) -> redis.Redis:
-    url = url or get_settings().redis_url
+    """The process's client of REDIS_URL (through Sentinel when configured,
+    registry/redisconn.py), or of another `url`."""
+    settings = get_settings()
+    url = url or settings.redis_url
     with _lock:
         client = _redis_clients.get(url)
         if client is None:
-            client = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=5,
-                socket_connect_timeout=5,
-                health_check_interval=30,
-            )
+            options = {
+                "decode_responses": True,
+                "socket_timeout": 5,
+                "socket_connect_timeout": 5,
+                "health_check_interval": 30,
+            }
+            if url == settings.redis_url:
+                client = redis_client(settings, **options)
+            else:
+                client = redis.Redis.from_url(url, **options)
             _redis_clients[url] = client
         return client
 

@@ -83,8 +83,20 @@ class SchemaNotAtHead(Exception):
         super().__init__(f"the database {what}: run `molecule-registry migrate`")
 
 
+class DatabaseReadOnly(SchemaNotAtHead):
+    """DATABASE_URL leads to a standby: every write would fail, so nothing may start."""
+
+    def __init__(self) -> None:
+        Exception.__init__(
+            self,
+            "the database is a read-only standby (pg_is_in_recovery): point DATABASE_URL "
+            "at the primary, or list every node with `target_session_attrs=read-write`",
+        )
+
+
 def check_schema(engine: Engine) -> str:
-    """The current revision when it is the head; raises SchemaNotAtHead otherwise.
+    """The current revision when it is the head; raises SchemaNotAtHead otherwise
+    (DatabaseReadOnly when the server is a standby).
 
     Raises SQLAlchemy's OperationalError when the database cannot be reached.
     """
@@ -92,6 +104,8 @@ def check_schema(engine: Engine) -> str:
 
     head = head_revision()
     with engine.connect() as conn:
+        if conn.execute(text("SELECT pg_is_in_recovery()")).scalar():
+            raise DatabaseReadOnly()
         current = MigrationContext.configure(conn).get_current_revision()
     if current != head:
         raise SchemaNotAtHead(current, head)

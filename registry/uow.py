@@ -28,6 +28,7 @@ from registry.events.outbox import (
     queue_publication,
 )
 from registry.insight.recording import before_recording
+from registry.redisconn import queue_replica_wait, replicated
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,17 @@ def run_after_commit(uow: UnitOfWork, engine: Engine, client: redis.Redis) -> No
     pipe = client.pipeline(transaction=False)
     for op in uow.redis_ops:
         op(pipe)
-    queue_publication(pipe, events, get_settings().events_stream_maxlen)
-    pipe.execute()
+    settings = get_settings()
+    queue_publication(pipe, events, settings.events_stream_maxlen)
     published = [e.event_id for e in uow.recorded_events if e.event_id is not None]
+    # Behind Sentinel, recorded events leave the outbox once a replica has them too.
+    waited = bool(published) and queue_replica_wait(pipe, settings)
+    results = pipe.execute()
+    if published and not replicated(client, results, waited):
+        log.warning(
+            "no replica confirmed %d published event(s); the relay republishes them", len(published)
+        )
+        return
     if published:
         try:
             with engine.begin() as conn:

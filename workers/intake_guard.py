@@ -291,6 +291,16 @@ def _where(exc: BaseException) -> str:
 class GuardedConsumer(Consumer):
     """Celery's consumer with every task message screened first (see module)."""
 
+    class Blueprint(Consumer.Blueprint):
+        # Delayed delivery set up through the first broker node that answers
+        # (workers/delayed_delivery.py), not retried through each dead one.
+        default_steps = [
+            "workers.delayed_delivery:ClusterDelayedDelivery"
+            if step.endswith(":DelayedDelivery")
+            else step
+            for step in Consumer.Blueprint.default_steps
+        ]
+
     def create_task_handler(self, promise: Any = promise) -> Callable[[Any], None]:
         handler = super().create_task_handler(promise)
         return guarded(handler, self.app.tasks, self.connection_errors)

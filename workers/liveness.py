@@ -6,6 +6,10 @@ registry.liveness) and applies the liveness-expiry transition to every `ws:<id>`
 that expires, in batches of whatever has arrived. It:
 
 - pauses marking while self-preservation is active (evaluated at most every 5 s);
+- follows the primary through a Redis Sentinel failover (REDIS_SENTINELS): it checks
+  every second that the node it is subscribed on is still the one the Sentinels name,
+  and re-subscribes (and re-enables the notifications) on the new primary otherwise;
+  what expired during the switch is caught by the backstop sweep;
 - survives PostgreSQL or Redis going away: it reconnects with exponential backoff and
   jitter (0.25 s doubling up to 30 s), re-enables the notifications on reconnect (a
   restarted Redis forgets them), and the backstop sweep catches any expiry missed
@@ -47,14 +51,18 @@ from registry.lifesigns import (
     mark_listener_alive,
 )
 from registry.liveness.expiry import (
+    PRIMARY_CHECK_SECONDS,
     NotificationsUnavailable,
     ensure_expired_notifications,
+    ensure_still_primary,
     expired_channel,
     mark_expired,
+    subscribed_node,
 )
 from registry.liveness.keys import workspace_id_from_liveness_key
 from registry.liveness.selfpreservation import SelfPreservationGate
 from registry.migrate import SchemaNotAtHead, check_schema
+from registry.redisconn import RedisConfigError, check_config, describe, redis_client
 from registry.transient import DEPENDENCY_ERRORS
 from registry.uow import unit_of_work
 
@@ -84,6 +92,7 @@ class LivenessListener:
         self.gate = gate or SelfPreservationGate(settings)
         self.identity = listener_identity()
         self._stop = threading.Event()
+        self._node: tuple[str, int] = ("", 0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,8 +102,9 @@ class LivenessListener:
         failures = 0
         ready_before = False
         while not self._stop.is_set():
-            client = redis.Redis.from_url(
-                self.settings.redis_url,
+            # REDIS_URL's node, or the primary Sentinel names now (registry/redisconn.py).
+            client = redis_client(
+                self.settings,
                 decode_responses=True,
                 socket_connect_timeout=5,
                 socket_keepalive=True,
@@ -126,7 +136,7 @@ class LivenessListener:
     def _forget(self) -> None:
         # Stopped cleanly: say so at once rather than when the key's TTL runs out.
         try:
-            with redis.Redis.from_url(self.settings.redis_url, socket_timeout=2) as client:
+            with redis_client(self.settings, socket_timeout=2) as client:
                 forget_listener(client, self.identity)
         except redis.exceptions.RedisError as exc:
             log.debug("could not remove this listener's sign of life: %s", exc)
@@ -140,22 +150,30 @@ class LivenessListener:
         db = int(client.connection_pool.connection_kwargs.get("db", 0))
         channel = expired_channel(db)
         pubsub.subscribe(channel)
+        # Expiry notifications are raised only by the primary: with Sentinel, this one.
+        self._node = subscribed_node(pubsub)
         flags = ensure_expired_notifications(client, pubsub, channel)
         log.info(
-            "%s%s: %s on %s (notify-keyspace-events=%s)",
+            "%s%s: %s on %s, node %s:%s (notify-keyspace-events=%s)",
             READY_MESSAGE,
             " again" if reconnect else "",
             channel,
-            safe_url(self.settings.redis_url),
+            describe(self.settings),
+            *self._node,
             flags,
         )
 
     def _listen(self, pubsub: redis.client.PubSub, client: redis.Redis) -> None:
-        next_sign = 0.0
+        next_sign = next_primary_check = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_sign:
                 mark_listener_alive(client, self.identity)
                 next_sign = time.monotonic() + LISTENER_REFRESH_SECONDS
+            if self.settings.sentinel and time.monotonic() >= next_primary_check:
+                # After a failover the old primary may live on as a replica (no expiry
+                # events there): raises PrimaryMoved, and the loop re-subscribes.
+                ensure_still_primary(self.settings, self._node)
+                next_primary_check = time.monotonic() + PRIMARY_CHECK_SECONDS
             message = pubsub.get_message(timeout=self.poll_seconds)
             if message is None:
                 continue
@@ -204,7 +222,7 @@ class LivenessListener:
 def _describe_dependency(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
         return f"PostgreSQL at {safe_url(settings.database_url)}"
-    return f"Redis at {safe_url(settings.redis_url)}"
+    return f"Redis at {describe(settings)}"
 
 
 def _close_quietly(pubsub: redis.client.PubSub, client: redis.Redis) -> None:
@@ -236,8 +254,9 @@ def run_listener(settings: Settings | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
+        check_config(listener.settings)
         listener.run()
-    except (NotificationsUnavailable, SchemaNotAtHead) as exc:
+    except (NotificationsUnavailable, SchemaNotAtHead, RedisConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     log.info("liveness listener stopped")

@@ -86,13 +86,19 @@ class QueueLengthCollector(Collector):
         yield family
 
     def lengths(self) -> dict[str, int]:
-        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if self.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             return self._redis_lengths()
         return self._amqp_lengths()
 
     def _redis_lengths(self) -> dict[str, int]:
         import redis
 
+        if self._redis is None and self.broker_url.startswith("sentinel://"):
+            from registry.config import get_settings
+            from registry.redisconn import redis_client
+
+            # The broker is REDIS_URL's database on the Sentinels' primary.
+            self._redis = redis_client(get_settings(), socket_timeout=2, socket_connect_timeout=2)
         if self._redis is None:
             self._redis = redis.Redis.from_url(
                 self.broker_url, socket_timeout=2, socket_connect_timeout=2

@@ -6,6 +6,9 @@ refuses to start instead, with one line saying how to migrate. A database that c
 be reached at start is only a warning: tasks retry, and the worker rides out an
 outage like any other.
 
+Redis settings that cannot work (REDIS_SENTINEL_MASTER unknown to the Sentinels, no
+Sentinel answering, one of the two settings alone) stop a worker or beat at start too.
+
 (The in-process test worker, celery.contrib.testing, sends no celeryd_init.)
 """
 
@@ -16,12 +19,14 @@ import sys
 from typing import Any
 
 import sqlalchemy.exc
-from celery.signals import celeryd_init
+from celery.signals import beat_init, celeryd_init
 
 from molecule_registry_client import safe_url
+from registry.brokernodes import node_problem, unreachable_nodes
 from registry.config import get_settings
 from registry.db import get_engine
 from registry.migrate import SchemaNotAtHead, check_schema
+from registry.redisconn import config_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +63,36 @@ def ignored_settings() -> list[str]:
     return []
 
 
+def redis_refusal() -> str | None:
+    """Why this process must not start because of its Redis (Sentinel) settings or its
+    broker node list, or None: never a silent fallback to REDIS_URL's single node
+    (registry/redisconn.py) nor to the nodes of a list that happen to be spelt right
+    (registry/brokernodes.py). A listed node that is merely down is only logged."""
+    settings = get_settings()
+    problem = config_problem(settings) or node_problem(settings.effective_broker_url)
+    if problem is not None:
+        return f"not started: {problem}"
+    for node in unreachable_nodes(settings.effective_broker_url):
+        log.warning("broker node %s does not answer; using the others", node)
+    return None
+
+
+@beat_init.connect
+def _refuse_a_bad_redis_configuration(**_: Any) -> None:
+    refusal = redis_refusal()
+    if refusal is not None:
+        print(f"beat {refusal}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SCHEMA)
+
+
 @celeryd_init.connect
 def _refuse_an_unmigrated_database(**_: Any) -> None:
     for line in ignored_settings():
         log.warning(line)
+    refusal = redis_refusal()
+    if refusal is not None:
+        print(f"worker {refusal}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SCHEMA)
     refusal = schema_refusal()
     if refusal is not None:
         # Logging is not set up yet this early: one plain line on stderr. Celery's

@@ -88,8 +88,9 @@ TASK_ID_PREFIX = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 def safe_url(url: str) -> str:
-    """The URL with its password hidden, fit for a log line or an error."""
-    return str(maybe_sanitize_url(url, mask="***"))
+    """The URL with its password hidden, fit for a log line or an error; every URL of a
+    `;`-separated list (kombu's failover and Sentinel spelling)."""
+    return ";".join(str(maybe_sanitize_url(part, mask="***")) for part in url.split(";"))
 
 
 def _origin() -> str:
@@ -240,6 +241,8 @@ class RegistryClient:
         pool_size: int = 10,
         queue_type: str = "classic",
         task_id_prefix: str = "",
+        transport_options: Mapping[str, Any] | None = None,
+        result_transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.broker_url = broker_url
         # Letters, digits and _ only: the ACL pattern "<prefix>-*" must never match
@@ -252,7 +255,17 @@ class RegistryClient:
             result_backend = broker_url
         self.result_backend = result_backend
         self.result_timeout = result_timeout
-        self._connection = Connection(broker_url, connect_timeout=connect_timeout)
+        # A `sentinel://` result backend needs its own (`{"master_name": …}`).
+        self._result_transport_options = dict(
+            transport_options if result_transport_options is None else result_transport_options
+        )
+        # transport_options: e.g. `{"master_name": …}` for a `sentinel://` broker, or
+        # `{"confirm_publish": True}` for RabbitMQ publisher confirms.
+        self._connection = Connection(
+            broker_url,
+            connect_timeout=connect_timeout,
+            transport_options=dict(transport_options or {}),
+        )
         # Private pools (not kombu's global ones), so close() only closes this client's.
         self._connections = self._connection.Pool(limit=pool_size)
         self._producers = ProducerPool(self._connections, limit=pool_size)
@@ -466,6 +479,10 @@ class RegistryClient:
             with self._lock:
                 if self._result_app is None:
                     self._result_app = result_reader_app("registry-client")
+                    if self.result_backend.startswith("sentinel://"):  # the master's name
+                        self._result_app.conf.result_backend_transport_options = (
+                            self._result_transport_options
+                        )
             backend_cls, url = by_url(self.result_backend, self._result_app.loader)
             # One per thread: backends hold connections that are not shared across threads.
             backend = self._local.backend = backend_cls(app=self._result_app, url=url)

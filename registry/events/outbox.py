@@ -21,6 +21,7 @@ from sqlalchemy import Connection, text
 from registry.config import get_settings
 from registry.events.size import bounded_payload
 from registry.jsontext import dumps
+from registry.redisconn import queue_replica_wait, replicated
 from registry.statuses import BROADCAST_ONLY_EVENTS, EventType
 
 if TYPE_CHECKING:
@@ -269,7 +270,10 @@ def relay_unpublished_events(
     ]
     pipe = client.pipeline(transaction=False)
     queue_publication(pipe, events, stream_maxlen)
-    pipe.execute()
+    waited = queue_replica_wait(pipe, get_settings())  # behind Sentinel: a replica has them
+    if not replicated(client, pipe.execute(), waited):
+        log.warning("no replica confirmed %d relayed event(s); relaying them again", len(events))
+        return 0
     delete_from_outbox(conn, [r.id for r in rows])
     log.warning("relayed %d event(s) whose publication had not been confirmed", len(events))
     return len(events)

@@ -27,6 +27,7 @@ import redis.exceptions
 from registry.config import Settings
 from registry.liveness.selfpreservation import LIVENESS_EXPIRED
 from registry.liveness.transitions import Unreachable, mark_unreachable
+from registry.redisconn import primary_address
 from registry.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,35 @@ ALL_EVENTS_FLAG = "A"  # alias that includes x
 SELFTEST_PREFIX = "registry:liveness-selftest:"
 
 
+# How often a listener behind Sentinel asks whether its node is still the primary.
+PRIMARY_CHECK_SECONDS = 1.0
+
+
 class NotificationsUnavailable(RuntimeError):
     """Redis will not publish expired-key events, and the registry cannot make it."""
+
+
+class PrimaryMoved(redis.exceptions.ConnectionError):
+    """The node a listener is subscribed on is no longer the primary (a failover)."""
+
+
+def subscribed_node(pubsub: redis.client.PubSub) -> tuple[str, int]:
+    """The node `pubsub`'s connection is on (after `subscribe`)."""
+    connection = pubsub.connection
+    if connection is None:
+        raise redis.exceptions.ConnectionError("the pub/sub connection is not open")
+    return str(connection.host), int(connection.port)
+
+
+def ensure_still_primary(settings: Settings, node: tuple[str, int]) -> None:
+    """Raise PrimaryMoved unless `node` is the primary the Sentinels name now.
+
+    Expired events are raised only on the primary (a replica deletes the key when its
+    primary tells it to, silently), so a listener left on a demoted node hears nothing.
+    """
+    now = primary_address(settings)
+    if now != node:
+        raise PrimaryMoved(f"the primary moved from {node[0]}:{node[1]} to {now[0]}:{now[1]}")
 
 
 def expired_channel(db: int) -> str:
