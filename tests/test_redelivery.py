@@ -31,6 +31,7 @@ from ingest_helpers import (
     stream_events,
     task_named,
     tokens_of,
+    update_card_now,
     wait_until,
     workspace,
 )
@@ -82,6 +83,29 @@ def test_redelivered_registration_answers_the_same_token(db: Engine, celery_app:
     # A different message without the token is still refused (not a hijack path).
     other = task.apply(args=[payload], task_id=str(uuid.uuid4())).get()
     assert other["status"] == "unauthorized"
+
+
+def test_a_redelivered_registration_does_not_undo_a_later_card_update(
+    db: Engine, celery_app: Celery
+) -> None:
+    ws = new_id()
+    task = task_named(celery_app, REGISTER_TASK)
+    payload = {"id": ws, "agent_card": {"name": "first"}, "delivery_mode": "poll"}
+    payload["request_secret"] = "only-the-first-sender-knows"
+    task_id = str(uuid.uuid4())
+    first = task.apply(args=[payload], task_id=task_id).get()
+    # The agent moves on: its card changes, then its status.
+    assert update_card_now(ws, {"name": "newer"}, first["auth_token"])["status"] == "updated"
+    set_status(db, ws, "degraded")
+
+    # The first registration's message comes again (its worker died before the ack).
+    again = task.apply(args=[payload], task_id=task_id).get()
+
+    assert again["auth_token"] == first["auth_token"]
+    assert again["workspace_status"] == "degraded"  # answered from the row, not reapplied
+    row = workspace(db, ws)
+    assert row.agent_card["name"] == "newer"
+    assert row.status == "degraded"
 
 
 def test_tokens_are_never_stored_in_plaintext(

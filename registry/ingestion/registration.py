@@ -240,6 +240,11 @@ def register(
         # CONTRACT §12: nothing in the row changes and no status event is recorded;
         # the agent learns the status it is in (and its token, if it has none).
         status = str(row.status)
+    elif row is not None and message is not None and state.issued_by_this_message:
+        # A redelivery of a registration that committed (its token row was written in
+        # the same transaction): applied already, so it only answers again. Applying
+        # it twice would put back its card and URL over a newer card update.
+        status = str(row.status)
     else:
         _upsert(uow, payload, row, mode, agent_url)
         status = str(Status.ONLINE)
