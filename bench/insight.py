@@ -7,8 +7,12 @@ In a database of its own (created and dropped here), with `--fleet` workspaces:
    batches of `--batch` (500) applied by `apply_heartbeats` as the worker does.
    Batches alternate between the hook on and the hook off (registry.uow's
    `before_recording` replaced by a no-op), in one run: the median difference is
-   the bookkeeping's added cost per batch. The incidents opened must be exactly 3,
-   each in the transaction of its fifth member.
+   the bookkeeping's added cost per batch (the worst case: every item a degradation).
+   The incidents opened must be exactly 3, each in the transaction of its fifth member.
+1b. The issue's scenario as a worker sees it: batches of `--mix-batch` (1,000) holding
+   `--mix-degraded` (5) degradations, the rest healthy (1,000,000 workspaces at
+   ~33,000 heartbeats/s: ~2,000,000 heartbeats carry the minute's 10,000
+   degradations), hook on and off alternately: the figure the 2 ms target is about.
 2. Healthy heartbeats of online workspaces (no status change), hook on and off
    alternately: the added cost must be nil (no statement is sent).
 3. `history` of one workspace with 30 days of status events (one every 15 minutes)
