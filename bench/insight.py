@@ -7,8 +7,12 @@ In a database of its own (created and dropped here), with `--fleet` workspaces:
    batches of `--batch` (500) applied by `apply_heartbeats` as the worker does.
    Batches alternate between the hook on and the hook off (registry.uow's
    `before_recording` replaced by a no-op), in one run: the median difference is
-   the bookkeeping's added cost per batch. The incidents opened must be exactly 3,
-   each in the transaction of its fifth member.
+   the bookkeeping's added cost per batch (the worst case: every item a degradation).
+   The incidents opened must be exactly 3, each in the transaction of its fifth member.
+1b. The issue's scenario as a worker sees it: batches of `--mix-batch` (1,000) holding
+   `--mix-degraded` (5) degradations, the rest healthy (1,000,000 workspaces at
+   ~33,000 heartbeats/s: ~2,000,000 heartbeats carry the minute's 10,000
+   degradations), hook on and off alternately: the figure the 2 ms target is about.
 2. Healthy heartbeats of online workspaces (no status change), hook on and off
    alternately: the added cost must be nil (no statement is sent).
 3. `history` of one workspace with 30 days of status events (one every 15 minutes)
@@ -126,6 +130,25 @@ def measure_degradations(ids: list[str], degrade: int, batch: int) -> dict[str, 
     return figures
 
 
+def measure_mix(ids: list[str], batch: int, per_batch: int, pairs: int) -> dict[str, Any]:
+    """The issue's scenario as a worker sees it: batches of `batch` heartbeats of which
+    `per_batch` degrade (the rest healthy, no status change), hook on / off alternately.
+    Its degradations carry the same 3 signatures (their incidents are open by now)."""
+    count = 2 * pairs
+    sick = ids[: count * per_batch]
+    healthy = ids[count * per_batch : count * batch]
+    batches = []
+    for n in range(count):
+        items = [
+            _payload(ws, error_rate=0.9, sample_error=SIGNATURES[k % 3].format(n=k, s=k % 97))
+            for k, ws in enumerate(sick[n * per_batch : (n + 1) * per_batch])
+        ]
+        step = batch - per_batch
+        items += [_payload(ws, error_rate=0.0) for ws in healthy[n * step : (n + 1) * step]]
+        batches.append(items)
+    return paired(batches)
+
+
 def measure_steady(ids: list[str], batch: int, count: int) -> dict[str, Any]:
     """Healthy heartbeats of online workspaces: no status change, no bookkeeping."""
     chosen = ids[-count:]
@@ -214,6 +237,11 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, default=1_000_000)
     parser.add_argument("--degrade", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=500)
+    # 1,000,000 workspaces heartbeating every 30 s send ~33,000/s: ~2,000,000 within the
+    # minute of 10,000 degradations, 1 in 200, so 5 in a worker's batch of 1,000.
+    parser.add_argument("--mix-batch", type=int, default=1000)
+    parser.add_argument("--mix-degraded", type=int, default=5)
+    parser.add_argument("--mix-pairs", type=int, default=20)
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -225,6 +253,8 @@ def main() -> None:
         ids = list(seed_fleet(args.fleet, tokens=False))
         degraded = measure_degradations(ids, args.degrade, args.batch)
         print("degradations:", degraded, flush=True)
+        mix = measure_mix(ids[args.degrade :], args.mix_batch, args.mix_degraded, args.mix_pairs)
+        print("realistic mix:", mix, flush=True)
         steady = measure_steady(ids, args.batch, min(args.degrade, len(ids) // 2))
         print("no status change:", steady, flush=True)
         subject = seed_events(ids, args.events)
@@ -240,9 +270,15 @@ def main() -> None:
             "",
             "| figure | measured | target |",
             "|---|---|---|",
-            f"| heartbeat batch of {args.batch} degradations (3 signatures), median, hook on / off "
-            f"| {degraded['on_ms']:.1f} / {degraded['off_ms']:.1f} ms "
-            f"(added {degraded['added_ms']:.1f} ms, {degraded['pairs']} pairs) | added ≤ 2 ms |",
+            f"| the issue's scenario: heartbeat batch of {args.mix_batch} with "
+            f"{args.mix_degraded} degradations (1,000,000 workspaces at ~33,000 heartbeats/s: "
+            f"~2,000,000 heartbeats carry the minute's 10,000 degradations), median, "
+            f"hook on / off | {mix['on_ms']:.1f} / {mix['off_ms']:.1f} ms "
+            f"(added {mix['added_ms']:.1f} ms, {mix['pairs']} pairs) | added ≤ 2 ms |",
+            f"| worst case: heartbeat batch of {args.batch} degradations (3 signatures), median, "
+            f"hook on / off | {degraded['on_ms']:.1f} / {degraded['off_ms']:.1f} ms "
+            f"(added {degraded['added_ms']:.1f} ms, {degraded['pairs']} pairs; "
+            f"{degraded['added_ms'] / args.batch * 1000:.0f} µs per degradation) | — |",
             f"| incidents opened by {args.degrade:,} of {args.fleet:,} degrading "
             f"| {degraded['incidents']} | exactly 3 |",
             f"| incident opened after its fifth member | {degraded['open_lag_s']:.3f} s "

@@ -67,6 +67,28 @@ def test_flagged_at_the_threshold_once_and_unflagged_after_a_quiet_window(
     assert (stable.ws, stable.payload) == (ws, {"quiet_seconds": 600})
 
 
+def test_a_degradation_completing_the_count_flags_in_its_incident_statement(
+    insight_db: Engine,
+) -> None:
+    # A batch with degradations counts its flapping in the incident statement.
+    (ws,) = fleet(insight_db, 1)
+    flip(ws, 1)  # degraded, then out of the window: it no longer counts
+    age(
+        insight_db,
+        "UPDATE structure_events SET created_at = created_at - interval '601 seconds' "
+        "WHERE workspace_id = :id",
+        id=ws,
+    )
+    flip(ws, 5)
+    assert workspace(insight_db, ws).flapping is False
+    flip(ws, 1)  # the sixth change in the window is a degradation
+    assert workspace_status(ws) == "degraded"
+    assert workspace(insight_db, ws).flapping is True
+    (flagged,) = events_of(insight_db, "WORKSPACE_FLAPPING")
+    assert (flagged.ws, flagged.payload) == (ws, {"changes": 6, "window": 600})
+    assert events_of(insight_db, "REGISTRY_INCIDENT") == []
+
+
 def test_changes_older_than_the_window_do_not_count(insight_db: Engine) -> None:
     (ws,) = fleet(insight_db, 1)
     flip(ws, 5)

@@ -124,8 +124,8 @@ def test_flap_count_reads_each_workspace_from_the_window(engine: Engine, seeded:
         engine,
         _NOTE_CHANGES,
         {
-            "ids": [seeded],
-            "window": 600,
+            "flap_ids": [seeded],
+            "flap_window": 600,
             "slack": SLACK_SECONDS,
             "types": STATUS_TYPES,
             "threshold": 6,

@@ -28,34 +28,57 @@ STATUS_TYPES: list[str] = [str(t) for t in STATUS_AFTER_EVENT]
 SLACK_SECONDS = 300
 FLOOR_CTE = """floor AS (
         SELECT COALESCE((SELECT id FROM structure_events
-                         WHERE created_at > now() - make_interval(secs => :window + :slack)
+                         WHERE created_at > now() - make_interval(secs => :flap_window + :slack)
                          ORDER BY created_at LIMIT 1), 9223372036854775807) AS id
     )"""
 CHANGES_OF_W = """(SELECT count(*) FROM structure_events e, floor
         WHERE e.workspace_id = {ws} AND e.id >= floor.id AND e.event_type = ANY(:types)
-          AND e.created_at > now() - make_interval(secs => :window))"""
+          AND e.created_at > now() - make_interval(secs => :flap_window))"""
 
 # `:pending`: the batch's events are not inserted yet (the heartbeat and single-event
 # paths call before recording); a marking statement has inserted its own already.
 # `:verify`: flag only a row whose status really changed in this transaction (the
 # trigger sets status_changed_at to the transaction's now()); an event recorded
 # without a change is no flap.
-_NOTE_CHANGES = text(
-    f"""
-    WITH ch AS (
-        SELECT id, count(*) AS n FROM unnest(CAST(:ids AS uuid[])) AS u(id) GROUP BY id
+# The flagging CTEs (`flagged`: id, changes), also folded into the incident
+# statement of a batch with degradations (registry.insight.incidents): one statement less.
+FLAG_CTES = f"""ch AS (
+        SELECT id, count(*) AS n FROM unnest(CAST(:flap_ids AS uuid[])) AS u(id) GROUP BY id
     ), {FLOOR_CTE}, counted AS (
         SELECT ch.id, CASE WHEN :pending THEN ch.n ELSE 0 END + {CHANGES_OF_W.format(ws="ch.id")}
                    AS changes
         FROM ch
-    )
-    UPDATE workspaces w SET flapping = true
-    FROM counted c
-    WHERE w.id = c.id AND c.changes >= :threshold AND NOT w.flapping
-      AND (NOT :verify OR w.status_changed_at = now())
-    RETURNING w.id::text AS id, c.changes
-    """
-)
+    ), flagged AS (
+        UPDATE workspaces w SET flapping = true
+        FROM counted c
+        WHERE w.id = c.id AND c.changes >= :threshold AND NOT w.flapping
+          AND (NOT :verify OR w.status_changed_at = now())
+        RETURNING w.id::text AS id, c.changes
+    )"""
+_NOTE_CHANGES = text(f"WITH {FLAG_CTES} SELECT id, changes FROM flagged")
+
+
+def flag_params(
+    settings: Settings, ids: Sequence[str], *, pending: bool, verify: bool
+) -> dict[str, Any]:
+    return {
+        "flap_ids": list(ids),
+        "flap_window": settings.flap_window_seconds,
+        "slack": SLACK_SECONDS,
+        "types": STATUS_TYPES,
+        "threshold": settings.flap_threshold,
+        "pending": pending,
+        "verify": verify,
+    }
+
+
+def flapping_events(settings: Settings, rows: Sequence[Any]) -> list[Recorded]:
+    """WORKSPACE_FLAPPING for (id, changes) rows just flagged."""
+    window = settings.flap_window_seconds
+    return [
+        (EventType.WORKSPACE_FLAPPING, row.id, {"changes": row.changes, "window": window})
+        for row in rows
+    ]
 
 
 def note_changes(
@@ -67,23 +90,8 @@ def note_changes(
     verify: bool = False,
 ) -> list[Recorded]:
     """Count status changes (one id per change); WORKSPACE_FLAPPING for rows just flagged."""
-    window = settings.flap_window_seconds
-    rows = conn.execute(
-        _NOTE_CHANGES,
-        {
-            "ids": list(ids),
-            "window": window,
-            "slack": SLACK_SECONDS,
-            "types": STATUS_TYPES,
-            "threshold": settings.flap_threshold,
-            "pending": pending,
-            "verify": verify,
-        },
-    ).all()
-    return [
-        (EventType.WORKSPACE_FLAPPING, row.id, {"changes": row.changes, "window": window})
-        for row in rows
-    ]
+    params = flag_params(settings, ids, pending=pending, verify=verify)
+    return flapping_events(settings, conn.execute(_NOTE_CHANGES, params).all())
 
 
 _UNFLAG = text(
@@ -105,7 +113,8 @@ def unflag_quiet(conn: Connection, settings: Settings, limit: int = 1000) -> lis
     """Unflag rows without a status change for a whole window: WORKSPACE_STABLE each."""
     window = settings.flap_window_seconds
     rows = conn.execute(
-        _UNFLAG, {"window": window, "slack": SLACK_SECONDS, "types": STATUS_TYPES, "limit": limit}
+        _UNFLAG,
+        {"flap_window": window, "slack": SLACK_SECONDS, "types": STATUS_TYPES, "limit": limit},
     ).all()
     return [(EventType.WORKSPACE_STABLE, row.id, {"quiet_seconds": window}) for row in rows]
 
@@ -122,7 +131,7 @@ def recent_changes(conn: Connection, settings: Settings, ids: Sequence[str]) -> 
         ),
         {
             "ids": list(ids),
-            "window": settings.flap_window_seconds,
+            "flap_window": settings.flap_window_seconds,
             "slack": SLACK_SECONDS,
             "types": STATUS_TYPES,
         },

@@ -10,12 +10,14 @@ updates and resolves it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import Connection, text
 
 from registry.config import Settings
+from registry.insight import flapping
+from registry.insight.flapping import FLAG_CTES
 from registry.insight.keys import GROUP_UNREACHABLE, SHARED_ERROR, lock_keys
 from registry.insight.signature import signature
 from registry.statuses import EventType
@@ -25,6 +27,12 @@ GROUP_WINDOW_SECONDS = 60
 SAMPLE_MAX_CHARS = 512  # the sample text an incident keeps and announces
 
 Recorded = tuple[EventType, UUID | str | None, dict[str, Any]]
+
+
+class _Flagged(NamedTuple):
+    id: str
+    changes: int
+
 
 # The members of a key's window already recorded, per kind: (key, workspace_id) rows
 # for the keys in `wanted` (text keys).
@@ -42,11 +50,15 @@ _RECORDED = {
 }
 
 
-def _note_sql(kind: str) -> Any:
+def _note_sql(kind: str, *, flags: bool = False) -> Any:
     """Run under the keys' locks (so the previous holder's events are committed and
     visible): find each key's open incident; count the window of the keys without one
     (this batch's events may not be inserted yet: they are added by UNION); open what
-    reached the threshold."""
+    reached the threshold. `flags`: the batch's flapping count too (registry.insight.
+    flapping's FLAG_CTES), its flagged rows returned with `is_flap` (one round trip
+    less per batch)."""
+    flag_ctes = f", {FLAG_CTES}" if flags else ""
+    flag_rows = "UNION ALL SELECT NULL, id, NULL, NULL, changes, true FROM flagged" if flags else ""
     return text(
         f"""
         WITH input AS (
@@ -81,14 +93,17 @@ def _note_sql(kind: str) -> Any:
                    c.n, c.n, c.n
             FROM counts c WHERE c.n >= :min_members
             RETURNING id, key, sample_error, members
-        )
-        SELECT id, key, false AS is_new, NULL AS sample_error, NULL AS n FROM existing
-        UNION ALL SELECT id, key, true, sample_error, members FROM opened
+        ){flag_ctes}
+        SELECT id, key, false AS is_new, NULL AS sample_error, CAST(NULL AS bigint) AS n,
+               false AS is_flap FROM existing
+        UNION ALL SELECT id, key, true, sample_error, members, false FROM opened
+        {flag_rows}
         """
     )
 
 
 _NOTE = {kind: _note_sql(kind) for kind in _RECORDED}
+_NOTE_FLAGGING = _note_sql(SHARED_ERROR, flags=True)
 
 
 def _note(
@@ -99,12 +114,16 @@ def _note(
     signals: list[tuple[str, str, str | None]],
     *,
     verify: bool = False,
+    flags: dict[str, Any] | None = None,
 ) -> list[Any]:
-    """(key, workspace, sample) signals; the open incidents of their keys, new or not."""
+    """(key, workspace, sample) signals; the open incidents of their keys, new or not.
+    `flags`: flapping.flag_params of the batch, counted in the same statement (its
+    flagged rows come back with `is_flap`)."""
     lock_keys(conn, kind, (key for key, _, _ in signals))
     return conn.execute(
-        _NOTE[kind],
+        _NOTE_FLAGGING if flags is not None else _NOTE[kind],
         {
+            **(flags or {}),
             "keys": [key for key, _, _ in signals],
             "ws": [ws for _, ws, _ in signals],
             "samples": [sample for _, _, sample in signals],
@@ -136,23 +155,38 @@ def note_degradations(
     degraded: list[tuple[str, dict[str, Any]]],
     *,
     verify: bool = False,
+    changed: list[str] | None = None,
 ) -> list[Recorded]:
     """Signal each WORKSPACE_DEGRADED (workspace, payload) about to be recorded; tags a
     member of an open incident with its `incident_id` (in place); returns the
-    REGISTRY_INCIDENT events of the incidents this batch opened."""
+    REGISTRY_INCIDENT events of the incidents this batch opened, then (with `changed`,
+    the batch's status changes, one id each) the WORKSPACE_FLAPPING events of the rows
+    its changes flagged, counted in the same statement."""
     signals = []
     for ws, payload in degraded:
         sample = payload.get("sample_error")
         key = signature(sample)
         signals.append((key, ws, sample if isinstance(sample, str) else None))
-    rows = _note(
-        conn, settings, SHARED_ERROR, settings.incident_window_seconds, signals, verify=verify
+    flags = None
+    if changed is not None:
+        flags = flapping.flag_params(settings, changed, pending=True, verify=verify)
+    found = _note(
+        conn,
+        settings,
+        SHARED_ERROR,
+        settings.incident_window_seconds,
+        signals,
+        verify=verify,
+        flags=flags,
     )
+    rows = [row for row in found if not row.is_flap]
     by_key = {row.key: row.id for row in rows}
     for (_, payload), (key, _, _) in zip(degraded, signals, strict=True):
         if key in by_key:
             payload["incident_id"] = by_key[key]
-    return [opened_event(row, SHARED_ERROR) for row in rows if row.is_new]
+    opened = [opened_event(row, SHARED_ERROR) for row in rows if row.is_new]
+    flagged = [(row.key, row.n) for row in found if row.is_flap]
+    return opened + flapping.flapping_events(settings, [_Flagged(*f) for f in flagged])
 
 
 _PARENTS = text(

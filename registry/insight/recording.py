@@ -32,16 +32,14 @@ def before_recording(
     if not changed:
         return []
     settings = get_settings()
-    extra: list[Recorded] = []
     degraded = [
         (str(ws), payload)
         for kind, ws, payload in events
         if kind == EventType.WORKSPACE_DEGRADED and ws is not None
     ]
-    if degraded:
-        extra += incidents.note_degradations(conn, settings, degraded, verify=verify)
-    extra += flapping.note_changes(conn, settings, changed, verify=verify)
-    return extra
+    if degraded:  # the flapping count rides in the incident statement
+        return incidents.note_degradations(conn, settings, degraded, verify=verify, changed=changed)
+    return flapping.note_changes(conn, settings, changed, verify=verify)
 
 
 def after_marking(conn: Connection, changed: list[str]) -> list[Recorded]:

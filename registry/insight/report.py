@@ -16,7 +16,7 @@ from sqlalchemy import Connection, text
 from registry.config import get_settings
 from registry.insight.flapping import recent_changes
 from registry.insight.history import DOWN, STATUS_EVENT_TYPES, UP
-from registry.statuses import STATUS_AFTER_EVENT
+from registry.statuses import STATUS_AFTER_EVENT, EventType
 
 LEAST_AVAILABLE = 10
 REPORT_WORK_MEM = "256MB"
@@ -30,15 +30,28 @@ BUCKETS: tuple[tuple[str, float], ...] = (
     ("<90%", 0.0),
 )
 
-_AFTER_SQL = (
-    "CASE e.event_type "
-    + " ".join(f"WHEN '{t}' THEN '{s}'" for t, s in STATUS_AFTER_EVENT.items())
-    + " END"
-)
-_BEFORE_SQL = (
-    "CASE e.event_type WHEN 'WORKSPACE_ONLINE' THEN e.payload->>'recovered_from' "
-    "WHEN 'WORKSPACE_DEGRADED' THEN 'online' ELSE e.payload->>'previous_status' END"
-)
+# The status a status event left its workspace in is its type's; the one it came
+# from is in its payload (a degradation always comes from online).
+_BEFORE_KEY = {EventType.WORKSPACE_ONLINE: "recovered_from", EventType.WORKSPACE_DEGRADED: None}
+
+
+def _delta_sql(group: frozenset[str]) -> str:
+    """Per event: 1 if it entered `group`, -1 if it left it, else 0, as one CASE on its
+    type with the group inlined (one payload lookup at most, no array compares)."""
+
+    def member(status: str) -> str:
+        return str(int(status in group))
+
+    branches = []
+    for event_type, after in STATUS_AFTER_EVENT.items():
+        key = _BEFORE_KEY.get(event_type, "previous_status")
+        if key is None:
+            branch = f"{int(after in group) - int('online' in group)}"
+        else:
+            whens = " ".join(f"WHEN '{s}' THEN {member(s)}" for s in sorted(group))
+            branch = f"{member(after)} - CASE e.payload->>'{key}' {whens} ELSE 0 END"
+        branches.append(f"WHEN '{event_type}' THEN {branch}")
+    return f"CASE e.event_type {' '.join(branches)} ELSE 0 END"
 
 
 def _is(status_sql: str, group: str) -> str:
@@ -48,47 +61,50 @@ def _is(status_sql: str, group: str) -> str:
 # No sort, no per-workspace timeline: up time is the integral of "is up", which
 # changes at each event by (up after - up before). With the current status as the
 # end point, up time = (up now - sum of changes) * span + sum of (change * its age),
-# where span runs from the window's start (or the workspace's creation). Likewise for
-# counted (up or down) time. One hash aggregate over the window's status events.
+# where span runs from the window's start (or the workspace's creation), and
+# sum of (change * age) = sum of changes * now - sum of (change * its time). Likewise
+# for counted (up or down) time. One hash aggregate over the window's status events.
+# Times are whole microseconds since the window's start held in float8: integers
+# below 2^53, so every sum is exact (as numeric's would be) at float speed, which
+# aggregates several times faster and in a third of the memory.
+_US = "round(date_part('epoch', {} - CAST(:since AS timestamptz)) * 1000000)"
+_NOW = _US.format("now()")
+_SPAN = f"({_NOW} - GREATEST(0, {_US.format('w.created_at')}))"
 _MOVING = text(
     f"""
     WITH ev AS (
-        SELECT e.workspace_id, EXTRACT(EPOCH FROM now() - e.created_at) AS age,
-               {_is(_AFTER_SQL, "up")} - {_is(_BEFORE_SQL, "up")} AS d_up,
-               {_is(_AFTER_SQL, "counted")} - {_is(_BEFORE_SQL, "counted")} AS d_cnt
+        SELECT e.workspace_id, {_US.format("e.created_at")} AS t,
+               {_delta_sql(UP)} AS d_up, {_delta_sql(UP | DOWN)} AS d_cnt
         FROM structure_events e
         WHERE e.created_at >= :since AND e.event_type = ANY(:types)
           AND e.workspace_id IS NOT NULL
     ), moving AS (
-        SELECT workspace_id, sum(d_up) AS su, sum(d_up * age) AS sua,
-               sum(d_cnt) AS sc, sum(d_cnt * age) AS sca
+        SELECT workspace_id, sum(d_up) AS su, sum(d_up * t) AS sut,
+               sum(d_cnt) AS sc, sum(d_cnt * t) AS sct
         FROM ev GROUP BY workspace_id
     ), per AS (
         SELECT m.workspace_id, w.status,
-               ({_is("w.status", "up")} - m.su)
-                   * EXTRACT(EPOCH FROM now() - GREATEST(CAST(:since AS timestamptz), w.created_at))
-                   + m.sua AS up_time,
-               ({_is("w.status", "counted")} - m.sc)
-                   * EXTRACT(EPOCH FROM now() - GREATEST(CAST(:since AS timestamptz), w.created_at))
-                   + m.sca AS counted_time
+               ({_is("w.status", "up")} - m.su) * {_SPAN} + m.su * {_NOW} - m.sut AS up_time,
+               ({_is("w.status", "counted")} - m.sc) * {_SPAN} + m.sc * {_NOW} - m.sct
+                   AS counted_time
         FROM moving m JOIN workspaces w ON w.id = m.workspace_id
     ), pct AS (
-        SELECT workspace_id, status,
+        SELECT workspace_id, status, up_time AS u, counted_time AS c,
                LEAST(100.0, GREATEST(0.0, 100.0 * up_time / counted_time)) AS pct
         FROM per WHERE counted_time > 0
     )
     SELECT (SELECT COALESCE(json_agg(json_build_object('status', status, 'n', n)), '[]')
             FROM (SELECT status, count(*) AS n FROM per GROUP BY status) c) AS moved,
-           count(*) FILTER (WHERE pct >= 100) AS b0,
-           count(*) FILTER (WHERE pct >= 99.9 AND pct < 100) AS b1,
-           count(*) FILTER (WHERE pct >= 99 AND pct < 99.9) AS b2,
-           count(*) FILTER (WHERE pct >= 95 AND pct < 99) AS b3,
-           count(*) FILTER (WHERE pct >= 90 AND pct < 95) AS b4,
-           count(*) FILTER (WHERE pct < 90) AS b5,
+           count(*) FILTER (WHERE u >= c) AS b0,
+           count(*) FILTER (WHERE 1000 * u >= 999 * c AND u < c) AS b1,
+           count(*) FILTER (WHERE 100 * u >= 99 * c AND 1000 * u < 999 * c) AS b2,
+           count(*) FILTER (WHERE 100 * u >= 95 * c AND 100 * u < 99 * c) AS b3,
+           count(*) FILTER (WHERE 10 * u >= 9 * c AND 100 * u < 95 * c) AS b4,
+           count(*) FILTER (WHERE 10 * u < 9 * c) AS b5,
            count(*) AS total, COALESCE(sum(pct), 0) AS pct_sum,
            (SELECT COALESCE(json_agg(json_build_object(
                        'workspace_id', l.workspace_id, 'availability_percent', l.pct)), '[]')
-            FROM (SELECT workspace_id, round(pct, 3) AS pct FROM pct WHERE pct < 100
+            FROM (SELECT workspace_id, round(CAST(pct AS numeric), 3) AS pct FROM pct WHERE u < c
                   ORDER BY pct, workspace_id LIMIT :limit) l) AS least
     FROM pct
     """
@@ -125,6 +141,9 @@ def availability(conn: Connection, since: datetime, limit: int) -> dict[str, Any
     # One group per workspace that changed in the window (up to the fleet): room to
     # aggregate in memory instead of spilling to disk, for this transaction only.
     conn.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+    # One statement whose cost is its rows, not its plan: compiling it (JIT) cost
+    # seconds more than it saved.
+    conn.execute(text("SET LOCAL jit = off"))
     moving = conn.execute(_MOVING, params).one()
     moved = {m["status"]: m["n"] for m in moving.moved}
     # Workspaces without a status event in the window kept their current status.
