@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -87,6 +88,13 @@ def ping_when_idle(engine: Engine, idle_seconds: float = IDLE_PING_SECONDS) -> N
         finally:
             with contextlib.suppress(Exception):  # a dead connection is replaced anyway
                 cursor.close()
+
+
+def array_literal(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of ids or hex digests (no quote or backslash in them),
+    for `CAST(:x AS uuid[])`: parsed in one pass, where a bound list goes out as an
+    ARRAY[...] constructor of one constant per element."""
+    return '{"' + '","'.join(values) + '"}' if values else "{}"
 
 
 def get_redis(url: str | None = None) -> redis.Redis:

@@ -32,6 +32,7 @@ from sqlalchemy import text
 
 from registry import metrics
 from registry.config import get_settings
+from registry.db import array_literal
 from registry.events.outbox import Event, rfc3339
 from registry.ingestion.cardbackfill import usable_cards
 from registry.ingestion.payloads import MAX_SENT_AT_SKEW_SECONDS, HeartbeatPayload
@@ -221,13 +222,6 @@ def _lock_rows(
         if due:
             tokens.touch_due.add(matched)
     return locked, tokens
-
-
-def array_literal(values: Sequence[str]) -> str:
-    """A PostgreSQL array literal of ids or hex digests (no quote or backslash in them),
-    for `CAST(:x AS uuid[])`: parsed in one pass, where a bound list goes out as an
-    ARRAY[...] constructor of one constant per element."""
-    return '{"' + '","'.join(values) + '"}' if values else "{}"
 
 
 def _age_seconds(sent_at: datetime, db_now: datetime) -> float:

@@ -17,6 +17,7 @@ from uuid import UUID
 from sqlalchemy import Connection, text
 
 from registry.config import Settings
+from registry.db import array_literal
 from registry.statuses import STATUS_AFTER_EVENT, EventType
 
 Recorded = tuple[EventType, UUID | str | None, dict[str, Any]]
@@ -130,7 +131,7 @@ def recent_changes(conn: Connection, settings: Settings, ids: Sequence[str]) -> 
             """
         ),
         {
-            "ids": list(ids),
+            "ids": array_literal(ids),
             "flap_window": settings.flap_window_seconds,
             "slack": SLACK_SECONDS,
             "types": STATUS_TYPES,

@@ -16,6 +16,7 @@ from uuid import UUID
 from sqlalchemy import Connection, text
 
 from registry.config import Settings
+from registry.db import array_literal
 from registry.insight import flapping
 from registry.insight.flapping import FLAG_CTES
 from registry.insight.keys import GROUP_UNREACHABLE, SHARED_ERROR, lock_keys
@@ -199,7 +200,7 @@ _PARENTS = text(
 
 def note_unreachable(conn: Connection, settings: Settings, ids: list[str]) -> list[Recorded]:
     """Workspaces just marked unreachable (their events recorded), keyed by parent."""
-    parents = conn.execute(_PARENTS, {"ids": ids}).all()
+    parents = conn.execute(_PARENTS, {"ids": array_literal(ids)}).all()
     if not parents:
         return []
     signals = [(row.parent_id, row.id, None) for row in parents]
