@@ -257,7 +257,8 @@ class RegistryClient:
         self.result_timeout = result_timeout
         # A `sentinel://` result backend needs its own (`{"master_name": …}`).
         self._result_transport_options = dict(
-            transport_options if result_transport_options is None else result_transport_options
+            (transport_options if result_transport_options is None else result_transport_options)
+            or {}
         )
         # transport_options: e.g. `{"master_name": …}` for a `sentinel://` broker, or
         # `{"confirm_publish": True}` for RabbitMQ publisher confirms.
