@@ -105,13 +105,15 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_side(tree: str, db: str, *extra: str) -> dict[str, Any]:
-    out = subprocess.run(
+    done = subprocess.run(
         [PYTHON, __file__, "--worker", "--tree", tree, "--db", db, *extra],
         capture_output=True,
+        check=False,
         text=True,
-        check=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    )
+    if done.returncode != 0:  # say why, not only that it failed
+        raise SystemExit(f"{tree}: turn failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
