@@ -35,6 +35,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 from bench import common, procstats  # noqa: E402
 
 RUN_ID = secrets.token_hex(3)
+AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 MARKED = ("WORKSPACE_OFFLINE", "WORKSPACE_AWAITING_AGENT")
 
 
@@ -69,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=3333.0, help="heartbeats per second")
     p.add_argument("--fleet", type=int, default=100_000)
+    p.add_argument(
+        "--broker",
+        choices=("amqp", "redis"),
+        default="amqp",
+        help="amqp: a RabbitMQ vhost of the run's own (OPERATIONS' advice at 100,000 agents); "
+        "redis: the run's second Redis database",
+    )
     p.add_argument("--tick", type=float, default=0.05, help="seconds between batches")
     p.add_argument(
         "--warmup",
@@ -208,6 +217,13 @@ class Services:
             return str(answer.read().decode())
 
 
+def rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise SystemExit("rabbitmqctl not found: run with --broker redis")
+    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=120)
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -255,7 +271,7 @@ def memory(services: Services, database: str) -> dict[str, float]:
         elif role is None and comm == "redis-server":
             role = "Redis server (shared)"
         elif role is None and comm == "beam.smp":
-            role = "RabbitMQ (shared, not in the path)"
+            role = "RabbitMQ (shared)"
         if role is not None:
             mib[role] = mib.get(role, 0.0) + _status_kb(pid, keys) / 1024
     mib["_backends"] = backends
@@ -659,6 +675,7 @@ class Setting:
     database: str
     redis_url: str
     broker_url: str
+    result_url: str
     env: dict[str, str]
     log_dir: Path
 
@@ -668,11 +685,14 @@ def main(argv: list[str] | None = None) -> int:
     data_db, broker_db, lock = common.reserve_redis_dbs()
     database = common.unique_database_name("molecule_registry_soak")
     redis_url = f"{common.REDIS_BASE}/{data_db}"
-    broker_url = f"{common.REDIS_BASE}/{broker_db}"
+    result_url = f"{common.REDIS_BASE}/{broker_db}"
+    vhost = f"molecule_registry_soak_{RUN_ID}" if args.broker == "amqp" else ""
+    broker_url = f"{AMQP_BASE}/{vhost}" if vhost else result_url
     env = common.service_env(
         database,
         redis_url,
         broker_url,
+        CELERY_RESULT_BACKEND=result_url,
         LIVENESS_TTL_SECONDS=str(args.ttl),
         REMOTE_LIVENESS_STALE_AFTER=str(args.ttl),
         BACKSTOP_GRACE_SECONDS=str(args.backstop_grace),
@@ -682,8 +702,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     common.create_database(database)
     try:
-        results = run(Setting(args, database, redis_url, broker_url, env, log_dir))
+        if vhost:
+            rabbitmqctl("add_vhost", vhost)
+            rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        results = run(Setting(args, database, redis_url, broker_url, result_url, env, log_dir))
     finally:
+        if vhost:
+            rabbitmqctl("delete_vhost", vhost)
         common.drop_database(database)
         import redis
 
@@ -721,7 +746,7 @@ def run(at: Setting) -> dict[str, Any]:
     load = Load(list(fleet), list(fleet.values()))
     services = Services(at.env, at.log_dir)
     services.start()
-    client = RegistryClient(at.broker_url, result_backend=at.broker_url)
+    client = RegistryClient(at.broker_url, result_backend=at.result_url)
     engine = get_engine()
     marks: dict[str, Any] = {}
     try:
@@ -825,6 +850,7 @@ def fmt_mem(mem: dict[str, float]) -> str:
 def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
     lag, ev = r["lag"], r["events"]
     ok = lambda good: "met" if good else "**missed**"  # noqa: E731
+    broker = "RabbitMQ (a vhost of its own)" if args.broker == "amqp" else "Redis"
     mem_rows = []
     for role, start in r["mem_start"].items():
         if role.startswith("_"):
@@ -845,11 +871,11 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this project's 2-core "
         f"machine by `.venv/bin/python bench/soak.py --minutes {args.minutes:g} --rate {args.rate:g} "
-        f"--fleet {args.fleet}`{(' — ' + args.note) if args.note else ''}.",
+        f"--fleet {args.fleet} --broker {args.broker}`{(' — ' + args.note) if args.note else ''}.",
         "",
         f"The registry as docs/OPERATIONS.md runs it (heartbeat worker `-Q registry.heartbeats "
         f"--pool prefork -c 2 --prefetch-multiplier 200`, main worker `-Q registry,registry.sweeps "
-        f"-c 2`, beat, liveness listener; Redis broker), a fleet of {args.fleet:,} workspaces "
+        f"-c 2`, beat, liveness listener; {broker} broker), a fleet of {args.fleet:,} workspaces "
         f"with tokens heartbeating every {args.interval:.0f} s, published open loop as "
         f"`registry.heartbeat_batch` messages every {args.tick * 1000:.0f} ms (not through the "
         "gateway: its end-to-end ceiling on this box, in the Gateway section, is below this rate). "
