@@ -126,6 +126,13 @@ def reset_connections() -> None:
             # close=False: the parent's sockets belong to the parent; just forget them.
             engine.dispose(close=False)
         _engines.clear()
+    reset_redis_clients()
+
+
+def reset_redis_clients() -> None:
+    """Drop the Redis clients only (tests that point REDIS_* elsewhere for a while: the
+    engine, and what listens on it, stays the same object)."""
+    with _lock:
         for client in _redis_clients.values():
             client.connection_pool.disconnect()
         _redis_clients.clear()

@@ -270,16 +270,17 @@ READY_MARKS = {
 def behind_sentinel(group: SentinelGroup, monkeypatch) -> Iterator[SentinelGroup]:
     """This process's own settings pointed at the group (restored afterwards)."""
     from registry.config import reload_settings
-    from registry.db import reset_connections
+    from registry.db import reset_redis_clients
 
     for key, value in group.env().items():
         monkeypatch.setenv(key, value)
     reload_settings()
-    reset_connections()
+    # Only Redis moves: the session's engine, which other tests listen on, stays.
+    reset_redis_clients()
     yield group
     monkeypatch.undo()
     reload_settings()
-    reset_connections()
+    reset_redis_clients()
 
 
 def _outbox(engine) -> list[int]:
