@@ -40,7 +40,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,10 +58,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bench import procstats  # noqa: E402
 from bench.common import (  # noqa: E402
     PERFORMANCE_MD,
+    free_port,
     fresh_database,
     seed_fleet,
     service_env,
     unique_database_name,
+    wait_for_port,
     write_section,
 )
 from bench.gateway_load import run_open_loop  # noqa: E402
@@ -79,22 +80,6 @@ APPLY_TIMEOUT_SECONDS = 60  # no progress for this long: the rest is reported mi
 # The heartbeat worker as docs/OPERATIONS.md runs it.
 HEARTBEAT_WORKER = ["--prefetch-multiplier", "200"]
 PHASES = ("own", "lone", "e2e", "paced", "memory", "register")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 def lua_script(fleet: list[tuple[str, str]], name: str) -> Path:

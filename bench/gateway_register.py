@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -41,10 +40,12 @@ from bench import procstats  # noqa: E402
 from bench.common import (  # noqa: E402
     PERFORMANCE_MD,
     REDIS_BASE,
+    free_port,
     fresh_database,
     reserve_redis_dbs,
     service_env,
     unique_database_name,
+    wait_for_port,
     write_section,
 )
 
@@ -73,22 +74,6 @@ LOG_DIR = Path(tempfile.mkdtemp(prefix="regbench-"))
 # which does not log readiness: the first answered registration shows it).
 WORKER_COMMAND = "celery -A workers.app worker -Q registry,registry.sweeps -c 2"
 WORKER_ARGV = celery_argv("worker", "-Q", "registry,registry.sweeps", "-c", "2", "-n", "reg@%h")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
 class Load:
