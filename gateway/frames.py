@@ -15,18 +15,7 @@ from typing import Any
 
 from registry.events.outbox import rfc3339
 from registry.events.subscriber import ReceivedEvent
-from registry.statuses import EventType, Status
-
-# The status a workspace is in after each status-changing event.
-STATUS_AFTER: dict[str, str] = {
-    EventType.WORKSPACE_ONLINE: Status.ONLINE,
-    EventType.WORKSPACE_DEGRADED: Status.DEGRADED,
-    EventType.WORKSPACE_OFFLINE: Status.OFFLINE,
-    EventType.WORKSPACE_AWAITING_AGENT: Status.AWAITING_AGENT,
-    EventType.WORKSPACE_PROVISION_FAILED: Status.FAILED,
-    EventType.WORKSPACE_HIBERNATED: Status.HIBERNATED,
-    EventType.WORKSPACE_REMOVED: Status.REMOVED,
-}
+from registry.statuses import STATUS_AFTER_EVENT
 
 STREAM_TOO_OLD = "STREAM_TOO_OLD"
 
@@ -39,7 +28,7 @@ CLOSE_GOING_AWAY = 1001  # the gateway is stopping; reconnect with `since`
 
 def frame_payload(event: ReceivedEvent) -> dict[str, Any]:
     """The event's payload, with the new `status` for a status change."""
-    status = STATUS_AFTER.get(event.type)
+    status = STATUS_AFTER_EVENT.get(event.type)
     if status is None or "status" in event.payload:
         return event.payload
     return {**event.payload, "status": str(status)}
