@@ -344,6 +344,7 @@ class FailoverRun:
         self.scenario_started_at = 0.0
         self._samples: list[tuple[float, float]] = []
         self._saved_env: dict[str, str] | None = None
+        self._database_url: str | None = None
         self._monitor_stop = threading.Event()
 
     def say(self, text: str) -> None:
@@ -396,10 +397,13 @@ class FailoverRun:
         os.environ.update({k: v for k, v in env.items() if k not in ("PYTHONUNBUFFERED",)})
         from registry import migrate
         from registry.config import reload_settings
-        from registry.db import reset_connections
+        from registry.db import reset_redis_clients
 
+        # The stores' own DATABASE_URL gets an engine of its own; only the Redis clients
+        # are replaced, so a test process's engine (and what listens on it) stays.
         settings = reload_settings()
-        reset_connections()
+        reset_redis_clients()
+        self._database_url = settings.database_url
         migrate.upgrade(settings.database_url)
         from bench.common import seed_fleet
 
@@ -489,10 +493,12 @@ class FailoverRun:
             os.environ.clear()
             os.environ.update(self._saved_env)
             from registry.config import reload_settings
-            from registry.db import reset_connections
+            from registry.db import dispose_engine, reset_redis_clients
 
             reload_settings()
-            reset_connections()
+            reset_redis_clients()
+            if self._database_url is not None:
+                dispose_engine(self._database_url)
         # The processes' logs outlive the stores, for a look at what happened.
         logs = self.options.base_dir / "molecule-failover-logs"
         shutil.rmtree(logs, ignore_errors=True)

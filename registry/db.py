@@ -129,6 +129,15 @@ def reset_connections() -> None:
     reset_redis_clients()
 
 
+def dispose_engine(url: str) -> None:
+    """Close and forget the engine of `url` only (a store a benchmark or test started and
+    stopped); every other engine, and what listens on it, stays."""
+    with _lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def reset_redis_clients() -> None:
     """Drop the Redis clients only (tests that point REDIS_* elsewhere for a while: the
     engine, and what listens on it, stays the same object)."""
