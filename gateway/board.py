@@ -32,6 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 from uuid import UUID
 
 import redis
@@ -176,26 +177,21 @@ class _Endpoints:
         return _json_text(page)
 
     def workspace(self, request: Request) -> Response:  # sync: run in a worker thread
-        raw_id = request.path_params["raw_id"]
-        try:
-            workspace_id = UUID(raw_id)
-        except ValueError:
-            return _error(400, f"{raw_id!r} is not a workspace id")
-        with self.board.engine.connect() as conn:
-            found = one_workspace(conn, workspace_id)
-        if found is None:
-            return _error(404, f"unknown workspace {workspace_id}")
-        return _json_text(dumps(found))
+        return self._one(request, one_workspace)
 
     def strip(self, request: Request) -> Response:  # sync: run in a worker thread
         """The workspace's status over the last 24 h (registry.board.incidents)."""
+        return self._one(request, status_strip)
+
+    def _one(self, request: Request, read: Callable[[Any, UUID], Any]) -> Response:
+        """One workspace's answer from `read`: 400 for a malformed id, 404 for an unknown one."""
         raw_id = request.path_params["raw_id"]
         try:
             workspace_id = UUID(raw_id)
         except ValueError:
             return _error(400, f"{raw_id!r} is not a workspace id")
         with self.board.engine.connect() as conn:
-            found = status_strip(conn, workspace_id)
+            found = read(conn, workspace_id)
         if found is None:
             return _error(404, f"unknown workspace {workspace_id}")
         return _json_text(dumps(found))
