@@ -7,15 +7,22 @@ against the timeline worked out by hand below.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from ingest_helpers import new_id, register_now
 from insight_helpers import clean_insight
 from sqlalchemy import Engine, text
 
 from cli import main
+from registry.config import get_settings
+from registry.insight.report import availability
+from registry.liveness.expiry import mark_expired
+from registry.uow import unit_of_work
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +82,8 @@ def fleet(insight_db: Engine) -> dict[str, str]:
         "d": add(insight_db, "paused-d", "paused"),
     }
     seed_events(insight_db, ids["a"], TIMELINE_A)
+    # Events of a workspace without a row (deleted by hand) count for nothing.
+    seed_events(insight_db, new_id(), TIMELINE_A)
     seed_events(
         insight_db,
         None,
@@ -161,6 +170,79 @@ def test_report_on_the_seeded_fleet(fleet: dict[str, str]) -> None:
     assert "least available (2):" in human and "gone-c" in human
     assert "flapping (1):" in human and "steady-b" in human
     assert "availability of 3 workspaces, mean 60.0" in human
+
+
+def test_report_is_the_same_in_any_number_of_parts(fleet: dict[str, str]) -> None:
+    since = datetime.now(UTC) - timedelta(hours=10)
+    with fleet_engine().connect() as conn:
+        found = [availability(conn, since, 10, parts=parts) for parts in (1, 2, 3)]
+    assert found[0]["workspaces"] == 3
+    assert found[1] == found[0] and found[2] == found[0]
+
+
+def fleet_engine() -> Engine:
+    from registry.db import get_engine
+
+    return get_engine()
+
+
+def _age_events(engine: Engine, ws: str, hours_ago: list[float]) -> None:
+    """Move the workspace's events (in id order) and its creation into the past."""
+    with engine.begin() as conn:
+        ids = conn.execute(
+            text("SELECT id FROM structure_events WHERE workspace_id = :ws ORDER BY id"),
+            {"ws": ws},
+        ).scalars()
+        for event_id, hours in zip(ids, hours_ago, strict=True):
+            conn.execute(
+                text(
+                    "UPDATE structure_events SET created_at = now() - make_interval(secs => :s) "
+                    "WHERE id = :id"
+                ),
+                {"s": hours * 3600, "id": event_id},
+            )
+        conn.execute(
+            text("UPDATE workspaces SET created_at = now() - interval '12 hours' WHERE id = :ws"),
+            {"ws": ws},
+        )
+
+
+def test_a_recovery_by_registration_counts_in_history_and_report(insight_db: Engine) -> None:
+    """A registration's WORKSPACE_ONLINE keeps the original's payload (no
+    `recovered_from`): its row's `previous_status` says what it left, so an agent that
+    came back by registering again is read as down until then, in both readings."""
+    ws = new_id()
+    token = register_now(ws)["auth_token"]
+    with insight_db.begin() as conn:
+        conn.execute(text("UPDATE workspaces SET last_heartbeat_at = now() - interval '1 hour'"))
+    with unit_of_work() as uow:
+        (marked,) = mark_expired(uow, [uuid.UUID(ws)], get_settings())
+    assert marked.new_status == "offline"
+    register_now(ws, auth_token=token)
+    register_now(ws, auth_token=token)  # already online: no change
+    with insight_db.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT event_type, previous_status FROM structure_events "
+                "WHERE workspace_id = :ws ORDER BY id"
+            ),
+            {"ws": ws},
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("WORKSPACE_ONLINE", ""),  # its first: nothing before
+        ("WORKSPACE_OFFLINE", None),  # says it in its payload
+        ("WORKSPACE_ONLINE", "offline"),
+        ("WORKSPACE_ONLINE", "online"),
+    ]
+    # Online from 10 h ago, offline from 6 h to 4 h ago: 75 % of the last 8 hours.
+    _age_events(insight_db, ws, [10, 6, 4, 1])
+    history = json.loads(run("history", ws, "--since", "8h", "--json").stdout)
+    assert history["availability_percent"] == pytest.approx(75.0, abs=0.05)
+    assert [s["status"] for s in history["timeline"]] == ["online", "offline", "online", "online"]
+    report = json.loads(run("report", "--since", "8h", "--json").stdout)
+    assert [(w["workspace_id"], round(w["availability_percent"], 1)) for w in
+            report["least_available"]] == [(ws, 75.0)]  # fmt: skip
+    assert report["availability"]["workspaces"] == 1
 
 
 def test_report_over_an_empty_fleet(insight_db: Engine) -> None:

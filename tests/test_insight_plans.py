@@ -6,6 +6,7 @@ the history; the incident count reads its signals by key."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -68,21 +69,54 @@ def test_history_reads_one_workspace_by_its_index(engine: Engine, seeded: str) -
             "types": history.STATUS_EVENT_TYPES,
         }
         plan = plan_of(engine, statement, params)
-        assert "ix_structure_events_workspace" in indexes_used(plan)
+        assert indexes_used(plan) == {"ix_structure_events_workspace"}
         assert "structure_events" not in seq_scanned(plan)
 
 
+def test_the_registration_trigger_reads_one_workspace_by_its_index(
+    engine: Engine, seeded: str
+) -> None:
+    """The lookback of migration 0007's trigger, as its function runs it: with the
+    workspace and the time as parameters, in the plan the function caches (generic)."""
+    with engine.connect() as conn:
+        source = conn.execute(
+            text("SELECT prosrc FROM pg_proc WHERE proname = 'structure_events_previous_status'")
+        ).scalar_one()
+        lookback = source[source.index("SELECT") : source.index(";")]
+        lookback = lookback.replace("INTO NEW.previous_status", "")
+        lookback = lookback.replace("NEW.workspace_id", "$1").replace("NEW.created_at", "$2")
+        conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        conn.exec_driver_sql(f"PREPARE lookback (uuid, timestamptz) AS {lookback}")
+        raw = conn.exec_driver_sql(
+            "EXPLAIN (FORMAT JSON) EXECUTE lookback (%(ws)s, now())", {"ws": seeded}
+        ).scalar_one()
+        conn.exec_driver_sql("DEALLOCATE lookback")
+        conn.execute(text("RESET plan_cache_mode"))
+    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    assert indexes_used(plan) == {"ix_structure_events_workspace"}
+    assert "structure_events" not in seq_scanned(plan)
+
+
 def test_report_reads_the_window_by_time(engine: Engine, seeded: str) -> None:
+    # One part of the report's split, as it runs (a range of ids).
+    lo, hi = report.id_ranges(2)[0]
     params = {
         "since": datetime.now(UTC) - timedelta(hours=24),
         "types": history.STATUS_EVENT_TYPES,
-        "up": sorted(history.UP),
-        "down": sorted(history.DOWN),
-        "counted": sorted(history.UP | history.DOWN),
         "limit": 10,
+        "now_us": 86_400_000_000,
+        "lo": lo,
+        "hi": hi,
     }
     plan = plan_of(engine, report._MOVING, params)
     assert "ix_structure_events_created_at" in indexes_used(plan)
+    assert "structure_events" not in seq_scanned(plan)
+
+
+def test_self_preservation_episodes_skip_the_status_events(engine: Engine, seeded: str) -> None:
+    params = {"since": datetime.now(UTC) - timedelta(days=30)}
+    plan = plan_of(engine, report._SELF_PRESERVATION, params)
+    assert "ix_structure_events_workspace" in indexes_used(plan)
     assert "structure_events" not in seq_scanned(plan)
 
 

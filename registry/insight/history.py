@@ -98,10 +98,13 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def status_before(event_type: str, payload: dict[str, Any]) -> str | None:
-    """The status a workspace was in before a status event, when the event says it."""
+def status_before(
+    event_type: str, payload: dict[str, Any], previous_status: str | None = None
+) -> str | None:
+    """The status a workspace was in before a status event, when the event says it
+    (a registration's WORKSPACE_ONLINE: its row's `previous_status`, '' for none)."""
     if event_type == "WORKSPACE_ONLINE":
-        return payload.get("recovered_from")
+        return payload.get("recovered_from") or previous_status or None
     if event_type == "WORKSPACE_DEGRADED":
         return str(Status.ONLINE)
     return payload.get("previous_status")
@@ -113,7 +116,7 @@ _WORKSPACE = text(
 )
 _EVENTS = text(
     """
-    SELECT event_type, payload, created_at FROM structure_events
+    SELECT event_type, payload, previous_status, created_at FROM structure_events
     WHERE workspace_id = CAST(:id AS uuid) AND created_at >= :since
       AND event_type = ANY(:types)
     -- Time order (ids follow commit order only roughly; a backfill may insert late).
@@ -148,7 +151,7 @@ def workspace_history(conn: Connection, workspace_id: str, since: datetime) -> H
     if before is not None:
         status: str | None = str(STATUS_AFTER_EVENT[before])  # type: ignore[index]
     elif events:
-        status = status_before(events[0].event_type, events[0].payload)
+        status = status_before(events[0].event_type, events[0].payload, events[0].previous_status)
     else:
         status = ws.status
     history = History(ws.id, ws.name, ws.status, since, ws.now)

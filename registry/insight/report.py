@@ -2,16 +2,19 @@
 available and the flapping workspaces, and the fleet's availability distribution.
 
 Availability follows registry.insight.history; at fleet scale it is computed in SQL,
-one pass over the window's status events (see `_MOVING`): a workspace without a
-status event in the window kept its current status all along.
+one pass over the window's status events and the workspace rows (see `_MOVING`): a
+workspace without a status event in the window kept its current status all along.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from registry.config import get_settings
 from registry.insight.flapping import recent_changes
@@ -30,139 +33,203 @@ BUCKETS: tuple[tuple[str, float], ...] = (
     ("<90%", 0.0),
 )
 
-# The status a status event left its workspace in is its type's; the one it came
-# from is in its payload (a degradation always comes from online).
-_BEFORE_KEY = {EventType.WORKSPACE_ONLINE: "recovered_from", EventType.WORKSPACE_DEGRADED: None}
+# Each status event type's code (its place here) and the status it leaves.
+_AFTER: list[str] = [str(STATUS_AFTER_EVENT[EventType(t)]) for t in STATUS_EVENT_TYPES]
+_CODE_SQL = (
+    "CASE e.event_type "
+    + " ".join(f"WHEN '{t}' THEN {code}" for code, t in enumerate(STATUS_EVENT_TYPES))
+    + " END"
+)
+# The status a status event came from: a degradation always comes from online; a
+# heartbeat's recovery says `recovered_from`; a registration's WORKSPACE_ONLINE has
+# `previous_status` in its row (migration 0007), read first so that its payload (the
+# agent card, often TOASTed) is never opened; the others say `previous_status`.
+_BEFORE_SQL = {
+    EventType.WORKSPACE_ONLINE: "COALESCE(e.previous_status, e.payload->>'recovered_from')",
+    EventType.WORKSPACE_DEGRADED: None,
+}
+
+
+def _codes(group: frozenset[str]) -> str:
+    return ", ".join(str(code) for code, status in enumerate(_AFTER) if status in group)
 
 
 def _delta_sql(group: frozenset[str]) -> str:
     """Per event: 1 if it entered `group`, -1 if it left it, else 0, as one CASE on its
-    type with the group inlined (one payload lookup at most, no array compares)."""
+    type with the group inlined (one lookup of where it came from at most)."""
 
     def member(status: str) -> str:
         return str(int(status in group))
 
     branches = []
     for event_type, after in STATUS_AFTER_EVENT.items():
-        key = _BEFORE_KEY.get(event_type, "previous_status")
-        if key is None:
+        before = _BEFORE_SQL.get(event_type, "e.payload->>'previous_status'")
+        if before is None:
             branch = f"{int(after in group) - int('online' in group)}"
         else:
             whens = " ".join(f"WHEN '{s}' THEN {member(s)}" for s in sorted(group))
-            branch = f"{member(after)} - CASE e.payload->>'{key}' {whens} ELSE 0 END"
+            branch = f"{member(after)} - CASE {before} {whens} ELSE 0 END"
         branches.append(f"WHEN '{event_type}' THEN {branch}")
     return f"CASE e.event_type {' '.join(branches)} ELSE 0 END"
 
 
-def _is(status_sql: str, group: str) -> str:
-    return f"CAST(COALESCE({status_sql} = ANY(:{group}), false) AS int)"
-
-
-# No sort, no per-workspace timeline: up time is the integral of "is up", which
-# changes at each event by (up after - up before). With the current status as the
-# end point, up time = (up now - sum of changes) * span + sum of (change * its age),
-# where span runs from the window's start (or the workspace's creation), and
-# sum of (change * age) = sum of changes * now - sum of (change * its time). Likewise
-# for counted (up or down) time. One hash aggregate over the window's status events.
-# Times are whole microseconds since the window's start held in float8: integers
-# below 2^53, so every sum is exact (as numeric's would be) at float speed, which
-# aggregates several times faster and in a third of the memory.
+# No sort, no per-workspace timeline, no join: up time is the integral of "is up",
+# which changes at each event by d = (up after - up before). Anchored at the end, on
+# the status the workspace's last event in the window left (as `history` does):
+#   up time = (up at the end - sum of d) * span + sum of d * now - sum of (d * its time)
+# where span runs from the window's start, or from the workspace's creation when that
+# is later; likewise for counted (up or down) time. Every workspace row joins the
+# window's events as one more row (`ws`: its creation, and whether its current status
+# is up or down): a workspace without an event kept its current status all along;
+# events of a workspace without a row count for nothing. The last event is found
+# without ordering: max(t * 8 + its code) carries the code of the newest. So: one
+# hash aggregate, one group per workspace, its rows' expressions computed by the
+# parallel workers (OFFSET 0 keeps them below the aggregate; a partial aggregate
+# saves nothing when nearly every workspace has its own group). Times are whole
+# microseconds since the window's start held in float8: integers below 2^53, so every
+# sum is exact (as numeric's would be) at float speed.
 _US = "round(date_part('epoch', {} - CAST(:since AS timestamptz)) * 1000000)"
-_NOW = _US.format("now()")
-_SPAN = f"({_NOW} - GREATEST(0, {_US.format('w.created_at')}))"
+_NOW = "CAST(:now_us AS float8)"
+# A workspace row's `ws`: (its creation within the window, else 0) * 4 + 1 + its
+# current status's class (0 neither, 1 down, 2 up); 0 for events without a row.
+_CLASS_SQL = (
+    f"CASE WHEN w.status IN ({', '.join(repr(str(s)) for s in sorted(UP))}) THEN 2 "
+    f"WHEN w.status IN ({', '.join(repr(str(s)) for s in sorted(DOWN))}) THEN 1 ELSE 0 END"
+)
+_WS_SQL = f"GREATEST(0, {_US.format('w.created_at')}) * 4 + 1 + {_CLASS_SQL}"
+
+
+def _seconds_in(group: frozenset[str], current_class: str, sums: str, product_sums: str) -> str:
+    """A workspace's time in `group` over the window (microseconds), from its group's
+    aggregates (see above)."""
+    at_end = (
+        f"CASE WHEN last IS NULL THEN CAST(cls {current_class} AS int) "
+        f"ELSE CAST(last % 8 IN ({_codes(group)}) AS int) END"
+    )
+    return f"({at_end} - {sums}) * ({_NOW} - born) + {sums} * {_NOW} - {product_sums}"
+
+
 _MOVING = text(
     f"""
-    WITH ev AS (
-        SELECT e.workspace_id, {_US.format("e.created_at")} AS t,
-               {_delta_sql(UP)} AS d_up, {_delta_sql(UP | DOWN)} AS d_cnt
-        FROM structure_events e
-        WHERE e.created_at >= :since AND e.event_type = ANY(:types)
-          AND e.workspace_id IS NOT NULL
-    ), moving AS (
+    WITH grouped AS (
         SELECT workspace_id, sum(d_up) AS su, sum(d_up * t) AS sut,
-               sum(d_cnt) AS sc, sum(d_cnt * t) AS sct
-        FROM ev GROUP BY workspace_id
-    ), per AS (
-        SELECT m.workspace_id, w.status,
-               ({_is("w.status", "up")} - m.su) * {_SPAN} + m.su * {_NOW} - m.sut AS up_time,
-               ({_is("w.status", "counted")} - m.sc) * {_SPAN} + m.sc * {_NOW} - m.sct
-                   AS counted_time
-        FROM moving m JOIN workspaces w ON w.id = m.workspace_id
-    ), pct AS (
-        SELECT workspace_id, status, up_time AS u, counted_time AS c,
-               LEAST(100.0, GREATEST(0.0, 100.0 * up_time / counted_time)) AS pct
-        FROM per WHERE counted_time > 0
+               sum(d_cnt) AS sc, sum(d_cnt * t) AS sct,
+               CAST(max(t * 8 + code) AS bigint) AS last, CAST(max(ws) AS bigint) AS ws
+        FROM (SELECT e.workspace_id, {_US.format("e.created_at")} AS t,
+                     {_delta_sql(UP)} AS d_up, {_delta_sql(UP | DOWN)} AS d_cnt,
+                     {_CODE_SQL} AS code, 0 AS ws
+              FROM structure_events e
+              WHERE e.created_at >= :since AND e.event_type = ANY(:types)
+                AND e.workspace_id >= CAST(:lo AS uuid) AND e.workspace_id <= CAST(:hi AS uuid)
+              UNION ALL
+              SELECT w.id, 0, 0, 0, NULL, {_WS_SQL} FROM workspaces w
+              WHERE w.id >= CAST(:lo AS uuid) AND w.id <= CAST(:hi AS uuid)
+              OFFSET 0) ev
+        GROUP BY workspace_id
+    ), per AS MATERIALIZED (
+        SELECT workspace_id, u, c,
+               CASE WHEN c > 0 THEN LEAST(100.0, GREATEST(0.0, 100.0 * u / c)) END AS pct
+        FROM (SELECT workspace_id,
+                     {_seconds_in(UP, "= 2", "su", "sut")} AS u,
+                     {_seconds_in(UP | DOWN, ">= 1", "sc", "sct")} AS c
+              FROM (SELECT workspace_id, su, sut, sc, sct, last,
+                           ws / 4 AS born, ws % 4 - 1 AS cls
+                    FROM grouped WHERE ws > 0) g
+              OFFSET 0) p
     )
-    SELECT (SELECT COALESCE(json_agg(json_build_object('status', status, 'n', n)), '[]')
-            FROM (SELECT status, count(*) AS n FROM per GROUP BY status) c) AS moved,
-           count(*) FILTER (WHERE u >= c) AS b0,
-           count(*) FILTER (WHERE 1000 * u >= 999 * c AND u < c) AS b1,
-           count(*) FILTER (WHERE 100 * u >= 99 * c AND 1000 * u < 999 * c) AS b2,
-           count(*) FILTER (WHERE 100 * u >= 95 * c AND 100 * u < 99 * c) AS b3,
-           count(*) FILTER (WHERE 10 * u >= 9 * c AND 100 * u < 95 * c) AS b4,
-           count(*) FILTER (WHERE 10 * u < 9 * c) AS b5,
-           count(*) AS total, COALESCE(sum(pct), 0) AS pct_sum,
+    SELECT CASE WHEN c <= 0 THEN -1 WHEN u >= c THEN 0 WHEN 1000 * u >= 999 * c THEN 1
+                WHEN 100 * u >= 99 * c THEN 2 WHEN 100 * u >= 95 * c THEN 3
+                WHEN 10 * u >= 9 * c THEN 4 ELSE 5 END AS bucket,
+           count(*) AS n, COALESCE(sum(pct), 0) AS pct_sum, NULL::json AS least
+    FROM per GROUP BY 1
+    UNION ALL
+    SELECT NULL, NULL, NULL,
            (SELECT COALESCE(json_agg(json_build_object(
                        'workspace_id', l.workspace_id, 'availability_percent', l.pct)), '[]')
-            FROM (SELECT workspace_id, round(CAST(pct AS numeric), 3) AS pct FROM pct WHERE u < c
-                  ORDER BY pct, workspace_id LIMIT :limit) l) AS least
-    FROM pct
-    """
-)
-_BY_STATUS = text(
-    "SELECT status, count(*) AS n FROM workspaces WHERE status = ANY(:counted) GROUP BY status"
-)
-# Down all along (no status event in the window): 0 %, the least available first.
-_STILL_DOWN = text(
-    """
-    SELECT w.id::text AS id FROM workspaces w
-    WHERE w.status = ANY(:down)
-      AND NOT EXISTS (SELECT 1 FROM structure_events e
-                      WHERE e.workspace_id = w.id AND e.created_at >= :since
-                        AND e.event_type = ANY(:types))
-    ORDER BY w.id LIMIT :limit
+            FROM (SELECT workspace_id, round(CAST(pct AS numeric), 3) AS pct FROM per
+                  WHERE c > 0 AND u < c ORDER BY per.pct, workspace_id LIMIT :limit) l)
     """
 )
 _NAMES = text(
     "SELECT id::text AS id, name, status FROM workspaces WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
+_CLOCK = text("SELECT now()")
+_EXPORT = text("SELECT pg_export_snapshot()")
+
+# The fleet is split into this many ranges of ids, each aggregated by a transaction of
+# its own on the snapshot of the report's transaction, at once: PostgreSQL's parallel
+# aggregate cannot split by group (its workers' partial groups are nearly as many as
+# their rows), so the grouping runs on one core unless the query is split by hand.
+# As pg_dump -j does. (The statement's scans still use parallel workers.)
+REPORT_PARTS = 2
+_ALL_IDS = ("00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 
 
-def availability(conn: Connection, since: datetime, limit: int) -> dict[str, Any]:
+def id_ranges(parts: int) -> list[tuple[str, str]]:
+    """`parts` contiguous, inclusive ranges of UUIDs covering them all."""
+    cuts = [(1 << 128) * i // parts for i in range(parts + 1)]
+    return [(str(UUID(int=lo)), str(UUID(int=hi - 1))) for lo, hi in pairwise(cuts)]
+
+
+def _session_settings(conn: Connection) -> None:
+    # One group per workspace (the fleet): room to aggregate in memory instead of
+    # spilling to disk, for this transaction only.
+    conn.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+    # Compiled expressions (JIT, above PostgreSQL's usual cost threshold: a fleet of
+    # thousands) without LLVM's inlining and optimisation: those cost seconds on this
+    # statement's large CASEs; plain compilation saves ~15%.
+    for setting in ("jit = on", "jit_inline_above_cost = -1", "jit_optimize_above_cost = -1"):
+        conn.execute(text(f"SET LOCAL {setting}"))
+
+
+def _aggregate_part(engine: Engine, snapshot: str, params: dict[str, Any]) -> list[Any]:
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as part:
+        part.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        _session_settings(part)
+        rows = part.execute(_MOVING, params).all()
+        part.rollback()
+        return rows
+
+
+def _aggregate(conn: Connection, params: dict[str, Any], parts: int) -> list[Any]:
+    """`_MOVING`'s rows for the whole fleet, in `parts` ranges at once when > 1."""
+    if parts <= 1:
+        _session_settings(conn)
+        lo, hi = _ALL_IDS
+        return conn.execute(_MOVING, {**params, "lo": lo, "hi": hi}).all()
+    snapshot = conn.execute(_EXPORT).scalar_one()
+    ranges = id_ranges(parts)
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="report") as pool:
+        futures = [
+            pool.submit(_aggregate_part, conn.engine, snapshot, {**params, "lo": lo, "hi": hi})
+            for lo, hi in ranges
+        ]
+        return [row for future in futures for row in future.result()]
+
+
+def availability(
+    conn: Connection, since: datetime, limit: int, *, parts: int = REPORT_PARTS
+) -> dict[str, Any]:
     """The fleet's availability distribution, mean, and least available workspaces."""
     params = {
         "since": since,
         "types": STATUS_EVENT_TYPES,
-        "up": sorted(UP),
-        "down": sorted(DOWN),
-        "counted": sorted(UP | DOWN),
         "limit": limit,
+        # The report transaction's clock, in the statement's units.
+        "now_us": round((conn.execute(_CLOCK).scalar_one() - since).total_seconds() * 1e6),
     }
-    # One group per workspace that changed in the window (up to the fleet): room to
-    # aggregate in memory instead of spilling to disk, for this transaction only.
-    conn.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
-    # One statement whose cost is its rows, not its plan: compiling it (JIT) cost
-    # seconds more than it saved.
-    conn.execute(text("SET LOCAL jit = off"))
-    moving = conn.execute(_MOVING, params).one()
-    moved = {m["status"]: m["n"] for m in moving.moved}
-    # Workspaces without a status event in the window kept their current status.
-    still_up = still_down = 0
-    for row in conn.execute(_BY_STATUS, params):
-        still = row.n - moved.get(row.status, 0)
-        if row.status in UP:
-            still_up += still
-        else:
-            still_down += still
-    least = [(float(w["availability_percent"]), w["workspace_id"]) for w in moving.least]
-    if still_down:
-        down = conn.execute(_STILL_DOWN, params).scalars()
-        least += [(0.0, ws) for ws in down]
+    counts = [0] * len(BUCKETS)
+    pct_sum = 0.0
+    least: list[tuple[float, str]] = []
+    for row in _aggregate(conn, params, parts):
+        if row.bucket is None:
+            least += [(float(w["availability_percent"]), w["workspace_id"]) for w in row.least]
+        elif row.bucket >= 0:  # -1: counted neither way
+            counts[row.bucket] += row.n
+            pct_sum += float(row.pct_sum)
     least = sorted(least)[:limit]
     names = {r.id: r for r in conn.execute(_NAMES, {"ids": [ws for _, ws in least]})}
-    total = moving.total + still_up + still_down
-    counts = [moving.b0 + still_up, moving.b1, moving.b2, moving.b3, moving.b4]
-    counts.append(moving.b5 + still_down)
+    total = sum(counts)
     return {
         "least": [
             {
@@ -174,9 +241,7 @@ def availability(conn: Connection, since: datetime, limit: int) -> dict[str, Any
             for pct, ws in least
         ],
         "workspaces": total,
-        "mean_percent": (
-            None if total == 0 else round((float(moving.pct_sum) + 100.0 * still_up) / total, 3)
-        ),
+        "mean_percent": None if total == 0 else round(pct_sum / total, 3),
         "distribution": {label: n for (label, _), n in zip(BUCKETS, counts, strict=True)},
     }
 
@@ -193,7 +258,10 @@ _INCIDENTS = text(
 _SELF_PRESERVATION = text(
     """
     SELECT payload, created_at FROM structure_events
-    WHERE event_type = 'REGISTRY_SELF_PRESERVATION' AND created_at >= :since
+    -- A fleet event (no workspace): read on the workspace index's null entries, never
+    -- through the window's status events.
+    WHERE workspace_id IS NULL AND event_type = 'REGISTRY_SELF_PRESERVATION'
+      AND created_at >= :since
     ORDER BY id
     """
 )
