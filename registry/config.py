@@ -90,6 +90,15 @@ def token_cache_seconds(raw: str) -> float:
     return value
 
 
+def report_parts(raw: str) -> int:
+    """1 to 8: one transaction (and one core of the database) per part, all from the
+    process's connection pool (10) beside the report's own."""
+    value = int(raw.strip())
+    if not 1 <= value <= 8:
+        raise ValueError("must be 1 to 8")
+    return value
+
+
 def flap_count(raw: str) -> int:
     """2 to 100: one change is no flapping, and the change times are kept in the row."""
     value = int(raw.strip())
@@ -390,6 +399,13 @@ class Settings:
         120,
         "with FLAP_DAMPING, how long a flapping workspace must stay healthy before it is "
         "brought back online",
+    )
+    report_parts: int = _opt(
+        "REPORT_PARTS",
+        report_parts,
+        2,
+        "id ranges `molecule-registry report` aggregates at once, each in a database "
+        "connection of its own on one snapshot (1 to 8; about the database's cores)",
     )
     insight_sweep_interval: int = _opt(
         "INSIGHT_SWEEP_INTERVAL",

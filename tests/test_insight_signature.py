@@ -80,6 +80,7 @@ SETTINGS = {
     "FLAP_DAMPING": ("flap_damping", False, ["maybe", "2"]),
     "FLAP_HOLD_SECONDS": ("flap_hold_seconds", 120, ["0", "later"]),
     "INSIGHT_SWEEP_INTERVAL": ("insight_sweep_interval", 10, ["0", "fast"]),
+    "REPORT_PARTS": ("report_parts", 2, ["0", "9", "-1", "two"]),
 }
 
 
@@ -101,10 +102,16 @@ def test_bad_settings_fall_back_loudly(
 
 def test_good_settings_are_taken() -> None:
     settings = config.load(
-        {"INCIDENT_MIN_MEMBERS": "3", "FLAP_THRESHOLD": "2", "FLAP_DAMPING": "on"}
+        {
+            "INCIDENT_MIN_MEMBERS": "3",
+            "FLAP_THRESHOLD": "2",
+            "FLAP_DAMPING": "on",
+            "REPORT_PARTS": "8",
+        }
     )
     assert (settings.incident_min_members, settings.flap_threshold, settings.flap_damping) == (
         3,
         2,
         True,
     )
+    assert settings.report_parts == 8

@@ -156,12 +156,11 @@ _NAMES = text(
 _CLOCK = text("SELECT now()")
 _EXPORT = text("SELECT pg_export_snapshot()")
 
-# The fleet is split into this many ranges of ids, each aggregated by a transaction of
-# its own on the snapshot of the report's transaction, at once: PostgreSQL's parallel
+# The fleet is split into REPORT_PARTS ranges of ids, each aggregated by a transaction
+# of its own on the snapshot of the report's transaction, at once: PostgreSQL's parallel
 # aggregate cannot split by group (its workers' partial groups are nearly as many as
 # their rows), so the grouping runs on one core unless the query is split by hand.
 # As pg_dump -j does. (The statement's scans still use parallel workers.)
-REPORT_PARTS = 2
 _ALL_IDS = ("00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 
 
@@ -186,6 +185,9 @@ def _aggregate_part(engine: Engine, snapshot: str, params: dict[str, Any]) -> li
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as part:
         part.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
         _session_settings(part)
+        # The parts are the parallelism (about one per core): parallel workers of
+        # their own would only pass the same rows through one more queue.
+        part.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
         rows = part.execute(_MOVING, params).all()
         part.rollback()
         return rows
@@ -208,9 +210,11 @@ def _aggregate(conn: Connection, params: dict[str, Any], parts: int) -> list[Any
 
 
 def availability(
-    conn: Connection, since: datetime, limit: int, *, parts: int = REPORT_PARTS
+    conn: Connection, since: datetime, limit: int, *, parts: int | None = None
 ) -> dict[str, Any]:
-    """The fleet's availability distribution, mean, and least available workspaces."""
+    """The fleet's availability distribution, mean, and least available workspaces
+    (`parts`: REPORT_PARTS by default)."""
+    parts = parts or get_settings().report_parts
     params = {
         "since": since,
         "types": STATUS_EVENT_TYPES,
