@@ -172,18 +172,14 @@ def test_report_on_the_seeded_fleet(fleet: dict[str, str]) -> None:
     assert "availability of 3 workspaces, mean 60.0" in human
 
 
-def test_report_is_the_same_in_any_number_of_parts(fleet: dict[str, str]) -> None:
+def test_report_is_the_same_in_any_number_of_parts(
+    insight_db: Engine, fleet: dict[str, str]
+) -> None:
     since = datetime.now(UTC) - timedelta(hours=10)
-    with fleet_engine().connect() as conn:
+    with insight_db.connect() as conn:
         found = [availability(conn, since, 10, parts=parts) for parts in (1, 2, 3)]
     assert found[0]["workspaces"] == 3
     assert found[1] == found[0] and found[2] == found[0]
-
-
-def fleet_engine() -> Engine:
-    from registry.db import get_engine
-
-    return get_engine()
 
 
 def _age_events(engine: Engine, ws: str, hours_ago: list[float]) -> None:

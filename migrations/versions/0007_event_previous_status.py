@@ -13,9 +13,10 @@ by re-registration (the common one) from a first registration.
 
 - `structure_events.previous_status`: for a WORKSPACE_ONLINE without
   `recovered_from`, the status its workspace's newest earlier status event (by
-  time, among its last 20 by id) left it in, '' when it had none; NULL on every other row. Filled by a BEFORE INSERT
-  trigger (one index read on `(workspace_id, id)`, only for those rows, whoever
-  inserts them), so the report reads a column instead of the event history.
+  time, among its last 20 by id) left it in, '' when it had none; NULL on every
+  other row. Filled by a BEFORE INSERT trigger (one index read on
+  `(workspace_id, id)`, only for those rows, whoever inserts them), so the report
+  reads a column instead of the event history.
 
 - `toast_tuple_target = 512` on `structure_events`: a row over 512 bytes (in practice
   a registration's or card update's agent card, a few KB) has its payload moved to

@@ -159,8 +159,9 @@ _EXPORT = text("SELECT pg_export_snapshot()")
 # The fleet is split into REPORT_PARTS ranges of ids, each aggregated by a transaction
 # of its own on the snapshot of the report's transaction, at once: PostgreSQL's parallel
 # aggregate cannot split by group (its workers' partial groups are nearly as many as
-# their rows), so the grouping runs on one core unless the query is split by hand.
-# As pg_dump -j does. (The statement's scans still use parallel workers.)
+# their rows), so the grouping runs on one core unless the query is split by hand,
+# as pg_dump -j does. Unsplit (REPORT_PARTS=1), the statement's scan keeps its
+# parallel workers.
 _ALL_IDS = ("00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff")
 
 
